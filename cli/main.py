@@ -1,0 +1,85 @@
+"""The `imgnet` command: a thin layer over the library."""
+
+from __future__ import annotations
+
+import click
+
+from imgnet_build import __version__
+from imgnet_build.cli.common import ImgnetGroup, json_option, pass_workspace, print_json
+from imgnet_build.errors import ImgnetError
+from imgnet_build.workspace import Workspace
+
+
+@click.group(cls=ImgnetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-w", "--workspace", type=click.Path(file_okay=False), envvar="IMGNET_WORKSPACE",
+              help="Workspace folder (default: IMGNET_WORKSPACE or the current folder).")
+@click.version_option(__version__, prog_name="imgnet")
+def cli(workspace: str | None) -> None:
+    """Build an ImageNet-style image dataset from WordNet.
+
+    Example:
+
+    \b
+        imgnet init ws && imgnet -w ws tree build --root dog.n.01
+    """
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--database", help="Database URL (default: SQLite imgnet.db in the workspace), "
+              "e.g. postgresql+psycopg://user@host/db.")
+@click.option("--blobs", help="Blob store: a folder (default: blobs) or s3://bucket/prefix.")
+def init(directory: str, database: str | None, blobs: str | None) -> None:
+    """Create a workspace: imgnet.toml, the database and the blob store.
+
+    Example:
+
+    \b
+        imgnet init ws --database postgresql+psycopg://127.0.0.1/imgnet
+    """
+    try:
+        workspace = Workspace.init(directory, database=database, blobs=blobs)
+    except ImgnetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Created workspace {directory} (database {workspace.engine.url.render_as_string(hide_password=True)})")
+    workspace.close()
+
+
+@cli.command()
+@json_option
+@pass_workspace
+def status(workspace: Workspace, as_json: bool) -> None:
+    """Print counts per stage.
+
+    Example:
+
+    \b
+        imgnet -w ws status --json
+    """
+    counts = workspace.status()
+    if as_json:
+        print_json(counts)
+        return
+    for key, value in counts.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        click.echo(f"{key + ':':<12} {value}")
+
+
+# (module in cli/, click command in it); each stage adds its line here.
+COMMANDS: list[tuple[str, str]] = [
+]
+
+
+def _register_commands() -> None:
+    from importlib import import_module
+
+    for module_name, command_name in COMMANDS:
+        cli.add_command(getattr(import_module(f"imgnet_build.cli.{module_name}"), command_name))
+
+
+_register_commands()
+
+
+def main() -> None:
+    cli(prog_name="imgnet")

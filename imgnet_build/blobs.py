@@ -1,0 +1,108 @@
+"""Content-addressed image storage: a local folder, or S3 (any S3-compatible endpoint).
+
+Keys look like `ab/cd/<sha256>.<ext>`. A blob is written whole or not at all: the local
+store writes a temporary file and renames it; S3's PutObject is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from imgnet_build.errors import BadInput
+
+__all__ = ["BlobStore", "LocalBlobStore", "S3BlobStore", "open_blob_store", "blob_key"]
+
+
+def blob_key(sha256: str, ext: str) -> str:
+    return f"{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext.lstrip('.').lower()}"
+
+
+class BlobStore(Protocol):
+    location: str
+
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def local_path(self, key: str) -> Path | None:
+        """A path on this machine for the blob, when the store has one."""
+        ...
+
+
+class LocalBlobStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.location = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+class S3BlobStore:
+    def __init__(self, url: str, endpoint_url: str | None = None):
+        import boto3
+
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        if not bucket:
+            raise BadInput(f"blob store {url!r} names no bucket; use s3://bucket/prefix")
+        self.bucket, self.prefix, self.location = bucket, prefix.strip("/"), url
+        endpoint_url = endpoint_url or os.environ.get("IMGNET_S3_ENDPOINT_URL") or None
+        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+
+def open_blob_store(location: str, endpoint_url: str | None = None) -> BlobStore:
+    """`s3://bucket/prefix` gives an S3 store; anything else is a local folder."""
+    if location.startswith("s3://"):
+        return S3BlobStore(location, endpoint_url=endpoint_url)
+    if "://" in location:
+        raise BadInput(f"unsupported blob store {location!r}; use a folder path or s3://bucket/prefix")
+    return LocalBlobStore(location)

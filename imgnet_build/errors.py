@@ -1,0 +1,49 @@
+"""The exceptions the library raises; the CLI prints them as `Error: …` and exits 1."""
+
+__all__ = [
+    "ImgnetError",
+    "NotAWorkspace",
+    "WorkspaceExists",
+    "DatabaseUnavailable",
+    "WordNetMissing",
+    "UnknownSynset",
+    "NotImageable",
+    "BadInput",
+    "UnknownSource",
+]
+
+
+class ImgnetError(Exception):
+    "Base of every error the tool reports to the user"
+
+
+class NotAWorkspace(ImgnetError):
+    "The folder does not exist or holds no imgnet.toml"
+
+
+class WorkspaceExists(ImgnetError):
+    "imgnet init was asked to create a workspace where one already is"
+
+
+class DatabaseUnavailable(ImgnetError):
+    "The workspace database cannot be reached or opened"
+
+
+class WordNetMissing(ImgnetError):
+    "No WordNet 3.0 data could be found, downloaded or built"
+
+
+class UnknownSynset(ImgnetError):
+    "A SYNSET argument names no WordNet synset"
+
+
+class NotImageable(ImgnetError):
+    "A synset exists but the imageability filter (or its part of speech) excludes it"
+
+
+class BadInput(ImgnetError):
+    "A user-supplied file or option is unusable as a whole"
+
+
+class UnknownSource(ImgnetError):
+    "A --source SPEC names no registered source"
