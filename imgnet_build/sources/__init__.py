@@ -1,0 +1,69 @@
+"""Candidate sources: one small class each behind the `Source` protocol, found by name in `REGISTRY`.
+
+A source SPEC is `name` or `name:argument` (`urls:candidates.csv`, `dir:photos/`, `wikimedia`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from imgnet_build.errors import UnknownSource
+
+__all__ = ["Proposal", "CategoryQueries", "Source", "REGISTRY", "register", "open_source"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoryQueries:
+    """What a search source needs to know about one category."""
+
+    wnid: str
+    queries: tuple[tuple[int, str, str], ...]  # (query id, text, language), best first
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposal:
+    """One candidate image a source proposes for one category."""
+
+    wnid: str
+    url: str  # http(s) URL, or an absolute file path for local sources
+    rank: int | None = None
+    license: str | None = None
+    attribution: str | None = None
+    source_sha1: str | None = None  # hex SHA-1 of the file, when the source knows it
+    truth: bool | None = None
+    query_id: int | None = None
+    error: str | None = None  # a row the source could not use (bad line, unknown wnid): recorded, not fetched
+
+
+class Source(Protocol):
+    name: str
+    local: bool  # True: urls are file paths read from disk, no HTTP
+
+    def propose(self, categories: Iterable[CategoryQueries], per_category: int) -> Iterator[Proposal]:
+        """Yield candidates for the given categories, at most about per_category each."""
+        ...
+
+
+REGISTRY: dict[str, type] = {}
+
+
+def register(name: str):
+    def decorate(cls):
+        REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return decorate
+
+
+def open_source(spec: str, **settings) -> Source:
+    """A source from its SPEC, e.g. `urls:candidates.csv`."""
+    from imgnet_build.sources import dirs, flickr, openverse, urls, wikimedia  # noqa: F401  (they register)
+
+    name, _, argument = spec.partition(":")
+    if name not in REGISTRY:
+        raise UnknownSource(f"unknown source {spec!r}; choose from {', '.join(sorted(REGISTRY))} "
+                            "(e.g. urls:FILE.csv, dir:PATH, wikimedia)")
+    return REGISTRY[name](argument, **settings)

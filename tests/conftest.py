@@ -1,0 +1,53 @@
+"""Shared fixtures: workspaces on SQLite and on the PostgreSQL server of this machine."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from imgnet_build.workspace import Workspace
+
+POSTGRES_ADMIN_URL = os.environ.get("IMGNET_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    """A new SQLite workspace in a temporary folder."""
+    ws = Workspace.init(tmp_path / "ws")
+    yield ws
+    ws.close()
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"imgnet_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test (.ci/run starts it): {exc}")
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_workspace(request, tmp_path) -> Workspace:
+    """The same test on SQLite and on PostgreSQL."""
+    database = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    ws = Workspace.init(tmp_path / "ws", database=database)
+    yield ws
+    ws.close()
