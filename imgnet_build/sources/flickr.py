@@ -1,0 +1,1 @@
+"""Placeholder: the flickr source is being written (issue 3)."""

@@ -1,0 +1,1 @@
+"""Placeholder: the openverse source is being written (issue 3)."""

@@ -1,0 +1,1 @@
+"""Placeholder: the wikimedia source is being written (issue 3)."""
