@@ -10,6 +10,8 @@ __all__ = [
     "NotImageable",
     "BadInput",
     "UnknownSource",
+    "LanguageDataMissing",
+    "MissingCredentials",
 ]
 
 
@@ -47,3 +49,11 @@ class BadInput(ImgnetError):
 
 class UnknownSource(ImgnetError):
     "A --source SPEC names no registered source"
+
+
+class LanguageDataMissing(ImgnetError):
+    "Queries in another language were asked for, but the Open Multilingual WordNet data lacks it"
+
+
+class MissingCredentials(ImgnetError):
+    "A source needs an API key (or other secret) that is not set"
