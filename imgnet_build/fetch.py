@@ -1,0 +1,489 @@
+"""Download pending candidates concurrently, validate them, store each valid image once.
+
+    summary = fetch_pending(workspace, FetchSettings(workers=32), per_category=200)
+
+What happens to one candidate (each ends `ok`, `failed` or `skipped` with a short reason):
+- only http(s) URLs are fetched; the host must resolve to public addresses (SSRF guard,
+  `allow_loopback` for tests and local mirrors; redirects are followed by hand, each hop
+  checked again, at most `max_redirects`); candidates of local sources (`dir`) are read
+  from disk instead;
+- connect and read timeouts, plus a wall-clock `deadline` per item that covers retries,
+  slow bodies and headers alike; a `max_bytes` cap, checked while the body streams in;
+- 429, 5xx and network errors are retried with exponential backoff and jitter,
+  honouring Retry-After (up to `max_retry_after`, which also pauses the whole host);
+- at most `per_host` requests in flight and `host_rate` requests/s per host;
+- `X-Robots-Tag: noai / noimageai / noindex / noimageindex` marks the candidate skipped;
+- the file is decoded fully and judged by `imgnet_build.validate` (formats, size,
+  bombs, animations, EXIF orientation);
+- the original bytes are stored unchanged under `blob_key(sha256, ext)`, once per distinct
+  file; an `image` row records width and height (after EXIF orientation), format and size.
+
+A URL already stored for another category, or a file whose source SHA-1 matches one
+already stored, is not downloaded again. Per-category quotas: a category stops when it has
+`per_category` ok candidates; the rest are skipped with "quota reached" and are taken up
+again by a later run with a larger quota. Results are committed as they arrive, so a
+killed run loses only the items in flight; only the main thread writes to the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import random
+import threading
+import time
+import urllib.parse
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import requests
+from sqlalchemy import and_, func, or_, select, update
+
+from imgnet_build import __version__
+from imgnet_build.blobs import blob_key
+from imgnet_build.dbutil import insert_ignore
+from imgnet_build.errors import ImgnetError
+from imgnet_build.netguard import AddressRefused, GuardedAdapter, HostLimiter, deadline, time_left
+from imgnet_build.store import Candidate, CandidateStatus, Image
+from imgnet_build.validate import ImageRejected, check_image
+
+__all__ = ["FetchSettings", "FetchSummary", "fetch_pending", "BlobStoreFailed", "QUOTA_REASON"]
+
+OK, FAILED, SKIPPED = CandidateStatus.OK, CandidateStatus.FAILED, CandidateStatus.SKIPPED
+QUOTA_REASON = "quota reached"
+OPT_OUT = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
+USER_AGENT = f"imgnet-build/{__version__} (dataset builder; +https://github.com/imgnet-build/imgnet-build)"
+
+
+class BlobStoreFailed(ImgnetError):
+    "Writing to the blob store failed; the run stops (no candidate is blamed for it)"
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchSettings:
+    """How the downloader behaves. Times in seconds, sizes in bytes."""
+
+    workers: int = 32
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    deadline: float = 30.0  # wall clock per item, retries included
+    retries: int = 2  # extra attempts after the first, for 429 / 5xx / network errors
+    backoff: float = 0.5  # first retry waits about this long, doubling each time (with jitter)
+    max_retry_after: float = 60.0  # a longer Retry-After fails the item instead of waiting
+    max_redirects: int = 5
+    max_bytes: int = 25 * 2**20
+    max_pixels: int = 80_000_000
+    min_side: int = 32
+    per_host: int = 16  # requests in flight per host
+    host_rate: float = 50.0  # requests per second per host; 0 = no cap
+    allow_loopback: bool = False
+    respect_opt_out: bool = True  # X-Robots-Tag noai / noimageai / noindex / noimageindex
+    user_agent: str = USER_AGENT
+    local_sources: frozenset[str] = frozenset({"dir"})  # candidates read from disk, not HTTP
+
+
+@dataclasses.dataclass
+class FetchSummary:
+    """What one fetch run did: counts per final status, the commonest reasons, the time."""
+
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    downloaded: int = 0  # files actually read over HTTP or from disk
+    reasons: Counter = dataclasses.field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "failed": self.failed, "skipped": self.skipped, "downloaded": self.downloaded,
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1),
+                "reasons": dict(self.reasons.most_common(20))}
+
+
+class _Item(NamedTuple):
+    id: int
+    category_id: int
+    url: str
+    source: str
+    source_sha1: str | None
+    attempts: int
+
+
+@dataclasses.dataclass
+class _Outcome:
+    status: str
+    reason: str | None = None
+    attempts: int = 0
+    image: dict | None = None  # an Image row, when ok
+
+
+class _Rejected(ImgnetError):
+    "One item's final outcome other than ok (control flow inside the worker only)"
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class _Retryable(ImgnetError):
+    "A failure worth another attempt (429, 5xx, network error)"
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+# -- one item over HTTP -------------------------------------------------------------------
+
+def _check_url(url: str) -> urllib.parse.SplitResult:
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise _Rejected(FAILED, f"invalid URL: {exc}") from exc
+    if not parts.scheme:
+        raise _Rejected(FAILED, "invalid URL: no scheme (http:// or https://)")
+    if parts.scheme not in ("http", "https"):
+        raise _Rejected(FAILED, f"refused URL scheme {parts.scheme!r} (only http and https are fetched)")
+    if not parts.hostname or any(c.isspace() for c in url.strip()):
+        raise _Rejected(FAILED, "invalid URL: no host name" if not parts.hostname else "invalid URL: contains spaces")
+    return parts
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def _opted_out(response: requests.Response) -> str | None:
+    for part in response.headers.get("X-Robots-Tag", "").split(","):
+        agent, _, directive = part.rpartition(":")
+        agent, directive = agent.strip().lower(), directive.strip().lower()
+        if directive in OPT_OUT and agent in ("", "imgnet-build", "*"):
+            return directive
+    return None
+
+
+def _network_reason(exc: BaseException) -> str:
+    """A short reason for a network error, from the innermost cause that says something."""
+    seen, chain = set(), [exc]
+    while chain:
+        error = chain.pop()
+        if id(error) in seen or error is None:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, requests.ConnectTimeout) or "ConnectTimeout" in type(error).__name__:
+            return "connect timed out"
+        if isinstance(error, requests.ReadTimeout) or "ReadTimeout" in type(error).__name__:
+            return "read timed out"
+        if "NameResolution" in type(error).__name__ or type(error).__name__ == "gaierror":
+            return "host name not found"
+        if "SSL" in type(error).__name__:
+            return f"TLS error: {str(error)[:120]}"
+        chain.extend([error.__cause__, error.__context__, getattr(error, "reason", None)])
+    return f"network error: {type(exc).__name__}: {str(exc)[:120]}"
+
+
+class _Downloader:
+    """Fetches one URL's bytes under the item's deadline; one requests.Session per thread."""
+
+    def __init__(self, settings: FetchSettings):
+        self.settings = settings
+        self.hosts = HostLimiter(settings.per_host, settings.host_rate)
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.trust_env = False  # no proxies or .netrc from the environment
+            session.headers["User-Agent"] = self.settings.user_agent
+            adapter = GuardedAdapter(self.settings.allow_loopback, pool_connections=64, pool_maxsize=2,
+                                     max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        return session
+
+    def get(self, url: str, outcome: _Outcome) -> bytes:
+        settings = self.settings
+        for attempt in range(1, settings.retries + 2):
+            outcome.attempts = attempt
+            try:
+                return self._get_once(url)
+            except _Retryable as exc:
+                if exc.retry_after is not None and exc.retry_after > settings.max_retry_after:
+                    raise _Rejected(FAILED, f"{exc.reason}; Retry-After {exc.retry_after:.0f} s is longer "
+                                            f"than the {settings.max_retry_after:.0f} s we wait") from exc
+                if attempt > settings.retries:
+                    raise _Rejected(FAILED, f"{exc.reason} (after {attempt} attempts)") from exc
+                pause = exc.retry_after if exc.retry_after is not None else \
+                    settings.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                if pause >= time_left():
+                    raise _Rejected(FAILED, f"{exc.reason} (no time left to retry)") from exc
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _get_once(self, url: str) -> bytes:
+        settings, seen = self.settings, {url}
+        for _hop in range(settings.max_redirects + 1):
+            host = _check_url(url).hostname
+            try:
+                with self.hosts.slot(host):
+                    response = self._session().get(
+                        url, stream=True, allow_redirects=False,
+                        timeout=(settings.connect_timeout, settings.read_timeout))
+                    with response:
+                        if not response.is_redirect:
+                            return self._body(response, host)
+                        location = urllib.parse.urljoin(url, response.headers["Location"])
+            except (_Rejected, _Retryable):
+                raise
+            except AddressRefused as exc:
+                raise _Rejected(FAILED, str(exc)) from exc
+            except Exception as exc:  # requests, urllib3, http.client and socket errors
+                if time_left() <= 0:
+                    raise _Rejected(FAILED, f"timed out: no complete response within {settings.deadline:g} s") from exc
+                if "host name not found" == _network_reason(exc):
+                    raise _Rejected(FAILED, "host name not found") from exc
+                raise _Retryable(_network_reason(exc)) from exc
+            if location in seen:
+                raise _Rejected(FAILED, f"redirect loop: {location}")
+            seen.add(location)
+            url = location
+        raise _Rejected(FAILED, f"too many redirects (more than {settings.max_redirects})")
+
+    def _body(self, response: requests.Response, host: str) -> bytes:
+        settings, status = self.settings, response.status_code
+        if status == 429 or status >= 500:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None and retry_after <= settings.max_retry_after:
+                self.hosts.pause(host, retry_after)
+            raise _Retryable(f"HTTP {status} {response.reason or ''}".strip(), retry_after)
+        if status != 200:
+            raise _Rejected(FAILED, f"HTTP {status} {response.reason or ''}".strip())
+        directive = settings.respect_opt_out and _opted_out(response)
+        if directive:
+            raise _Rejected(SKIPPED, f"opt-out: X-Robots-Tag {directive}")
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > settings.max_bytes:
+            raise _Rejected(FAILED, f"too large: {int(length)} bytes (cap {settings.max_bytes})")
+        chunks, total = [], 0
+        while chunk := response.raw.read1(256 * 1024, decode_content=True):
+            total += len(chunk)
+            if total > settings.max_bytes:
+                raise _Rejected(FAILED, f"too large: over {settings.max_bytes} bytes (cap)")
+            if time_left() <= 0:
+                raise _Rejected(FAILED, f"timed out: no complete response within {settings.deadline:g} s")
+            chunks.append(chunk)
+        if time_left() <= 0:  # the watchdog shut the socket: what came is not the whole file
+            raise _Rejected(FAILED, f"timed out: no complete response within {settings.deadline:g} s")
+        return b"".join(chunks)
+
+
+# -- the run: scheduling, quotas, writing results --------------------------------------------
+
+class _Run:
+    def __init__(self, workspace, settings: FetchSettings, per_category: int | None,
+                 progress: Callable[[int, int], None] | None):
+        self.workspace, self.settings, self.quota, self.progress = workspace, settings, per_category, progress
+        self.blobs = workspace.blob_store
+        self.downloader = _Downloader(settings)
+        self.summary = FetchSummary()
+        self.queues: dict[int, deque[_Item]] = {}
+        self.ok_count: Counter = Counter()
+        self.in_flight: Counter = Counter()  # per category, waiters included
+        self.futures: dict[Future, _Item] = {}
+        self.waiting: dict[str, list[_Item]] = defaultdict(list)  # url in flight -> same url, other categories
+        self.url_image: dict[str, str] = {}  # url -> sha256 of ok candidates
+        self.sha1_image: dict[str, tuple[str, int]] = {}  # source sha1 -> (sha256, category id)
+        self.pending_rows: list[dict] = []
+        self.pending_images: list[dict] = []
+        self.done = self.total = 0
+
+    def load(self) -> None:
+        with self.workspace.session() as session:
+            eligible = or_(Candidate.status == CandidateStatus.PENDING,
+                           and_(Candidate.status == SKIPPED, Candidate.error == QUOTA_REASON))
+            rows = session.execute(
+                select(Candidate.id, Candidate.category_id, Candidate.url, Candidate.source, Candidate.source_sha1,
+                       Candidate.attempts).where(eligible)
+                .order_by(Candidate.category_id, Candidate.rank.is_(None), Candidate.rank, Candidate.id)).all()
+            ok_rows = session.execute(select(Candidate.category_id, Candidate.url, Candidate.source_sha1,
+                                             Candidate.image_sha256).where(Candidate.status == OK)).all()
+        for row in rows:
+            self.queues.setdefault(row.category_id, deque()).append(_Item(*row))
+        for category_id, url, sha1, sha256 in ok_rows:
+            self.ok_count[category_id] += 1
+            self.url_image[url] = sha256
+            if sha1:
+                self.sha1_image[sha1] = (sha256, category_id)
+        self.total = len(rows)
+
+    def room(self, category_id: int) -> bool:
+        return self.quota is None or self.ok_count[category_id] + self.in_flight[category_id] < self.quota
+
+    def fill(self, pool: ThreadPoolExecutor) -> None:
+        """Submit work round-robin over categories while there is room; settle what needs no download."""
+        capacity = self.settings.workers * 2
+        progressed = True
+        while progressed and len(self.futures) < capacity:
+            progressed = False
+            for category_id in list(self.queues):
+                queue = self.queues[category_id]
+                if self.quota is not None and self.ok_count[category_id] >= self.quota:
+                    while queue:
+                        self.record(queue.popleft(), _Outcome(SKIPPED, QUOTA_REASON))
+                if not queue:
+                    del self.queues[category_id]
+                    continue
+                if not self.room(category_id) or len(self.futures) >= capacity:
+                    continue
+                self.start(queue.popleft(), pool)
+                progressed = True
+
+    def start(self, item: _Item, pool: ThreadPoolExecutor) -> None:
+        known = self.url_image.get(item.url)
+        if known is None and item.source_sha1 in self.sha1_image:
+            known, category_id = self.sha1_image[item.source_sha1]
+            if category_id == item.category_id:
+                self.record(item, _Outcome(SKIPPED, "same file (source SHA-1) as another candidate of this category"))
+                return
+        if known is not None:
+            self.record(item, _Outcome(OK, None, 0, {"sha256": known}))
+        elif item.url in self.waiting:
+            self.waiting[item.url].append(item)
+            self.in_flight[item.category_id] += 1
+        else:
+            self.waiting[item.url] = []
+            self.in_flight[item.category_id] += 1
+            self.futures[pool.submit(self.work, item)] = item
+
+    def work(self, item: _Item) -> _Outcome:
+        """One item, in a worker thread. Every failure of the item ends here as an outcome."""
+        outcome = _Outcome(FAILED)
+        try:
+            with deadline(self.settings.deadline):
+                if item.source in self.settings.local_sources:
+                    outcome.attempts = 1
+                    data = _read_local(item.url, self.settings.max_bytes)
+                else:
+                    data = self.downloader.get(item.url, outcome)
+            info = check_image(data, self.settings.min_side, self.settings.max_pixels)
+        except (_Rejected, ImageRejected) as exc:
+            outcome.status, outcome.reason = getattr(exc, "status", FAILED), str(exc)
+            return outcome
+        except Exception as exc:  # the per-item boundary: a bug in one item must not stop the run
+            outcome.reason = f"internal error: {type(exc).__name__}: {exc}"[:300]
+            return outcome
+        sha256 = hashlib.sha256(data).hexdigest()
+        key = blob_key(sha256, info.ext)
+        try:
+            self.blobs.put(key, data)
+        except Exception as exc:
+            raise BlobStoreFailed(f"cannot write to the blob store {self.blobs.location}: {exc}") from exc
+        outcome.status = OK
+        outcome.image = {"sha256": sha256, "width": info.width, "height": info.height, "format": info.format,
+                         "bytes": len(data), "blob_key": key}
+        return outcome
+
+    def finish(self, item: _Item, outcome: _Outcome) -> None:
+        self.summary.downloaded += 1
+        self.in_flight[item.category_id] -= 1
+        self.record(item, outcome)
+        for other in self.waiting.pop(item.url, []):
+            self.in_flight[other.category_id] -= 1
+            if outcome.status == OK and self.quota is not None and self.ok_count[other.category_id] >= self.quota:
+                self.record(other, _Outcome(SKIPPED, QUOTA_REASON))
+            else:
+                image = {"sha256": outcome.image["sha256"]} if outcome.image else None
+                self.record(other, dataclasses.replace(outcome, attempts=0, image=image))
+
+    def record(self, item: _Item, outcome: _Outcome) -> None:
+        image = outcome.image
+        if outcome.status == OK:
+            self.ok_count[item.category_id] += 1
+            self.url_image[item.url] = image["sha256"]
+            if item.source_sha1:
+                self.sha1_image.setdefault(item.source_sha1, (image["sha256"], item.category_id))
+            if len(image) > 1:
+                self.pending_images.append(image)
+        self.pending_rows.append({
+            "id": item.id, "status": outcome.status, "error": outcome.reason,
+            "attempts": item.attempts + outcome.attempts, "image_sha256": image["sha256"] if image else None,
+            "fetched_at": dt.datetime.now(dt.timezone.utc)})
+        setattr(self.summary, outcome.status, getattr(self.summary, outcome.status) + 1)
+        if outcome.reason:
+            self.summary.reasons[outcome.reason.split(":")[0] if outcome.status != SKIPPED else outcome.reason] += 1
+        self.done += 1
+
+    def flush(self) -> None:
+        if not self.pending_rows:
+            return
+        with self.workspace.session() as session:
+            insert_ignore(session, Image, self.pending_images)
+            session.execute(update(Candidate), self.pending_rows)
+        self.pending_rows, self.pending_images = [], []
+        if self.progress:
+            self.progress(self.done, self.total)
+
+    def run(self) -> FetchSummary:
+        started = time.monotonic()
+        self.load()
+        if self.progress:
+            self.progress(0, self.total)
+        pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="imgnet-fetch")
+        try:
+            self.fill(pool)
+            while self.futures:
+                done, _ = wait(self.futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self.finish(self.futures.pop(future), future.result())
+                self.fill(pool)
+                self.flush()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.flush()
+        self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+
+def _read_local(path: str, max_bytes: int) -> bytes:
+    file = Path(path)
+    if not file.is_file():
+        raise _Rejected(FAILED, "no such file")
+    size = file.stat().st_size
+    if size > max_bytes:
+        raise _Rejected(FAILED, f"too large: {size} bytes (cap {max_bytes})")
+    return file.read_bytes()
+
+
+def fetch_pending(workspace, settings: FetchSettings = FetchSettings(), per_category: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> FetchSummary:
+    """Fetch every pending candidate of `workspace` (and quota-skipped ones, while under quota).
+
+    `progress(done, total)` is called from the calling thread as results are committed.
+    Returns the counts of this run; candidates' rows carry each status and reason.
+    """
+    return _Run(workspace, settings, per_category, progress).run()
+
+
+def candidate_counts(session) -> dict[str, int]:
+    """Candidates per status, for summaries."""
+    return dict(session.execute(select(Candidate.status, func.count()).group_by(Candidate.status)).all())

@@ -1,0 +1,227 @@
+"""HTTP plumbing for the downloader: an SSRF guard, per-item deadlines, per-host politeness.
+
+- `GuardedAdapter` is a requests adapter whose connections resolve the host once, refuse
+  it when any address is private, loopback, link-local, reserved or otherwise not global
+  (loopback is allowed on request, for tests and local mirrors), and then connect to the
+  checked address itself, so a second DNS answer cannot slip in (DNS rebinding). TLS still
+  verifies the certificate against the host name.
+- `deadline(seconds)` gives the current thread a wall-clock deadline; every socket a
+  guarded connection reads from during it is shut down by a watchdog thread when it
+  passes, so no slow or endless response (headers or body) blocks past it.
+- `HostLimiter` caps concurrent requests and the request rate per host, and lets a 429's
+  Retry-After pause a whole host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import ipaddress
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util import connection as urllib3_connection
+
+from imgnet_build.errors import ImgnetError
+
+__all__ = ["AddressRefused", "GuardedAdapter", "HostLimiter", "deadline", "refusal", "time_left"]
+
+
+class AddressRefused(ImgnetError):
+    "A URL's host resolves to an address the SSRF guard refuses (private, loopback, link-local…)"
+
+
+def refusal(address: str, allow_loopback: bool = False) -> str | None:
+    """Why connecting to `address` is refused, or None when it is a public address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None if allow_loopback else "a loopback address (allow it with --allow-loopback)"
+    for kind in ("unspecified", "link_local", "multicast", "private", "reserved"):
+        if getattr(ip, f"is_{kind}"):
+            return f"a {kind.replace('_', '-')} address"
+    if not ip.is_global:
+        return "not a public address"
+    return None
+
+
+def _checked_addresses(host: str, port: int, allow_loopback: bool) -> list[str]:
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    for address in addresses:
+        why = refusal(address, allow_loopback)
+        if why:
+            where = address if host == address else f"{host} ({address})"
+            raise AddressRefused(f"refused: {where} is {why}")
+    return addresses
+
+
+# -- deadlines -------------------------------------------------------------------------
+
+class _Watchdog:
+    """One thread that shuts sockets down when their deadline passes."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._sockets: dict[int, socket.socket] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, when: float) -> int:
+        with self._cond:
+            token = next(self._ids)
+            self._sockets[token] = sock
+            heapq.heappush(self._heap, (when, token))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="imgnet-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return token
+
+    def cancel(self, tokens: list[int]) -> None:
+        with self._cond:
+            for token in tokens:
+                self._sockets.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                when, token = self._heap[0]
+                now = time.monotonic()
+                if when > now:
+                    self._cond.wait(when - now)
+                    continue
+                heapq.heappop(self._heap)
+                sock = self._sockets.pop(token, None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # base method: also for TLS sockets
+
+
+_WATCHDOG = _Watchdog()
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Run the block under a wall-clock deadline; time spent waiting for a host slot does not count."""
+    _local.deadline = time.monotonic() + seconds
+    _local.tokens = []
+    try:
+        yield
+    finally:
+        _WATCHDOG.cancel(_local.tokens)
+        _local.deadline, _local.tokens = None, []
+
+
+def time_left() -> float:
+    """Seconds left before the current thread's deadline (infinite outside `deadline`)."""
+    when = getattr(_local, "deadline", None)
+    return float("inf") if when is None else when - time.monotonic()
+
+
+def _extend(seconds: float) -> None:
+    if getattr(_local, "deadline", None) is not None:
+        _local.deadline += seconds
+
+
+# -- the guarded connections -------------------------------------------------------------
+
+class _Guarded:
+    allow_loopback = False
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            addresses = _checked_addresses(self._dns_host, self.port, self.allow_loopback)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return urllib3_connection.create_connection(
+                    (address, self.port), self.timeout, source_address=self.source_address,
+                    socket_options=self.socket_options)
+            except socket.timeout as exc:
+                error = ConnectTimeoutError(self, f"Connection to {self.host} timed out")
+                error.__cause__ = exc
+            except OSError as exc:
+                error = NewConnectionError(self, f"Failed to establish a new connection: {exc}")
+                error.__cause__ = exc
+        raise error or NewConnectionError(self, f"no address for {self.host}")
+
+    def getresponse(self):
+        when = getattr(_local, "deadline", None)
+        if when is not None and self.sock is not None:
+            _local.tokens.append(_WATCHDOG.watch(self.sock, when))
+        return super().getresponse()
+
+
+def _pool_classes(allow_loopback: bool) -> dict[str, type]:
+    http = type("GuardedHTTPConnection", (_Guarded, HTTPConnection), {"allow_loopback": allow_loopback})
+    https = type("GuardedHTTPSConnection", (_Guarded, HTTPSConnection), {"allow_loopback": allow_loopback})
+    return {
+        "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+        "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+    }
+
+
+_POOLS = {flag: _pool_classes(flag) for flag in (False, True)}
+
+
+class GuardedAdapter(HTTPAdapter):
+    """A requests adapter whose connections pass the SSRF guard (mount it for http and https)."""
+
+    def __init__(self, allow_loopback: bool = False, **kwargs) -> None:
+        self._pool_classes = _POOLS[allow_loopback]
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = self._pool_classes
+
+
+# -- politeness --------------------------------------------------------------------------
+
+class HostLimiter:
+    """At most `concurrency` requests in flight and `rate` requests per second per host (0: no rate cap)."""
+
+    def __init__(self, concurrency: int, rate: float) -> None:
+        self.concurrency, self.rate = concurrency, rate
+        self._lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._next: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def slot(self, host: str) -> Iterator[None]:
+        """Wait for a turn at `host`; the wait is added to the current thread's deadline."""
+        waited = time.monotonic()
+        with self._lock:
+            semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(self.concurrency))
+        semaphore.acquire()
+        try:
+            with self._lock:
+                now = time.monotonic()
+                start = max(now, self._next.get(host, now))
+                self._next[host] = start + (1.0 / self.rate if self.rate > 0 else 0.0)
+            if start > now:
+                time.sleep(start - now)
+            _extend(time.monotonic() - waited)
+            yield
+        finally:
+            semaphore.release()
+
+    def pause(self, host: str, seconds: float) -> None:
+        """Send nothing more to `host` for `seconds` (a 429 with Retry-After)."""
+        with self._lock:
+            self._next[host] = max(self._next.get(host, 0.0), time.monotonic() + seconds)

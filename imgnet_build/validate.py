@@ -1,0 +1,101 @@
+"""Is a downloaded file an image we take? Decoded fully with Pillow; the file itself is kept as is.
+
+Decisions:
+- The original bytes are stored unchanged (no re-encoding, no colour conversion): CMYK,
+  palette and 16-bit files stay what they are; whoever reads them converts to RGB.
+- EXIF orientation is not applied to the file; the width and height reported are the
+  ones after orientation (a portrait photo stored sideways with orientation 6 reports
+  as portrait). Readers apply it with `PIL.ImageOps.exif_transpose`.
+- Formats taken: JPEG, PNG, GIF, WebP, BMP, TIFF (and AVIF where Pillow reads it). Only
+  those decoders are tried, so EPS/PDF/PSD never reach Ghostscript or odd parsers. SVG
+  and other vector or text files are refused.
+- Animated images (GIF, WebP, APNG) and multi-page TIFFs are refused: a frame of an
+  animation is rarely a good example of a category. A camera's multi-picture JPEG (MPO)
+  is a plain JPEG to every reader and is taken as JPEG.
+- Refused as well: empty files, truncated or corrupt files (the whole image is decoded),
+  images with a side under `min_side` pixels (tracking pixels), and images over
+  `max_pixels` pixels (decompression bombs; checked from the header, before decoding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+from PIL import Image, UnidentifiedImageError
+
+from imgnet_build.errors import ImgnetError
+
+__all__ = ["ImageInfo", "ImageRejected", "check_image", "FORMATS"]
+
+EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
+              "TIFF": "tif", "AVIF": "avif"}
+Image.init()
+FORMATS = tuple(name for name in EXTENSIONS if name in Image.OPEN)
+_ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+_ORIENTATION = 0x0112
+
+
+class ImageRejected(ImgnetError):
+    "A file is not an image we take; the message is the reason recorded for its candidate"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    format: str  # Pillow format name: JPEG, PNG, GIF, WEBP, BMP, TIFF, AVIF
+    width: int  # after EXIF orientation
+    height: int
+    ext: str  # file extension for the blob key
+
+
+def _sniff(data: bytes) -> str | None:
+    head = data[:1024].lstrip().lower()
+    if head.startswith((b"<", b"\xef\xbb\xbf<")):
+        if b"<svg" in data[:8192].lower():
+            return "SVG (vector images are not taken)"
+        if b"<html" in head or b"<!doctype html" in head or b"<head" in head or b"<body" in head:
+            return "HTML page, not an image"
+        return "XML or text, not an image"
+    if head.startswith((b"{", b"[")):
+        return "JSON or text, not an image"
+    return None
+
+
+def check_image(data: bytes, min_side: int = 32, max_pixels: int = 80_000_000) -> ImageInfo:
+    """Decode `data` fully and describe it, or raise ImageRejected with the reason."""
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    sniffed = _sniff(data)
+    if sniffed:
+        raise ImageRejected(sniffed)
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected("not an image in a format we take (JPEG, PNG, GIF, WebP, BMP, TIFF)") from exc
+    except Exception as exc:  # a broken header can raise almost anything
+        raise ImageRejected(f"unreadable image header: {exc}") from exc
+    with image:
+        fmt, (width, height) = image.format, image.size
+        if width * height > max_pixels:
+            raise ImageRejected(f"decompression bomb: {width}x{height} is {width * height / 1e6:.0f} MP "
+                                f"(cap {max_pixels / 1e6:.0f} MP)")
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1 and fmt != "MPO":
+            kind = "multi-page" if fmt == "TIFF" else "animated"
+            raise ImageRejected(f"{kind} {fmt} ({frames} frames); only still images are taken")
+        if min(width, height) < min_side:
+            raise ImageRejected(f"too small: {width}x{height} px (minimum side {min_side} px)")
+        try:
+            image.load()
+        except Exception as exc:  # truncated data, broken stream, decoder errors
+            raise ImageRejected(f"truncated or corrupt {fmt}: {exc}") from exc
+        try:
+            orientation = image.getexif().get(_ORIENTATION)
+        except Exception:  # a broken EXIF block does not make the image unusable
+            orientation = None
+    if orientation in _ROTATED:
+        width, height = height, width
+    fmt = "JPEG" if fmt == "MPO" else fmt
+    return ImageInfo(format=fmt, width=width, height=height, ext=EXTENSIONS[fmt])
