@@ -68,6 +68,8 @@ def status(workspace: Workspace, as_json: bool) -> None:
 
 # (module in cli/, click command in it); each stage adds its line here.
 COMMANDS: list[tuple[str, str]] = [
+    ("gather", "gather"),
+    ("tree", "tree"),
 ]
 
 

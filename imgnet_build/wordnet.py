@@ -153,17 +153,23 @@ _NAME = re.compile(r"^.+\.([nvasr])\.\d{2}$")
 
 def resolve_synset(spec: str):
     """A noun synset from a wnid (`n02084071`) or an nltk name (`dog.n.01`)."""
+    import warnings
+
+    from nltk.corpus.reader.wordnet import WordNetError
+
     wn = load_wordnet()
     spec = spec.strip()
     match = _WNID.match(spec)
+    if not match and not _NAME.match(spec):
+        raise UnknownSynset(f"{spec!r} is not a synset; give a wnid like n02084071 or a name like dog.n.01")
     try:
-        if match:
-            synset = wn.synset_from_pos_and_offset(match.group(1), int(match.group(2)))
-        elif _NAME.match(spec):
-            synset = wn.synset(spec)
-        else:
-            raise UnknownSynset(f"{spec!r} is not a synset; give a wnid like n02084071 or a name like dog.n.01")
-    except (LookupError, ValueError, AttributeError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nltk warns, then returns None, for an unknown offset
+            synset = (wn.synset_from_pos_and_offset(match.group(1), int(match.group(2))) if match
+                      else wn.synset(spec))
+        if synset is None:
+            raise LookupError(spec)
+    except (LookupError, ValueError, WordNetError):
         hint = ""
         if not match:
             lemma = spec.split(".")[0]

@@ -1,0 +1,109 @@
+"""`imgnet tree`: build, show and export the category tree."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import click
+
+from imgnet_build import taxonomy
+from imgnet_build.cli.common import json_option, pass_workspace, print_json
+from imgnet_build.errors import UnknownSynset
+from imgnet_build.wordnet import resolve_synset, wnid
+from imgnet_build.workspace import Workspace
+
+
+@click.group()
+def tree() -> None:
+    """Build, show and export the category tree."""
+
+
+@tree.command()
+@click.option("--root", "roots", multiple=True, metavar="SYNSET",
+              help="Keep only the tree below this synset (wnid or name); repeatable. Default: all of WordNet.")
+@click.option("--exclude", "excludes", multiple=True, metavar="SYNSET", help="Leave out this subtree; repeatable.")
+@click.option("--max-depth", type=click.IntRange(min=0), help="Keep categories at most N levels below the roots.")
+@click.option("--include-people", is_flag=True, help="Put person.n.01 and the people lexicographer file back in.")
+@json_option
+@pass_workspace
+def build(workspace: Workspace, roots, excludes, max_depth, include_people, as_json) -> None:
+    """Select the imageable WordNet synsets as categories.
+
+    Rebuilding replaces the selection; categories that already have candidates are kept.
+
+    Example:
+
+    \b
+        imgnet tree build --root dog.n.01 --root musical_instrument.n.01
+    """
+    options = taxonomy.TreeOptions(tuple(roots), tuple(excludes), max_depth, include_people)
+    with workspace.session() as session:
+        result = taxonomy.build_tree(session, options)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    if result.kept:
+        click.echo(f"Warning: kept {len(result.kept)} categories outside the new selection because they have "
+                   f"candidates: {', '.join(result.kept[:10])}{' …' if len(result.kept) > 10 else ''}", err=True)
+    click.echo(f"tree: {result.categories} categories, {result.edges} edges "
+               f"({result.added} added, {result.removed} removed, {len(result.kept)} kept)")
+
+
+@tree.command()
+@click.option("--root", metavar="SYNSET", help="Show the tree below this category (default: from the tops).")
+@click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Levels to show below the root.")
+@pass_workspace
+def show(workspace: Workspace, root: str | None, depth: int) -> None:
+    """Print the tree indented, with the number of categories below each.
+
+    Example:
+
+    \b
+        imgnet tree show --root dog.n.01 --depth 1
+    """
+    with workspace.session() as session:
+        nodes = taxonomy.load_tree(session)
+    if not nodes:
+        raise click.ClickException("the tree is empty; build it with: imgnet tree build")
+    if root:
+        root_wnid = wnid(resolve_synset(root))
+        if root_wnid not in nodes:
+            raise UnknownSynset(f"{root} ({root_wnid}) is not in this workspace's tree")
+        roots = [root_wnid]
+    else:
+        roots = taxonomy.tree_tops(nodes)
+    for line in taxonomy.render_tree(nodes, roots, depth):
+        click.echo(line)
+
+
+@tree.command()
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "txt"]), default="json", show_default=True,
+              help="json: [{wnid, name, lemmas, gloss, parents, depth}]; csv: the same columns; "
+                   "txt: ILSVRC's LOC_synset_mapping.txt lines.")
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
+              help="Write to this file (default: standard output).")
+@pass_workspace
+def export(workspace: Workspace, fmt: str, output) -> None:
+    """Write the category tree as JSON, CSV or ILSVRC's synset mapping.
+
+    Example:
+
+    \b
+        imgnet tree export --format txt -o LOC_synset_mapping.txt
+    """
+    with workspace.session() as session:
+        rows = taxonomy.export_rows(taxonomy.load_tree(session))
+    if fmt == "json":
+        json.dump(rows, output, indent=1, ensure_ascii=False)
+        output.write("\n")
+    elif fmt == "csv":
+        writer = csv.writer(output, lineterminator="\n")
+        writer.writerow(["wnid", "name", "lemmas", "gloss", "parents", "depth"])
+        for row in rows:
+            writer.writerow([row["wnid"], row["name"], "|".join(row["lemmas"]), row["gloss"],
+                             "|".join(row["parents"]), row["depth"]])
+    else:
+        for row in rows:
+            output.write(f"{row['wnid']} {', '.join(row['lemmas'])}\n")
