@@ -8,6 +8,7 @@ import nltk
 import pytest
 from sqlalchemy import func, select
 
+import imgnet_build.queries
 from imgnet_build import store
 from imgnet_build.errors import BadInput, LanguageDataMissing
 from imgnet_build.queries import expand_queries
@@ -165,7 +166,7 @@ def test_missing_omw_names_the_fix(workspace, tmp_path, monkeypatch, fresh_omw):
         [whippet] = add_categories(session, "whippet.n.01")
         with pytest.raises(LanguageDataMissing) as caught:
             expand_queries(session, [whippet], languages=("en", "es"))
-        assert [q.text for q in expand_queries(session, [whippet])[whippet.id]][0] == "whippet"  # English still works
+        assert expand_queries(session, [whippet])[whippet.id][0].text == "whippet"  # English still works
     message = str(caught.value)
     assert message.startswith(f"queries in 'es' need the Open Multilingual WordNet (nltk's {package} data)")
     assert f"python -c \"import nltk; nltk.download('{package}')\"" in message
@@ -176,9 +177,7 @@ def test_rows_another_writer_added_meanwhile_are_reused(any_workspace, monkeypat
     with any_workspace.session() as session:
         categories = add_categories(session, "whippet.n.01")
         first = [q.id for q in expand_queries(session, categories)[categories[0].id]]
-    import imgnet_build.queries as queries
-
-    monkeypatch.setattr(queries, "_existing", lambda session, ids: {})  # as if read before the other commit
+    monkeypatch.setattr(imgnet_build.queries, "_existing", lambda session, ids: {})  # as if read before the other commit
     with any_workspace.session() as session:
         categories = list(session.scalars(select(store.Category)))
         again = [q.id for q in expand_queries(session, categories)[categories[0].id]]
