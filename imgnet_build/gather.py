@@ -1,0 +1,162 @@
+"""Gathering: queries for every category, candidates from a source, then the download.
+
+    summary = gather(workspace, "urls:candidates.csv", per_category=200)
+    print(summary.line())   # gathered: 812 ok, 57 failed, 3 skipped in 4.2 s (193 images/s)
+
+Steps, each idempotent, so running the same gather again continues where it stopped:
+1. `queries.expand_queries` makes (or finds) each category's search strings;
+2. the source proposes candidates; each becomes a `candidate` row (unique per category
+   and URL; inserted in committed batches). A proposal with an error and a known
+   category becomes a failed row with that reason; one that cannot be attached to a
+   category (unknown wnid, unreadable row, stray folder) is counted and reported in
+   `GatherSummary.rejected`, since the schema has no row for it;
+3. `fetch.fetch_pending` downloads what is pending, honouring the per-category quota.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+
+from sqlalchemy import func, select
+
+from imgnet_build.dbutil import insert_ignore
+from imgnet_build.errors import BadInput
+from imgnet_build.fetch import FetchSettings, FetchSummary, fetch_pending
+from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
+from imgnet_build.store import Candidate, CandidateStatus, Category
+
+__all__ = ["gather", "GatherSummary", "propose_candidates", "DEFAULT_PROPOSALS"]
+
+DEFAULT_PROPOSALS = 100  # what a search source is asked for per category when there is no quota
+BATCH = 500
+EXAMPLES = 5
+
+
+@dataclasses.dataclass
+class GatherSummary:
+    """What one gather did: proposals seen, rows added, proposals rejected, and the fetch."""
+
+    source: str
+    proposed: int = 0
+    new_candidates: int = 0
+    invalid: int = 0  # proposals with an error, recorded as failed candidate rows
+    rejected: Counter = dataclasses.field(default_factory=Counter)  # reason -> count, not attached
+    examples: list[str] = dataclasses.field(default_factory=list)  # a few rejected proposals, verbatim
+    fetch: FetchSummary = dataclasses.field(default_factory=FetchSummary)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return self.fetch.ok
+
+    @property
+    def failed(self) -> int:
+        return self.fetch.failed + self.invalid
+
+    @property
+    def skipped(self) -> int:
+        return self.fetch.skipped
+
+    def line(self) -> str:
+        rate = self.ok / self.seconds if self.seconds > 0 else 0.0
+        return (f"gathered: {self.ok} ok, {self.failed} failed, {self.skipped} skipped "
+                f"in {self.seconds:.1f} s ({rate:.0f} images/s)")
+
+    def warnings(self) -> list[str]:
+        total = sum(self.rejected.values())
+        if not total:
+            return []
+        reasons = "; ".join(f"{reason} ({count})" for reason, count in self.rejected.most_common(5))
+        return [f"{total} proposal(s) not attached to any category: {reasons}"]
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "proposed": self.proposed, "new_candidates": self.new_candidates,
+                "ok": self.ok, "failed": self.failed, "skipped": self.skipped, "invalid": self.invalid,
+                "rejected": sum(self.rejected.values()), "rejected_reasons": dict(self.rejected.most_common(20)),
+                "rejected_examples": self.examples, "seconds": round(self.seconds, 3),
+                "images_per_second": round(self.ok / self.seconds, 1) if self.seconds > 0 else 0.0,
+                "fetch": self.fetch.to_dict()}
+
+
+def gather(workspace, source_spec: str, per_category: int | None = None, languages: Iterable[str] = ("en",),
+           settings: FetchSettings = FetchSettings(), source_settings: dict | None = None,
+           progress: Callable[[int, int], None] | None = None) -> GatherSummary:
+    """Propose candidates for every category of `workspace` from `source_spec` and fetch them.
+
+    `per_category` is the quota of valid images per category (None: no quota). Raises an
+    ImgnetError only when the whole gather cannot run (no categories, unusable source or
+    input file, missing language data); everything per item is recorded in the database.
+    """
+    started = time.monotonic()
+    source = open_source(source_spec, **(source_settings or {}))
+    summary = GatherSummary(source=source_spec)
+    propose_candidates(workspace, source, per_category, languages, summary)
+    if source.local:
+        settings = dataclasses.replace(settings, local_sources=settings.local_sources | {source.name})
+    summary.fetch = fetch_pending(workspace, settings, per_category, progress)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _category_queries(workspace, languages: Iterable[str]) -> tuple[list[CategoryQueries], dict[str, int]]:
+    from imgnet_build.queries import expand_queries
+
+    with workspace.session() as session:
+        categories = list(session.scalars(select(Category).order_by(Category.id)))
+        if not categories:
+            raise BadInput("the workspace has no categories yet; build the tree first: imgnet tree build --root SYNSET")
+        queries = expand_queries(session, categories, list(languages))
+        wanted = [CategoryQueries(wnid=category.wnid,
+                                  queries=tuple((q.id, q.text, q.language) for q in queries.get(category.id, [])))
+                  for category in categories]
+        return wanted, {category.wnid: category.id for category in categories}
+
+
+def propose_candidates(workspace, source: Source, per_category: int | None, languages: Iterable[str],
+                       summary: GatherSummary) -> None:
+    """Insert the source's proposals as candidate rows (idempotent); count what cannot be attached."""
+    wanted, ids = _category_queries(workspace, languages)
+    proposals = source.propose(wanted, per_category or DEFAULT_PROPOSALS)
+    with workspace.session() as session:
+        before = session.scalar(select(func.count()).select_from(Candidate))
+    for batch in _batches(proposals, BATCH):
+        rows = [row for row in (_row(proposal, source.name, ids, summary) for proposal in batch) if row]
+        with workspace.session() as session:
+            insert_ignore(session, Candidate, rows)
+    with workspace.session() as session:
+        summary.new_candidates = session.scalar(select(func.count()).select_from(Candidate)) - before
+
+
+def _row(proposal: Proposal, source: str, ids: dict[str, int], summary: GatherSummary) -> dict | None:
+    summary.proposed += 1
+    category_id = ids.get(proposal.wnid)
+    if category_id is None or not proposal.url:
+        reason = proposal.error or f"unknown wnid {proposal.wnid!r} (not a category of this workspace)"
+        summary.rejected[_reason_kind(reason)] += 1
+        if len(summary.examples) < EXAMPLES:
+            summary.examples.append(f"{proposal.url or '-'}: {reason}")
+        return None
+    if proposal.error:
+        summary.invalid += 1
+    return {"category_id": category_id, "query_id": proposal.query_id, "source": source, "url": proposal.url,
+            "rank": proposal.rank, "license": proposal.license, "attribution": proposal.attribution,
+            "source_sha1": proposal.source_sha1, "truth": proposal.truth,
+            "status": CandidateStatus.FAILED if proposal.error else CandidateStatus.PENDING,
+            "error": proposal.error, "attempts": 0}
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the summary: drop a leading "line N:" and keep the words before any detail."""
+    if reason.startswith("line ") and ":" in reason:
+        reason = reason.split(":", 1)[1].strip()
+    return reason.split(" (", 1)[0]
+
+
+def _batches(items: Iterable[Proposal], size: int) -> Iterator[list[Proposal]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch

@@ -1,0 +1,220 @@
+"""`imgnet gather` end to end: URL lists and folders, bad input files, kill -9 and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from loopback import LoopbackServer, jpeg_bytes
+from sqlalchemy import create_engine, func, select, text
+
+from imgnet_build.cli.main import cli
+from imgnet_build.fetch import FetchSettings
+from imgnet_build.gather import gather
+from imgnet_build.store import Candidate, Category, Image, Query
+
+DOG, CAT = "n02084071", "n02121808"
+
+
+@pytest.fixture
+def server():
+    server = LoopbackServer()
+    yield server
+    server.close()
+
+
+def add_categories(workspace, *wnids: str) -> None:
+    names = {DOG: "dog", CAT: "domestic_cat"}
+    with workspace.session() as session:
+        for wnid in wnids:
+            name = names[wnid]
+            session.add(Category(wnid=wnid, synset=f"{name}.n.01", name=name, lemmas=[name], gloss="",
+                                 lexname="noun.animal", depth=0))
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "url,wnid") -> Path:
+    path.write_text(header + "\n" + "".join(f"{url},{wnid}\n" for url, wnid in rows))
+    return path
+
+
+def invoke(runner, workspace, *args: str):
+    return runner.invoke(cli, ["-w", str(workspace.root), "gather", *args], catch_exceptions=False)
+
+
+def test_gather_a_url_list_from_the_cli(any_workspace, server, runner, tmp_path):
+    add_categories(any_workspace, DOG, CAT)
+    rows = [(server.add(f"/dog{i}.jpg", jpeg_bytes(48, 48, seed=i)), DOG) for i in range(4)]
+    rows += [(server.add(f"/cat{i}.jpg", jpeg_bytes(48, 48, seed=10 + i)), CAT) for i in range(3)]
+    rows += [(server.add("/gone.jpg", b"", status=404), CAT), (server.url("/dog0.jpg"), "n00000001"),
+             (server.url("/cat0.jpg"), "n00000001")]
+    listing = write_csv(tmp_path / "list.csv", rows)
+
+    result = invoke(runner, any_workspace, "--source", f"urls:{listing}", "--allow-loopback", "--workers", "4")
+
+    assert result.exit_code == 0, result.output
+    assert "warning: 2 proposal(s) not attached to any category: unknown wnid n00000001 (2)" in result.stderr
+    assert result.stdout.startswith("gathered: 7 ok, 1 failed, 0 skipped in ")
+    with any_workspace.session() as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == 7
+        assert session.scalar(select(func.count()).select_from(Query)) > 0  # queries were expanded
+        assert session.scalar(select(Candidate.error).where(Candidate.status == "failed")) == "HTTP 404 Not Found"
+
+    again = invoke(runner, any_workspace, "--source", f"urls:{listing}", "--allow-loopback", "--json")
+    document = json.loads(again.stdout)
+    assert (document["new_candidates"], document["ok"], document["fetch"]["downloaded"]) == (0, 0, 0)
+    assert document["rejected_reasons"] == {"unknown wnid n00000001": 2}
+    assert max(server.counts.values()) == 1
+
+
+def test_quota_from_the_cli(workspace, server, runner, tmp_path):
+    add_categories(workspace, DOG)
+    listing = write_csv(tmp_path / "list.csv",
+                        [(server.add(f"/{i}.jpg", jpeg_bytes(40, 40, seed=i)), DOG) for i in range(6)])
+    result = invoke(runner, workspace, "--source", f"urls:{listing}", "--allow-loopback", "--per-category", "2",
+                    "--json")
+    assert json.loads(result.stdout)["ok"] == 2 and json.loads(result.stdout)["skipped"] == 4
+
+
+def test_gather_a_folder_without_http(workspace, runner, tmp_path):
+    add_categories(workspace, DOG)
+    (tmp_path / "photos" / DOG).mkdir(parents=True)
+    (tmp_path / "photos" / "n99999999").mkdir()
+    (tmp_path / "photos" / DOG / "a.jpg").write_bytes(jpeg_bytes(50, 50, seed=1))
+    (tmp_path / "photos" / DOG / "broken.jpg").write_bytes(jpeg_bytes(50, 50, seed=2)[:200])
+    (tmp_path / "photos" / "n99999999" / "b.jpg").write_bytes(jpeg_bytes(50, 50, seed=3))
+
+    result = invoke(runner, workspace, "--source", f"dir:{tmp_path / 'photos'}")
+
+    assert result.exit_code == 0
+    assert result.stderr == "warning: 1 proposal(s) not attached to any category: folder n99999999 names no category (1)\n"
+    assert result.stdout.startswith("gathered: 1 ok, 1 failed, 0 skipped")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"link,wnid\nhttp://x/a.jpg,n02084071\n", "no url column (found link, wnid)"),
+    (b"url,wnid\nhttp://x/\xe9.jpg,n02084071\n", "not UTF-8"),
+])
+def test_an_unusable_input_file_stops_with_exit_1(workspace, runner, tmp_path, content, message):
+    add_categories(workspace, DOG)
+    (tmp_path / "bad.csv").write_bytes(content)
+    result = invoke(runner, workspace, "--source", f"urls:{tmp_path / 'bad.csv'}")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and message in result.output
+
+
+def test_bad_rows_are_recorded_and_the_rest_is_gathered(workspace, server, runner, tmp_path):
+    add_categories(workspace, DOG)
+    good = server.add("/good.jpg", jpeg_bytes(40, 40))
+    listing = tmp_path / "list.jsonl"
+    listing.write_text("\n".join([
+        json.dumps({"url": good, "wnid": DOG}),
+        "{not json",
+        json.dumps({"url": server.url("/x.jpg"), "wnid": DOG, "truth": "maybe"}),
+        json.dumps({"url": "", "wnid": DOG}),
+    ]) + "\n")
+    result = invoke(runner, workspace, "--source", f"urls:{listing}", "--allow-loopback", "--json")
+    document = json.loads(result.stdout)
+    assert result.exit_code == 0
+    assert (document["ok"], document["failed"], document["invalid"], document["rejected"]) == (1, 1, 1, 2)
+    with workspace.session() as session:
+        assert session.scalar(select(Candidate.error).where(Candidate.status == "failed")).endswith(
+            "truth 'maybe' is not one of yes/no/true/false/1/0")
+
+
+def test_no_categories_is_an_error_that_names_the_fix(workspace, runner, tmp_path):
+    result = invoke(runner, workspace, "--source", f"urls:{write_csv(tmp_path / 'l.csv', [])}")
+    assert result.exit_code == 1
+    assert result.output == ("Error: the workspace has no categories yet; build the tree first: "
+                             "imgnet tree build --root SYNSET\n")
+
+
+def test_library_api(workspace, server, tmp_path):
+    add_categories(workspace, DOG)
+    listing = write_csv(tmp_path / "l.csv", [(server.add("/a.jpg", jpeg_bytes()), DOG)])
+    summary = gather(workspace, f"urls:{listing}", settings=FetchSettings(allow_loopback=True))
+    assert (summary.ok, summary.proposed, summary.new_candidates) == (1, 1, 1)
+
+
+# -- kill -9 in the middle, then the same command again --------------------------------------
+
+class GatedServer(LoopbackServer):
+    """Serves the first `open_count` requests at once; later ones wait until `gate` is set."""
+
+    def __init__(self, files: dict[str, bytes], open_count: int):
+        super().__init__()
+        self.gate, self.served, self.waiting = threading.Event(), 0, 0
+        for path, body in files.items():
+            self.route(path, self._handler(body, open_count))
+
+    def _handler(self, body: bytes, open_count: int):
+        def handle(request):
+            with self.lock:
+                self.served += 1
+                held = self.served > open_count
+                self.waiting += held
+            if held:
+                self.gate.wait(30)
+            request.send_response(200)
+            request.send_header("Content-Type", "image/jpeg")
+            request.send_header("Content-Length", str(len(body)))
+            request.end_headers()
+            request.wfile.write(body)
+        return handle
+
+
+def _ok_urls(database_url: str) -> set[str]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return set(connection.scalars(text("SELECT url FROM candidate WHERE status = 'ok'")))
+    finally:
+        engine.dispose()
+
+
+def test_kill_9_mid_run_then_rerun_finishes_without_refetching(workspace, tmp_path):
+    add_categories(workspace, DOG, CAT)
+    files = {f"/{i}.jpg": jpeg_bytes(40, 40, seed=i) for i in range(40)}
+    server = GatedServer(files, open_count=12)
+    listing = write_csv(tmp_path / "list.csv", [(server.url(path), DOG if i % 2 else CAT)
+                                                for i, path in enumerate(files)])
+    command = [str(Path(sys.executable).parent / "imgnet"), "-w", str(workspace.root), "gather",
+               "--source", f"urls:{listing}", "--allow-loopback", "--workers", "4"]
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stop = time.monotonic() + 60
+        while (len(_ok_urls(workspace.database_url)) < 12 or server.waiting < 4) and time.monotonic() < stop:
+            assert process.poll() is None, process.stderr.read().decode()
+            time.sleep(0.05)
+        assert len(_ok_urls(workspace.database_url)) == 12 and server.waiting == 4
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        stored_before = _ok_urls(workspace.database_url)
+        server.gate.set()
+
+        rerun = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=120)
+    finally:
+        server.gate.set()
+        server.close()
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["ok"] == 28
+    with workspace.session() as session:
+        assert session.scalar(select(func.count()).select_from(Candidate)) == 40  # no duplicate rows
+        assert set(session.scalars(select(Candidate.status))) == {"ok"}
+        images = session.scalar(select(func.count()).select_from(Image))
+    for url in stored_before:  # what was stored before the kill was not downloaded again
+        assert server.counts[url.split(str(server.port), 1)[1]] == 1
+    assert max(server.counts.values()) <= 2 and sum(server.counts.values()) == 40 + 4
+    blobs = [path for path in (workspace.root / "blobs").rglob("*") if path.is_file()]
+    assert not [path for path in blobs if path.name.startswith(".tmp-")]  # no half-written blob
+    assert len(blobs) == images == 40
+    for path in blobs:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
