@@ -69,7 +69,6 @@ def status(workspace: Workspace, as_json: bool) -> None:
 # (module in cli/, click command in it); each stage adds its line here.
 COMMANDS: list[tuple[str, str]] = [
     ("gather", "gather"),
-    ("gather", "gather"),
     ("tree", "tree"),
 ]
 
