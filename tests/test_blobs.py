@@ -1,0 +1,122 @@
+"""Blob stores: the local folder, and S3 against moto's server over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import boto3
+import pytest
+from loopback import LoopbackServer, jpeg_bytes
+from moto.server import ThreadedMotoServer
+from sqlalchemy import select
+
+from imgnet_build.blobs import LocalBlobStore, S3BlobStore, blob_key, open_blob_store
+from imgnet_build.errors import BadInput
+from imgnet_build.fetch import BlobStoreFailed, FetchSettings, fetch_pending
+from imgnet_build.store import Candidate, Category, Image
+from imgnet_build.workspace import Workspace
+
+DATA = b"\xff\xd8 not really a jpeg"
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+def test_blob_key_layout():
+    assert blob_key(SHA, ".JPG") == f"{SHA[:2]}/{SHA[2:4]}/{SHA}.jpg"
+
+
+def test_local_store_round_trip_and_idempotent_put(tmp_path):
+    store = open_blob_store(str(tmp_path / "blobs"))
+    key = blob_key(SHA, "jpg")
+    assert isinstance(store, LocalBlobStore) and not store.exists(key)
+    store.put(key, DATA)
+    store.put(key, b"something else")  # content-addressed: the first write stands
+    assert store.exists(key) and store.get(key) == DATA
+    assert store.local_path(key) == tmp_path / "blobs" / key
+
+
+def test_local_store_leaves_nothing_behind_when_a_write_fails(tmp_path, monkeypatch):
+    store = LocalBlobStore(tmp_path / "blobs")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        store.put(blob_key(SHA, "jpg"), DATA)
+    assert [path for path in (tmp_path / "blobs").rglob("*") if path.is_file()] == []
+
+
+def test_unsupported_locations_are_refused():
+    with pytest.raises(BadInput, match="use a folder path or s3://bucket/prefix"):
+        open_blob_store("gs://bucket/x")
+    with pytest.raises(BadInput, match="names no bucket"):
+        open_blob_store("s3://")
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """moto's S3 in server mode on 127.0.0.1 (a real HTTP endpoint), with fake credentials."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="imgs")
+    yield endpoint
+    server.stop()
+
+
+def test_s3_store_round_trip(s3_endpoint):
+    store = open_blob_store("s3://imgs/run1/", endpoint_url=s3_endpoint)
+    key = blob_key(SHA, "jpg")
+    assert isinstance(store, S3BlobStore) and not store.exists(key)
+    store.put(key, DATA)
+    assert store.exists(key) and store.get(key) == DATA and store.local_path(key) is None
+    listed = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="imgs")["Contents"]
+    assert [item["Key"] for item in listed] == [f"run1/{key}"]
+
+
+def _one_candidate(workspace, url: str) -> None:
+    with workspace.session() as session:
+        category = Category(wnid="n02084071", synset="dog.n.01", name="dog", lemmas=["dog"], gloss="",
+                            lexname="noun.animal", depth=0)
+        session.add(category)
+        session.flush()
+        session.add(Candidate(category_id=category.id, source="urls", url=url))
+
+
+def test_fetch_into_an_s3_workspace(s3_endpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGNET_S3_ENDPOINT_URL", s3_endpoint)
+    workspace = Workspace.init(tmp_path / "ws", blobs="s3://imgs/ws")
+    server = LoopbackServer()
+    try:
+        body = jpeg_bytes(40, 40)
+        _one_candidate(workspace, server.add("/a.jpg", body))
+        summary = fetch_pending(workspace, FetchSettings(allow_loopback=True, workers=2))
+    finally:
+        server.close()
+        workspace.close()
+    assert summary.ok == 1
+    with workspace.session() as session:
+        image = session.scalars(select(Image)).one()
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    assert s3.get_object(Bucket="imgs", Key=f"ws/{image.blob_key}")["Body"].read() == body
+
+
+def test_a_broken_blob_store_stops_the_run_and_blames_no_candidate(s3_endpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGNET_S3_ENDPOINT_URL", s3_endpoint)
+    workspace = Workspace.init(tmp_path / "ws", blobs="s3://no-such-bucket/ws")
+    server = LoopbackServer()
+    try:
+        _one_candidate(workspace, server.add("/a.jpg", jpeg_bytes(40, 40)))
+        with pytest.raises(BlobStoreFailed, match="cannot write to the blob store s3://no-such-bucket/ws: .*NoSuchBucket"):
+            fetch_pending(workspace, FetchSettings(allow_loopback=True, workers=2))
+        with workspace.session() as session:
+            assert session.scalars(select(Candidate.status)).one() == "pending"
+    finally:
+        server.close()
+        workspace.close()
