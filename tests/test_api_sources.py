@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -181,6 +182,19 @@ def test_wikimedia_failures_are_data(serve):
         (TABBY, 3, None)]
 
 
+def test_connection_refused_is_data_and_the_spec_argument_is_the_base_url():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    session = requests.Session()
+    session.trust_env = False
+    source = open_source(f"wikimedia:http://127.0.0.1:{port}/w/api.php", session=session, retries=0)
+    [proposal] = source.propose([CategoryQueries(WHIPPET, ((1, "whippet", "en"),))], 5)
+    assert (proposal.url, proposal.query_id) == ("", 1)
+    assert proposal.error.startswith("wikimedia search 'whippet' failed: ConnectionError: ")
+    assert "User-Agent" not in session.headers or session.headers["User-Agent"].startswith("python-requests")
+
+
 # -- Openverse --------------------------------------------------------------------------------
 
 
@@ -204,6 +218,7 @@ def test_openverse_pages_and_licenses(serve):
     assert server.params("page") == ["1", "2"]
     assert server.params("page_size") == ["20", "20"]  # anonymous: at most 20 a page
     assert server.params("license") == ["by,cc0", "by,cc0"]
+    assert server.calls[0][2]["User-Agent"].startswith("imgnet-build/0.1.0 (")
 
 
 def test_openverse_anonymous_depth_is_20_pages(serve):

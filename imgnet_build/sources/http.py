@@ -65,7 +65,6 @@ class PoliteClient:
     def __init__(self, settings: HttpSettings, session: requests.Session | None = None):
         self.settings = settings
         self.session = session or requests.Session()
-        self.session.headers["User-Agent"] = settings.user_agent
         self._last_start = 0.0
         self._blocked_until = 0.0
         self._one_at_a_time = threading.Lock()
@@ -82,6 +81,7 @@ class PoliteClient:
     def _get_json(self, path: str, params: Mapping[str, Any], headers: Mapping[str, str] | None,
                   retry_if: Callable[[Any], str | None] | None) -> Any:
         url = self.settings.base_url.rstrip("/") + "/" + path.lstrip("/") if path else self.settings.base_url
+        headers = {"User-Agent": self.settings.user_agent, **(headers or {})}
         for attempt in range(self.settings.retries + 1):
             self._pace()
             wait = None
@@ -102,6 +102,8 @@ class PoliteClient:
                     raise ApiError(f"HTTP {status}: {_excerpt(response.text)}")
                 wait = retry_after(response.headers.get("Retry-After"))
             if attempt == self.settings.retries:
+                if wait is not None and wait > self.settings.max_wait:
+                    self._blocked_until = time.monotonic() + wait
                 break
             self.wait(self._backoff(attempt) if wait is None else wait, reason)
         raise ApiError(f"{reason} after {self.settings.retries + 1} tries")
