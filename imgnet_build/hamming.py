@@ -1,0 +1,178 @@
+"""Find all pairs of 64-bit hashes within a Hamming distance, without comparing all pairs.
+
+Multi-index hashing by pigeonhole: split the 64 bits into `m = d + j` bands. Two hashes
+that differ in at most `d` bits leave at least `j` bands untouched, so they agree exactly
+on some `j` of the bands. One *table* per choice of `j` bands: sort the hashes by those
+bands (numpy), scan runs of equal keys and verify each candidate pair with a popcount.
+`j = 1` is the textbook scheme (d + 1 bands); larger `j` means more tables but longer
+keys and far fewer candidates, which is what a million hashes need. `choose_j` picks it
+from a cost model measured on numpy (see benchmarks/bench_dedup.py).
+
+    index = HammingIndex(10)
+    pairs = index.add(hashes)        # (i, j, distance) rows among `hashes`
+    more = index.add(new_hashes)     # rows touching only the new hashes: new-old, new-new
+
+Positions are global: the first `add` gets 0..n-1, the next continues from n.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["HammingIndex", "to_unsigned", "to_signed", "bands", "choose_j"]
+
+_SORT_COST = 60e-9  # seconds per hash per table: argsort, gather and scan (measured)
+_PAIR_COST = 10e-9  # seconds per candidate pair: compare and popcount (measured)
+_MAX_TABLES = 4096
+
+
+def to_unsigned(values) -> np.ndarray:
+    """Signed int64 values as stored in the database -> uint64 hashes."""
+    return np.asarray(values, dtype=np.int64).view(np.uint64)
+
+
+def to_signed(value: int) -> int:
+    """A 64-bit unsigned hash -> the signed int64 the database column holds."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+Band = tuple[int, int]  # (shift, size) of a run of bits
+
+
+def bands(count: int) -> list[Band]:
+    """`count` contiguous, nearly equal bands covering the 64 bits, as (shift, size)."""
+    sizes = [64 // count + (1 if i < 64 % count else 0) for i in range(count)]
+    return [(sum(sizes[:i]), size) for i, size in enumerate(sizes)]
+
+
+def _tables(threshold: int, j: int) -> list[tuple[Band, ...]]:
+    return list(itertools.combinations(bands(threshold + j), j))
+
+
+def _key(hashes: np.ndarray, table: tuple[Band, ...]) -> np.ndarray:
+    """The table's bands of each hash, packed into the low bits of one integer."""
+    key = np.zeros(len(hashes), dtype=np.uint64)
+    for shift, size in table:
+        key = (key << np.uint64(size)) | ((hashes >> np.uint64(shift)) & np.uint64((1 << size) - 1))
+    return key
+
+
+def _sort(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted keys, their positions); packs both in one integer when they fit (3x faster)."""
+    key_bits = int(keys.max()).bit_length() if len(keys) else 0
+    index_bits = max(1, (len(keys) - 1).bit_length())
+    if key_bits + index_bits > 64:
+        order = np.argsort(keys)
+        return keys[order], order
+    packed = np.sort((keys << np.uint64(index_bits)) | np.arange(len(keys), dtype=np.uint64))
+    return packed >> np.uint64(index_bits), (packed & np.uint64((1 << index_bits) - 1)).astype(np.int64)
+
+
+def _cost(threshold: int, j: int, n: int, queries: int) -> float:
+    m = threshold + j
+    tables = math.comb(m, j)
+    key_bits = 64 * j / m
+    candidates = queries * (n - queries / 2) / 2 ** key_bits
+    return tables * (n * _SORT_COST + candidates * _PAIR_COST)
+
+
+def choose_j(threshold: int, n: int, queries: int | None = None) -> int:
+    """How many bands must match exactly: the cheapest for `queries` new hashes among `n`."""
+    queries = n if queries is None else queries
+    options = [j for j in range(1, 9) if threshold + j <= 64 and math.comb(threshold + j, j) <= _MAX_TABLES]
+    return min(options, key=lambda j: _cost(threshold, j, max(n, 1), max(queries, 1)))
+
+
+def _pairs_in_runs(keys: np.ndarray, hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, ...]:
+    """(p, q, distance) for sorted `keys`: p < q, keys equal, popcount(xor) <= threshold."""
+    found: list[tuple[np.ndarray, ...]] = []
+    active = np.flatnonzero(keys[1:] == keys[:-1])
+    offset = 1
+    while True:
+        if offset > 1:
+            active = active[keys[active + offset] == keys[active]]
+        if not active.size:
+            break
+        distance = np.bitwise_count(hashes[active] ^ hashes[active + offset])
+        near = distance <= threshold
+        found.append((active[near], active[near] + offset, distance[near]))
+        offset += 1
+        active = active[active + offset < len(keys)]
+    return _concat(found)
+
+
+def _concat(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not parts:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, np.empty(0, dtype=np.uint8)
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+class HammingIndex:
+    """All pairs within `threshold` bits among the hashes added so far, found incrementally."""
+
+    def __init__(self, threshold: int, j: int | None = None, workers: int = 2):
+        if not 0 <= threshold < 32:
+            raise ValueError(f"threshold must be between 0 and 31 bits, not {threshold}")
+        self.threshold = threshold
+        self.j = j
+        self.workers = workers
+        self.hashes = np.empty(0, dtype=np.uint64)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def add(self, hashes) -> np.ndarray:
+        """Add hashes (uint64, or int64 as stored); return an (k, 3) int64 array of
+        (i, j, distance) with i < j, for every pair within the threshold that involves a new
+        hash. Each pair appears once."""
+        new = np.ascontiguousarray(np.asarray(hashes).astype(np.int64, copy=False).view(np.uint64))
+        old = self.hashes
+        j = self.j or choose_j(self.threshold, len(old) + len(new), len(new))
+        tables = _tables(self.threshold, j)
+        with ThreadPoolExecutor(self.workers) as pool:
+            parts = list(pool.map(lambda table: self._table_pairs(table, old, new), tables))
+        self.hashes = np.concatenate([old, new])
+        return _unique(_concat(parts))
+
+    def _table_pairs(self, table: tuple[Band, ...], old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, ...]:
+        new_keys = _key(new, table)
+        sorted_keys, order = _sort(new_keys)
+        p, q, distance = _pairs_in_runs(sorted_keys, new[order], self.threshold)
+        a, b = order[p] + len(old), order[q] + len(old)
+        inner = (np.minimum(a, b), np.maximum(a, b), distance)
+        if not len(old):
+            return inner
+        old_keys, old_order = _sort(_key(old, table))
+        i, k, distance = _pairs_across(old_keys, old[old_order], new_keys, new, self.threshold)
+        return _concat([inner, (old_order[i], k + len(old), distance)])
+
+
+def _pairs_across(sorted_keys: np.ndarray, sorted_hashes: np.ndarray, keys: np.ndarray, hashes: np.ndarray,
+                  threshold: int) -> tuple[np.ndarray, ...]:
+    """(p, q, distance): position p in the sorted arrays, q in the query arrays."""
+    low = np.searchsorted(sorted_keys, keys, "left")
+    high = np.searchsorted(sorted_keys, keys, "right")
+    active = np.flatnonzero(high > low)
+    found: list[tuple[np.ndarray, ...]] = []
+    offset = 0
+    while active.size:
+        position = low[active] + offset
+        distance = np.bitwise_count(sorted_hashes[position] ^ hashes[active])
+        near = distance <= threshold
+        found.append((position[near], active[near], distance[near]))
+        offset += 1
+        active = active[low[active] + offset < high[active]]
+    return _concat(found)
+
+
+def _unique(parts: tuple[np.ndarray, ...]) -> np.ndarray:
+    i, k, distance = parts
+    rows = np.stack([i.astype(np.int64), k.astype(np.int64), distance.astype(np.int64)], axis=1)
+    if not len(rows):
+        return rows.reshape(0, 3)
+    return np.unique(rows, axis=0)
