@@ -4,7 +4,9 @@
     print(summary.line())   # gathered: 812 ok, 57 failed, 3 skipped in 4.2 s (193 images/s)
 
 Steps, each idempotent, so running the same gather again continues where it stopped:
-1. `queries.expand_queries` makes (or finds) each category's search strings;
+1. `queries.expand_queries` makes (or finds) each category's search strings, for sources
+   that search (not for `urls` and `dir`, which bring their own candidates: expansion
+   loads WordNet, seconds of start-up for nothing; a source says so with `searches`);
 2. the source proposes candidates; each becomes a `candidate` row (unique per category
    and URL; inserted in committed batches). A proposal with an error and a known
    category becomes a failed row with that reason; one that cannot be attached to a
@@ -32,6 +34,7 @@ from imgnet_build.store import Candidate, CandidateStatus, Category
 __all__ = ["gather", "GatherSummary", "propose_candidates", "DEFAULT_PROPOSALS"]
 
 DEFAULT_PROPOSALS = 100  # what a search source is asked for per category when there is no quota
+LISTING_SOURCES = frozenset({"urls", "dir"})  # no `searches` attribute: these take no queries
 BATCH = 500
 EXAMPLES = 5
 
@@ -102,14 +105,17 @@ def gather(workspace, source_spec: str, per_category: int | None = None, languag
     return summary
 
 
-def _category_queries(workspace, languages: Iterable[str]) -> tuple[list[CategoryQueries], dict[str, int]]:
-    from imgnet_build.queries import expand_queries
-
+def _category_queries(workspace, languages: Iterable[str], searches: bool
+                      ) -> tuple[list[CategoryQueries], dict[str, int]]:
     with workspace.session() as session:
         categories = list(session.scalars(select(Category).order_by(Category.id)))
         if not categories:
             raise BadInput("the workspace has no categories yet; build the tree first: imgnet tree build --root SYNSET")
-        queries = expand_queries(session, categories, list(languages))
+        queries = {}
+        if searches:
+            from imgnet_build.queries import expand_queries
+
+            queries = expand_queries(session, categories, list(languages))
         wanted = [CategoryQueries(wnid=category.wnid,
                                   queries=tuple((q.id, q.text, q.language) for q in queries.get(category.id, [])))
                   for category in categories]
@@ -119,7 +125,8 @@ def _category_queries(workspace, languages: Iterable[str]) -> tuple[list[Categor
 def propose_candidates(workspace, source: Source, per_category: int | None, languages: Iterable[str],
                        summary: GatherSummary) -> None:
     """Insert the source's proposals as candidate rows (idempotent); count what cannot be attached."""
-    wanted, ids = _category_queries(workspace, languages)
+    searches = getattr(source, "searches", source.name not in LISTING_SOURCES)
+    wanted, ids = _category_queries(workspace, languages, searches)
     proposals = source.propose(wanted, per_category or DEFAULT_PROPOSALS)
     with workspace.session() as session:
         before = session.scalar(select(func.count()).select_from(Candidate))

@@ -84,7 +84,8 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="imgnet-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][1] == token:  # wake the thread only when the next deadline moved earlier
+                self._cond.notify()
             return token
 
     def cancel(self, tokens: list[int]) -> None:

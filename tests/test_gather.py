@@ -64,7 +64,7 @@ def test_gather_a_url_list_from_the_cli(any_workspace, server, runner, tmp_path)
     assert result.stdout.startswith("gathered: 7 ok, 1 failed, 0 skipped in ")
     with any_workspace.session() as session:
         assert session.scalar(select(func.count()).select_from(Image)) == 7
-        assert session.scalar(select(func.count()).select_from(Query)) > 0  # queries were expanded
+        assert session.scalar(select(func.count()).select_from(Query)) == 0  # a URL list needs no queries
         assert session.scalar(select(Candidate.error).where(Candidate.status == "failed")) == "HTTP 404 Not Found"
 
     again = invoke(runner, any_workspace, "--source", f"urls:{listing}", "--allow-loopback", "--json")
@@ -218,3 +218,33 @@ def test_kill_9_mid_run_then_rerun_finishes_without_refetching(workspace, tmp_pa
     assert len(blobs) == images == 40
     for path in blobs:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
+
+
+def test_a_searching_source_gets_expanded_queries_and_candidates_keep_their_query(workspace, server):
+    from imgnet_build.sources import Proposal, register
+
+    image = server.add("/found.jpg", jpeg_bytes(40, 40))
+
+    @register("test-search")
+    class FakeSearch:
+        local = False
+        seen: list = []
+
+        def __init__(self, argument: str, **settings):
+            pass
+
+        def propose(self, categories, per_category):
+            for category in categories:
+                FakeSearch.seen.append((category, per_category))
+                query_id, text, language = category.queries[0]
+                yield Proposal(wnid=category.wnid, url=image, rank=1, query_id=query_id, license="cc-by")
+
+    add_categories(workspace, DOG)
+    summary = gather(workspace, "test-search", per_category=7, settings=FetchSettings(allow_loopback=True))
+
+    ((category, per_category),) = FakeSearch.seen
+    assert per_category == 7 and category.wnid == DOG and ("dog", "en") in {(t, lang) for _, t, lang in category.queries}
+    with workspace.session() as session:
+        candidate = session.scalars(select(Candidate)).one()
+        query = session.get(Query, candidate.query_id)
+    assert (summary.ok, candidate.license, query.text, query.method) == (1, "cc-by", "dog", "lemma")
