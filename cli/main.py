@@ -68,6 +68,7 @@ def status(workspace: Workspace, as_json: bool) -> None:
 
 # (module in cli/, click command in it); each stage adds its line here.
 COMMANDS: list[tuple[str, str]] = [
+    ("dedup", "dedup"),
     ("gather", "gather"),
     ("tree", "tree"),
 ]

@@ -1,0 +1,61 @@
+"""`imgnet dedup`: exact and near duplicates, clusters and cross-category conflicts."""
+
+from __future__ import annotations
+
+import click
+
+from imgnet_build import dedup as library
+from imgnet_build.cli.common import json_option, pass_workspace, print_json, show_progress
+from imgnet_build.workspace import Workspace
+
+
+class _Progress:
+    """A click progress bar on stderr, made once the number of images to hash is known."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.shown = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="hashing", file=click.get_text_stream("stderr"))
+            self.bar.__enter__()
+        self.bar.update(done - self.shown)
+        self.shown = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@click.command()
+@click.option("--threshold", type=int, default=library.DEFAULT_THRESHOLD, show_default=True, metavar="BITS",
+              help="Near duplicates: pHash Hamming distance, in bits of 64.")
+@click.option("--clusters", "clusters_path", type=click.Path(dir_okay=False), metavar="FILE.json",
+              help="Also write every cluster with its members' URLs and categories (schemas/clusters.schema.json).")
+@json_option
+@pass_workspace
+def dedup(workspace: Workspace, threshold: int, clusters_path: str | None, as_json: bool) -> None:
+    """Find exact and near duplicate images and keep one per cluster.
+
+    Images are hashed once; duplicates point to their cluster's representative and
+    nothing is deleted. The same picture in two categories is reported as a conflict.
+    Running it again after gathering more images takes the new ones in.
+
+    Example:
+
+    \b
+        imgnet dedup --threshold 10 --clusters clusters.json
+    """
+    progress = _Progress() if show_progress() and not as_json else None
+    try:
+        report = library.run(workspace, threshold, progress=progress)
+    finally:
+        if progress:
+            progress.close()
+    if clusters_path:
+        library.write_clusters(workspace, clusters_path, report)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        click.echo(report.summary())

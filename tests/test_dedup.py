@@ -1,0 +1,307 @@
+"""Deduplication: hashes, known duplicate relations, clusters, policy, incremental runs, crashes, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+
+import imagehash
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import select
+
+import imagegen as gen
+from imgnet_build import dedup
+from imgnet_build.blobs import blob_key
+from imgnet_build.cli.main import cli
+from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
+from imgnet_build.store import Candidate, Category, Image
+
+SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "clusters.schema.json").read_text())
+DOG, CAT = "n02084071", "n02121808"
+
+
+def add_category(workspace, wnid: str) -> int:
+    with workspace.session() as session:
+        existing = session.scalar(select(Category.id).where(Category.wnid == wnid))
+        if existing:
+            return existing
+        category = Category(wnid=wnid, synset=f"{wnid}.n.01", name=wnid, lemmas=[wnid], gloss="test",
+                            lexname="noun.animal", depth=0)
+        session.add(category)
+        session.flush()
+        return category.id
+
+
+def add_image(workspace, data: bytes, wnid: str = DOG, rank: int | None = 1, url: str | None = None) -> str:
+    """Store the bytes as an image fetched by one candidate of `wnid`; returns its sha256."""
+    sha = hashlib.sha256(data).hexdigest()
+    with PILImage.open(io.BytesIO(data)) as image:
+        width, height, kind = image.width, image.height, image.format
+    key = blob_key(sha, kind.lower())
+    workspace.blob_store.put(key, data)
+    category_id = add_category(workspace, wnid)
+    with workspace.session() as session:
+        if session.get(Image, sha) is None:
+            session.add(Image(sha256=sha, width=width, height=height, format=kind, bytes=len(data), blob_key=key))
+            session.flush()
+        session.add(Candidate(category_id=category_id, source="test", url=url or f"https://example.org/{wnid}/{sha[:12]}.jpg",
+                              rank=rank, status="ok", image_sha256=sha))
+    return sha
+
+
+def duplicate_of(workspace) -> dict[str, str | None]:
+    with workspace.session() as session:
+        return dict(session.execute(select(Image.sha256, Image.duplicate_of)).all())
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, bytes]:
+    """An original photo, its duplicates as the web makes them, and look-alikes that are not."""
+    original_image = gen.photo(1)
+    original = gen.jpeg(original_image, 90)
+    decoded = gen.decode(original)
+    return {
+        "original": original,
+        "q70": gen.reencode(original, 70),
+        "q40": gen.reencode(original, 40),
+        "half": gen.jpeg(gen.resize(decoded, 0.5), 85),
+        "crop5": gen.jpeg(gen.crop(decoded, 0.05), 90),
+        "brighter": gen.jpeg(gen.brightness(decoded, 1.15), 90),
+        "watermark": gen.jpeg(gen.watermark(decoded), 90),
+        "png": gen.png(decoded),
+        "comment": gen.with_comment(original, "re-uploaded by someone else"),
+        **{f"lookalike{i}": gen.jpeg(gen.photo(100 + i, layout=1), 90) for i in range(3)},
+        "other": gen.jpeg(gen.photo(2), 90),
+        "other_q60": gen.reencode(gen.jpeg(gen.photo(2), 90), 60),
+    }
+
+
+DUPLICATES = ["q70", "q40", "half", "crop5", "brighter", "watermark", "png", "comment"]
+
+
+def test_drafted_hash_is_close_to_full_decode(photos):
+    for name in ("original", "crop5", "lookalike0"):
+        phash, _ = dedup.hash_image(photos[name])
+        full = int(str(imagehash.phash(gen.decode(photos[name]))), 16)
+        assert (phash ^ full).bit_count() <= 2, name
+
+
+def test_pixel_digest_ignores_metadata_and_format(photos):
+    digest = dedup.pixel_digest(photos["original"])
+    assert dedup.pixel_digest(photos["comment"]) == digest
+    assert dedup.pixel_digest(photos["png"]) == digest
+    assert dedup.pixel_digest(photos["q70"]) != digest
+
+
+def test_known_relations(any_workspace, photos):
+    shas = {name: add_image(any_workspace, data, rank=1 if name == "original" else 5) for name, data in photos.items()}
+    report = dedup.run(any_workspace)
+    links = duplicate_of(any_workspace)
+    for name in DUPLICATES:
+        assert links[shas[name]] == shas["original"], name
+    assert links[shas["original"]] is None
+    for name in ("lookalike0", "lookalike1", "lookalike2"):
+        assert links[shas[name]] is None, name
+        assert shas[name] not in links.values(), name
+    assert links[shas["other"]] is None and links[shas["other_q60"]] == shas["other"]
+    assert report.as_dict() == {"threshold": 10, "images": 14, "hashed": 14, "unreadable": 0, "exact_files": 0,
+                                "exact_pixels": 2, "near": 7, "clusters": 2, "conflicts": 0}
+    assert report.summary() == "dedup: 14 images, 2 exact, 7 near duplicates in 2 clusters (0 cross-category conflicts)"
+    with any_workspace.session() as session:
+        groups = dedup.cluster_of(session)
+        hashed = session.execute(select(Image.phash, Image.dhash)).all()
+    assert {groups[shas[name]] for name in DUPLICATES + ["original"]} == {shas["original"]}
+    assert groups[shas["other"]] == shas["other"] == groups[shas["other_q60"]]
+    assert all(phash is not None and dhash is not None for phash, dhash in hashed)
+
+
+def test_rerun_is_idempotent(workspace, photos):
+    for name in ("original", "q70", "png", "other"):
+        add_image(workspace, photos[name])
+    first = dedup.run(workspace)
+    before = duplicate_of(workspace)
+    second = dedup.run(workspace)
+    assert duplicate_of(workspace) == before
+    assert (first.hashed, second.hashed) == (4, 0)
+    assert dataclass_counts(first) == dataclass_counts(second)
+
+
+def dataclass_counts(report: dedup.DedupReport) -> dict[str, int]:
+    return {key: value for key, value in report.as_dict().items() if key != "hashed"}
+
+
+def test_conflicts_and_exact_files(any_workspace, photos, tmp_path):
+    original = add_image(any_workspace, photos["original"], DOG, url="https://a.example/dog.jpg")
+    add_image(any_workspace, photos["original"], DOG, url="https://mirror.example/dog.jpg")  # same bytes again
+    copy = add_image(any_workspace, photos["q70"], CAT, url="https://b.example/cat.jpg")  # same picture, other category
+    other = add_image(any_workspace, photos["other"], DOG)
+    add_image(any_workspace, photos["other"], CAT)  # the same file gathered for two categories
+    report = dedup.run(any_workspace)
+    assert (report.exact_files, report.near, report.clusters, report.conflicts) == (2, 1, 2, 2)
+    path = tmp_path / "clusters.json"
+    assert dedup.write_clusters(any_workspace, path, report) == 2
+    document = json.loads(path.read_text())
+    jsonschema.validate(document, SCHEMA)
+    first, second = sorted(document["clusters"], key=lambda cluster: cluster["representative"] != original)
+    assert first["representative"] == original and first["conflict"] and first["categories"] == sorted([DOG, CAT])
+    assert [member["sha256"] for member in first["members"]] == [original, copy]
+    assert [c["url"] for c in first["members"][0]["candidates"]] == ["https://a.example/dog.jpg",
+                                                                      "https://mirror.example/dog.jpg"]
+    assert first["members"][1]["relation"] == "near" and first["members"][1]["distance"] <= 2
+    assert second["representative"] == other and second["conflict"] and len(second["members"]) == 1
+    with any_workspace.session() as session:
+        dog, cat = (session.scalar(select(Category.id).where(Category.wnid == w)) for w in (DOG, CAT))
+        assert dedup.candidacy(session) == {original: {dog, cat}, other: {dog, cat}}
+
+
+def test_representative_policy(workspace, photos):
+    big = add_image(workspace, photos["original"], rank=50)  # 1200x900, worst rank: still largest
+    half = add_image(workspace, photos["half"], rank=1)
+    dedup.run(workspace)
+    assert duplicate_of(workspace)[half] == big
+    same_size = [add_image(workspace, photos[name], rank=rank) for name, rank in (("q70", 3), ("q40", 2))]
+    dedup.run(workspace)  # three at 1200x900: the best rank wins
+    links = duplicate_of(workspace)
+    assert links[same_size[1]] is None and links[big] == links[same_size[0]] == links[half] == same_size[1]
+    with workspace.session() as session:  # equal size and rank: the smallest sha256 wins
+        session.execute(Candidate.__table__.update().values(rank=7))
+    dedup.run(workspace)
+    full_size = sorted([big, *same_size])
+    assert all(duplicate_of(workspace)[sha] == full_size[0] for sha in full_size[1:] + [half])
+
+
+def test_incremental_run_takes_new_images_in(any_workspace, photos):
+    original = add_image(any_workspace, photos["original"])
+    add_image(any_workspace, photos["other"])
+    first = dedup.run(any_workspace)
+    assert (first.hashed, first.clusters) == (2, 0)
+    new = [add_image(any_workspace, photos[name], rank=9) for name in ("watermark", "crop5", "other_q60")]
+    second = dedup.run(any_workspace)
+    links = duplicate_of(any_workspace)
+    assert second.hashed == 3 and second.clusters == 2
+    assert links[new[0]] == links[new[1]] == original and links[new[2]] is not None
+
+
+def test_crash_mid_run_then_rerun_matches_clean_run(workspace, tmp_path, photos, monkeypatch):
+    names = list(photos)
+    for name in names:
+        add_image(workspace, photos[name])
+    real = dedup.hash_image
+    calls = {"n": 0}
+
+    def failing(source):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise RuntimeError("killed")
+        return real(source)
+
+    monkeypatch.setattr(dedup, "hash_image", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        dedup.run(workspace, batch_size=3, workers=1)
+    with workspace.session() as session:
+        assert len(session.scalars(select(Image.sha256).where(Image.phash.is_not(None))).all()) == 6
+    monkeypatch.setattr(dedup, "hash_image", real)
+    resumed = dedup.run(workspace, batch_size=3)
+    assert resumed.hashed == len(names) - 6
+
+    from imgnet_build.workspace import Workspace
+
+    clean = Workspace.init(tmp_path / "clean")
+    for name in names:
+        add_image(clean, photos[name])
+    clean_report = dedup.run(clean)
+    assert duplicate_of(clean) == duplicate_of(workspace)
+    assert dataclass_counts(clean_report) == dataclass_counts(resumed)
+    clean.close()
+
+
+def test_unreadable_image_is_counted_not_fatal(workspace, photos):
+    add_image(workspace, photos["original"])
+    sha = hashlib.sha256(b"not an image").hexdigest()
+    key = blob_key(sha, "jpg")
+    workspace.blob_store.put(key, b"not an image")
+    with workspace.session() as session:
+        session.add(Image(sha256=sha, width=10, height=10, format="JPEG", bytes=12, blob_key=key))
+    report = dedup.run(workspace)
+    assert (report.images, report.hashed, report.unreadable) == (2, 1, 1)
+    assert report.summary().endswith("; 1 unreadable")
+
+
+def test_threshold_zero_keeps_pixel_twins_only(workspace, photos):
+    original = add_image(workspace, photos["original"])
+    twins = [add_image(workspace, photos[name], rank=3) for name in ("png", "comment")]
+    marked = add_image(workspace, photos["watermark"], rank=3)
+    report = dedup.run(workspace, threshold=0)
+    links = duplicate_of(workspace)
+    with workspace.session() as session:
+        phash = {image.sha256: image.phash for image in session.scalars(select(Image))}
+    assert phash[twins[0]] != phash[original] and phash[marked] != phash[original]  # png: drafted vs full decode
+    assert [links[sha] for sha in twins] == [original, original] and links[marked] is None
+    assert (report.exact_pixels, report.near) == (2, 0)
+
+
+def test_bad_threshold_names_the_fix(workspace):
+    with pytest.raises(dedup.BadInput, match="between 0 and 20 bits, not 40; the default is 10"):
+        dedup.run(workspace, threshold=40)
+
+
+def test_cli_summary_json_and_clusters_file(runner, workspace, photos, tmp_path):
+    for name in ("original", "q70", "comment", "other"):
+        add_image(workspace, photos[name])
+    result = runner.invoke(cli, ["-w", str(workspace.root), "dedup"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "dedup: 4 images, 1 exact, 1 near duplicates in 1 clusters (0 cross-category conflicts)\n"
+    path = tmp_path / "out.json"
+    result = runner.invoke(cli, ["-w", str(workspace.root), "dedup", "--json", "--threshold", "4", "--clusters", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["threshold"] == 4 and json.loads(result.output)["clusters"] == 1
+    jsonschema.validate(json.loads(path.read_text()), SCHEMA)
+
+
+def test_cli_errors(runner, workspace, tmp_path):
+    result = runner.invoke(cli, ["-w", str(workspace.root), "dedup", "--threshold", "33"])
+    assert result.exit_code == 1
+    assert result.output == "Error: --threshold must be between 0 and 20 bits, not 33; the default is 10\n"
+    result = runner.invoke(cli, ["-w", str(workspace.root), "dedup", "--clusters", str(tmp_path / "no" / "c.json")])
+    assert result.exit_code == 1 and re.match(r"Error: cannot write .*c\.json: folder .*no does not exist\n", result.output)
+    result = runner.invoke(cli, ["-w", str(tmp_path / "nowhere"), "dedup"])
+    assert result.exit_code == 1 and result.output.startswith("Error: workspace ")
+    assert "Example:" in runner.invoke(cli, ["dedup", "--help"]).output
+
+
+# The index on its own: every pair within the threshold, nothing else, however it is fed.
+
+def brute_force(hashes: np.ndarray, threshold: int) -> set[tuple[int, int]]:
+    distances = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    first, second = np.nonzero(np.triu(distances <= threshold, 1))
+    return set(zip(first.tolist(), second.tolist()))
+
+
+@pytest.mark.parametrize("threshold", [0, 3, 10, 16])
+@pytest.mark.parametrize("j", [None, 1, 2, 3])
+def test_index_finds_exactly_the_brute_force_pairs(threshold, j):
+    rng = np.random.default_rng(threshold)
+    hashes = rng.integers(0, 2**64 - 1, 1500, dtype=np.uint64, endpoint=True)
+    for i in range(0, 1500, 3):  # plant neighbours at 0..threshold+2 bits, and exact copies
+        flips = rng.choice(64, size=int(rng.integers(0, threshold + 3)), replace=False)
+        hashes[i + 1] = hashes[i] ^ np.uint64(sum(1 << int(bit) for bit in flips))
+    expected = brute_force(hashes, threshold)
+    assert len(expected) > 100
+    bulk = HammingIndex(threshold, j=j).add(hashes)
+    assert {(a, b) for a, b, _ in bulk.tolist()} == expected
+    assert all(d == (int(hashes[a]) ^ int(hashes[b])).bit_count() for a, b, d in bulk.tolist())
+    index = HammingIndex(threshold, j=j)
+    parts = [index.add(hashes[start:start + 400]) for start in range(0, 1500, 400)]
+    assert {(a, b) for a, b, _ in np.concatenate(parts).tolist()} == expected
+    assert len(index) == 1500
+
+
+def test_signed_storage_round_trip():
+    for value in (0, 1, 2**63 - 1, 2**63, 2**64 - 1):
+        assert int(to_unsigned([to_signed(value)])[0]) == value
