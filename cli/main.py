@@ -66,6 +66,25 @@ def status(workspace: Workspace, as_json: bool) -> None:
         click.echo(f"{key + ':':<12} {value}")
 
 
+@cli.command("wordnet")
+def wordnet_command() -> None:
+    """Make sure WordNet 3.0 is there for nltk (download it, or build it from Debian's files).
+
+    Example:
+
+    \b
+        imgnet wordnet
+    """
+    from imgnet_build.wordnet import ensure_wordnet, load_wordnet
+
+    try:
+        origin = ensure_wordnet()
+        count = sum(1 for _ in load_wordnet().all_synsets("n"))
+    except ImgnetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"WordNet 3.0: {count} noun synsets ({origin})")
+
+
 # (module in cli/, click command in it); each stage adds its line here.
 COMMANDS: list[tuple[str, str]] = [
     ("dedup", "dedup"),

@@ -111,7 +111,8 @@ def _imageable_below(starts: list, rule: Rule, include_people: bool, excludes: I
             entries.extend(root for root in visible_roots if start in _ancestors(root))
     skipped = set(_resolve_all(rule.skip))
     lexfiles = _excluded_lexfiles(rule, include_people)
-    return {s for s in _below(entries, blocked) if s not in skipped and s.lexname() not in lexfiles}
+    return {s for s in _below(entries, blocked)
+            if s not in skipped and s.lexname() not in lexfiles and not s.instance_hypernyms()}
 
 
 def _ancestors(synset) -> set:

@@ -64,16 +64,18 @@ def _nltk_has_wordnet() -> bool:
 
 
 def _try_download() -> bool:
+    """nltk.download('wordnet') from nltk's server, or from NLTK_DOWNLOAD_URL (an index.xml) when set."""
     if os.environ.get("IMGNET_NO_DOWNLOAD"):
         return False
     import contextlib
     import io
 
-    import nltk
+    from nltk.downloader import Downloader
 
     try:
+        downloader = Downloader(server_index_url=os.environ.get("NLTK_DOWNLOAD_URL") or None)
         with contextlib.redirect_stdout(io.StringIO()):
-            downloaded = nltk.download("wordnet", quiet=True, raise_on_error=True, print_error_to=io.StringIO())
+            downloaded = downloader.download("wordnet", quiet=True, raise_on_error=True, print_error_to=io.StringIO())
         return bool(downloaded) and _nltk_has_wordnet()
     except Exception:  # offline, proxy, HTTP error: fall back to Debian's files
         return False

@@ -1,0 +1,107 @@
+"""Workspaces and the store on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect, select, text
+
+from imgnet_build import store
+from imgnet_build.errors import BadInput, DatabaseUnavailable, NotAWorkspace, WorkspaceExists
+from imgnet_build.store import Category
+from imgnet_build.workspace import Workspace
+
+OLD_WORKSPACE = Path(__file__).parent / "data" / "workspace-0.1.0"  # made by imgnet 0.1.0, 3 categories
+
+
+def test_init_creates_settings_database_and_blobs(tmp_path):
+    ws = Workspace.init(tmp_path / "ws")
+    assert (tmp_path / "ws" / "imgnet.toml").read_text() == (
+        '# imgnet-build workspace settings\ndatabase = "sqlite:///imgnet.db"\nblobs = "blobs"\n')
+    assert (tmp_path / "ws" / "imgnet.db").is_file()
+    assert (tmp_path / "ws" / "blobs").is_dir()
+    with ws.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+    ws.close()
+
+
+def test_every_table_of_the_data_model_exists(any_workspace):
+    tables = set(inspect(any_workspace.engine).get_table_names())
+    assert {"category", "category_edge", "query", "candidate", "image", "task", "assignment", "vote", "label",
+            "export", "alembic_version"} <= tables
+
+
+def test_status_counts_start_at_zero(any_workspace):
+    counts = any_workspace.status()
+    assert counts["categories"] == 0 and counts["images"] == 0
+    assert counts["candidates"] == {"pending": 0, "ok": 0, "failed": 0, "skipped": 0}
+
+
+def test_init_twice_and_open_nothing(tmp_path):
+    Workspace.init(tmp_path / "ws").close()
+    with pytest.raises(WorkspaceExists):
+        Workspace.init(tmp_path / "ws")
+    with pytest.raises(NotAWorkspace, match="does not exist"):
+        Workspace.open(tmp_path / "missing")
+    with pytest.raises(NotAWorkspace, match="is not a workspace"):
+        Workspace.open(tmp_path)
+
+
+def test_bad_settings_file(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "imgnet.toml").write_text('database = "sqlite:///imgnet.db"\ncolour = "blue"\n')
+    with pytest.raises(BadInput, match="unknown setting"):
+        Workspace.open(ws)
+
+
+def test_database_url_from_environment(tmp_path, monkeypatch, postgres_url):
+    ws = Workspace.init(tmp_path / "ws")
+    ws.close()
+    monkeypatch.setenv("IMGNET_DATABASE_URL", postgres_url)
+    ws = Workspace.open(tmp_path / "ws")
+    assert ws.engine.dialect.name == "postgresql"
+    ws.close()
+
+
+def test_unreachable_postgres_is_one_clear_error(tmp_path):
+    with pytest.raises(DatabaseUnavailable, match=r"cannot connect to database postgresql\+psycopg://127.0.0.1:9/x"):
+        Workspace.init(tmp_path / "ws", database="postgresql+psycopg://127.0.0.1:9/x")
+    assert not (tmp_path / "ws" / "imgnet.toml").exists()
+
+
+def test_a_workspace_from_an_older_version_opens(tmp_path):
+    shutil.copytree(OLD_WORKSPACE, tmp_path / "old")
+    ws = Workspace.open(tmp_path / "old")
+    with ws.session() as session:
+        assert sorted(session.scalars(select(Category.synset))) == ["cardigan.n.02", "corgi.n.01", "pembroke.n.01"]
+        revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    script_heads = _alembic_heads()
+    assert revision in script_heads
+    ws.close()
+
+
+def test_migrations_run_from_an_empty_database_and_back(tmp_path):
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    store.migrate(engine)
+    config = Config()
+    config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    store.migrate(engine)
+    assert "candidate" in inspect(engine).get_table_names()
+
+
+def _alembic_heads() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
+    return set(ScriptDirectory.from_config(config).get_heads())
