@@ -43,6 +43,8 @@ def expand_queries(session: Session, categories: Sequence[store.Category],
                    languages: Iterable[str] = ("en",)) -> dict[int, list[store.Query]]:
     """Make (or find) the Query rows of each category; {category id: [Query, ...] best first}.
 
+    English queries (lemma, parent_word) are made when "en" is among `languages`; every
+    other code (zh, es, nl, it, … or an OMW code like fra) adds that language's OMW lemmas.
     Idempotent: rows that exist are reused (unique per category, text and language); new
     rows are flushed, not committed. Raises `LanguageDataMissing` when a language other
     than English is asked for and the Open Multilingual WordNet data is not installed.
@@ -126,6 +128,8 @@ def _omw_code(language: str) -> str:
     package = getattr(wn._omw_reader, "__name__", "omw-1.4")  # the folder this nltk reads (omw-1.4, omw-2.0)
     if not wn.omw_langs:
         try:
+            if wn._omw_reader is None:  # a reader built without multilingual support
+                raise LookupError(package)
             wn.add_omw()
         except (LookupError, OSError):
             raise LanguageDataMissing(
