@@ -87,6 +87,7 @@ def test_bad_inputs_each_get_a_status_and_a_reason(workspace, server):
             ("failed", "not an image in a format we take"),
         server.route("/slow.jpg", endless_slow): ("failed", "timed out: no complete response within 2 s"),
         server.redirect("/loop-a", "/loop-b"): ("failed", "redirect loop"),
+        server.redirect("/chain0", "/chain1"): ("failed", "too many redirects (more than 5)"),
         server.add("/404.jpg", b"nope", status=404): ("failed", "HTTP 404 Not Found"),
         server.add("/410.jpg", b"gone", status=410): ("failed", "HTTP 410 Gone"),
         server.add("/500.jpg", b"oops", status=500): ("failed", "HTTP 500 Internal Server Error (after 3 attempts)"),
@@ -106,6 +107,8 @@ def test_bad_inputs_each_get_a_status_and_a_reason(workspace, server):
         "ftp://127.0.0.1/a.jpg": ("failed", "refused URL scheme 'ftp'"),
     }
     server.redirect("/loop-b", "/loop-a")
+    for hop in range(1, 7):
+        server.redirect(f"/chain{hop}", f"/chain{hop + 1}")
     add_candidates(workspace, [server.url("/ok.jpg"), *cases])
 
     summary = fetch_pending(workspace, FAST)
@@ -161,12 +164,15 @@ def fake_dns(monkeypatch):
     """Test host names resolve as given; any connect() to a non-loopback address is recorded and refused."""
     table = {"evil.test": "10.0.0.1", "metadata.test": "169.254.169.254", "mapped.test": "::ffff:10.1.2.3",
              "mirror.test": "127.0.0.1"}
+    rebinding = iter(["127.0.0.1"] + ["10.0.0.1"] * 10)  # first answer passes the check, later ones would not
     real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
     attempts: list = []
 
     def getaddrinfo(host, port, *args, **kwargs):
-        if host in table:
-            address = table[host]
+        if host == "nxdomain.test":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if host in table or host == "rebind.test":
+            address = table.get(host) or next(rebinding)
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             sockaddr = (address, port, 0, 0) if family == socket.AF_INET6 else (address, port)
             return [(family, socket.SOCK_STREAM, 6, "", sockaddr)]
@@ -193,14 +199,17 @@ def test_ssrf_guard_refuses_private_addresses_before_connecting(workspace, serve
         server.redirect("/to-evil", "http://evil.test/a.jpg"): "refused: evil.test (10.0.0.1) is a private address",
     }
     mirror = f"http://mirror.test:{server.port}/ok.jpg"
+    rebind = f"http://rebind.test:{server.port}/ok.jpg"
     server.add("/ok.jpg", jpeg_bytes())
-    add_candidates(workspace, [*cases, mirror])
+    add_candidates(workspace, [*cases, mirror, rebind, "http://nxdomain.test/a.jpg"])
 
     fetch_pending(workspace, FAST)
 
     got = outcomes(workspace)
     assert {url: got[url] for url in cases} == {url: ("failed", reason) for url, reason in cases.items()}
     assert got[mirror] == ("ok", None)  # a name that resolves to loopback, allowed by the setting
+    assert got[rebind] == ("ok", None)  # resolved once, checked, and that very address was connected to
+    assert got["http://nxdomain.test/a.jpg"] == ("failed", "host name not found")
     assert fake_dns == []  # no connection was even attempted to a refused address
 
 

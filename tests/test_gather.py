@@ -248,3 +248,10 @@ def test_a_searching_source_gets_expanded_queries_and_candidates_keep_their_quer
         candidate = session.scalars(select(Candidate)).one()
         query = session.get(Query, candidate.query_id)
     assert (summary.ok, candidate.license, query.text, query.method) == (1, "cc-by", "dog", "lemma")
+
+
+def test_gather_help_has_an_example(runner):
+    result = runner.invoke(cli, ["gather", "--help"])
+    assert result.exit_code == 0
+    assert "Propose candidate images for every category" in result.output
+    assert "imgnet gather --source urls:candidates.csv --per-category 200" in result.output
