@@ -47,7 +47,7 @@ def refusal(address: str, allow_loopback: bool = False) -> str | None:
         return None if allow_loopback else "a loopback address (allow it with --allow-loopback)"
     for kind in ("unspecified", "link_local", "multicast", "private", "reserved"):
         if getattr(ip, f"is_{kind}"):
-            return f"a {kind.replace('_', '-')} address"
+            return f"{'an' if kind[0] == 'u' else 'a'} {kind.replace('_', '-')} address"
     if not ip.is_global:
         return "not a public address"
     return None

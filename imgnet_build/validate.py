@@ -70,8 +70,9 @@ def check_image(data: bytes, min_side: int = 32, max_pixels: int = 80_000_000) -
         raise ImageRejected(sniffed)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected(f"decompression bomb: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own cap (2 x MAX_IMAGE_PIXELS), before ours
+        raise ImageRejected(f"decompression bomb: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP "
+                            f"(cap {max_pixels / 1e6:.0f} MP)") from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not an image in a format we take (JPEG, PNG, GIF, WebP, BMP, TIFF)") from exc
     except Exception as exc:  # a broken header can raise almost anything

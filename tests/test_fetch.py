@@ -195,7 +195,7 @@ def test_ssrf_guard_refuses_private_addresses_before_connecting(workspace, serve
         "http://metadata.test/latest/meta-data/": "refused: metadata.test (169.254.169.254) is a link-local address",
         "https://mapped.test/a.jpg": "refused: mapped.test (::ffff:10.1.2.3) is a private address",
         "http://169.254.169.254/latest/": "refused: 169.254.169.254 is a link-local address",
-        "http://0.0.0.0/a.jpg": "refused: 0.0.0.0 is a unspecified address",
+        "http://0.0.0.0/a.jpg": "refused: 0.0.0.0 is an unspecified address",
         server.redirect("/to-evil", "http://evil.test/a.jpg"): "refused: evil.test (10.0.0.1) is a private address",
     }
     mirror = f"http://mirror.test:{server.port}/ok.jpg"

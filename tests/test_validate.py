@@ -1,0 +1,58 @@
+"""What the validator takes and refuses, file by file (no network)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from loopback import gif_bytes, jpeg_bytes, png_bomb
+from PIL import Image
+
+from imgnet_build.validate import ImageInfo, ImageRejected, check_image
+
+
+def webp_bytes(frames: int) -> bytes:
+    images = [Image.new("RGB", (40, 40), (i * 90, 10, 10)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "WEBP", save_all=frames > 1, append_images=images[1:], duration=100)
+    return buffer.getvalue()
+
+
+def png16_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("I;16", (40, 40), 4000).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("data, info", [
+    (jpeg_bytes(64, 48), ImageInfo("JPEG", 64, 48, "jpg")),
+    (jpeg_bytes(64, 40, exif_orientation=8), ImageInfo("JPEG", 40, 64, "jpg")),
+    (jpeg_bytes(40, 40, mode="CMYK"), ImageInfo("JPEG", 40, 40, "jpg")),
+    (png16_bytes(), ImageInfo("PNG", 40, 40, "png")),
+    (webp_bytes(1), ImageInfo("WEBP", 40, 40, "webp")),
+])
+def test_taken_as_is(data, info):
+    assert check_image(data) == info
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file (0 bytes)"),
+    (png_bomb(30000), "decompression bomb: over 179 MP (cap 80 MP)"),
+    (png_bomb(9000), "decompression bomb: 9000x9000 is 81 MP (cap 80 MP)"),
+    (webp_bytes(3), "animated WEBP (3 frames); only still images are taken"),
+    (gif_bytes(40, 40, frames=2), "animated GIF (2 frames); only still images are taken"),
+    (gif_bytes(31, 200), "too small: 31x200 px (minimum side 32 px)"),
+    (b'{"error": "not found"}', "JSON or text, not an image"),
+    (b"\xef\xbb\xbf<svg xmlns='http://www.w3.org/2000/svg'/>", "SVG (vector images are not taken)"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not an image in a format we take (JPEG, PNG, GIF, WebP, BMP, TIFF)"),
+])
+def test_refused_with_a_reason(data, reason):
+    with pytest.raises(ImageRejected) as caught:
+        check_image(data)
+    assert str(caught.value) == reason
+
+
+def test_truncated_jpeg_is_refused_after_a_full_decode():
+    data = jpeg_bytes(200, 200, quality=95)
+    with pytest.raises(ImageRejected, match="^truncated or corrupt JPEG: image file is truncated"):
+        check_image(data[: len(data) - 200])
