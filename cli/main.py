@@ -85,6 +85,36 @@ def wordnet_command() -> None:
     click.echo(f"WordNet 3.0: {count} noun synsets ({origin})")
 
 
+@cli.command()
+@click.argument("directory", default="imgnet-demo", type=click.Path(file_okay=False))
+@click.option("--online", is_flag=True, help="Gather from Wikimedia Commons instead of the local generated mirror.")
+def demo(directory: str, online: bool) -> None:
+    """Run the pipeline end to end on a small dog subtree (no internet needed).
+
+    Builds the tree below dog.n.01, gathers candidates for five breeds from a local
+    mirror of generated pictures (with broken links and duplicates among them), and
+    removes duplicates. Running it again continues the same workspace.
+
+    Example:
+
+    \b
+        imgnet demo imgnet-demo && imgnet -w imgnet-demo status
+    """
+    from imgnet_build.demo import run_demo
+
+    try:
+        workspace = run_demo(directory, online=online, say=click.echo)
+        counts = workspace.status()
+        workspace.close()
+    except ImgnetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"demo: done; {counts['images']} images stored in {directory}. Next: "
+               f"imgnet -w {directory} status, imgnet -w {directory} tree show --root {DEMO_HINT}")
+
+
+DEMO_HINT = "poodle.n.01"
+
+
 # (module in cli/, click command in it); each stage adds its line here.
 COMMANDS: list[tuple[str, str]] = [
     ("dedup", "dedup"),

@@ -1,0 +1,127 @@
+"""`imgnet demo`: the pipeline end to end on a small dog subtree, with no internet needed.
+
+Offline, the candidates are generated pictures served by a local mirror on 127.0.0.1 (with
+re-encoded copies, a dead link, a truncated file and an HTML page among them), so every
+stage runs for real: tree, gather (HTTP, validation, blob store), dedup. With `online=True`
+the candidates come from Wikimedia Commons instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import http.server
+import io
+import random
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+from imgnet_build import dedup
+from imgnet_build.errors import NotAWorkspace
+from imgnet_build.fetch import FetchSettings
+from imgnet_build.gather import gather
+from imgnet_build.taxonomy import TreeOptions, build_tree
+from imgnet_build.wordnet import resolve_synset, wnid
+from imgnet_build.workspace import Workspace
+
+__all__ = ["run_demo", "DEMO_ROOT", "DEMO_CATEGORIES"]
+
+DEMO_ROOT = "dog.n.01"
+DEMO_CATEGORIES = ("pembroke.n.01", "cardigan.n.02", "toy_poodle.n.01", "standard_poodle.n.01", "whippet.n.01")
+IMAGES_PER_CATEGORY = 12
+
+
+def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], None] = print) -> Workspace:
+    """Build (or continue) a demo workspace in `directory`; `say` receives one line per step."""
+    try:
+        workspace = Workspace.open(directory)
+        say(f"demo: continuing the workspace in {directory}")
+    except NotAWorkspace:
+        workspace = Workspace.init(directory)
+        say(f"demo: created the workspace {directory}")
+    with workspace.session() as session:
+        tree = build_tree(session, TreeOptions(roots=(DEMO_ROOT,)))
+    say(f"tree: {tree.categories} categories below {DEMO_ROOT}")
+    if online:
+        summary = gather(workspace, "wikimedia", per_category=IMAGES_PER_CATEGORY)
+    else:
+        with _local_mirror(Path(directory) / "demo-mirror") as url_list:
+            settings = FetchSettings(allow_loopback=True)
+            summary = gather(workspace, f"urls:{url_list}", settings=settings)
+    say(summary.line())
+    say(dedup.run(workspace).summary())
+    return workspace
+
+
+@contextlib.contextmanager
+def _local_mirror(folder: Path) -> Iterator[Path]:
+    """Serve generated candidates from `folder` on 127.0.0.1; yields the URL list (CSV)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = partial(_QuietHandler, directory=str(folder))
+    port_file = folder / "port"  # a rerun serves the same URLs, so it continues instead of starting over
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", int(port_file.read_text())), handler)
+    except (OSError, ValueError):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        port_file.write_text(str(server.server_port))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield _write_candidates(folder, f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        return
+
+
+def _write_candidates(folder: Path, base: str) -> Path:
+    rows = []
+    for number, name in enumerate(DEMO_CATEGORIES):
+        category = wnid(resolve_synset(name))
+        for index in range(IMAGES_PER_CATEGORY):
+            filename = f"{category}_{index}.jpg"
+            if not (folder / filename).exists():
+                (folder / filename).write_bytes(_picture(seed=number * 100 + index))
+            rows.append((f"{base}/{filename}", category, "CC0"))
+        original = (folder / f"{category}_0.jpg").read_bytes()
+        copy = Image.open(io.BytesIO(original)).resize((480, 360))
+        buffer = io.BytesIO()
+        copy.save(buffer, "JPEG", quality=70)  # the same picture, smaller and re-encoded: a near duplicate
+        (folder / f"{category}_copy.jpg").write_bytes(buffer.getvalue())
+        rows.append((f"{base}/{category}_copy.jpg", category, "CC0"))
+        rows.append((f"{base}/{category}_1.jpg?mirror=2", category, "CC0"))  # the same bytes at another URL
+        rows.append((f"{base}/{category}_missing.jpg", category, "CC0"))  # a dead link: 404
+    (folder / "truncated.jpg").write_bytes(_picture(seed=999)[:4000])
+    (folder / "page.jpg").write_text("<html><body>not an image</body></html>")
+    rows.append((f"{base}/truncated.jpg", category, ""))
+    rows.append((f"{base}/page.jpg", category, ""))
+    url_list = folder / "candidates.csv"
+    with url_list.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["url", "wnid", "license"])
+        writer.writerows(rows)
+    return url_list
+
+
+def _picture(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:
+    """A generated photo-like JPEG: a soft background with a few shapes, different for each seed."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = rng.randrange(size[0]), rng.randrange(size[1])
+        box = (x, y, x + rng.randrange(40, 260), y + rng.randrange(40, 200))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape(box, fill=tuple(rng.randrange(256) for _ in range(3)))
+    image = image.filter(ImageFilter.GaussianBlur(2))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
