@@ -3,26 +3,27 @@
     summary = fetch_pending(workspace, FetchSettings(workers=32), per_category=200)
 
 What happens to one candidate (each ends `ok`, `failed` or `skipped` with a short reason):
-- only http(s) URLs are fetched; the host must resolve to public addresses (SSRF guard,
-  `allow_loopback` for tests and local mirrors; redirects are followed by hand, each hop
-  checked again, at most `max_redirects`); candidates of local sources (`dir`) are read
-  from disk instead;
-- connect and read timeouts, plus a wall-clock `deadline` per item that covers retries,
-  slow bodies and headers alike; a `max_bytes` cap, checked while the body streams in;
-- 429, 5xx and network errors are retried with exponential backoff and jitter,
-  honouring Retry-After (up to `max_retry_after`, which also pauses the whole host);
-- at most `per_host` requests in flight and `host_rate` requests/s per host;
-- `X-Robots-Tag: noai / noimageai / noindex / noimageindex` marks the candidate skipped;
-- the file is decoded fully and judged by `imgnet_build.validate` (formats, size,
-  bombs, animations, EXIF orientation);
-- the original bytes are stored unchanged under `blob_key(sha256, ext)`, once per distinct
+- `imgnet_build.download` fetches it: http(s) only, hosts that resolve to public
+  addresses only (SSRF guard in `imgnet_build.netguard`; `allow_loopback` for tests and
+  local mirrors), each redirect hop checked again, at most `max_redirects`; connect and
+  read timeouts plus a wall-clock `deadline` per item covering retries, headers and body;
+  a `max_bytes` cap while the body streams in; 429, 5xx and network errors retried with
+  exponential backoff and jitter, honouring Retry-After up to `max_retry_after` (which
+  also pauses the host); at most `per_host` requests in flight and `host_rate` requests/s
+  per host; `X-Robots-Tag: noai / noimageai / noindex / noimageindex` makes it skipped.
+  Candidates of local sources (`dir`) are read from disk instead.
+- `imgnet_build.validate` decodes it fully and judges it (formats, size, bombs,
+  animations, EXIF orientation).
+- The original bytes are stored unchanged under `blob_key(sha256, ext)`, once per distinct
   file; an `image` row records width and height (after EXIF orientation), format and size.
 
 A URL already stored for another category, or a file whose source SHA-1 matches one
 already stored, is not downloaded again. Per-category quotas: a category stops when it has
 `per_category` ok candidates; the rest are skipped with "quota reached" and are taken up
-again by a later run with a larger quota. Results are committed as they arrive, so a
-killed run loses only the items in flight; only the main thread writes to the database.
+again by a later run with a larger quota. Failed candidates stay failed (a rerun does not
+retry them). Results are committed as they arrive (only the main thread writes to the
+database), so a killed run loses only the items in flight. A blob store that cannot be
+written stops the run with `BlobStoreFailed` rather than failing every candidate.
 """
 
 from __future__ import annotations
@@ -30,25 +31,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import random
-import threading
 import time
-import urllib.parse
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import NamedTuple
 
-import requests
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 
-from imgnet_build import __version__
 from imgnet_build.blobs import blob_key
 from imgnet_build.dbutil import insert_ignore
+from imgnet_build.download import USER_AGENT, Downloader, ItemFailed
 from imgnet_build.errors import ImgnetError
-from imgnet_build.netguard import AddressRefused, GuardedAdapter, HostLimiter, deadline, time_left
+from imgnet_build.netguard import deadline
 from imgnet_build.store import Candidate, CandidateStatus, Image
 from imgnet_build.validate import ImageRejected, check_image
 
@@ -56,8 +52,6 @@ __all__ = ["FetchSettings", "FetchSummary", "fetch_pending", "BlobStoreFailed", 
 
 OK, FAILED, SKIPPED = CandidateStatus.OK, CandidateStatus.FAILED, CandidateStatus.SKIPPED
 QUOTA_REASON = "quota reached"
-OPT_OUT = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
-USER_AGENT = f"imgnet-build/{__version__} (dataset builder; +https://github.com/imgnet-build/imgnet-build)"
 
 
 class BlobStoreFailed(ImgnetError):
@@ -94,7 +88,7 @@ class FetchSummary:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
-    downloaded: int = 0  # files actually read over HTTP or from disk
+    downloaded: int = 0  # candidates read over HTTP or from disk (not settled from a known URL or SHA-1)
     reasons: Counter = dataclasses.field(default_factory=Counter)
     seconds: float = 0.0
 
@@ -125,186 +119,12 @@ class _Outcome:
     image: dict | None = None  # an Image row, when ok
 
 
-class _Rejected(ImgnetError):
-    "One item's final outcome other than ok (control flow inside the worker only)"
-
-    def __init__(self, status: str, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-class _Retryable(ImgnetError):
-    "A failure worth another attempt (429, 5xx, network error)"
-
-    def __init__(self, reason: str, retry_after: float | None = None):
-        super().__init__(reason)
-        self.reason, self.retry_after = reason, retry_after
-
-
-# -- one item over HTTP -------------------------------------------------------------------
-
-def _check_url(url: str) -> urllib.parse.SplitResult:
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        parts.port  # noqa: B018  (raises on a bad port)
-    except ValueError as exc:
-        raise _Rejected(FAILED, f"invalid URL: {exc}") from exc
-    if not parts.scheme:
-        raise _Rejected(FAILED, "invalid URL: no scheme (http:// or https://)")
-    if parts.scheme not in ("http", "https"):
-        raise _Rejected(FAILED, f"refused URL scheme {parts.scheme!r} (only http and https are fetched)")
-    if not parts.hostname or any(c.isspace() for c in url.strip()):
-        raise _Rejected(FAILED, "invalid URL: no host name" if not parts.hostname else "invalid URL: contains spaces")
-    return parts
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
-        except (TypeError, ValueError):
-            return None
-
-
-def _opted_out(response: requests.Response) -> str | None:
-    for part in response.headers.get("X-Robots-Tag", "").split(","):
-        agent, _, directive = part.rpartition(":")
-        agent, directive = agent.strip().lower(), directive.strip().lower()
-        if directive in OPT_OUT and agent in ("", "imgnet-build", "*"):
-            return directive
-    return None
-
-
-def _network_reason(exc: BaseException) -> str:
-    """A short reason for a network error, from the innermost cause that says something."""
-    seen, chain = set(), [exc]
-    while chain:
-        error = chain.pop()
-        if id(error) in seen or error is None:
-            continue
-        seen.add(id(error))
-        if isinstance(error, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(error, requests.ConnectTimeout) or "ConnectTimeout" in type(error).__name__:
-            return "connect timed out"
-        if isinstance(error, requests.ReadTimeout) or "ReadTimeout" in type(error).__name__:
-            return "read timed out"
-        if "NameResolution" in type(error).__name__ or type(error).__name__ == "gaierror":
-            return "host name not found"
-        if "SSL" in type(error).__name__:
-            return f"TLS error: {str(error)[:120]}"
-        chain.extend([error.__cause__, error.__context__, getattr(error, "reason", None)])
-    return f"network error: {type(exc).__name__}: {str(exc)[:120]}"
-
-
-class _Downloader:
-    """Fetches one URL's bytes under the item's deadline; one requests.Session per thread."""
-
-    def __init__(self, settings: FetchSettings):
-        self.settings = settings
-        self.hosts = HostLimiter(settings.per_host, settings.host_rate)
-        self._local = threading.local()
-
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.trust_env = False  # no proxies or .netrc from the environment
-            session.headers["User-Agent"] = self.settings.user_agent
-            adapter = GuardedAdapter(self.settings.allow_loopback, pool_connections=64, pool_maxsize=2,
-                                     max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        return session
-
-    def get(self, url: str, outcome: _Outcome) -> bytes:
-        settings = self.settings
-        for attempt in range(1, settings.retries + 2):
-            outcome.attempts = attempt
-            try:
-                return self._get_once(url)
-            except _Retryable as exc:
-                if exc.retry_after is not None and exc.retry_after > settings.max_retry_after:
-                    raise _Rejected(FAILED, f"{exc.reason}; Retry-After {exc.retry_after:.0f} s is longer "
-                                            f"than the {settings.max_retry_after:.0f} s we wait") from exc
-                if attempt > settings.retries:
-                    raise _Rejected(FAILED, f"{exc.reason} (after {attempt} attempts)") from exc
-                pause = exc.retry_after if exc.retry_after is not None else \
-                    settings.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-                if pause >= time_left():
-                    raise _Rejected(FAILED, f"{exc.reason} (no time left to retry)") from exc
-                time.sleep(pause)
-        raise AssertionError("unreachable")
-
-    def _get_once(self, url: str) -> bytes:
-        settings, seen = self.settings, {url}
-        for _hop in range(settings.max_redirects + 1):
-            host = _check_url(url).hostname
-            try:
-                with self.hosts.slot(host):
-                    response = self._session().get(
-                        url, stream=True, allow_redirects=False,
-                        timeout=(settings.connect_timeout, settings.read_timeout))
-                    with response:
-                        if not response.is_redirect:
-                            return self._body(response, host)
-                        location = urllib.parse.urljoin(url, response.headers["Location"])
-            except (_Rejected, _Retryable):
-                raise
-            except AddressRefused as exc:
-                raise _Rejected(FAILED, str(exc)) from exc
-            except Exception as exc:  # requests, urllib3, http.client and socket errors
-                if time_left() <= 0:
-                    raise _Rejected(FAILED, f"timed out: no complete response within {settings.deadline:g} s") from exc
-                if "host name not found" == _network_reason(exc):
-                    raise _Rejected(FAILED, "host name not found") from exc
-                raise _Retryable(_network_reason(exc)) from exc
-            if location in seen:
-                raise _Rejected(FAILED, f"redirect loop: {location}")
-            seen.add(location)
-            url = location
-        raise _Rejected(FAILED, f"too many redirects (more than {settings.max_redirects})")
-
-    def _body(self, response: requests.Response, host: str) -> bytes:
-        settings, status = self.settings, response.status_code
-        if status == 429 or status >= 500:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-            if retry_after is not None and retry_after <= settings.max_retry_after:
-                self.hosts.pause(host, retry_after)
-            raise _Retryable(f"HTTP {status} {response.reason or ''}".strip(), retry_after)
-        if status != 200:
-            raise _Rejected(FAILED, f"HTTP {status} {response.reason or ''}".strip())
-        directive = settings.respect_opt_out and _opted_out(response)
-        if directive:
-            raise _Rejected(SKIPPED, f"opt-out: X-Robots-Tag {directive}")
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > settings.max_bytes:
-            raise _Rejected(FAILED, f"too large: {int(length)} bytes (cap {settings.max_bytes})")
-        chunks, total = [], 0
-        while chunk := response.raw.read1(256 * 1024, decode_content=True):
-            total += len(chunk)
-            if total > settings.max_bytes:
-                raise _Rejected(FAILED, f"too large: over {settings.max_bytes} bytes (cap)")
-            if time_left() <= 0:
-                raise _Rejected(FAILED, f"timed out: no complete response within {settings.deadline:g} s")
-            chunks.append(chunk)
-        if time_left() <= 0:  # the watchdog shut the socket: what came is not the whole file
-            raise _Rejected(FAILED, f"timed out: no complete response within {settings.deadline:g} s")
-        return b"".join(chunks)
-
-
-# -- the run: scheduling, quotas, writing results --------------------------------------------
-
 class _Run:
     def __init__(self, workspace, settings: FetchSettings, per_category: int | None,
                  progress: Callable[[int, int], None] | None):
         self.workspace, self.settings, self.quota, self.progress = workspace, settings, per_category, progress
         self.blobs = workspace.blob_store
-        self.downloader = _Downloader(settings)
+        self.downloader = Downloader(settings)
         self.summary = FetchSummary()
         self.queues: dict[int, deque[_Item]] = {}
         self.ok_count: Counter = Counter()
@@ -377,31 +197,29 @@ class _Run:
 
     def work(self, item: _Item) -> _Outcome:
         """One item, in a worker thread. Every failure of the item ends here as an outcome."""
-        outcome = _Outcome(FAILED)
+        attempts = 1
         try:
             with deadline(self.settings.deadline):
                 if item.source in self.settings.local_sources:
-                    outcome.attempts = 1
                     data = _read_local(item.url, self.settings.max_bytes)
                 else:
-                    data = self.downloader.get(item.url, outcome)
+                    data, attempts = self.downloader.get(item.url)
             info = check_image(data, self.settings.min_side, self.settings.max_pixels)
-        except (_Rejected, ImageRejected) as exc:
-            outcome.status, outcome.reason = getattr(exc, "status", FAILED), str(exc)
-            return outcome
+        except ItemFailed as exc:
+            return _Outcome(exc.status, exc.reason, exc.attempts)
+        except ImageRejected as exc:
+            return _Outcome(FAILED, str(exc), attempts)
         except Exception as exc:  # the per-item boundary: a bug in one item must not stop the run
-            outcome.reason = f"internal error: {type(exc).__name__}: {exc}"[:300]
-            return outcome
+            return _Outcome(FAILED, f"internal error: {type(exc).__name__}: {exc}"[:300], attempts)
         sha256 = hashlib.sha256(data).hexdigest()
         key = blob_key(sha256, info.ext)
         try:
             self.blobs.put(key, data)
         except Exception as exc:
             raise BlobStoreFailed(f"cannot write to the blob store {self.blobs.location}: {exc}") from exc
-        outcome.status = OK
-        outcome.image = {"sha256": sha256, "width": info.width, "height": info.height, "format": info.format,
-                         "bytes": len(data), "blob_key": key}
-        return outcome
+        image = {"sha256": sha256, "width": info.width, "height": info.height, "format": info.format,
+                 "bytes": len(data), "blob_key": key}
+        return _Outcome(OK, None, attempts, image)
 
     def finish(self, item: _Item, outcome: _Outcome) -> None:
         self.summary.downloaded += 1
@@ -467,10 +285,10 @@ class _Run:
 def _read_local(path: str, max_bytes: int) -> bytes:
     file = Path(path)
     if not file.is_file():
-        raise _Rejected(FAILED, "no such file")
+        raise ItemFailed(FAILED, "no such file")
     size = file.stat().st_size
     if size > max_bytes:
-        raise _Rejected(FAILED, f"too large: {size} bytes (cap {max_bytes})")
+        raise ItemFailed(FAILED, f"too large: {size} bytes (cap {max_bytes})")
     return file.read_bytes()
 
 
@@ -482,8 +300,3 @@ def fetch_pending(workspace, settings: FetchSettings = FetchSettings(), per_cate
     Returns the counts of this run; candidates' rows carry each status and reason.
     """
     return _Run(workspace, settings, per_category, progress).run()
-
-
-def candidate_counts(session) -> dict[str, int]:
-    """Candidates per status, for summaries."""
-    return dict(session.execute(select(Candidate.status, func.count()).group_by(Candidate.status)).all())

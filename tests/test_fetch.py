@@ -154,7 +154,7 @@ def test_size_cap_stops_reading(workspace, server):
 def test_loopback_is_refused_by_default(workspace, server):
     add_candidates(workspace, [server.add("/ok.jpg", jpeg_bytes())])
     fetch_pending(workspace, FetchSettings(workers=2))
-    assert list(outcomes(workspace).values()) == [("failed", f"refused: 127.0.0.1 is a loopback address "
+    assert list(outcomes(workspace).values()) == [("failed", "refused: 127.0.0.1 is a loopback address "
                                                              "(allow it with --allow-loopback)")]
     assert server.counts["/ok.jpg"] == 0
 

@@ -1,0 +1,220 @@
+"""One URL's bytes, safely and politely: the HTTP half of the downloader.
+
+`Downloader(settings).get(url)` returns the body and the number of attempts, or raises
+`ItemFailed` with the status (`failed`, or `skipped` for an opt-out) and a short reason.
+Redirects are followed by hand so that each hop is checked again (scheme, SSRF guard,
+loops, at most `max_redirects`); 429, 5xx and network errors are retried with exponential
+backoff and jitter, honouring Retry-After; the body is streamed under the size cap and
+the item's deadline (see `imgnet_build.netguard`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
+
+import requests
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import SSLError as Urllib3SSLError
+
+from imgnet_build import __version__
+from imgnet_build.errors import ImgnetError
+from imgnet_build.netguard import AddressRefused, GuardedAdapter, HostLimiter, time_left
+from imgnet_build.store import CandidateStatus
+
+if TYPE_CHECKING:
+    from imgnet_build.fetch import FetchSettings
+
+__all__ = ["Downloader", "ItemFailed", "USER_AGENT", "OPT_OUT", "check_url"]
+
+FAILED, SKIPPED = CandidateStatus.FAILED, CandidateStatus.SKIPPED
+OPT_OUT = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
+USER_AGENT = f"imgnet-build/{__version__} (dataset builder; +https://github.com/imgnet-build/imgnet-build)"
+
+
+class ItemFailed(ImgnetError):
+    "One item's final outcome other than ok; caught at the per-item boundary and recorded"
+
+    def __init__(self, status: str, reason: str, attempts: int = 1):
+        super().__init__(reason)
+        self.status, self.reason, self.attempts = status, reason, attempts
+
+
+class _Retryable(ImgnetError):
+    "A failure worth another attempt (429, 5xx, network error)"
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+# -- one item over HTTP -------------------------------------------------------------------
+
+def check_url(url: str) -> urllib.parse.SplitResult:
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise ItemFailed(FAILED, f"invalid URL: {exc}") from exc
+    if not parts.scheme:
+        raise ItemFailed(FAILED, "invalid URL: no scheme (http:// or https://)")
+    if parts.scheme not in ("http", "https"):
+        raise ItemFailed(FAILED, f"refused URL scheme {parts.scheme!r} (only http and https are fetched)")
+    if not parts.hostname or any(c.isspace() for c in url.strip()):
+        raise ItemFailed(FAILED, "invalid URL: no host name" if not parts.hostname else "invalid URL: contains spaces")
+    return parts
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def _opted_out(response: requests.Response) -> str | None:
+    for part in response.headers.get("X-Robots-Tag", "").split(","):
+        agent, _, directive = part.rpartition(":")
+        agent, directive = agent.strip().lower(), directive.strip().lower()
+        if directive in OPT_OUT and agent in ("", "imgnet-build", "*"):
+            return directive
+    return None
+
+
+def _network_reason(exc: BaseException) -> str:
+    """A short reason for a network error, from the most telling error in its chain."""
+    chain, todo = [], [exc]
+    while todo:
+        error = todo.pop(0)
+        if error is not None and all(error is not seen for seen in chain):
+            chain.append(error)
+            todo += [error.__cause__, error.__context__, getattr(error, "reason", None)]
+    kinds = [("connection refused", ConnectionRefusedError),
+             ("host name not found", (NameResolutionError, socket.gaierror)),
+             ("TLS error", (requests.exceptions.SSLError, Urllib3SSLError, ssl.SSLError)),
+             ("connect timed out", requests.ConnectTimeout),
+             ("read timed out", (requests.ReadTimeout, ReadTimeoutError, TimeoutError))]
+    for reason, types in kinds:
+        found = next((error for error in chain if isinstance(error, types)), None)
+        if found is not None:
+            return f"TLS error: {str(found)[:120]}" if reason == "TLS error" else reason
+    if any(isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError) for error in chain):
+        return "connect timed out"
+    return f"network error: {type(exc).__name__}: {str(exc)[:120]}"
+
+
+class Downloader:
+    """Fetches one URL's bytes under the item's deadline; one requests.Session per thread."""
+
+    def __init__(self, settings: FetchSettings):
+        self.settings = settings
+        self.hosts = HostLimiter(settings.per_host, settings.host_rate)
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.trust_env = False  # no proxies or .netrc from the environment
+            session.headers["User-Agent"] = self.settings.user_agent
+            adapter = GuardedAdapter(self.settings.allow_loopback, pool_connections=64, pool_maxsize=2,
+                                     max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        return session
+
+    def get(self, url: str) -> tuple[bytes, int]:
+        """The body of `url` and the number of attempts it took; raises ItemFailed."""
+        settings = self.settings
+        for attempt in range(1, settings.retries + 2):
+            try:
+                return self._get_once(url), attempt
+            except ItemFailed as exc:
+                exc.attempts = attempt
+                raise
+            except _Retryable as exc:
+                if exc.retry_after is not None and exc.retry_after > settings.max_retry_after:
+                    reason = (f"{exc.reason}; Retry-After {exc.retry_after:.0f} s is longer "
+                              f"than the {settings.max_retry_after:.0f} s we wait")
+                elif attempt > settings.retries:
+                    reason = f"{exc.reason} (after {attempt} attempts)"
+                else:
+                    pause = exc.retry_after if exc.retry_after is not None else \
+                        settings.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                    if pause < time_left():
+                        time.sleep(pause)
+                        continue
+                    reason = f"{exc.reason} (no time left to retry)"
+                raise ItemFailed(FAILED, reason, attempt) from exc
+        raise AssertionError("unreachable")
+
+    def _get_once(self, url: str) -> bytes:
+        settings, seen = self.settings, {url}
+        for _hop in range(settings.max_redirects + 1):
+            host = check_url(url).hostname
+            try:
+                with self.hosts.slot(host):
+                    response = self._session().get(
+                        url, stream=True, allow_redirects=False,
+                        timeout=(settings.connect_timeout, settings.read_timeout))
+                    with response:
+                        if not response.is_redirect:
+                            return self._body(response, host)
+                        location = urllib.parse.urljoin(url, response.headers["Location"])
+            except (ItemFailed, _Retryable):
+                raise
+            except AddressRefused as exc:
+                raise ItemFailed(FAILED, str(exc)) from exc
+            except Exception as exc:  # requests, urllib3, http.client and socket errors
+                if time_left() <= 0:
+                    raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s") from exc
+                if "host name not found" == _network_reason(exc):
+                    raise ItemFailed(FAILED, "host name not found") from exc
+                raise _Retryable(_network_reason(exc)) from exc
+            if location in seen:
+                raise ItemFailed(FAILED, f"redirect loop: {location}")
+            seen.add(location)
+            url = location
+        raise ItemFailed(FAILED, f"too many redirects (more than {settings.max_redirects})")
+
+    def _body(self, response: requests.Response, host: str) -> bytes:
+        settings, status = self.settings, response.status_code
+        if status == 429 or status >= 500:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None and retry_after <= settings.max_retry_after:
+                self.hosts.pause(host, retry_after)
+            raise _Retryable(f"HTTP {status} {response.reason or ''}".strip(), retry_after)
+        if status != 200:
+            raise ItemFailed(FAILED, f"HTTP {status} {response.reason or ''}".strip())
+        directive = settings.respect_opt_out and _opted_out(response)
+        if directive:
+            raise ItemFailed(SKIPPED, f"opt-out: X-Robots-Tag {directive}")
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > settings.max_bytes:
+            raise ItemFailed(FAILED, f"too large: {int(length)} bytes (cap {settings.max_bytes})")
+        chunks, total = [], 0
+        while chunk := response.raw.read1(256 * 1024, decode_content=True):
+            total += len(chunk)
+            if total > settings.max_bytes:
+                raise ItemFailed(FAILED, f"too large: over {settings.max_bytes} bytes (cap)")
+            if time_left() <= 0:
+                raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s")
+            chunks.append(chunk)
+        if time_left() <= 0:  # the watchdog shut the socket: what came is not the whole file
+            raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s")
+        return b"".join(chunks)
+
+
+# -- the run: scheduling, quotas, writing results --------------------------------------------
