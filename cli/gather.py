@@ -45,12 +45,13 @@ class _Progress:
               help="Concurrent requests per host.")
 @click.option("--host-rate", type=click.FloatRange(min=0), default=DEFAULTS.host_rate, show_default=True,
               help="Requests per second per host (0: no cap).")
+@click.option("--retry-failed", is_flag=True, help="Download failed candidates again (after a network outage).")
 @click.option("--allow-loopback", is_flag=True,
               help="Allow URLs on this machine (127.0.0.1, localhost): tests and local mirrors.")
 @json_option
 @pass_workspace
 def gather(workspace: Workspace, source_spec: str, per_category: int | None, languages: str, workers: int,
-           per_host: int, host_rate: float, allow_loopback: bool, as_json: bool) -> None:
+           per_host: int, host_rate: float, retry_failed: bool, allow_loopback: bool, as_json: bool) -> None:
     """Propose candidate images for every category and download the valid ones.
 
     Each candidate ends ok, failed or skipped with a reason (see imgnet status); running
@@ -61,7 +62,8 @@ def gather(workspace: Workspace, source_spec: str, per_category: int | None, lan
     \b
         imgnet gather --source urls:candidates.csv --per-category 200
     """
-    settings = FetchSettings(workers=workers, per_host=per_host, host_rate=host_rate, allow_loopback=allow_loopback)
+    settings = FetchSettings(workers=workers, per_host=per_host, host_rate=host_rate, allow_loopback=allow_loopback,
+                             retry_failed=retry_failed)
     progress = _Progress() if show_progress() and not as_json else None
     try:
         summary = run_gather(workspace, source_spec, per_category=per_category,

@@ -20,8 +20,8 @@ What happens to one candidate (each ends `ok`, `failed` or `skipped` with a shor
 A URL already stored for another category, or a file whose source SHA-1 matches one
 already stored, is not downloaded again. Per-category quotas: a category stops when it has
 `per_category` ok candidates; the rest are skipped with "quota reached" and are taken up
-again by a later run with a larger quota. Failed candidates stay failed (a rerun does not
-retry them). Results are committed as they arrive (only the main thread writes to the
+again by a later run with a larger quota. Failed candidates stay failed unless
+`retry_failed` is set. Results are committed as they arrive (only the main thread writes to the
 database), so a killed run loses only the items in flight. A blob store that cannot be
 written stops the run with `BlobStoreFailed` rather than failing every candidate.
 """
@@ -79,6 +79,7 @@ class FetchSettings:
     respect_opt_out: bool = True  # X-Robots-Tag noai / noimageai / noindex / noimageindex
     user_agent: str = USER_AGENT
     local_sources: frozenset[str] = frozenset({"dir"})  # candidates read from disk, not HTTP
+    retry_failed: bool = False  # fetch failed candidates again (not rows the source itself marked failed)
 
 
 @dataclasses.dataclass
@@ -141,6 +142,8 @@ class _Run:
         with self.workspace.session() as session:
             eligible = or_(Candidate.status == CandidateStatus.PENDING,
                            and_(Candidate.status == SKIPPED, Candidate.error == QUOTA_REASON))
+            if self.settings.retry_failed:  # attempts 0: a row the source marked failed, nothing to fetch
+                eligible = or_(eligible, and_(Candidate.status == FAILED, Candidate.attempts > 0))
             rows = session.execute(
                 select(Candidate.id, Candidate.category_id, Candidate.url, Candidate.source, Candidate.source_sha1,
                        Candidate.attempts).where(eligible)

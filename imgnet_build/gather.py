@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from imgnet_build.dbutil import insert_ignore
 from imgnet_build.errors import BadInput
@@ -46,7 +46,7 @@ class GatherSummary:
     source: str
     proposed: int = 0
     new_candidates: int = 0
-    invalid: int = 0  # proposals with an error, recorded as failed candidate rows
+    invalid: int = 0  # new proposals with an error, recorded as failed candidate rows
     rejected: Counter = dataclasses.field(default_factory=Counter)  # reason -> count, not attached
     examples: list[str] = dataclasses.field(default_factory=list)  # a few rejected proposals, verbatim
     fetch: FetchSummary = dataclasses.field(default_factory=FetchSummary)
@@ -128,14 +128,17 @@ def propose_candidates(workspace, source: Source, per_category: int | None, lang
     searches = getattr(source, "searches", source.name not in LISTING_SOURCES)
     wanted, ids = _category_queries(workspace, languages, searches)
     proposals = source.propose(wanted, per_category or DEFAULT_PROPOSALS)
-    with workspace.session() as session:
-        before = session.scalar(select(func.count()).select_from(Candidate))
     for batch in _batches(proposals, BATCH):
-        rows = [row for row in (_row(proposal, source.name, ids, summary) for proposal in batch) if row]
+        rows: dict[tuple[int, str], dict] = {}
+        for row in filter(None, (_row(proposal, source.name, ids, summary) for proposal in batch)):
+            rows.setdefault((row["category_id"], row["url"]), row)  # the first proposal of a URL wins
         with workspace.session() as session:
-            insert_ignore(session, Candidate, rows)
-    with workspace.session() as session:
-        summary.new_candidates = session.scalar(select(func.count()).select_from(Candidate)) - before
+            known = set(session.execute(select(Candidate.category_id, Candidate.url).where(
+                Candidate.url.in_({url for _, url in rows}))).all())
+            new = [row for key, row in rows.items() if key not in known]
+            insert_ignore(session, Candidate, new)  # a concurrent writer may have added some meanwhile
+        summary.new_candidates += len(new)
+        summary.invalid += sum(row["status"] == CandidateStatus.FAILED for row in new)
 
 
 def _row(proposal: Proposal, source: str, ids: dict[str, int], summary: GatherSummary) -> dict | None:
@@ -147,8 +150,6 @@ def _row(proposal: Proposal, source: str, ids: dict[str, int], summary: GatherSu
         if len(summary.examples) < EXAMPLES:
             summary.examples.append(f"{proposal.url or '-'}: {reason}")
         return None
-    if proposal.error:
-        summary.invalid += 1
     return {"category_id": category_id, "query_id": proposal.query_id, "source": source, "url": proposal.url,
             "rank": proposal.rank, "license": proposal.license, "attribution": proposal.attribution,
             "source_sha1": proposal.source_sha1, "truth": proposal.truth,

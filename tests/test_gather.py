@@ -254,3 +254,21 @@ def test_gather_help_has_an_example(runner):
     assert result.exit_code == 0
     assert "Propose candidate images for every category" in result.output
     assert "imgnet gather --source urls:candidates.csv --per-category 200" in result.output
+
+
+def test_retry_failed_fetches_failed_candidates_again(workspace, server, runner, tmp_path):
+    add_categories(workspace, DOG)
+    listing = tmp_path / "list.jsonl"
+    listing.write_text(json.dumps({"url": server.add("/later.jpg", b"", status=404), "wnid": DOG}) + "\n"
+                       + json.dumps({"url": server.url("/bad-truth.jpg"), "wnid": DOG, "truth": "maybe"}) + "\n")
+    first = invoke(runner, workspace, "--source", f"urls:{listing}", "--allow-loopback")
+    assert first.stdout.startswith("gathered: 0 ok, 2 failed")
+    server.add("/later.jpg", jpeg_bytes(40, 40))  # the server is back
+
+    plain = json.loads(invoke(runner, workspace, "--source", f"urls:{listing}", "--allow-loopback", "--json").stdout)
+    retried = json.loads(invoke(runner, workspace, "--source", f"urls:{listing}", "--allow-loopback", "--json",
+                                "--retry-failed").stdout)
+
+    assert (plain["ok"], plain["failed"], plain["new_candidates"]) == (0, 0, 0)
+    assert (retried["ok"], retried["failed"], retried["fetch"]["downloaded"]) == (1, 0, 1)
+    assert server.counts["/later.jpg"] == 2 and server.counts["/bad-truth.jpg"] == 0
