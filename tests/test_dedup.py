@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 import imagegen as gen
-from imgnet_build import dedup
+from imgnet_build import dedup, hamming
 from imgnet_build.blobs import blob_key
 from imgnet_build.cli.main import cli
 from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
@@ -285,7 +285,10 @@ def brute_force(hashes: np.ndarray, threshold: int) -> set[tuple[int, int]]:
 
 @pytest.mark.parametrize("threshold", [0, 3, 10, 16])
 @pytest.mark.parametrize("j", [None, 1, 2, 3])
-def test_index_finds_exactly_the_brute_force_pairs(threshold, j):
+@pytest.mark.parametrize("blocked", [False, True], ids=["one-sort-per-table", "blocked-in-processes"])
+def test_index_finds_exactly_the_brute_force_pairs(threshold, j, blocked, monkeypatch):
+    if blocked:  # the path taken from 50,000 hashes on
+        monkeypatch.setattr(hamming, "_BLOCK_FROM", 0)
     rng = np.random.default_rng(threshold)
     hashes = rng.integers(0, 2**64 - 1, 1500, dtype=np.uint64, endpoint=True)
     for i in range(0, 1500, 3):  # plant neighbours at 0..threshold+2 bits, and exact copies
