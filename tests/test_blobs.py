@@ -12,6 +12,7 @@ from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
 from imgnet_build.blobs import LocalBlobStore, S3BlobStore, blob_key, open_blob_store
+from imgnet_build.cli.main import cli
 from imgnet_build.errors import BadInput
 from imgnet_build.fetch import BlobStoreFailed, FetchSettings, fetch_pending
 from imgnet_build.store import Candidate, Category, Image
@@ -89,20 +90,24 @@ def _one_candidate(workspace, url: str) -> None:
         session.add(Candidate(category_id=category.id, source="urls", url=url))
 
 
-def test_fetch_into_an_s3_workspace(s3_endpoint, tmp_path, monkeypatch):
+def test_gather_into_an_s3_workspace_from_the_cli(s3_endpoint, tmp_path, monkeypatch, runner):
     monkeypatch.setenv("IMGNET_S3_ENDPOINT_URL", s3_endpoint)
-    workspace = Workspace.init(tmp_path / "ws", blobs="s3://imgs/ws")
+    root = tmp_path / "ws"
+    assert runner.invoke(cli, ["init", str(root), "--blobs", "s3://imgs/ws"]).exit_code == 0
     server = LoopbackServer()
     try:
         body = jpeg_bytes(40, 40)
+        workspace = Workspace.open(root)
         _one_candidate(workspace, server.add("/a.jpg", body))
-        summary = fetch_pending(workspace, FetchSettings(allow_loopback=True, workers=2))
+        listing = tmp_path / "list.csv"
+        listing.write_text(f"url,wnid\n{server.url('/a.jpg')},n02084071\n")
+        result = runner.invoke(cli, ["-w", str(root), "gather", "--source", f"urls:{listing}", "--allow-loopback"])
+        with workspace.session() as session:
+            image = session.scalars(select(Image)).one()
+        workspace.close()
     finally:
         server.close()
-        workspace.close()
-    assert summary.ok == 1
-    with workspace.session() as session:
-        image = session.scalars(select(Image)).one()
+    assert result.exit_code == 0 and result.stdout.startswith("gathered: 1 ok, 0 failed"), result.output
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     assert s3.get_object(Bucket="imgs", Key=f"ws/{image.blob_key}")["Body"].read() == body
 
