@@ -43,7 +43,7 @@ from sqlalchemy import and_, or_, select, update
 from imgnet_build.blobs import blob_key
 from imgnet_build.dbutil import insert_ignore
 from imgnet_build.download import USER_AGENT, Downloader, ItemFailed
-from imgnet_build.errors import ImgnetError
+from imgnet_build.errors import BadInput, ImgnetError
 from imgnet_build.netguard import deadline
 from imgnet_build.store import Candidate, CandidateStatus, Image
 from imgnet_build.validate import ImageRejected, check_image
@@ -80,6 +80,16 @@ class FetchSettings:
     user_agent: str = USER_AGENT
     local_sources: frozenset[str] = frozenset({"dir"})  # candidates read from disk, not HTTP
     retry_failed: bool = False  # fetch failed candidates again (not rows the source itself marked failed)
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "per_host", "max_redirects", "max_bytes", "max_pixels"):
+            if getattr(self, name) < (0 if name == "max_redirects" else 1):
+                raise BadInput(f"fetch setting {name} must be at least {0 if name == 'max_redirects' else 1}")
+        for name in ("connect_timeout", "read_timeout", "deadline"):
+            if not getattr(self, name) > 0:
+                raise BadInput(f"fetch setting {name} must be more than 0 seconds")
+        if self.retries < 0 or self.backoff < 0 or self.host_rate < 0 or self.min_side < 0:
+            raise BadInput("fetch settings retries, backoff, host_rate and min_side cannot be negative")
 
 
 @dataclasses.dataclass

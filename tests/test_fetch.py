@@ -9,6 +9,7 @@ import pytest
 from loopback import LoopbackServer, closed_port, endless_slow, gif_bytes, jpeg_bytes, png_bomb
 from sqlalchemy import select
 
+from imgnet_build.errors import BadInput
 from imgnet_build.fetch import FetchSettings, fetch_pending
 from imgnet_build.store import Candidate, Category, Image
 
@@ -260,3 +261,13 @@ def test_a_rerun_downloads_nothing_already_done(workspace, server):
     again = fetch_pending(workspace, FAST)
     assert (again.ok, again.failed, again.downloaded) == (0, 0, 0)
     assert dict(server.counts) == counts
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("workers", 0, "fetch setting workers must be at least 1"),
+    ("deadline", 0, "fetch setting deadline must be more than 0 seconds"),
+    ("retries", -1, "cannot be negative"),
+])
+def test_settings_are_checked(field, value, message):
+    with pytest.raises(BadInput, match=message):
+        FetchSettings(**{field: value})
