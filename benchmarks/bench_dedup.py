@@ -1,0 +1,218 @@
+"""Dedup measured against its peers, in one run (not a test; prints a report).
+
+    python benchmarks/bench_dedup.py [--photos 300] [--groups 60] [--hashes 1000000]
+
+1. Hashing throughput on generated JPEG photos of 1-2 megapixels: ours (draft decode,
+   pHash + dHash) against imagehash.phash on fully decoded images, and imagededup's PHash
+   when it is installed (it depends on torch, so it usually is not).
+2. Precision and recall of duplicate pairs on generated photos with known relations:
+   imagehash pHash at imagededup's default threshold (10) against `dedup.run` at several
+   thresholds, with recall per kind of edit; this is where the default threshold comes from.
+3. Near-duplicate search over a million random 64-bit hashes with planted near pairs:
+   our multi-index search against brute force (numpy popcount) on a 100,000 subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import combinations
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image as PILImage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import imagegen as gen  # noqa: E402
+
+from imgnet_build import dedup  # noqa: E402
+from imgnet_build.blobs import blob_key  # noqa: E402
+from imgnet_build.hamming import HammingIndex  # noqa: E402
+from imgnet_build.store import Candidate, Category, Image  # noqa: E402
+from imgnet_build.workspace import Workspace  # noqa: E402
+
+EDITS = {  # name -> (edit of a decoded photo and its JPEG bytes, inside the default's scope)
+    "jpeg q50": (lambda image, data: gen.reencode(data, 50), True),
+    "jpeg q30": (lambda image, data: gen.reencode(data, 30), True),
+    "resize 1/2": (lambda image, data: gen.jpeg(gen.resize(image, 0.5)), True),
+    "resize 1/4": (lambda image, data: gen.jpeg(gen.resize(image, 0.25)), True),
+    "crop 5%": (lambda image, data: gen.jpeg(gen.crop(image, 0.05)), True),
+    "brightness +20%": (lambda image, data: gen.jpeg(gen.brightness(image, 1.2)), True),
+    "brightness -20%": (lambda image, data: gen.jpeg(gen.brightness(image, 0.8)), True),
+    "watermark": (lambda image, data: gen.jpeg(gen.watermark(image)), True),
+    "png copy": (lambda image, data: gen.png(gen.decode(data)), True),
+    "crop 10%": (lambda image, data: gen.jpeg(gen.crop(image, 0.10)), False),
+    "crop 20%": (lambda image, data: gen.jpeg(gen.crop(image, 0.20)), False),
+    "mirror": (lambda image, data: gen.jpeg(gen.flip(image)), False),
+}
+
+
+def throughput(count: int) -> None:
+    print(f"\n== Hashing throughput: {count} JPEG photos of 1.1-1.9 megapixels, quality 90 ==")
+    folder = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
+    sizes = [(1200, 900), (1600, 1200), (1280, 1024)]
+    paths = []
+    for i in range(count):
+        path = folder / f"{i}.jpg"
+        path.write_bytes(gen.jpeg(gen.photo(i, size=sizes[i % 3]), 90))
+        paths.append(path)
+
+    def imagehash_full(path: Path) -> None:
+        with PILImage.open(path) as image:
+            imagehash.phash(image)
+
+    rows = [("imagehash.phash, full decode, 1 thread", lambda: [imagehash_full(p) for p in paths])]
+    rows.append(("ours (draft, pHash+dHash), 1 thread", lambda: [dedup.hash_image(p) for p in paths]))
+    rows.append(("ours, 2 threads (as dedup.run)", lambda: list(ThreadPoolExecutor(2).map(dedup.hash_image, paths))))
+    try:
+        from imagededup.methods import PHash  # noqa: F401  (pulls torch)
+
+        rows.append(("imagededup PHash.encode_images", lambda: PHash(verbose=False).encode_images(str(folder))))
+    except Exception as exc:  # not installed, or torch missing
+        print(f"imagededup: skipped ({type(exc).__name__}: {exc}); it requires torch and torchvision")
+    baseline = None
+    for name, work in rows:
+        start = time.perf_counter()
+        work()
+        rate = count / (time.perf_counter() - start)
+        baseline = baseline or rate
+        print(f"{name:<42} {rate:8.1f} images/s   {rate / baseline:5.2f}x")
+
+
+def add_image(workspace: Workspace, data: bytes, category_id: int, rank: int) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    with PILImage.open(io.BytesIO(data)) as image:
+        width, height, kind = image.width, image.height, image.format
+    key = blob_key(sha, kind.lower())
+    workspace.blob_store.put(key, data)
+    with workspace.session() as session:
+        if session.get(Image, sha) is None:
+            session.add(Image(sha256=sha, width=width, height=height, format=kind, bytes=len(data), blob_key=key))
+            session.flush()
+        session.add(Candidate(category_id=category_id, source="bench", url=f"https://example.org/{sha}.jpg",
+                              rank=rank, status="ok", image_sha256=sha))
+    return sha
+
+
+def quality(groups: int) -> None:
+    print(f"\n== Duplicate pairs: {groups} photos (800x600) x {len(EDITS)} edits, plus {groups} look-alikes "
+          "(same colour layout, other content) ==")
+    workspace = Workspace.init(Path(tempfile.mkdtemp(prefix="bench-dedup-ws-")) / "ws")
+    with workspace.session() as session:
+        category = Category(wnid="n00000001", synset="x.n.01", name="x", lemmas=["x"], gloss="", lexname="noun.tops",
+                            depth=0)
+        session.add(category)
+        session.flush()
+        category_id = category.id
+    group_of, edit_of, full_phash = {}, {}, {}
+    for g in range(groups):
+        image = gen.photo(g, size=(800, 600))
+        data = gen.jpeg(image, 90)
+        versions = {"original": data, **{name: edit(image, data) for name, (edit, _) in EDITS.items()}}
+        versions["look-alike"] = gen.jpeg(gen.photo(5000 + g, size=(800, 600), layout=g), 90)
+        for name, blob in versions.items():
+            sha = add_image(workspace, blob, category_id, rank=0 if name == "original" else 1)
+            group_of[sha] = (g, "look-alike") if name == "look-alike" else (g, "same")
+            edit_of[sha] = name
+            full_phash[sha] = int(str(imagehash.phash(gen.decode(blob))), 16)
+    shas = sorted(group_of)
+    truth = {pair for pair in combinations(shas, 2) if group_of[pair[0]] == group_of[pair[1]]}
+    in_scope = {pair for pair in truth if all(edit_of[s] == "original" or EDITS.get(edit_of[s], (0, True))[1]
+                                              for s in pair)}
+
+    def score(name: str, found: set[tuple[str, str]]) -> None:
+        true_positives = len(found & truth)
+        precision = true_positives / len(found) if found else 1.0
+        by_edit = []
+        for edit in EDITS:
+            wanted = {p for p in truth if {edit_of[p[0]], edit_of[p[1]]} == {"original", edit}}
+            by_edit.append(f"{len(found & wanted) / len(wanted):.2f}")
+        print(f"{name:<30} {precision:9.3f} {len(found & truth) / len(truth):7.3f} "
+              f"{len(found & in_scope) / len(in_scope):8.3f}  " + " ".join(f"{r:>5}" for r in by_edit))
+
+    print(f"{'method':<30} {'precision':>9} {'recall':>7} {'in-scope':>8}  recall vs original for: "
+          + ", ".join(EDITS))
+    for threshold in (6, 8, 10, 12):
+        found = {pair for pair in combinations(shas, 2)
+                 if (full_phash[pair[0]] ^ full_phash[pair[1]]).bit_count() <= threshold}
+        score(f"imagehash phash <= {threshold}" + (" (usual)" if threshold == 10 else ""), found)
+    for threshold in (6, 8, 10, 12):
+        dedup.run(workspace, threshold)
+        with workspace.session() as session:
+            cluster = dedup.cluster_of(session)
+        score(f"dedup.run --threshold {threshold}", {p for p in combinations(shas, 2) if cluster[p[0]] == cluster[p[1]]})
+    with workspace.session() as session:
+        stored = {image.sha256: (image.phash, image.dhash) for image in session.query(Image)}
+    for rule, test in (("ours pHash<=10 and dHash<=12", lambda p, d: p <= 10 and d <= 12),
+                       ("ours dHash <= 10", lambda p, d: d <= 10)):
+        found = set()
+        for a, b in combinations(shas, 2):
+            p = ((stored[a][0] ^ stored[b][0]) & (2**64 - 1)).bit_count()
+            d = ((stored[a][1] ^ stored[b][1]) & (2**64 - 1)).bit_count()
+            if test(p, d):
+                found.add((a, b))
+        score(rule, found)
+    closest = min((full_phash[a] ^ full_phash[b]).bit_count() for a, b in combinations(shas, 2) if (a, b) not in truth)
+    print(f"closest pair of different photos: {closest} bits of pHash")
+    workspace.close()
+
+
+def search(count: int, planted: int, threshold: int, subset: int) -> None:
+    print(f"\n== Near-duplicate search: {count:,} random 64-bit hashes, {planted:,} planted pairs at "
+          f"1..{threshold} bits, threshold {threshold} ==")
+    rng = np.random.default_rng(7)
+    hashes = rng.integers(0, 2**64 - 1, count, dtype=np.uint64, endpoint=True)
+    sources = rng.choice(count, planted * 2, replace=False)
+    pairs = set()
+    for source, target in zip(sources[:planted], sources[planted:]):
+        bits = rng.choice(64, size=int(rng.integers(1, threshold + 1)), replace=False)
+        hashes[target] = hashes[source] ^ np.uint64(sum(1 << int(bit) for bit in bits))
+        pairs.add((min(int(source), int(target)), max(int(source), int(target))))
+    start = time.perf_counter()
+    found = HammingIndex(threshold).add(hashes)
+    ours = time.perf_counter() - start
+    got = {(int(a), int(b)) for a, b, _ in found}
+    print(f"multi-index (ours), {count:,} hashes:        {ours:7.1f} s; {len(found):,} pairs within {threshold} bits, "
+          f"planted found: {len(pairs & got):,}/{len(pairs):,}")
+
+    sample = hashes[:subset]
+    start = time.perf_counter()
+    ours_subset = len(HammingIndex(threshold).add(sample))
+    ours_small = time.perf_counter() - start
+    start = time.perf_counter()
+    brute = 0
+    for i in range(len(sample) - 1):
+        brute += int((np.bitwise_count(sample[i + 1:] ^ sample[i]) <= threshold).sum())
+    brute_time = time.perf_counter() - start
+    factor = (count / subset) ** 2
+    print(f"multi-index (ours), {subset:,} hashes:          {ours_small:7.1f} s; {ours_subset} pairs")
+    print(f"brute force numpy popcount, {subset:,} hashes: {brute_time:7.1f} s; {brute} pairs; "
+          f"x{factor:.0f} for {count:,}: ~{brute_time * factor / 60:.0f} min ({brute_time * factor / ours:.0f}x ours)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=300, help="photos for the throughput run")
+    parser.add_argument("--groups", type=int, default=60, help="photos with edits for precision/recall")
+    parser.add_argument("--hashes", type=int, default=1_000_000)
+    parser.add_argument("--planted", type=int, default=3000)
+    parser.add_argument("--subset", type=int, default=100_000)
+    parser.add_argument("--threshold", type=int, default=dedup.DEFAULT_THRESHOLD)
+    parser.add_argument("--only", choices=["throughput", "quality", "search"])
+    args = parser.parse_args()
+    if args.only in (None, "throughput"):
+        throughput(args.photos)
+    if args.only in (None, "quality"):
+        quality(args.groups)
+    if args.only in (None, "search"):
+        search(args.hashes, args.planted, args.threshold, args.subset)
+
+
+if __name__ == "__main__":
+    main()
