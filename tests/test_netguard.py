@@ -82,3 +82,69 @@ def test_tls_through_the_guard_verifies_the_host_name(tls_server):
 ])
 def test_refusal(address, reason):
     assert refusal(address) == reason
+
+
+class FakeClock:
+    """Stands in for the `time` module inside netguard: sleeping advances the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+def test_host_rate_spaces_requests_and_retry_after_pauses_the_host(monkeypatch):
+    import imgnet_build.netguard as netguard
+
+    clock = FakeClock()
+    monkeypatch.setattr(netguard, "time", clock)
+    limiter = netguard.HostLimiter(concurrency=4, rate=10.0)
+    for _ in range(3):
+        with limiter.slot("a.example"):
+            pass
+    with limiter.slot("b.example"):  # another host has its own pace
+        pass
+    limiter.pause("a.example", 5.0)
+    with limiter.slot("a.example"):
+        pass
+    assert clock.sleeps == [0.1, 0.1, 5.0]
+
+
+def test_per_host_concurrency_is_capped(workspace):
+    from loopback import LoopbackServer
+
+    from imgnet_build.fetch import FetchSettings, fetch_pending
+    from imgnet_build.store import Candidate, Category
+
+    server, lock, state = LoopbackServer(), threading.Lock(), {"now": 0, "max": 0}
+    body = jpeg_bytes()
+
+    def handler(request):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        threading.Event().wait(0.2)  # long enough for the other workers to pile up
+        with lock:
+            state["now"] -= 1
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    try:
+        with workspace.session() as session:
+            category = Category(wnid="n02084071", synset="dog.n.01", name="dog", lemmas=["dog"], gloss="",
+                                lexname="noun.animal", depth=0)
+            session.add(category)
+            session.flush()
+            for i in range(12):
+                session.add(Candidate(category_id=category.id, source="urls", url=server.route(f"/{i}.jpg", handler)))
+        summary = fetch_pending(workspace, FetchSettings(workers=8, per_host=3, host_rate=0, allow_loopback=True))
+    finally:
+        server.close()
+    assert summary.ok == 12 and state["max"] == 3
