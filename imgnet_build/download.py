@@ -116,24 +116,28 @@ def _network_reason(exc: BaseException) -> str:
 
 
 class Downloader:
-    """Fetches one URL's bytes under the item's deadline; one requests.Session per thread."""
+    """Fetches one URL's bytes under the item's deadline; pooled keep-alive connections per thread."""
 
     def __init__(self, settings: FetchSettings):
         self.settings = settings
         self.hosts = HostLimiter(settings.per_host, settings.host_rate)
+        self._headers = {"User-Agent": settings.user_agent, "Accept": "image/*,*/*;q=0.8"}
         self._local = threading.local()
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.trust_env = False  # no proxies or .netrc from the environment
-            session.headers["User-Agent"] = self.settings.user_agent
-            adapter = GuardedAdapter(self.settings.allow_loopback, pool_connections=64, pool_maxsize=2,
-                                     max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        return session
+    def _adapter(self) -> GuardedAdapter:
+        """This thread's connection pools (one requests adapter per worker thread)."""
+        adapter = getattr(self._local, "adapter", None)
+        if adapter is None:
+            adapter = self._local.adapter = GuardedAdapter(self.settings.allow_loopback, pool_connections=64,
+                                                           pool_maxsize=2, max_retries=0)
+        return adapter
+
+    def _send(self, url: str) -> requests.Response:
+        """One GET, redirects not followed. Straight to the adapter: a Session would add cookies, hooks and
+        proxy settings from the environment, none of which we want, for a fifth of the CPU time per image."""
+        request = requests.Request("GET", url, headers=self._headers).prepare()
+        return self._adapter().send(request, stream=True,
+                                    timeout=(self.settings.connect_timeout, self.settings.read_timeout))
 
     def get(self, url: str) -> tuple[bytes, int]:
         """The body of `url` and the number of attempts it took; raises ItemFailed."""
@@ -166,9 +170,7 @@ class Downloader:
             host = check_url(url).hostname
             try:
                 with self.hosts.slot(host):
-                    response = self._session().get(
-                        url, stream=True, allow_redirects=False,
-                        timeout=(settings.connect_timeout, settings.read_timeout))
+                    response = self._send(url)
                     with response:
                         if not response.is_redirect:
                             return self._body(response, host)
