@@ -7,11 +7,12 @@ served as image/jpeg, empty bodies). The same CSV goes through
   imgnet gather --source urls:LIST --allow-loopback --host-rate 0 ...   (a fresh workspace)
   img2dataset --input_format csv --resize_mode no --output_format files ...
 
-each as its own process, timed end to end (start-up, WordNet and query expansion
-included for ours). Prints valid images per second for both and the ratio. Nothing
-leaves 127.0.0.1.
+each as its own process, timed end to end (start-up included), `--repeat` times in
+turn, so that both see the same load on the machine. Prints the median valid images per
+second of each and the ratio. Ours runs with per-host politeness off (`--host-rate 0`,
+`--per-host` = workers), as img2dataset has none. Nothing leaves 127.0.0.1.
 
-    python benchmarks/bench_gather.py [--images 3000] [--workers 32]
+    python benchmarks/bench_gather.py [--images 3000] [--workers 32] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import multiprocessing
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,6 +140,7 @@ def main() -> None:
     parser.add_argument("--failures", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--categories", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if not (BIN / "img2dataset").exists():
         sys.exit("img2dataset is not installed: pip install -e '.[bench]'")
@@ -157,22 +160,31 @@ def main() -> None:
         print(f"{len(bodies)} URLs, {valid} valid images, {len(categories)} categories, "
               f"2 tools on {multiprocessing.cpu_count()} cores\n", flush=True)
 
-        ours = run_ours(root, listing, categories, args.workers)
-        theirs = {f"img2dataset {p} proc x {t} threads{' ' + ' '.join(e) if e else ''}":
-                  run_img2dataset(root, listing, p, t, e)
-                  for p, t, e in [(1, 256, []), (2, 64, []), (2, 64, ["--skip_reencode", "True"])]}
+        ours_name = f"imgnet gather ({args.workers} workers)"
+        configs = {f"img2dataset {p} proc x {t} threads{' ' + ' '.join(e) if e else ''}": (p, t, e)
+                   for p, t, e in [(1, 256, []), (2, 64, []), (2, 64, ["--skip_reencode", "True"])]}
+        runs: dict[str, list[dict]] = {ours_name: [], **{name: [] for name in configs}}
+        for round_ in range(args.repeat):
+            work = root / f"round{round_}"
+            work.mkdir()
+            runs[ours_name].append(run_ours(work, listing, categories, args.workers))
+            for name, (processes, threads, extra) in configs.items():
+                runs[name].append(run_img2dataset(work, listing, processes, threads, extra))
+            print(f"round {round_ + 1}/{args.repeat} done", flush=True)
     finally:
         server.terminate()
         shutil.rmtree(root, ignore_errors=True)
 
-    rows = {f"imgnet gather ({args.workers} workers)": ours, **theirs}
-    print(f"{'tool':<52} {'ok':>6} {'failed':>6} {'seconds':>8} {'images/s':>9}")
-    for name, row in rows.items():
-        print(f"{name:<52} {row['ok']:>6} {row['failed']:>6} {row['seconds']:>8.2f} {row['ok'] / row['seconds']:>9.0f}")
-    best = max(theirs.values(), key=lambda row: row["ok"] / row["seconds"])
-    ratio = (ours["ok"] / ours["seconds"]) / (best["ok"] / best["seconds"])
-    print(f"\nimgnet gather, fetch stage only: {ours['ok'] / ours['fetch_seconds']:.0f} images/s")
-    print(f"ratio imgnet / best img2dataset (end to end): {ratio:.2f}x")
+    rate = {name: statistics.median(row["ok"] / row["seconds"] for row in rows) for name, rows in runs.items()}
+    print(f"\n{'tool':<52} {'ok':>6} {'failed':>6} {'images/s (median; min-max)':>28}")
+    for name, rows in runs.items():
+        rates = [row["ok"] / row["seconds"] for row in rows]
+        print(f"{name:<52} {rows[0]['ok']:>6} {rows[0]['failed']:>6} "
+              f"{rate[name]:>10.0f}  ({min(rates):.0f}-{max(rates):.0f})")
+    fetch_only = statistics.median(row["ok"] / row["fetch_seconds"] for row in runs[ours_name])
+    best = max(configs, key=rate.get)
+    print(f"\nimgnet gather, fetch stage only: {fetch_only:.0f} images/s (median)")
+    print(f"ratio imgnet gather / best img2dataset ({best}), end to end: {rate[ours_name] / rate[best]:.2f}x")
 
 
 if __name__ == "__main__":
