@@ -156,10 +156,18 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
         rows = session.execute(select(Image.sha256, Image.phash, Image.width, Image.height, Image.pixel_sha256,
                                       Image.duplicate_of).where(Image.phash.is_not(None))
                                .order_by(Image.sha256)).all()
-    pairs = HammingIndex(max(threshold, PIXEL_RADIUS)).add(to_unsigned([row.phash for row in rows]))
-    pixels = _pixel_digests(workspace, rows, pairs, batch_size, workers)
-    same_pixels = np.array([pixels[a] is not None and pixels[a] == pixels[b] for a, b, _ in pairs], dtype=bool)
-    edges = pairs[(pairs[:, 2] <= threshold) | same_pixels] if len(pairs) else pairs
+    # Distinct hashes go into the index (a thousand copies of one placeholder image are one
+    # entry, not half a million pairs); rows with the same hash are joined to its first row.
+    values, first, inverse = np.unique(to_unsigned([row.phash for row in rows]), return_index=True,
+                                       return_inverse=True)
+    pairs = HammingIndex(max(threshold, PIXEL_RADIUS)).add(values)
+    near = pairs[pairs[:, 2] <= threshold]
+    close = np.zeros(len(values), dtype=bool)  # values that may hide identical pixels
+    close[pairs[pairs[:, 2] <= PIXEL_RADIUS, :2].ravel()] = True
+    close[np.bincount(inverse, minlength=len(values)) > 1] = True
+    pixels = _pixel_digests(workspace, rows, np.flatnonzero(close[inverse]), batch_size, workers)
+    edges = np.concatenate([np.stack([np.arange(len(rows)), first[inverse]], axis=1).reshape(-1, 2),
+                            first[near[:, :2]].reshape(-1, 2), _same_digest(pixels)])
     with workspace.session() as session:
         ranks = dict(session.execute(select(Candidate.image_sha256, func.min(Candidate.rank))
                                      .where(Candidate.status == CandidateStatus.OK)
@@ -213,12 +221,14 @@ def _try(function, workspace: Workspace, blob_key: str):
         return None
 
 
-def _pixel_digests(workspace: Workspace, rows, pairs: np.ndarray, batch_size: int, workers: int) -> list[str | None]:
-    """pixel_sha256 per row, computed (and stored) for rows that could have a pixel twin."""
+def _pixel_digests(workspace: Workspace, rows, close: np.ndarray, batch_size: int, workers: int) -> list[str | None]:
+    """pixel_sha256 per row, computed (and stored) for the `close` rows (a neighbour within
+    PIXEL_RADIUS bits) that share their width and height with another close row."""
     digests = [row.pixel_sha256 for row in rows]
-    needed = sorted({int(i) for a, b, distance in pairs if distance <= PIXEL_RADIUS
-                     and (rows[a].width, rows[a].height) == (rows[b].width, rows[b].height)
-                     for i in (a, b) if digests[i] is None})
+    sizes = defaultdict(list)
+    for i in close.tolist():
+        sizes[rows[i].width, rows[i].height].append(i)
+    needed = sorted(i for group in sizes.values() if len(group) > 1 for i in group if digests[i] is None)
     keys: dict[str, str] = {}
     with workspace.session() as session:
         for chunk in _chunks([rows[i].sha256 for i in needed], 500):
@@ -238,17 +248,27 @@ def _pixel_digests(workspace: Workspace, rows, pairs: np.ndarray, batch_size: in
     return digests
 
 
+def _same_digest(digests: list[str | None]) -> np.ndarray:
+    """Edges joining every row to the first row with the same pixel digest."""
+    first: dict[str, int] = {}
+    edges = [(i, first.setdefault(digest, i)) for i, digest in enumerate(digests) if digest is not None]
+    return np.array(edges, dtype=np.int64).reshape(-1, 2)
+
+
 def _representatives(rows, edges: np.ndarray, ranks: dict[str, int | None]) -> dict[str, str]:
-    """{sha256: representative} for every image that is not its cluster's representative."""
+    """{sha256: representative} for every image that is not its cluster's representative;
+    clusters are the connected components of `edges` (row index pairs)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    if not rows:
+        return {}
     n = len(rows)
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)) if n else None
-    _, labels = connected_components(graph, directed=False) if n else (0, np.empty(0, dtype=int))
+    _, labels = connected_components(coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)),
+                                     directed=False)
     members: dict[int, list[int]] = defaultdict(list)
-    for node in np.unique(edges[:, :2]) if len(edges) else []:
-        members[int(labels[node])].append(int(node))
+    for node in np.flatnonzero(np.bincount(labels)[labels] > 1).tolist():
+        members[int(labels[node])].append(node)
     wanted = {}
     for nodes in members.values():
         best = min(nodes, key=lambda i: (-rows[i].width * rows[i].height, _rank(ranks.get(rows[i].sha256)),

@@ -308,3 +308,13 @@ def test_index_finds_exactly_the_brute_force_pairs(threshold, j, blocked, monkey
 def test_signed_storage_round_trip():
     for value in (0, 1, 2**63 - 1, 2**63, 2**64 - 1):
         assert int(to_unsigned([to_signed(value)])[0]) == value
+
+
+def test_many_copies_of_one_picture_make_one_cluster(workspace, photos):
+    """A placeholder served under 25 URLs with other metadata: one cluster, all pixel twins."""
+    copies = [add_image(workspace, gen.with_comment(photos["other"], f"copy {i}"), rank=i) for i in range(25)]
+    add_image(workspace, photos["original"])
+    report = dedup.run(workspace)
+    links = duplicate_of(workspace)
+    assert links[copies[0]] is None and all(links[sha] == copies[0] for sha in copies[1:])
+    assert (report.clusters, report.exact_pixels, report.near) == (1, 24, 0)
