@@ -34,7 +34,9 @@ from imgnet_build.store import Candidate, CandidateStatus, Category
 __all__ = ["gather", "GatherSummary", "propose_candidates", "DEFAULT_PROPOSALS"]
 
 DEFAULT_PROPOSALS = 100  # what a search source is asked for per category when there is no quota
-LISTING_SOURCES = frozenset({"urls", "dir"})  # no `searches` attribute: these take no queries
+# Web search is about 10% precise and some downloads fail: a search source is asked for
+# this many times the per-category quota, so failures do not leave a category short.
+OVERASK = 3
 BATCH = 500
 EXAMPLES = 5
 
@@ -125,9 +127,8 @@ def _category_queries(workspace, languages: Iterable[str], searches: bool
 def propose_candidates(workspace, source: Source, per_category: int | None, languages: Iterable[str],
                        summary: GatherSummary) -> None:
     """Insert the source's proposals as candidate rows (idempotent); count what cannot be attached."""
-    searches = getattr(source, "searches", source.name not in LISTING_SOURCES)
-    wanted, ids = _category_queries(workspace, languages, searches)
-    proposals = source.propose(wanted, per_category or DEFAULT_PROPOSALS)
+    wanted, ids = _category_queries(workspace, languages, source.searches)
+    proposals = source.propose(wanted, per_category * OVERASK if per_category else DEFAULT_PROPOSALS)
     for batch in _batches(proposals, BATCH):
         rows: dict[tuple[int, str], dict] = {}
         for row in filter(None, (_row(proposal, source.name, ids, summary) for proposal in batch)):

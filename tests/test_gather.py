@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from imgnet_build.cli.main import cli
 from imgnet_build.fetch import FetchSettings
-from imgnet_build.gather import gather
+from imgnet_build.gather import OVERASK, gather
 from imgnet_build.store import Candidate, Category, Image, Query
 
 DOG, CAT = "n02084071", "n02121808"
@@ -227,6 +227,7 @@ def test_a_searching_source_gets_expanded_queries_and_candidates_keep_their_quer
     @register("test-search")
     class FakeSearch:
         local = False
+        searches = True
         seen: list = []
 
         def __init__(self, argument: str, **settings):
@@ -242,7 +243,7 @@ def test_a_searching_source_gets_expanded_queries_and_candidates_keep_their_quer
     summary = gather(workspace, "test-search", per_category=7, settings=FetchSettings(allow_loopback=True))
 
     ((category, per_category),) = FakeSearch.seen
-    assert per_category == 7 and category.wnid == DOG and ("dog", "en") in {(t, lang) for _, t, lang in category.queries}
+    assert per_category == 7 * OVERASK and category.wnid == DOG and ("dog", "en") in {(t, lang) for _, t, lang in category.queries}
     with workspace.session() as session:
         candidate = session.scalars(select(Candidate)).one()
         query = session.get(Query, candidate.query_id)

@@ -40,6 +40,7 @@ class Proposal:
 class Source(Protocol):
     name: str
     local: bool  # True: urls are file paths read from disk, no HTTP
+    searches: bool  # True: proposes by searching the category's queries (gather expands them first)
 
     def propose(self, categories: Iterable[CategoryQueries], per_category: int) -> Iterator[Proposal]:
         """Yield candidates for the given categories, at most about per_category each."""

@@ -25,6 +25,7 @@ class Folder:
 
     name = "dir"
     local = True
+    searches = False
 
     def __init__(self, argument: str, **settings: object):
         if not argument:

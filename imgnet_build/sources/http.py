@@ -170,6 +170,7 @@ class SearchSource:
 
     name = "search"
     local = False
+    searches = True
     client: PoliteClient
 
     def search(self, text: str, language: str) -> Iterator[Hit]:

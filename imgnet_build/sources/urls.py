@@ -47,6 +47,7 @@ class UrlList:
 
     name = "urls"
     local = False
+    searches = False
 
     def __init__(self, argument: str, **settings: object):
         if not argument:
