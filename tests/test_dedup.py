@@ -6,6 +6,10 @@ import hashlib
 import io
 import json
 import re
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import imagehash
@@ -21,6 +25,7 @@ from imgnet_build.blobs import blob_key
 from imgnet_build.cli.main import cli
 from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
 from imgnet_build.store import Candidate, Category, Image
+from imgnet_build.workspace import Workspace
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "clusters.schema.json").read_text())
 DOG, CAT = "n02084071", "n02121808"
@@ -204,21 +209,49 @@ def test_crash_mid_run_then_rerun_matches_clean_run(workspace, tmp_path, photos,
     monkeypatch.setattr(dedup, "hash_image", failing)
     with pytest.raises(RuntimeError, match="killed"):
         dedup.run(workspace, batch_size=3, workers=1)
-    with workspace.session() as session:
-        assert len(session.scalars(select(Image.sha256).where(Image.phash.is_not(None))).all()) == 6
+    assert hashed_count(workspace) == 6
     monkeypatch.setattr(dedup, "hash_image", real)
     resumed = dedup.run(workspace, batch_size=3)
     assert resumed.hashed == len(names) - 6
+    assert_same_as_clean_run(workspace, resumed, photos, tmp_path)
 
-    from imgnet_build.workspace import Workspace
 
+def assert_same_as_clean_run(workspace, report: dedup.DedupReport, photos, tmp_path) -> None:
     clean = Workspace.init(tmp_path / "clean")
-    for name in names:
+    for name in photos:
         add_image(clean, photos[name])
     clean_report = dedup.run(clean)
     assert duplicate_of(clean) == duplicate_of(workspace)
-    assert dataclass_counts(clean_report) == dataclass_counts(resumed)
+    assert dataclass_counts(clean_report) == dataclass_counts(report)
     clean.close()
+
+
+def hashed_count(workspace) -> int:
+    with workspace.session() as session:
+        return len(session.scalars(select(Image.sha256).where(Image.phash.is_not(None))).all())
+
+
+def test_kill_9_mid_run_then_rerun_matches_clean_run(workspace, photos, tmp_path):
+    for name in photos:
+        add_image(workspace, photos[name])
+    script = textwrap.dedent(f"""
+        import time
+        from imgnet_build import dedup
+        from imgnet_build.workspace import Workspace
+        real = dedup.hash_image
+        dedup.hash_image = lambda source: time.sleep(0.3) or real(source)
+        dedup.run(Workspace.open({str(workspace.root)!r}), batch_size=2, workers=1)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script])
+    while process.poll() is None and hashed_count(workspace) < 4:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    killed_at = hashed_count(workspace)
+    assert 4 <= killed_at < len(photos)
+    resumed = dedup.run(workspace)
+    assert resumed.hashed == len(photos) - killed_at
+    assert_same_as_clean_run(workspace, resumed, photos, tmp_path)
 
 
 def test_unreadable_image_is_counted_not_fatal(workspace, photos):
