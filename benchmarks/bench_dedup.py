@@ -148,7 +148,8 @@ def quality(groups: int) -> None:
         dedup.run(workspace, threshold)
         with workspace.session() as session:
             cluster = dedup.cluster_of(session)
-        score(f"dedup.run --threshold {threshold}", {p for p in combinations(shas, 2) if cluster[p[0]] == cluster[p[1]]})
+        same_cluster = {p for p in combinations(shas, 2) if cluster[p[0]] == cluster[p[1]]}
+        score(f"dedup.run --threshold {threshold}", same_cluster)
     with workspace.session() as session:
         stored = {image.sha256: (image.phash, image.dhash) for image in session.query(Image)}
     for rule, test in (("ours pHash <= 10, pairs only", lambda p, d: p <= 10),

@@ -322,7 +322,8 @@ def clusters(session: Session) -> list[Cluster]:
                                    .order_by(Candidate.id)):
             candidates[row.image_sha256].append({"url": row.url, "wnid": row.wnid, "source": row.source,
                                                  "rank": row.rank})
-    return [_cluster(representative, sorted(group), images, candidates) for representative, group in sorted(groups.items())]
+    return [_cluster(representative, sorted(group), images, candidates)
+            for representative, group in sorted(groups.items())]
 
 
 def _cluster(representative: str, shas: list[str], images: dict, candidates: dict) -> Cluster:

@@ -55,7 +55,8 @@ def add_image(workspace, data: bytes, wnid: str = DOG, rank: int | None = 1, url
         if session.get(Image, sha) is None:
             session.add(Image(sha256=sha, width=width, height=height, format=kind, bytes=len(data), blob_key=key))
             session.flush()
-        session.add(Candidate(category_id=category_id, source="test", url=url or f"https://example.org/{wnid}/{sha[:12]}.jpg",
+        url = url or f"https://example.org/{wnid}/{sha[:12]}.jpg"
+        session.add(Candidate(category_id=category_id, source="test", url=url,
                               rank=rank, status="ok", image_sha256=sha))
     return sha
 
@@ -291,7 +292,8 @@ def test_cli_summary_json_and_clusters_file(runner, workspace, photos, tmp_path)
     assert result.exit_code == 0, result.output
     assert result.output == "dedup: 4 images, 1 exact, 1 near duplicates in 1 clusters (0 cross-category conflicts)\n"
     path = tmp_path / "out.json"
-    result = runner.invoke(cli, ["-w", str(workspace.root), "dedup", "--json", "--threshold", "4", "--clusters", str(path)])
+    result = runner.invoke(cli, ["-w", str(workspace.root), "dedup", "--json", "--threshold", "4",
+                                 "--clusters", str(path)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["threshold"] == 4 and json.loads(result.output)["clusters"] == 1
     jsonschema.validate(json.loads(path.read_text()), SCHEMA)
@@ -302,7 +304,8 @@ def test_cli_errors(runner, workspace, tmp_path):
     assert result.exit_code == 1
     assert result.output == "Error: --threshold must be between 0 and 20 bits, not 33; the default is 10\n"
     result = runner.invoke(cli, ["-w", str(workspace.root), "dedup", "--clusters", str(tmp_path / "no" / "c.json")])
-    assert result.exit_code == 1 and re.match(r"Error: cannot write .*c\.json: folder .*no does not exist\n", result.output)
+    assert result.exit_code == 1
+    assert re.match(r"Error: cannot write .*c\.json: folder .*no does not exist\n", result.output)
     result = runner.invoke(cli, ["-w", str(tmp_path / "nowhere"), "dedup"])
     assert result.exit_code == 1 and result.output.startswith("Error: workspace ")
     assert "Example:" in runner.invoke(cli, ["dedup", "--help"]).output
