@@ -219,8 +219,11 @@ def test_kill_9_mid_run_then_rerun_finishes_without_refetching(workspace, tmp_pa
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
 
 
-def test_a_searching_source_gets_expanded_queries_and_candidates_keep_their_query(workspace, server):
+def test_a_searching_source_gets_expanded_queries_and_candidates_keep_their_query(workspace, server, monkeypatch):
+    from imgnet_build import sources
     from imgnet_build.sources import Proposal, register
+
+    monkeypatch.setattr(sources, "REGISTRY", dict(sources.REGISTRY))  # the fake source leaves with the test
 
     image = server.add("/found.jpg", jpeg_bytes(40, 40))
 
