@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
 import os
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -179,13 +180,20 @@ class HammingIndex:
             for table in tables:
                 by_first[table[0]].append(table)
             groups = sorted(by_first.items(), key=lambda group: -len(group[1]))  # longest first
-            with ProcessPoolExecutor(self.workers) as pool:
+            with ProcessPoolExecutor(self.workers, mp_context=_context()) as pool:
                 futures = [pool.submit(_block_pairs, band, group, old, new, self.threshold) for band, group in groups]
                 parts = [future.result() for future in futures]
         else:
             parts = [_table_pairs(table, old, new, self.threshold) for table in tables]
         self.hashes = np.concatenate([old, new])
         return _unique(_concat(parts))
+
+
+def _context():
+    """fork where there is one: workers start at once and scripts need no __main__ guard
+    (forkserver and spawn re-import the caller's main module)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else None)
 
 
 def _table_pairs(table: tuple[Band, ...], old: np.ndarray, new: np.ndarray, threshold: int) -> tuple[np.ndarray, ...]:
