@@ -17,7 +17,7 @@ What it does, in order:
    killed run loses at most one batch and a rerun goes on from there.
 2. Finds every pair within `threshold` bits of pHash with multi-index hashing
    (`imgnet_build.hamming`), no all-pairs loop, over the distinct stored hashes. Pairs
-   among old images are recomputed each run rather than trusted from the last one (18-27 s
+   among old images are recomputed each run rather than trusted from the last one (14-27 s
    for a million hashes, against hours of hashing), so a changed threshold takes effect;
    `HammingIndex.add` checks new hashes against existing ones for callers that stream.
 3. Exact duplicates: two candidates that fetched the same bytes already share one image

@@ -7,7 +7,7 @@ bands (numpy), scan runs of equal keys and verify each candidate pair with a pop
 `j = 1` is the textbook scheme (d + 1 bands); larger `j` means more tables but longer
 keys and far fewer candidates, which is what a million hashes need. `choose_j` picks it
 from a cost model measured on numpy: at d = 10 and 1,000,000 hashes, j = 4 (14 bands,
-1,001 tables of 18-bit keys) takes 18-27 s on 2 cores, j = 3 47 s, j = 5 30 s; numpy
+1,001 tables of 18-bit keys) takes 14-27 s on 2 cores, j = 3 47 s, j = 5 30 s; numpy
 brute force would take about 8 minutes (benchmarks/bench_dedup.py). Large sets are grouped by the first band of each table so
 that each sort fits the CPU cache, and the groups are spread over processes.
 
