@@ -51,3 +51,23 @@ def print_json(data: object) -> None:
 def show_progress() -> bool:
     """Progress bars only on a terminal; pipes and CI stay quiet."""
     return sys.stderr.isatty()
+
+
+class ProgressBar:
+    """A click progress bar on stderr, made once the total is known; call it with (done, total)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar = None
+        self.shown = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=click.get_text_stream("stderr"))
+            self.bar.__enter__()
+        self.bar.update(done - self.shown)
+        self.shown = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)

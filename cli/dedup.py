@@ -5,27 +5,8 @@ from __future__ import annotations
 import click
 
 from imgnet_build import dedup as library
-from imgnet_build.cli.common import json_option, pass_workspace, print_json, show_progress
+from imgnet_build.cli.common import ProgressBar, json_option, pass_workspace, print_json, show_progress
 from imgnet_build.workspace import Workspace
-
-
-class _Progress:
-    """A click progress bar on stderr, made once the number of images to hash is known."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.shown = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label="hashing", file=click.get_text_stream("stderr"))
-            self.bar.__enter__()
-        self.bar.update(done - self.shown)
-        self.shown = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
 
 
 @click.command()
@@ -47,7 +28,7 @@ def dedup(workspace: Workspace, threshold: int, clusters_path: str | None, as_js
     \b
         imgnet dedup --threshold 10 --clusters clusters.json
     """
-    progress = _Progress() if show_progress() and not as_json else None
+    progress = ProgressBar("hashing") if show_progress() and not as_json else None
     try:
         report = library.run(workspace, threshold, progress=progress)
     finally:

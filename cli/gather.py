@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import click
 
-from imgnet_build.cli.common import json_option, pass_workspace, print_json, show_progress
+from imgnet_build.cli.common import ProgressBar, json_option, pass_workspace, print_json, show_progress
 from imgnet_build.fetch import FetchSettings
 from imgnet_build.gather import gather as run_gather
 from imgnet_build.workspace import Workspace
 
 DEFAULTS = FetchSettings()
-
-
-class _Progress:
-    """A click progress bar on stderr, made once the number of candidates is known."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.shown = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label="fetching", file=click.get_text_stream("stderr"))
-            self.bar.__enter__()
-        self.bar.update(done - self.shown)
-        self.shown = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
 
 
 @click.command()
@@ -64,7 +45,7 @@ def gather(workspace: Workspace, source_spec: str, per_category: int | None, lan
     """
     settings = FetchSettings(workers=workers, per_host=per_host, host_rate=host_rate, allow_loopback=allow_loopback,
                              retry_failed=retry_failed)
-    progress = _Progress() if show_progress() and not as_json else None
+    progress = ProgressBar("fetching") if show_progress() and not as_json else None
     try:
         summary = run_gather(workspace, source_spec, per_category=per_category,
                              languages=[code for code in languages.split(",") if code.strip()],

@@ -64,6 +64,7 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -88,7 +89,7 @@ def hash_image(source: bytes | Path) -> tuple[int, int]:
     """(pHash, dHash) of an image file or its bytes, as unsigned 64-bit integers."""
     with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         image.draft("L", _DRAFT_SIZE)  # JPEG: DCT-domain downscale; other formats: no-op
-        gray = image.convert("L")
+        gray = ImageOps.exif_transpose(image).convert("L")  # hash the picture as it is shown
     return int(str(imagehash.phash(gray)), 16), int(str(imagehash.dhash(gray)), 16)
 
 
@@ -96,7 +97,7 @@ def pixel_digest(source: bytes | Path) -> str:
     """SHA-256 of the size and the fully decoded RGB pixels: equal for the same picture
     saved with other metadata or in a lossless format."""
     with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        rgb = image.convert("RGB")
+        rgb = ImageOps.exif_transpose(image).convert("RGB")
     return hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
 
 

@@ -105,6 +105,17 @@ def test_pixel_digest_ignores_metadata_and_format(photos):
     assert dedup.pixel_digest(photos["q70"]) != digest
 
 
+def test_exif_orientation_is_applied_before_hashing(photos):
+    upright = gen.photo(5, size=(800, 600))
+    tagged = io.BytesIO()
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the stored pixels lie on their side
+    upright.transpose(PILImage.Transpose.ROTATE_90).save(tagged, "JPEG", quality=95, exif=exif)
+    phash, _ = dedup.hash_image(gen.jpeg(upright, quality=95))
+    tagged_phash, _ = dedup.hash_image(tagged.getvalue())
+    assert bin(phash ^ tagged_phash).count("1") <= 2
+
+
 def test_known_relations(any_workspace, photos):
     shas = {name: add_image(any_workspace, data, rank=1 if name == "original" else 5) for name, data in photos.items()}
     report = dedup.run(any_workspace)
