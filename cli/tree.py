@@ -56,7 +56,7 @@ def build(workspace: Workspace, roots, excludes, max_depth, include_people, as_j
               help="Levels to show below the root.")
 @pass_workspace
 def show(workspace: Workspace, root: str | None, depth: int) -> None:
-    """Print the tree indented, with the number of categories below each.
+    """Print the tree indented, with the number of categories below each (and images, once gathered).
 
     Example:
 
@@ -65,6 +65,7 @@ def show(workspace: Workspace, root: str | None, depth: int) -> None:
     """
     with workspace.session() as session:
         nodes = taxonomy.load_tree(session)
+        images = taxonomy.image_counts(session) or None
     if not nodes:
         raise click.ClickException("the tree is empty; build it with: imgnet tree build")
     if root:
@@ -74,7 +75,7 @@ def show(workspace: Workspace, root: str | None, depth: int) -> None:
         roots = [root_wnid]
     else:
         roots = taxonomy.tree_tops(nodes)
-    for line in taxonomy.render_tree(nodes, roots, depth):
+    for line in taxonomy.render_tree(nodes, roots, depth, images):
         click.echo(line)
 
 

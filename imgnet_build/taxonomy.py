@@ -23,8 +23,8 @@ from imgnet_build.store import Candidate, Category, CategoryEdge
 from imgnet_build.wordnet import load_wordnet, resolve_synset, wnid
 
 __all__ = ["Rule", "TreeOptions", "Selection", "BuildResult", "TreeNode", "load_rule", "select_categories",
-           "build_tree", "why_not_imageable", "load_tree", "descendant_counts", "tree_tops", "render_tree",
-           "export_rows"]
+           "build_tree", "why_not_imageable", "load_tree", "descendant_counts", "image_counts", "tree_tops",
+           "render_tree", "export_rows"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +298,20 @@ def descendant_counts(tree: dict[str, TreeNode]) -> dict[str, int]:
         return below[node]
 
     return {w: bits(w).bit_count() for w in tree}
+
+
+def image_counts(session: Session) -> dict[str, int]:
+    """Distinct valid images gathered for each category (duplicates of one another count once)."""
+    from imgnet_build.store import CandidateStatus, Image
+
+    distinct = func.coalesce(Image.duplicate_of, Image.sha256)
+    rows = session.execute(
+        select(Category.wnid, func.count(func.distinct(distinct)))
+        .join(Candidate, Candidate.category_id == Category.id)
+        .join(Image, Image.sha256 == Candidate.image_sha256)
+        .where(Candidate.status == CandidateStatus.OK)
+        .group_by(Category.wnid))
+    return dict(rows.all())
 
 
 def tree_tops(tree: dict[str, TreeNode]) -> list[str]:
