@@ -16,21 +16,27 @@ What it does, in order:
    (benchmarks/bench_dedup.py). Hashes are committed every `batch_size` images, so a
    killed run loses at most one batch and a rerun goes on from there.
 2. Finds every pair within `threshold` bits of pHash with multi-index hashing
-   (`imgnet_build.hamming`), no all-pairs loop, over the distinct stored hashes. Pairs
-   among old images are recomputed each run rather than trusted from the last one (14-27 s
-   for a million hashes, against hours of hashing), so a changed threshold takes effect;
-   `HammingIndex.add` checks new hashes against existing ones for callers that stream.
+   (`imgnet_build.hamming`), no all-pairs loop, over the distinct stored hashes. Each image
+   records the threshold of the run that clustered it (`dedup_threshold`); pairs among
+   those images are already in the stored clusters, so a rerun only searches pairs that
+   involve a new hash (`HammingIndex.load` the old ones, `add` the new ones). A run at
+   another threshold starts over from all hashes (14-27 s for a million).
 3. Exact duplicates: two candidates that fetched the same bytes already share one image
    row (the SHA-256 is its key). Identical pixels under other bytes (metadata changed,
    PNG copy of a JPEG) are found by `pixel_sha256` (SHA-256 of the size and the decoded
    RGB pixels). That needs a full decode, so it is computed only for images that have a
    neighbour of the same width and height within 4 bits of pHash (identical pixels
-   differ by at most 2 bits, from the draft decode): a few percent of a web crawl.
+   differ by at most 2 bits, from the draft decode): a few percent of a web crawl. A
+   rerun looks only at images with a new neighbour: twins were found when one was new.
 4. Clusters are the connected components of "near or pixel-identical" (union-find).
    Each keeps one representative: the largest resolution, then the best source rank
    (lowest `Candidate.rank`), then the smallest sha256. The others get `duplicate_of`
-   = representative; nothing is deleted. A rerun recomputes the clusters from the stored
-   hashes and only writes what changed, so it is idempotent and takes new images in.
+   = representative; nothing is deleted. A rerun joins the stored clusters (each
+   `duplicate_of` is an edge) with the new pairs, chooses every representative again
+   (ranks may have changed) and only writes what changed, so it is idempotent and takes
+   new images in. The changed links and the marks of this run's new images are written
+   in one transaction: a run killed before its commit leaves the previous clusters and
+   marks, and the rerun searches the new images' pairs again.
 5. A cluster whose candidates come from more than one category is a *conflict*: it is
    flagged, and every (representative, category) pair stays a labeling candidate
    (`candidacy`); the export must keep a whole cluster in one split (`cluster_of`).
@@ -158,20 +164,31 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
     report.hashed, report.unreadable = _hash_new(workspace, batch_size, workers, progress)
     with workspace.session() as session:
         rows = session.execute(select(Image.sha256, Image.phash, Image.width, Image.height, Image.pixel_sha256,
-                                      Image.duplicate_of).where(Image.phash.is_not(None))
+                                      Image.duplicate_of, Image.dedup_threshold).where(Image.phash.is_not(None))
                                .order_by(Image.sha256)).all()
+    position = {row.sha256: i for i, row in enumerate(rows)}
+    # Old rows were clustered at this threshold: their links stand for the pairs among them.
+    # Marks of another threshold (or a link to an image not hashed any more): start over.
+    full = any(row.dedup_threshold not in (None, threshold) or
+               (row.duplicate_of is not None and row.duplicate_of not in position) for row in rows)
+    new = np.array([full or row.dedup_threshold is None for row in rows], dtype=bool)
+    old_links = [(i, position[row.duplicate_of]) for i, row in enumerate(rows) if not new[i] and row.duplicate_of]
     # Distinct hashes go into the index (a thousand copies of one placeholder image are one
     # entry, not half a million pairs); rows with the same hash are joined to its first row.
     values, first, inverse = np.unique(to_unsigned([row.phash for row in rows]), return_index=True,
                                        return_inverse=True)
-    pairs = HammingIndex(max(threshold, PIXEL_RADIUS)).add(values)
+    known, fresh = np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=bool)
+    known[inverse[~new]] = True  # values of old rows
+    fresh[inverse[new]] = True  # values of new rows
+    pairs = _new_pairs(values, known, max(threshold, PIXEL_RADIUS))
     near = pairs[pairs[:, 2] <= threshold]
     close = np.zeros(len(values), dtype=bool)  # values that may hide identical pixels
     close[pairs[pairs[:, 2] <= PIXEL_RADIUS, :2].ravel()] = True
-    close[np.bincount(inverse, minlength=len(values)) > 1] = True
+    close[fresh & (np.bincount(inverse, minlength=len(values)) > 1)] = True
     pixels = _pixel_digests(workspace, rows, np.flatnonzero(close[inverse]), batch_size, workers)
     edges = np.concatenate([np.stack([np.arange(len(rows)), first[inverse]], axis=1).reshape(-1, 2),
-                            first[near[:, :2]].reshape(-1, 2), _same_digest(pixels)])
+                            first[near[:, :2]].reshape(-1, 2), _same_digest(pixels),
+                            np.array(old_links, dtype=np.int64).reshape(-1, 2)])
     with workspace.session() as session:
         ranks = dict(session.execute(select(Candidate.image_sha256, func.min(Candidate.rank))
                                      .where(Candidate.status == CandidateStatus.OK)
@@ -179,9 +196,11 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
     wanted = _representatives(rows, edges, ranks)
     changes = [{"sha256": row.sha256, "duplicate_of": wanted.get(row.sha256)} for row in rows
                if row.duplicate_of != wanted.get(row.sha256)]
-    for start in range(0, len(changes), batch_size * 10):
-        with workspace.session() as session:
-            session.execute(update(Image), changes[start:start + batch_size * 10])
+    with workspace.session() as session:  # one transaction: the links and the marks that vouch for them
+        for chunk in _chunks(changes, batch_size * 10):
+            session.execute(update(Image), chunk)
+        _mark_clustered(session, [row.sha256 for row in rows if row.dedup_threshold != threshold], threshold,
+                        batch_size * 10)
     with workspace.session() as session:
         report.images = session.scalar(select(func.count()).select_from(Image))
         found = clusters(session)
@@ -192,6 +211,22 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
         report.exact_pixels += member.relation == "pixels"
         report.near += member.relation == "near"
     return report
+
+
+def _new_pairs(values: np.ndarray, known: np.ndarray, radius: int) -> np.ndarray:
+    """(i, j, distance) rows of `values` positions within `radius` bits, for the pairs that
+    involve a value not `known`: pairs among known values are not searched."""
+    index = HammingIndex(radius)
+    index.load(values[known])
+    pairs = index.add(values[~known])
+    positions = np.concatenate([np.flatnonzero(known), np.flatnonzero(~known)])
+    return np.column_stack([positions[pairs[:, :2]], pairs[:, 2]])
+
+
+def _mark_clustered(session: Session, shas: list[str], threshold: int, batch_size: int) -> None:
+    """Record that the images' pairs at `threshold` are in their stored links."""
+    for chunk in _chunks(shas, batch_size):
+        session.execute(update(Image), [{"sha256": sha, "dedup_threshold": threshold} for sha in chunk])
 
 
 def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Progress | None) -> tuple[int, int]:

@@ -15,7 +15,11 @@ that each sort fits the CPU cache, and the groups are spread over processes.
     pairs = index.add(hashes)        # (i, j, distance) rows among `hashes`
     more = index.add(new_hashes)     # rows touching only the new hashes: new-old, new-new
 
-Positions are global: the first `add` gets 0..n-1, the next continues from n.
+    index = HammingIndex(10)
+    index.load(known)                # no search: pairs among `known` are already known
+    pairs = index.add(new_hashes)    # new-old and new-new pairs only
+
+Positions are global: the first `add` (or `load`) gets 0..n-1, the next continues from n.
 """
 
 from __future__ import annotations
@@ -167,12 +171,19 @@ class HammingIndex:
     def __len__(self) -> int:
         return len(self.hashes)
 
+    def load(self, hashes) -> None:
+        """Add hashes without searching pairs among them (the caller knows those pairs);
+        later `add` calls check their hashes against these."""
+        self.hashes = np.concatenate([self.hashes, _as_hashes(hashes)])
+
     def add(self, hashes) -> np.ndarray:
         """Add hashes (uint64, or int64 as stored); return an (k, 3) int64 array of
         (i, j, distance) with i < j, for every pair within the threshold that involves a new
         hash. Each pair appears once, sorted."""
-        new = np.ascontiguousarray(np.asarray(hashes).astype(np.int64, copy=False).view(np.uint64))
+        new = _as_hashes(hashes)
         old = self.hashes
+        if not len(new):
+            return np.empty((0, 3), dtype=np.int64)
         j = self.j or choose_j(self.threshold, len(old) + len(new), len(new))
         tables = _tables(self.threshold, j)
         if j > 1 and len(old) + len(new) >= _BLOCK_FROM:
@@ -187,6 +198,10 @@ class HammingIndex:
             parts = [_table_pairs(table, old, new, self.threshold) for table in tables]
         self.hashes = np.concatenate([old, new])
         return _unique(_concat(parts))
+
+
+def _as_hashes(hashes) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(hashes).astype(np.int64, copy=False).view(np.uint64))
 
 
 def _context():

@@ -142,6 +142,7 @@ class Image(Base):
     phash: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit pHash as signed int64
     dhash: Mapped[int | None] = mapped_column(BigInteger)
     duplicate_of: Mapped[str | None] = mapped_column(String(64))  # representative's sha256
+    dedup_threshold: Mapped[int | None] = mapped_column(Integer)  # of the dedup run that clustered it
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (
         Index("ix_image_pixel", "pixel_sha256"),

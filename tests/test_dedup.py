@@ -17,6 +17,7 @@ import jsonschema
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from PIL import PngImagePlugin
 from sqlalchemy import select
 
 import imagegen as gen
@@ -365,3 +366,206 @@ def test_many_copies_of_one_picture_make_one_cluster(workspace, photos):
     links = duplicate_of(workspace)
     assert links[copies[0]] is None and all(links[sha] == copies[0] for sha in copies[1:])
     assert (report.clusters, report.exact_pixels, report.near) == (1, 24, 0)
+
+
+# Incremental runs: only pairs that involve a new image are searched, and the clusters are
+# those of one run over everything. The pHashes are given (hash_image is replaced), so the
+# relations are known: chains, a bridge between two clusters, exact hash copies, pixel twins.
+
+def synthetic_images(seed: int, count: int = 60) -> list[tuple[str, bytes, int, int]]:
+    """(name, PNG bytes, pHash, rank): random pictures, near copies 1-14 bits from an earlier
+    one (chains), pixel twins (same pixels, other bytes, 0-2 bits) and a bridge `x` that is 6
+    bits from both `c` and `d` (12 bits apart), larger than both: it joins their clusters."""
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(0, 2**64 - 1, dtype=np.uint64, endpoint=True))
+    images = [("c", PILImage.new("RGB", (32, 24), (0, 0, 1)), c, None),
+              ("d", PILImage.new("RGB", (32, 24), (0, 0, 2)), c ^ (0xFFF << 20), None),
+              ("d1", PILImage.new("RGB", (48, 36), (0, 0, 3)), c ^ (0xFFF << 20) ^ 0b111 << 40, None),
+              ("x", PILImage.new("RGB", (80, 60), (0, 0, 4)), c ^ (0x3F << 20), None)]
+    for i in range(count):
+        kind = rng.choice(["new", "near", "twin"], p=[0.3, 0.55, 0.15])
+        parent = images[int(rng.integers(len(images)))]
+        if kind == "new":
+            size = [(32, 24), (48, 36), (40, 40)][int(rng.integers(3))]
+            pixels, phash = PILImage.new("RGB", size, (i, 1, 0)), int(rng.integers(0, 2**64 - 1, dtype=np.uint64,
+                                                                                     endpoint=True))
+        else:
+            flips = rng.choice(64, size=int(rng.integers(0, 3) if kind == "twin" else rng.integers(1, 15)),
+                               replace=False)
+            pixels = parent[1] if kind == "twin" else PILImage.new("RGB", parent[1].size, (i, 2, 0))
+            phash = parent[2] ^ sum(1 << int(bit) for bit in flips)
+        images.append((f"{kind}{i}", pixels, phash, f"copy {i}" if kind == "twin" else None))
+    result = []
+    for name, pixels, phash, note in images:
+        info = PngImagePlugin.PngInfo()
+        if note:
+            info.add_text("note", note)
+        data = io.BytesIO()
+        pixels.save(data, "PNG", pnginfo=info)
+        result.append((name, data.getvalue(), phash, int(rng.integers(1, 4))))
+    return result
+
+
+@pytest.fixture
+def given_hashes(monkeypatch) -> dict[str, int]:
+    """hash_image returns the pHash registered here for the file's sha256."""
+    hashes: dict[str, int] = {}
+
+    def fake(source: bytes | Path) -> tuple[int, int]:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        return hashes[hashlib.sha256(data).hexdigest()], 0
+
+    monkeypatch.setattr(dedup, "hash_image", fake)
+    return hashes
+
+
+def add_synthetic(workspace, images, given_hashes) -> dict[str, str]:
+    """Store the images; returns {name: sha256}."""
+    shas = {}
+    for name, data, phash, rank in images:
+        shas[name] = add_image(workspace, data, rank=rank)
+        given_hashes[shas[name]] = phash
+    return shas
+
+
+def one_run(tmp_path, name: str, images, given_hashes, threshold: int = 10) -> tuple[dict, dedup.DedupReport]:
+    """duplicate_of and the report of a single run over all `images` in a new workspace."""
+    clean = Workspace.init(tmp_path / name)
+    add_synthetic(clean, images, given_hashes)
+    report = dedup.run(clean, threshold)
+    links = duplicate_of(clean)
+    clean.close()
+    return links, report
+
+
+@pytest.fixture
+def index_calls(monkeypatch) -> dict[str, list[int]]:
+    """How many hashes each HammingIndex.load and .add call received."""
+    calls: dict[str, list[int]] = {"load": [], "add": []}
+
+    def recording(method: str):
+        real = getattr(HammingIndex, method)
+
+        def wrapper(self, hashes):
+            calls[method].append(len(hashes))
+            return real(self, hashes)
+        return wrapper
+
+    for method in calls:
+        monkeypatch.setattr(HammingIndex, method, recording(method))
+    return calls
+
+
+def distinct(images) -> int:
+    return len({phash for _, _, phash, _ in images})
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_incremental_runs_equal_one_full_run(any_workspace, tmp_path, given_hashes, index_calls, seed):
+    images = synthetic_images(seed)
+    batches = [images[:3] + images[4:24], [images[3], *images[24:44]], images[44:]]  # x comes second
+    shas = {}
+    for number, batch in enumerate(batches):
+        shas.update(add_synthetic(any_workspace, batch, given_hashes))
+        index_calls["add"].clear()
+        report = dedup.run(any_workspace)
+        seen = [image for done in batches[:number + 1] for image in done]
+        assert sum(index_calls["add"]) == distinct(seen) - distinct(seen[:len(seen) - len(batch)])
+        links, clean_report = one_run(tmp_path, f"clean{number}", seen, given_hashes)
+        assert duplicate_of(any_workspace) == links
+        assert dataclass_counts(report) == dataclass_counts(clean_report)
+        if number == 0:
+            assert (links[shas["c"]] or shas["c"]) != (links[shas["d"]] or shas["d"])  # two clusters
+    links = duplicate_of(any_workspace)
+    assert len({links[shas[name]] or shas[name] for name in ("c", "d", "d1", "x")}) == 1  # x joined them
+    assert report.exact_pixels > 0 and report.near > 10
+
+
+def test_threshold_change_recomputes_everything(any_workspace, tmp_path, given_hashes, index_calls):
+    images = synthetic_images(3)
+    add_synthetic(any_workspace, images[:30], given_hashes)
+    dedup.run(any_workspace, 10)
+    stored = 30
+    for threshold, seen, searched in ((0, images[:45], distinct(images[:45])),  # another threshold: all
+                                      (0, images, distinct(images) - distinct(images[:45])),  # then new ones
+                                      (10, images, distinct(images))):
+        add_synthetic(any_workspace, seen[stored:], given_hashes)
+        stored = len(seen)
+        index_calls["add"].clear()
+        report = dedup.run(any_workspace, threshold)
+        assert index_calls["add"] == [searched]
+        links, clean_report = one_run(tmp_path, f"clean{threshold}-{len(seen)}", seen, given_hashes, threshold)
+        assert duplicate_of(any_workspace) == links and dataclass_counts(report) == dataclass_counts(clean_report)
+        if threshold == 0:
+            assert report.exact_pixels > 0 and report.near == 0  # pixel twins only
+            at_zero = links
+    assert links != at_zero
+
+
+def test_rerun_with_nothing_new_searches_no_pairs(any_workspace, given_hashes, index_calls):
+    images = synthetic_images(4)
+    add_synthetic(any_workspace, images, given_hashes)
+    first = dedup.run(any_workspace)
+    before = duplicate_of(any_workspace)
+    index_calls["load"].clear()
+    index_calls["add"].clear()
+    second = dedup.run(any_workspace)
+    assert index_calls == {"load": [distinct(images)], "add": [0]}
+    assert duplicate_of(any_workspace) == before and dataclass_counts(first) == dataclass_counts(second)
+    with any_workspace.session() as session:
+        assert set(session.scalars(select(Image.dedup_threshold))) == {10}
+
+
+def test_crash_before_the_marks_leaves_the_last_clusters_then_rerun_matches(any_workspace, tmp_path, given_hashes,
+                                                                            monkeypatch):
+    images = synthetic_images(5)
+    first, second = images[:3] + images[4:30], [images[3], *images[30:]]  # x joins two clusters of the first run
+    shas = add_synthetic(any_workspace, first, given_hashes)
+    dedup.run(any_workspace)
+    before = duplicate_of(any_workspace)
+    shas.update(add_synthetic(any_workspace, second, given_hashes))
+
+    def killed(*args):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="killed"):
+        patch.setattr(dedup, "_mark_clustered", killed)
+        dedup.run(any_workspace)
+    after = duplicate_of(any_workspace)
+    assert after == {**before, **{shas[name]: None for name, *_ in second}}  # no link of the killed run stayed
+    with any_workspace.session() as session:
+        assert session.get(Image, shas["x"]).dedup_threshold is None
+    report = dedup.run(any_workspace)
+    links, clean_report = one_run(tmp_path, "clean", first + second, given_hashes)
+    assert duplicate_of(any_workspace) == links and dataclass_counts(report) == dataclass_counts(clean_report)
+    assert (links[shas["c"]] or shas["c"]) == (links[shas["d"]] or shas["d"])
+    assert (before[shas["c"]] or shas["c"]) != (before[shas["d"]] or shas["d"])  # x joined two clusters
+    assert any(links[sha] != before[sha] for sha in before)  # the killed run had old links to change
+
+
+def test_incremental_photos_equal_one_full_run(workspace, photos, tmp_path):
+    for name in ("original", "q70", "other", "lookalike0", "lookalike1"):
+        add_image(workspace, photos[name])
+    dedup.run(workspace)
+    for name in photos.keys() - {"original", "q70", "other", "lookalike0", "lookalike1"}:
+        add_image(workspace, photos[name])
+    report = dedup.run(workspace)
+    assert report.hashed == len(photos) - 5
+    assert_same_as_clean_run(workspace, report, photos, tmp_path)
+
+
+@pytest.mark.parametrize("blocked", [False, True], ids=["one-sort-per-table", "blocked-in-processes"])
+def test_index_load_then_add_finds_only_pairs_with_the_new_hashes(blocked, monkeypatch):
+    if blocked:
+        monkeypatch.setattr(hamming, "_BLOCK_FROM", 0)
+    rng = np.random.default_rng(7)
+    hashes = rng.integers(0, 2**64 - 1, 1500, dtype=np.uint64, endpoint=True)
+    for i in range(0, 1500, 2):
+        flips = rng.choice(64, size=int(rng.integers(0, 12)), replace=False)
+        hashes[(i + 1001) % 1500] = hashes[i] ^ np.uint64(sum(1 << int(bit) for bit in flips))
+    expected = {(a, b) for a, b in brute_force(hashes, 10) if b >= 1000}
+    assert len(expected) > 100 and len(brute_force(hashes, 10)) > len(expected)
+    index = HammingIndex(10, j=2)
+    index.load(hashes[:1000])
+    assert {(a, b) for a, b, _ in index.add(hashes[1000:]).tolist()} == expected
+    assert len(index) == 1500 and index.add([]).shape == (0, 3)
