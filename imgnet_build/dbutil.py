@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-__all__ = ["insert_ignore"]
+__all__ = ["insert_ignore", "batched"]
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of up to `size` items, in order (a list or a stream); for bounded statements and commits."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
 
 
 def insert_ignore(session: Session, model: type, rows: list[dict]) -> None:

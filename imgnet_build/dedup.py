@@ -63,7 +63,7 @@ import io
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,6 +74,7 @@ from PIL import ImageOps
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
 from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
 from imgnet_build.store import Candidate, CandidateStatus, Category, Image
@@ -197,7 +198,7 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
     changes = [{"sha256": row.sha256, "duplicate_of": wanted.get(row.sha256)} for row in rows
                if row.duplicate_of != wanted.get(row.sha256)]
     with workspace.session() as session:  # one transaction: the links and the marks that vouch for them
-        for chunk in _chunks(changes, batch_size * 10):
+        for chunk in batched(changes, batch_size * 10):
             session.execute(update(Image), chunk)
         _mark_clustered(session, [row.sha256 for row in rows if row.dedup_threshold != threshold], threshold,
                         batch_size * 10)
@@ -225,7 +226,7 @@ def _new_pairs(values: np.ndarray, known: np.ndarray, radius: int) -> np.ndarray
 
 def _mark_clustered(session: Session, shas: list[str], threshold: int, batch_size: int) -> None:
     """Record that the images' pairs at `threshold` are in their stored links."""
-    for chunk in _chunks(shas, batch_size):
+    for chunk in batched(shas, batch_size):
         session.execute(update(Image), [{"sha256": sha, "dedup_threshold": threshold} for sha in chunk])
 
 
@@ -235,8 +236,7 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
                                .order_by(Image.sha256)).all()
     hashed = unreadable = 0
     with ThreadPoolExecutor(workers) as pool:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+        for batch in batched(todo, batch_size):
             results = list(pool.map(lambda row: _try(hash_image, workspace, row.blob_key), batch))
             values = [{"sha256": row.sha256, "phash": to_signed(result[0]), "dhash": to_signed(result[1])}
                       for row, result in zip(batch, results) if result is not None]
@@ -246,7 +246,7 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
             hashed += len(values)
             unreadable += len(batch) - len(values)
             if progress:
-                progress(start + len(batch), len(todo))
+                progress(hashed + unreadable, len(todo))
     return hashed, unreadable
 
 
@@ -270,11 +270,10 @@ def _pixel_digests(workspace: Workspace, rows, close: np.ndarray, batch_size: in
     needed = sorted(i for group in sizes.values() if len(group) > 1 for i in group if digests[i] is None)
     keys: dict[str, str] = {}
     with workspace.session() as session:
-        for chunk in _chunks([rows[i].sha256 for i in needed], 500):
+        for chunk in batched([rows[i].sha256 for i in needed], 500):
             keys.update(session.execute(select(Image.sha256, Image.blob_key).where(Image.sha256.in_(chunk))).all())
     with ThreadPoolExecutor(workers) as pool:
-        for start in range(0, len(needed), batch_size):
-            batch = needed[start:start + batch_size]
+        for batch in batched(needed, batch_size):
             results = list(pool.map(lambda i: _try(pixel_digest, workspace, keys[rows[i].sha256]), batch))
             values = []
             for i, digest in zip(batch, results):
@@ -353,7 +352,7 @@ def clusters(session: Session) -> list[Cluster]:
         groups[sha].add(sha)
     wanted = sorted({sha for group in groups.values() for sha in group})
     images, candidates = {}, defaultdict(list)
-    for chunk in _chunks(wanted, 500):
+    for chunk in batched(wanted, 500):
         images.update((row.sha256, row) for row in session.scalars(select(Image).where(Image.sha256.in_(chunk))))
         for row in session.execute(select(Candidate.image_sha256, Candidate.url, Candidate.source, Candidate.rank,
                                           Category.wnid).join(Category, Category.id == Candidate.category_id)
@@ -381,10 +380,6 @@ def _cluster(representative: str, shas: list[str], images: dict, candidates: dic
         members.append(Member(sha, image.width, image.height, relation, distance, candidates.get(sha, [])))
     categories = sorted({candidate["wnid"] for member in members for candidate in member.candidates})
     return Cluster(representative, members, categories, len(categories) > 1)
-
-
-def _chunks(items: list, size: int) -> Iterable[list]:
-    return (items[start:start + size] for start in range(0, len(items), size))
 
 
 def write_clusters(workspace: Workspace, path: str | os.PathLike, report: DedupReport) -> int:

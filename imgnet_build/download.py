@@ -10,23 +10,20 @@ the item's deadline (see `imgnet_build.netguard`).
 
 from __future__ import annotations
 
-import datetime as dt
 import random
 import socket
 import ssl
 import threading
 import time
 import urllib.parse
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError, ReadTimeoutError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
-from imgnet_build import __version__
 from imgnet_build.errors import ImgnetError
-from imgnet_build.netguard import AddressRefused, GuardedAdapter, HostLimiter, time_left
+from imgnet_build.netguard import USER_AGENT, AddressRefused, GuardedAdapter, HostLimiter, retry_after, time_left
 from imgnet_build.store import CandidateStatus
 
 if TYPE_CHECKING:
@@ -36,7 +33,6 @@ __all__ = ["Downloader", "ItemFailed", "USER_AGENT", "OPT_OUT", "check_url"]
 
 FAILED, SKIPPED = CandidateStatus.FAILED, CandidateStatus.SKIPPED
 OPT_OUT = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
-USER_AGENT = f"imgnet-build/{__version__} (dataset builder; +https://github.com/imgnet-build/imgnet-build)"
 
 
 class ItemFailed(ImgnetError):
@@ -70,18 +66,6 @@ def check_url(url: str) -> urllib.parse.SplitResult:
     if not parts.hostname or any(c.isspace() for c in url.strip()):
         raise ItemFailed(FAILED, "invalid URL: no host name" if not parts.hostname else "invalid URL: contains spaces")
     return parts
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
-        except (TypeError, ValueError):
-            return None
 
 
 def _opted_out(response: requests.Response) -> str | None:
@@ -182,9 +166,10 @@ class Downloader:
             except Exception as exc:  # requests, urllib3, http.client and socket errors
                 if time_left() <= 0:
                     raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s") from exc
-                if "host name not found" == _network_reason(exc):
-                    raise ItemFailed(FAILED, "host name not found") from exc
-                raise _Retryable(_network_reason(exc)) from exc
+                reason = _network_reason(exc)
+                if reason == "host name not found":
+                    raise ItemFailed(FAILED, reason) from exc
+                raise _Retryable(reason) from exc
             if location in seen:
                 raise ItemFailed(FAILED, f"redirect loop: {location}")
             seen.add(location)
@@ -194,10 +179,10 @@ class Downloader:
     def _body(self, response: requests.Response, host: str) -> bytes:
         settings, status = self.settings, response.status_code
         if status == 429 or status >= 500:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-            if retry_after is not None and retry_after <= settings.max_retry_after:
-                self.hosts.pause(host, retry_after)
-            raise _Retryable(f"HTTP {status} {response.reason or ''}".strip(), retry_after)
+            wait = retry_after(response.headers.get("Retry-After"))
+            if wait is not None and wait <= settings.max_retry_after:
+                self.hosts.pause(host, wait)
+            raise _Retryable(f"HTTP {status} {response.reason or ''}".strip(), wait)
         if status != 200:
             raise ItemFailed(FAILED, f"HTTP {status} {response.reason or ''}".strip())
         directive = settings.respect_opt_out and _opted_out(response)
@@ -217,6 +202,3 @@ class Downloader:
         if time_left() <= 0:  # the watchdog shut the socket: what came is not the whole file
             raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s")
         return b"".join(chunks)
-
-
-# -- the run: scheduling, quotas, writing results --------------------------------------------

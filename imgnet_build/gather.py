@@ -20,12 +20,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import select
 
-from imgnet_build.dbutil import insert_ignore
+from imgnet_build.dbutil import batched, insert_ignore
 from imgnet_build.errors import BadInput
 from imgnet_build.fetch import FetchSettings, FetchSummary, fetch_pending
 from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
@@ -129,7 +128,7 @@ def propose_candidates(workspace, source: Source, per_category: int | None, lang
     """Insert the source's proposals as candidate rows (idempotent); count what cannot be attached."""
     wanted, ids = _category_queries(workspace, languages, source.searches)
     proposals = source.propose(wanted, per_category * OVERASK if per_category else DEFAULT_PROPOSALS)
-    for batch in _batches(proposals, BATCH):
+    for batch in batched(proposals, BATCH):
         rows: dict[tuple[int, str], dict] = {}
         for row in filter(None, (_row(proposal, source.name, ids, summary) for proposal in batch)):
             rows.setdefault((row["category_id"], row["url"]), row)  # the first proposal of a URL wins
@@ -163,9 +162,3 @@ def _reason_kind(reason: str) -> str:
     if reason.startswith("line ") and ":" in reason:
         reason = reason.split(":", 1)[1].strip()
     return reason.split(" (", 1)[0]
-
-
-def _batches(items: Iterable[Proposal], size: int) -> Iterator[list[Proposal]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch

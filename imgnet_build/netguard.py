@@ -10,14 +10,18 @@
   passes, so no slow or endless response (headers or body) blocks past it.
 - `HostLimiter` caps concurrent requests and the request rate per host, and lets a 429's
   Retry-After pause a whole host.
+- `USER_AGENT` and `retry_after` are what every HTTP client of the tool (downloads and
+  the API sources) sends and reads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import heapq
 import ipaddress
 import itertools
+import os
 import socket
 import threading
 import time
@@ -29,9 +33,27 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
 
+from imgnet_build import __version__
 from imgnet_build.errors import ImgnetError
 
-__all__ = ["AddressRefused", "GuardedAdapter", "HostLimiter", "deadline", "refusal", "time_left"]
+__all__ = ["AddressRefused", "GuardedAdapter", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
+           "retry_after"]
+
+USER_AGENT = os.environ.get("IMGNET_USER_AGENT") or (
+    f"imgnet-build/{__version__} (ImageNet-style dataset builder; https://pypi.org/project/imgnet-build/)")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None when absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
 
 
 class AddressRefused(ImgnetError):

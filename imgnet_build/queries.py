@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from imgnet_build import store
+from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput, LanguageDataMissing
 from imgnet_build.wordnet import load_wordnet, resolve_synset
 
@@ -95,7 +96,7 @@ def parent_words(synset, gloss: str) -> list[str]:
             continue
         for name in ancestor.lemma_names():
             word = name.replace("_", " ").lower()
-            if word not in found and (_contains(text, word) if " " in word else word in words):
+            if word not in found and (f" {word} " in text if " " in word else word in words):
                 found.append(word)
     return found
 
@@ -113,10 +114,6 @@ def _ancestors(synset) -> list:
         order += level
         frontier = level
     return order
-
-
-def _contains(text: str, phrase: str) -> bool:
-    return f" {phrase} " in f" {' '.join(_WORD.findall(text))} "
 
 
 def _omw_code(language: str) -> str:
@@ -145,8 +142,7 @@ def _omw_code(language: str) -> str:
 
 def _existing(session: Session, category_ids: list[int]) -> dict[tuple[int, str, str], store.Query]:
     rows: dict[tuple[int, str, str], store.Query] = {}
-    for start in range(0, len(category_ids), 500):
-        chunk = category_ids[start:start + 500]
+    for chunk in batched(category_ids, 500):
         for row in session.scalars(select(store.Query).where(store.Query.category_id.in_(chunk))):
             rows[(row.category_id, row.text, row.language)] = row
     return rows

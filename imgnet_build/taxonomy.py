@@ -18,6 +18,7 @@ from importlib import resources
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from imgnet_build.dbutil import batched
 from imgnet_build.errors import NotImageable
 from imgnet_build.store import Candidate, Category, CategoryEdge
 from imgnet_build.wordnet import load_wordnet, resolve_synset, wnid
@@ -25,6 +26,9 @@ from imgnet_build.wordnet import load_wordnet, resolve_synset, wnid
 __all__ = ["Rule", "TreeOptions", "Selection", "BuildResult", "TreeNode", "load_rule", "select_categories",
            "build_tree", "why_not_imageable", "load_tree", "descendant_counts", "image_counts", "tree_tops",
            "render_tree", "export_rows"]
+
+
+BATCH = 5000  # rows per statement when writing the tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,11 +210,6 @@ def _row(synset, depth: int) -> dict[str, object]:
             "gloss": synset.definition(), "lexname": synset.lexname(), "depth": depth}
 
 
-def _batches(rows: list, size: int = 5000) -> Iterator[list]:
-    for start in range(0, len(rows), size):
-        yield rows[start:start + size]
-
-
 def build_tree(session: Session, options: TreeOptions) -> BuildResult:
     """Replace the workspace's category tree with a new selection.
 
@@ -225,14 +224,14 @@ def build_tree(session: Session, options: TreeOptions) -> BuildResult:
     kept = tuple(sorted(dropped & with_candidates))
     removed = dropped - with_candidates
     session.execute(delete(CategoryEdge))
-    for batch in _batches(sorted(removed)):
+    for batch in batched(sorted(removed), BATCH):
         session.execute(delete(Category).where(Category.wnid.in_(batch)))
 
     new_rows = [_row(s, selection.depth[w]) for w, s in selection.synsets.items() if w not in existing]
-    for batch in _batches(new_rows):
+    for batch in batched(new_rows, BATCH):
         session.execute(insert(Category), batch)
     depth_updates = [{"id": existing[w], "depth": d} for w, d in selection.depth.items() if w in existing]
-    for batch in _batches(depth_updates):
+    for batch in batched(depth_updates, BATCH):
         session.execute(update(Category), batch)
 
     ids = dict(session.execute(select(Category.wnid, Category.id)).all())
@@ -241,10 +240,10 @@ def build_tree(session: Session, options: TreeOptions) -> BuildResult:
         wn = load_wordnet()
         for kept_wnid in kept:
             synset = wn.synset_from_pos_and_offset("n", int(kept_wnid[1:]))
-            parents = _nearest_chosen_parents(synset, {s for s in selection.synsets.values()})
+            parents = _nearest_chosen_parents(synset, set(selection.synsets.values()))
             edges.update((wnid(p), kept_wnid) for p in parents)
     edge_rows = [{"parent_id": ids[p], "child_id": ids[c]} for p, c in sorted(edges)]
-    for batch in _batches(edge_rows):
+    for batch in batched(edge_rows, BATCH):
         session.execute(insert(CategoryEdge), batch)
     total = session.scalar(select(func.count()).select_from(Category))
     return BuildResult(categories=total, edges=len(edge_rows), added=len(new_rows), removed=len(removed), kept=kept)

@@ -16,8 +16,6 @@ within a category, 1-based rank, stop at `per_category`, one failed query -> one
 from __future__ import annotations
 
 import dataclasses
-import email.utils
-import os
 import random
 import threading
 import time
@@ -26,14 +24,12 @@ from typing import Any
 
 import requests
 
-from imgnet_build import __version__ as _version
+from imgnet_build.netguard import USER_AGENT, retry_after
 from imgnet_build.sources import CategoryQueries, Proposal
 
 __all__ = ["ApiError", "HttpSettings", "PoliteClient", "Hit", "SearchSource", "DEFAULT_USER_AGENT"]
 
-DEFAULT_USER_AGENT = os.environ.get("IMGNET_USER_AGENT") or (
-    f"imgnet-build/{_version} (ImageNet-style dataset builder; https://pypi.org/project/imgnet-build/) "
-    f"python-requests/{requests.__version__}")
+DEFAULT_USER_AGENT = USER_AGENT
 
 
 class ApiError(Exception):
@@ -134,20 +130,6 @@ class PoliteClient:
         except ValueError:
             raise ApiError(f"not JSON ({response.headers.get('Content-Type', 'no content type')}): "
                            f"{_excerpt(response.text)}") from None
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _excerpt(text: str, limit: int = 200) -> str:
