@@ -31,12 +31,9 @@ def pass_workspace(command):
     @click.pass_context
     def wrapper(ctx: click.Context, *args, **kwargs):
         root = ctx.find_root().params.get("workspace") or os.environ.get(WORKSPACE_ENV) or "."
-        try:
-            workspace = Workspace.open(root)
-            ctx.call_on_close(workspace.close)
-            return ctx.invoke(command, workspace, *args, **kwargs)
-        except ImgnetError as exc:
-            raise click.ClickException(str(exc)) from exc
+        workspace = Workspace.open(root)  # its errors reach ImgnetGroup like every other
+        ctx.call_on_close(workspace.close)
+        return ctx.invoke(command, workspace, *args, **kwargs)
 
     return update_wrapper(wrapper, command)
 

@@ -6,7 +6,6 @@ import click
 
 from imgnet_build import __version__
 from imgnet_build.cli.common import ImgnetGroup, json_option, pass_workspace, print_json
-from imgnet_build.errors import ImgnetError
 from imgnet_build.workspace import Workspace
 
 
@@ -37,10 +36,7 @@ def init(directory: str, database: str | None, blobs: str | None) -> None:
     \b
         imgnet init ws --database postgresql+psycopg://127.0.0.1/imgnet
     """
-    try:
-        workspace = Workspace.init(directory, database=database, blobs=blobs)
-    except ImgnetError as exc:
-        raise click.ClickException(str(exc)) from exc
+    workspace = Workspace.init(directory, database=database, blobs=blobs)
     click.echo(f"Created workspace {directory} (database {workspace.engine.url.render_as_string(hide_password=True)})")
     workspace.close()
 
@@ -77,11 +73,8 @@ def wordnet_command() -> None:
     """
     from imgnet_build.wordnet import ensure_wordnet, load_wordnet
 
-    try:
-        origin = ensure_wordnet()
-        count = sum(1 for _ in load_wordnet().all_synsets("n"))
-    except ImgnetError as exc:
-        raise click.ClickException(str(exc)) from exc
+    origin = ensure_wordnet()
+    count = sum(1 for _ in load_wordnet().all_synsets("n"))
     click.echo(f"WordNet 3.0: {count} noun synsets ({origin})")
 
 
@@ -102,17 +95,11 @@ def demo(directory: str, online: bool) -> None:
     """
     from imgnet_build.demo import run_demo
 
-    try:
-        workspace = run_demo(directory, online=online, say=click.echo)
-        counts = workspace.status()
-        workspace.close()
-    except ImgnetError as exc:
-        raise click.ClickException(str(exc)) from exc
+    workspace = run_demo(directory, online=online, say=click.echo)
+    counts = workspace.status()
+    workspace.close()
     click.echo(f"demo: done; {counts['images']} images stored in {directory}. Next: "
-               f"imgnet -w {directory} status, imgnet -w {directory} tree show --root {DEMO_HINT}")
-
-
-DEMO_HINT = "poodle.n.01"
+               f"imgnet -w {directory} status, imgnet -w {directory} tree show --root poodle.n.01")
 
 
 # (module in cli/, click command in it); each stage adds its line here.
