@@ -34,7 +34,9 @@ What it does, in order:
    = representative; nothing is deleted. A rerun joins the stored clusters (each
    `duplicate_of` is an edge) with the new pairs, chooses every representative again
    (ranks may have changed) and only writes what changed, so it is idempotent and takes
-   new images in. The changed links and the marks of this run's new images are written
+   new images in. Every image also belongs to a `store.Cluster` row whose identity outlives a
+   change of representative (labels and the split follow it; `assign_clusters`). The
+   changed links, clusters and the marks of this run's new images are written
    in one transaction: a run killed before its commit leaves the previous clusters and
    marks, and the rerun searches the new images' pairs again.
 5. A cluster whose candidates come from more than one category is a *conflict*: it is
@@ -71,17 +73,18 @@ import imagehash
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
 from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
-from imgnet_build.store import Candidate, CandidateStatus, Category, Image
+from imgnet_build.store import Candidate, CandidateStatus, Category, Image, Label
+from imgnet_build.store import Cluster as StoredCluster
 from imgnet_build.workspace import Workspace
 
 __all__ = ["DEFAULT_THRESHOLD", "PIXEL_RADIUS", "DedupReport", "Member", "Cluster", "hash_image",
-           "pixel_digest", "run", "clusters", "cluster_of", "candidacy", "write_clusters"]
+           "pixel_digest", "run", "assign_clusters", "clusters", "cluster_of", "candidacy", "write_clusters"]
 
 DEFAULT_THRESHOLD = 10
 MAX_THRESHOLD = 20
@@ -165,7 +168,8 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
     report.hashed, report.unreadable = _hash_new(workspace, batch_size, workers, progress)
     with workspace.session() as session:
         rows = session.execute(select(Image.sha256, Image.phash, Image.width, Image.height, Image.pixel_sha256,
-                                      Image.duplicate_of, Image.dedup_threshold).where(Image.phash.is_not(None))
+                                      Image.duplicate_of, Image.dedup_threshold, Image.cluster_id)
+                               .where(Image.phash.is_not(None))
                                .order_by(Image.sha256)).all()
     position = {row.sha256: i for i, row in enumerate(rows)}
     # Old rows were clustered at this threshold: their links stand for the pairs among them.
@@ -200,6 +204,7 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
     with workspace.session() as session:  # one transaction: the links and the marks that vouch for them
         for chunk in batched(changes, batch_size * 10):
             session.execute(update(Image), chunk)
+        assign_clusters(session, rows, wanted, batch_size * 10)
         _mark_clustered(session, [row.sha256 for row in rows if row.dedup_threshold != threshold], threshold,
                         batch_size * 10)
     with workspace.session() as session:
@@ -222,6 +227,51 @@ def _new_pairs(values: np.ndarray, known: np.ndarray, radius: int) -> np.ndarray
     pairs = index.add(values[~known])
     positions = np.concatenate([np.flatnonzero(known), np.flatnonzero(~known)])
     return np.column_stack([positions[pairs[:, :2]], pairs[:, 2]])
+
+
+def assign_clusters(session: Session, rows, wanted: dict[str, str], batch_size: int = 2000) -> None:
+    """Give every image of `rows` (sha256, cluster_id) the stable cluster of its group.
+
+    A group keeps the cluster its members already had. When new images join two clusters,
+    the older one (lowest id) lives on and the other is marked `merged_into` it; its labels
+    move to the survivor unless the survivor has its own for that category (the next
+    `label collect` decides again from all the votes of both). A group whose clusters were
+    all taken by other groups (a split after a threshold change), or that had none, founds
+    a new cluster keyed by its representative's sha256.
+    """
+    groups: dict[str, list] = defaultdict(list)
+    for row in rows:
+        groups[wanted.get(row.sha256, row.sha256)].append(row)
+    live = dict(session.execute(select(StoredCluster.id, StoredCluster.representative).where(StoredCluster.merged_into.is_(None))).all())
+    oldest = lambda members: min((r.cluster_id for r in members if r.cluster_id in live), default=float("inf"))  # noqa: E731
+    claimed: set[int] = set()
+    moves, founders = [], []
+    for representative, members in sorted(groups.items(), key=lambda item: (oldest(item[1]), item[0])):
+        ids = sorted({r.cluster_id for r in members if r.cluster_id in live} - claimed)
+        if not ids:
+            founders.append((representative, members))
+            continue
+        keep = ids[0]
+        claimed.add(keep)
+        if live[keep] != representative:
+            session.execute(update(StoredCluster).where(StoredCluster.id == keep).values(representative=representative))
+        for merged in ids[1:]:
+            session.execute(update(StoredCluster).where(StoredCluster.id == merged).values(merged_into=keep))
+            _move_labels(session, merged, keep)
+        moves += [{"sha256": r.sha256, "cluster_id": keep} for r in members if r.cluster_id != keep]
+    for chunk in batched(founders, batch_size):
+        ids = session.scalars(insert(StoredCluster).returning(StoredCluster.id, sort_by_parameter_order=True),
+                              [{"key": rep, "representative": rep} for rep, _ in chunk]).all()
+        moves += [{"sha256": r.sha256, "cluster_id": id_} for id_, (_, members) in zip(ids, chunk) for r in members]
+    for chunk in batched(moves, batch_size):
+        session.execute(update(Image), chunk)
+
+
+def _move_labels(session: Session, merged: int, survivor: int) -> None:
+    taken = select(Label.category_id).where(Label.cluster_id == survivor).scalar_subquery()
+    session.execute(update(Label).where(Label.cluster_id == merged, Label.category_id.not_in(taken))
+                    .values(cluster_id=survivor))
+    session.execute(delete(Label).where(Label.cluster_id == merged))
 
 
 def _mark_clustered(session: Session, shas: list[str], threshold: int, batch_size: int) -> None:

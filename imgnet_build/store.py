@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -39,10 +40,16 @@ __all__ = [
     "Query",
     "Candidate",
     "Image",
+    "Cluster",
+    "Worker",
     "Task",
+    "TaskItem",
     "Assignment",
     "Vote",
     "Label",
+    "LabelHistory",
+    "Gold",
+    "CategoryConsensus",
     "Export",
     "CandidateStatus",
     "make_engine",
@@ -101,6 +108,13 @@ class CandidateStatus:
     SKIPPED = "skipped"  # not fetched on purpose (quota reached, known sha1, opt-out)
 
 
+SPLITS = ("train", "val")
+TASK_STATUSES = ("new", "open", "done", "expired")  # new: not yet published to its backend
+ITEM_KINDS = ("candidate", "positive", "negative")
+ASSIGNMENT_STATUSES = ("given", "submitted", "approved", "rejected", "abandoned")
+LABEL_STATUSES = ("accepted", "rejected", "undecided")
+
+
 class Candidate(Base):
     """One image URL or path proposed for one category."""
 
@@ -143,69 +157,185 @@ class Image(Base):
     dhash: Mapped[int | None] = mapped_column(BigInteger)
     duplicate_of: Mapped[str | None] = mapped_column(String(64))  # representative's sha256
     dedup_threshold: Mapped[int | None] = mapped_column(Integer)  # of the dedup run that clustered it
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("cluster.id"))  # set by dedup
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (
         Index("ix_image_pixel", "pixel_sha256"),
         Index("ix_image_duplicate_of", "duplicate_of"),
+        Index("ix_image_cluster", "cluster_id"),
     )
 
 
+ID64 = BigInteger().with_variant(Integer, "sqlite")  # 64-bit ids; SQLite's rowid is 64-bit already
+
+
+def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
+    return CheckConstraint(f"{column} IN ({', '.join(repr(v) for v in values)})", name=name)
+
+
+class Cluster(Base):
+    """A set of duplicate images with a stable identity: labels and the split follow the
+    cluster, not its representative, which a later dedup run may change. Two clusters that
+    new images join keep the older one (lowest id); the other points to it (merged_into)."""
+
+    __tablename__ = "cluster"
+    id: Mapped[int] = mapped_column(ID64, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))  # sha256 of the image that founded it; never changes
+    representative: Mapped[str] = mapped_column(String(64))  # the image shown to workers
+    merged_into: Mapped[int | None] = mapped_column(ForeignKey("cluster.id"))
+    split: Mapped[str | None] = mapped_column(String(8))  # where the last export put it
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    __table_args__ = (Index("ix_cluster_key", "key"), _one_of("split", SPLITS, "ck_cluster_split"))
+
+
+class Worker(Base):
+    """One person (or simulated worker) on one backend."""
+
+    __tablename__ = "worker"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    external_id: Mapped[str] = mapped_column(String(255))  # invite name, MTurk WorkerId, sim-N
+    name: Mapped[str | None] = mapped_column(String(255))
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)  # sha256 of the invite token
+    accuracy: Mapped[float | None] = mapped_column(Float)  # estimated by consensus
+    control_answers: Mapped[int] = mapped_column(Integer, default=0)
+    control_correct: Mapped[int] = mapped_column(Integer, default=0)
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    __table_args__ = (UniqueConstraint("backend", "external_id", name="uq_worker"),)
+
+
 class Task(Base):
-    """One crowd task (a HIT): images of one category to judge, with gold controls."""
+    """One crowd task (a HIT): images of one category to judge, controls among them."""
 
     __tablename__ = "task"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID64, primary_key=True)
     category_id: Mapped[int] = mapped_column(ForeignKey("category.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
     batch: Mapped[str] = mapped_column(String(64))
     backend: Mapped[str] = mapped_column(String(32))
-    external_id: Mapped[str | None] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16), default="open")
-    items: Mapped[list] = mapped_column(JSON)  # [{"image": sha256, "gold": bool|None}]
-    assignments_wanted: Mapped[int] = mapped_column(Integer, default=3)
+    external_id: Mapped[str | None] = mapped_column(String(255))  # e.g. the MTurk HITId
+    status: Mapped[str] = mapped_column(String(16), default="new")
+    assignments_wanted: Mapped[int] = mapped_column(Integer)
     reward: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    __table_args__ = (Index("ix_task_status", "status"),)
+    __table_args__ = (Index("ix_task_status", "status"), Index("ix_task_category", "category_id"),
+                      _one_of("status", TASK_STATUSES, "ck_task_status"))
+
+
+class TaskItem(Base):
+    """One image shown in one task: a candidate pair, or a control with a known answer."""
+
+    __tablename__ = "task_item"
+    id: Mapped[int] = mapped_column(ID64, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("image.sha256"))
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("cluster.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # candidate, positive (control), negative (control)
+    expected: Mapped[bool | None] = mapped_column(Boolean)  # controls only
+    __table_args__ = (UniqueConstraint("task_id", "position", name="uq_task_item"),
+                      Index("ix_task_item_cluster", "cluster_id"), Index("ix_task_item_image", "image_sha256"),
+                      _one_of("kind", ITEM_KINDS, "ck_task_item_kind"))
 
 
 class Assignment(Base):
-    """One worker's answer to one task."""
+    """One worker's work on one task: given (handed out), then submitted, then reviewed."""
 
     __tablename__ = "assignment"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID64, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"))
-    worker_id: Mapped[str] = mapped_column(String(255))
-    external_id: Mapped[str | None] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16), default="submitted")
-    submitted_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    __table_args__ = (UniqueConstraint("task_id", "worker_id", name="uq_assignment"),)
+    worker_id: Mapped[int] = mapped_column(ForeignKey("worker.id", ondelete="CASCADE"))
+    external_id: Mapped[str | None] = mapped_column(String(255))  # e.g. the MTurk AssignmentId
+    status: Mapped[str] = mapped_column(String(16), default="given")
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    feedback: Mapped[str | None] = mapped_column(Text)
+    given_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (UniqueConstraint("task_id", "worker_id", name="uq_assignment"),
+                      Index("ix_assignment_worker", "worker_id"), Index("ix_assignment_status", "status"),
+                      _one_of("status", ASSIGNMENT_STATUSES, "ck_assignment_status"))
 
 
 class Vote(Base):
-    """One yes/no on one (image, category) pair."""
+    """One yes/no by one worker on one (image, category) pair; a worker votes on a pair once."""
 
     __tablename__ = "vote"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID64, primary_key=True)
     assignment_id: Mapped[int] = mapped_column(ForeignKey("assignment.id", ondelete="CASCADE"))
+    worker_id: Mapped[int] = mapped_column(ForeignKey("worker.id", ondelete="CASCADE"))
+    task_item_id: Mapped[int] = mapped_column(ForeignKey("task_item.id", ondelete="CASCADE"))
     image_sha256: Mapped[str] = mapped_column(ForeignKey("image.sha256"))
     category_id: Mapped[int] = mapped_column(ForeignKey("category.id", ondelete="CASCADE"))
     answer: Mapped[bool] = mapped_column(Boolean)
+    control: Mapped[bool] = mapped_column(Boolean, default=False)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (
-        UniqueConstraint("assignment_id", "image_sha256", "category_id", name="uq_vote"),
+        UniqueConstraint("worker_id", "image_sha256", "category_id", name="uq_vote"),
         Index("ix_vote_pair", "image_sha256", "category_id"),
+        Index("ix_vote_assignment", "assignment_id"),
     )
 
 
 class Label(Base):
-    """The consensus on one (image, category) pair."""
+    """The consensus on one (cluster, category) pair: it applies to every image of the cluster."""
 
     __tablename__ = "label"
-    image_sha256: Mapped[str] = mapped_column(ForeignKey("image.sha256"), primary_key=True)
-    category_id: Mapped[int] = mapped_column(ForeignKey("category.id", ondelete="CASCADE"), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16))  # accepted / rejected / undecided
-    confidence: Mapped[float] = mapped_column(Float)
+    id: Mapped[int] = mapped_column(ID64, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("cluster.id"))
+    category_id: Mapped[int] = mapped_column(ForeignKey("category.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    confidence: Mapped[float] = mapped_column(Float)  # posterior probability that the image shows the category
     yes_votes: Mapped[int] = mapped_column(Integer, default=0)
     no_votes: Mapped[int] = mapped_column(Integer, default=0)
     method: Mapped[str] = mapped_column(String(32))
+    round: Mapped[int] = mapped_column(Integer)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    __table_args__ = (UniqueConstraint("cluster_id", "category_id", name="uq_label"),
+                      Index("ix_label_category", "category_id", "status"),
+                      _one_of("status", LABEL_STATUSES, "ck_label_status"))
+
+
+class LabelHistory(Base):
+    """Every decision a label went through, one row per change."""
+
+    __tablename__ = "label_history"
+    id: Mapped[int] = mapped_column(ID64, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("cluster.id"))
+    category_id: Mapped[int] = mapped_column(ForeignKey("category.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    confidence: Mapped[float] = mapped_column(Float)
+    yes_votes: Mapped[int] = mapped_column(Integer)
+    no_votes: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(32))
+    round: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    __table_args__ = (Index("ix_label_history_pair", "cluster_id", "category_id"),)
+
+
+class Gold(Base):
+    """A known answer for an (image, category) pair, given by the user; used as a control."""
+
+    __tablename__ = "gold"
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("image.sha256"), primary_key=True)
+    category_id: Mapped[int] = mapped_column(ForeignKey("category.id", ondelete="CASCADE"), primary_key=True)
+    answer: Mapped[bool] = mapped_column(Boolean)
+
+
+class CategoryConsensus(Base):
+    """Per category, what dynamic consensus learnt from its seed sample."""
+
+    __tablename__ = "category_consensus"
+    category_id: Mapped[int] = mapped_column(ForeignKey("category.id", ondelete="CASCADE"), primary_key=True)
+    prior: Mapped[float | None] = mapped_column(Float)  # P(good) among the seed images
+    table: Mapped[dict | None] = mapped_column(JSON)  # {"yes,no": P(good | yes, no)} from the seed
+    seed_images: Mapped[int] = mapped_column(Integer, default=0)
+    hard: Mapped[bool] = mapped_column(Boolean, default=False)  # seed never reached a majority
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

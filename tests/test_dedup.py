@@ -25,7 +25,7 @@ from imgnet_build import dedup, hamming
 from imgnet_build.blobs import blob_key
 from imgnet_build.cli.main import cli
 from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
-from imgnet_build.store import Candidate, Category, Image
+from imgnet_build.store import Candidate, Category, Cluster, Image, Label
 from imgnet_build.workspace import Workspace
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "clusters.schema.json").read_text())
@@ -192,6 +192,46 @@ def test_representative_policy(workspace, photos):
     dedup.run(workspace)
     full_size = sorted([big, *same_size])
     assert all(duplicate_of(workspace)[sha] == full_size[0] for sha in full_size[1:] + [half])
+
+
+def cluster_ids(workspace) -> dict[str, int | None]:
+    with workspace.session() as session:
+        return dict(session.execute(select(Image.sha256, Image.cluster_id)).all())
+
+
+def test_clusters_keep_their_identity_when_the_representative_changes(any_workspace, photos):
+    half = add_image(any_workspace, photos["half"])
+    other = add_image(any_workspace, photos["other"])
+    dedup.run(any_workspace)
+    first = cluster_ids(any_workspace)
+    assert first[half] != first[other] and None not in first.values()  # singletons have clusters too
+    big = add_image(any_workspace, photos["original"])  # a larger copy arrives: it becomes the representative
+    dedup.run(any_workspace)
+    after = cluster_ids(any_workspace)
+    assert duplicate_of(any_workspace)[half] == big
+    assert after[half] == after[big] == first[half] and after[other] == first[other]
+    with any_workspace.session() as session:
+        cluster = session.get(Cluster, first[half])
+        assert (cluster.key, cluster.representative, cluster.merged_into) == (half, big, None)
+
+
+def test_merged_clusters_keep_the_older_identity_and_its_labels(workspace, photos):
+    original = add_image(workspace, photos["original"])
+    crop = add_image(workspace, photos["crop5"])
+    other = add_image(workspace, photos["other"])
+    dedup.run(workspace, threshold=0)  # at 0 bits the crop is a picture of its own
+    before = cluster_ids(workspace)
+    with workspace.session() as session:
+        dog = session.scalar(select(Category.id).where(Category.wnid == DOG))
+        session.add(Label(cluster_id=before[other], category_id=dog, status="accepted", confidence=0.999,
+                          yes_votes=3, no_votes=0, method="majority", round=1))
+    dedup.run(workspace, threshold=10)
+    after = cluster_ids(workspace)
+    assert before[original] != before[crop]
+    assert after[original] == after[crop] == min(before[original], before[crop])
+    assert after[other] == before[other]
+    with workspace.session() as session:
+        assert session.scalar(select(Label.cluster_id)) == before[other]
 
 
 def test_incremental_run_takes_new_images_in(any_workspace, photos):
