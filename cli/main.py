@@ -106,6 +106,7 @@ def demo(directory: str, online: bool) -> None:
 COMMANDS: list[tuple[str, str]] = [
     ("dedup", "dedup"),
     ("gather", "gather"),
+    ("label", "label"),
     ("report", "report"),
     ("tree", "tree"),
 ]
