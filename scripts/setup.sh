@@ -14,6 +14,12 @@ if command -v apt-get >/dev/null && ! dpkg -s wordnet-base wordnet-sense-index >
     || echo "setup: could not install Debian's wordnet packages; nltk.download('wordnet') will be tried" >&2
 fi
 
+# Debian's chromium for the browser tests (pip's playwright drives it; never `playwright install`).
+if [ "$mode" = test ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then
+  (as_root apt-get update -qq && as_root apt-get install -y -qq chromium >/dev/null) \
+    || echo "setup: could not install Debian's chromium; the browser tests need /usr/bin/chromium" >&2
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 package="."; [ "$mode" = test ] && package=".[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check "$package"
@@ -21,11 +27,6 @@ package="."; [ "$mode" = test ] && package=".[test]"
 .venv/bin/imgnet wordnet
 
 if [ "$mode" = test ]; then
-  # Debian's chromium for the browser tests (playwright drives it; never `playwright install`).
-  if command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then
-    (as_root apt-get update -qq && as_root apt-get install -y -qq chromium >/dev/null) \
-      || echo "setup: could not install Debian's chromium; the browser tests will fail" >&2
-  fi
   if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
     for _ in $(seq 20); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
