@@ -42,7 +42,8 @@ from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category
 __all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "pairs_without_clusters"]
 
 Progress = Callable[[str], None]
-POSITIVE_CONTROL_CONFIDENCE = 0.999
+CONTROL_CONFIDENCE = 0.99  # accepted labels this sure (the most confident first) become controls
+CONTROL_POOL = 200
 WORK_STATUSES = ("submitted", "approved", "rejected")
 
 
@@ -295,7 +296,7 @@ def _even_chunks(items: list, size: int) -> list[list]:
 def _control_pool(session: Session, category_id: int, asked: set[int]) -> tuple[list, list]:
     """(positives, negatives) as (sha256, cluster id, kind, expected) items for the category.
 
-    Positives: the user's gold and pairs accepted with high confidence. Negatives: gold
+    Positives: the user's gold and the category's most confidently accepted pairs. Negatives: gold
     no's, then images accepted for the most similar categories (siblings in the tree,
     else any other category), never a cluster that is a candidate of this category."""
     gold = session.execute(select(Gold.image_sha256, Image.cluster_id, Gold.answer).join(
@@ -304,13 +305,15 @@ def _control_pool(session: Session, category_id: int, asked: set[int]) -> tuple[
     negatives = [(sha, cluster, "negative", False) for sha, cluster, answer in gold if not answer]
     accepted = session.execute(select(Cluster.representative, Cluster.id).join(Label, Label.cluster_id == Cluster.id)
                                .where(Label.category_id == category_id, Label.status == "accepted",
-                                      Label.confidence >= POSITIVE_CONTROL_CONFIDENCE).order_by(Cluster.id)).all()
+                                      Label.confidence >= CONTROL_CONFIDENCE)
+                               .order_by(Label.confidence.desc(), Cluster.id).limit(CONTROL_POOL)).all()
     positives += [(sha, cluster, "positive", True) for sha, cluster in accepted if cluster not in asked]
     own = set(category_pairs(session, category_id))
     for similar in (_siblings(session, category_id), None):
         query = (select(Cluster.representative, Cluster.id).join(Label, Label.cluster_id == Cluster.id)
                  .where(Label.status == "accepted", Label.category_id != category_id,
-                        Label.confidence >= POSITIVE_CONTROL_CONFIDENCE).order_by(Cluster.id).limit(500))
+                        Label.confidence >= CONTROL_CONFIDENCE)
+                 .order_by(Label.confidence.desc(), Cluster.id).limit(CONTROL_POOL))
         if similar is not None:
             query = query.where(Label.category_id.in_(similar))
         negatives += [(sha, cluster, "negative", False) for sha, cluster in session.execute(query)
@@ -489,7 +492,9 @@ def run(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, o
         plan = submit(workspace, backend, settings, options=options)
         if say:
             say(plan.summary())
-        if plan.tasks == 0:
+        with workspace.session() as session:
+            open_tasks = session.scalar(select(func.count()).where(Task.status == "open", Task.backend == backend))
+        if plan.tasks == 0 and not open_tasks:  # (a killed run may have left open tasks to answer)
             break
         decided = collect(workspace, settings, options=options)
         if say:
