@@ -107,6 +107,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("dedup", "dedup"),
     ("gather", "gather"),
     ("label", "label"),
+    ("report", "report"),
     ("tree", "tree"),
 ]
 
