@@ -258,6 +258,10 @@ def status_command(workspace: Workspace, as_json: bool) -> None:
     click.echo(f"workers: {len(report['workers'])} ({blocked} blocked); tasks: "
                + ", ".join(f"{k} {v}" for k, v in sorted(report["tasks"].items()))
                + f"; reward spent: ${report['cost']['reward_spent_usd']:.2f}")
+    for endpoint, mturk in report.get("mturk", {}).items():
+        click.echo(f"mturk {endpoint}: HITs " + ", ".join(f"{k} {v}" for k, v in sorted(mturk["hits"].items()))
+                   + f"; {mturk['pending_review']} assignments pending review; spent ${mturk['spent_usd']}, "
+                     f"committed ${mturk['committed_usd']}")
     for worker in report["workers"][:10]:
         accuracy = "-" if worker["accuracy"] is None else f"{worker['accuracy']:.2f}"
         click.echo(f"  {worker['name']:<24} accuracy {accuracy}  votes {worker['votes']}"

@@ -448,3 +448,117 @@ def test_undecided_pairs_extend_the_hit_with_additional_assignments(ws, stub):
     assert (plan.votes, str(price.total_usd)) == (4, "0.12")
     [task] = tasks(ws)  # no second task, no second HIT
     assert (task.id, task.assignments_wanted, task.status, task.external_id) == (task_id, 3, "open", hit_id)
+
+
+def test_label_status_shows_hits_by_state_pending_review_spent_and_committed(ws, stub, runner):
+    task_id, hit_id = published(ws, stub)
+    with ws.session() as session:  # a stored assignment whose review has not happened yet
+        session.add(Worker(id=50, backend="mturk", external_id="AWORKER1"))
+        session.flush()
+        session.add(Assignment(task_id=task_id, worker_id=50, external_id="3A1", status="submitted"))
+    result = runner.invoke(cli, ["-w", str(ws.root), "label", "status", "--json"])
+    assert json.loads(result.output)["mturk"] == {"sandbox": {"hits": {"open": 1}, "pending_review": 1,
+                                                              "spent_usd": "0.12", "committed_usd": "0.12"}}
+    text = runner.invoke(cli, ["-w", str(ws.root), "label", "status"]).output
+    assert "mturk sandbox: HITs open 1; 1 assignments pending review; spent $0.12, committed $0.12" in text
+
+
+# -- the HTMLQuestion in a real browser -----------------------------------------------------
+
+class _StandIn:
+    """A loopback stand-in for MTurk: serves the question's HTML as MTurk frames it (with
+    ?assignmentId=…), an image, and records what the form posts to /mturk/externalSubmit."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs
+
+        from tests.loopback import jpeg_bytes
+
+        posts = self.posts = []
+        image = jpeg_bytes(64, 48)
+        stand_in = self
+        self.html = ""
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body, kind = (image, "image/jpeg") if self.path.startswith("/img") else (stand_in.html.encode(), "text/html")
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers["Content-Length"])
+                posts.append((self.path, parse_qs(self.rfile.read(length).decode(), keep_blank_values=True)))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_html_question_renders_in_chromium_and_posts_assignment_id_and_submission(ws):
+    playwright = pytest.importorskip("playwright.sync_api")
+    page_module = pytest.importorskip("imgnet_build.labeling.page", reason="lands with the web branch")
+    with ws.session() as session:  # a task of 6 images, as rounds makes it
+        session.add(Task(id=7, category_id=1, round=1, batch="r1-mturk-sandbox", backend="mturk", status="new",
+                         assignments_wanted=3))
+        session.flush()
+        for position, sha in enumerate(session.scalars(select(Image.sha256).order_by(Image.sha256).limit(6))):
+            session.add(TaskItem(task_id=7, position=position, image_sha256=sha, kind="candidate"))
+    with ws.session() as session:
+        view = page_module.load_task_view(session, 7)
+    stand_in = _StandIn()
+    xml = mturk.question_xml(view, stand_in.base + "/mturk/externalSubmit",
+                             lambda item: f"{stand_in.base}/img/{item.position}.jpg")
+    assert len(xml.encode()) < mturk.QUESTION_LIMIT
+    assert xml.startswith('<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/')
+    stand_in.html = xml.split("<![CDATA[", 1)[1].rsplit("]]></HTMLContent>", 1)[0]
+    try:
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run"])
+            try:
+                page = browser.new_page()
+                errors = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                page.goto(stand_in.base + "/task")  # a preview: no assignment yet
+                assert page.locator("#submit").is_disabled()
+                page.goto(stand_in.base + "/task?assignmentId=3ASSIGNMENTXYZ&hitId=3HIT&workerId=AW1"
+                          "&turkSubmitTo=" + stand_in.base)
+                assert page.evaluate("() => Array.from(document.images).every(i => i.complete && i.naturalWidth)")
+                page.locator('.item[data-position="0"]').click()
+                page.locator('.item[data-position="4"]').click()
+                page.locator("#submit").click()
+                page.wait_for_load_state("load")
+                for _ in range(50):
+                    if stand_in.posts:
+                        break
+                    page.wait_for_timeout(100)
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        stand_in.close()
+    [(path, fields)] = stand_in.posts
+    assert path == "/mturk/externalSubmit"
+    assert fields["assignmentId"] == ["3ASSIGNMENTXYZ"]
+    assert json.loads(fields["submission"][0]) == {"task": 7, "selected": [0, 4]}
+    # MTurk hands every field but assignmentId back as the Answer
+    answer = answer_xml({name: values[0] for name, values in fields.items() if name != "assignmentId"})
+    by_position = {item.position: item.id for item in items(ws, 7)}
+    assert parse_answer(answer, 7, by_position) == {by_position[0], by_position[4]}
