@@ -107,6 +107,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("dedup", "dedup"),
     ("export", "export"),
     ("gather", "gather"),
+    ("label", "label"),
+    ("report", "report"),
     ("tree", "tree"),
 ]
 
