@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
+import io
 import os
 import re
 import shutil
@@ -30,6 +32,11 @@ from imgnet_build.store import (
     Worker,
 )
 import imagegen
+from labelkit import build_world
+from sqlalchemy import select
+
+from imgnet_build.labeling import rounds
+from imgnet_build.labeling.rounds import LabelSettings
 
 CHROMIUM = "/usr/bin/chromium"
 EVIL_GLOSS = "a dog <script>alert('gloss')</script> & friends"
@@ -189,6 +196,23 @@ def test_figures(built, tmp_path):
     assert summary.summary().startswith(f"report: {tmp_path / 'report.html'} (")
 
 
+def test_figures_of_a_simulated_crowd_match_the_truth(workspace, tmp_path):
+    """Labels written by the labeling engine itself; precision recomputed here from the world's truth."""
+    world = build_world(workspace, categories=3, images=24)
+    rounds.run(workspace, "simulated", LabelSettings(seed_images=4), options={"sim_seed": 5})
+    truth = {sha: value for images in world.values() for sha, value in images.items()}
+    with workspace.session() as session:
+        labels = session.execute(select(Cluster.representative, Label.status)
+                                 .join(Label, Label.cluster_id == Cluster.id)).all()
+    accepted = [sha for sha, status in labels if status == "accepted"]
+    summary = write_report(workspace, tmp_path / "report.html")
+    assert summary.accepted == len(accepted) and summary.truth_labels == len(labels)
+    assert summary.precision == pytest.approx(sum(truth[sha] for sha in accepted) / len(accepted))
+    assert summary.recall == pytest.approx(sum(truth[sha] for sha in accepted) / sum(truth[sha] for sha, _ in labels))
+    assert summary.cost == "0.00" and summary.control_accuracy is not None
+    assert summary.thumbnails > 0 and summary.unreadable_images == 0
+
+
 def test_escapes_everything_from_the_data(built, tmp_path):
     workspace, _ = built
     write_report(workspace, tmp_path / "report.html")
@@ -257,3 +281,23 @@ def test_page_in_headless_chromium(workspace, tmp_path):
     assert len(images) == 11 + 4  # thumbnails and charts
     assert [image for image in images if not image["complete"] or image["width"] == 0] == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_thumbnails_are_upright():
+    """A portrait photo stored sideways with EXIF orientation 6 (turn 90 degrees clockwise)."""
+    from PIL import Image as PILImage
+
+    from imgnet_build.report.thumbnails import make_thumbnail
+
+    upright = imagegen.photo(7, size=(240, 320))
+    sideways = upright.transpose(PILImage.Transpose.ROTATE_90)  # what the camera stored
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    sideways.save(buffer, "JPEG", quality=90, exif=exif)
+    src, width, height = make_thumbnail(buffer.getvalue(), 96)
+    assert (width, height) == (72, 96)
+    shown = PILImage.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
+    expected = upright.resize((72, 96))
+    difference = sum(abs(a - b) for a, b in zip(shown.tobytes(), expected.tobytes())) / (72 * 96 * 3)
+    assert difference < 20  # mean per channel; turned the wrong way it is about 70

@@ -45,7 +45,8 @@ def mturk_fee(reward: Decimal, assignments_wanted: int) -> Decimal:
     return reward * (Decimal("0.40") if assignments_wanted >= 10 else Decimal("0.20"))
 
 
-# Backends whose work costs money, with their fee on top of the reward; others (local, simulated) cost 0.
+# Fees on top of the reward, per backend. A backend costs money when it is here or its class says
+# `costs_money`; the others (local, simulated) cost 0.
 MONEY_BACKENDS = {"mturk": mturk_fee}
 
 
@@ -416,7 +417,7 @@ def _cost(session: Session) -> list[CostRow]:
             .outerjoin(Assignment, and_(Assignment.task_id == Task.id, Assignment.status.in_(PAID_ASSIGNMENTS),
                                         Assignment.simulated.is_(False)))
             .group_by(Task.backend, Task.reward, Task.assignments_wanted).order_by(Task.backend)):
-        row = rows.setdefault(backend, CostRow(backend, paid=backend in MONEY_BACKENDS))
+        row = rows.setdefault(backend, CostRow(backend, paid=_costs_money(backend)))
         row.tasks += tasks
         row.assignments += assignments
         if not row.paid:
@@ -427,8 +428,14 @@ def _cost(session: Session) -> list[CostRow]:
             row.unpriced_tasks += tasks
             continue
         row.reward += amount
-        row.fee += MONEY_BACKENDS[backend](amount, wanted)
+        row.fee += MONEY_BACKENDS[backend](amount, wanted) if backend in MONEY_BACKENDS else Decimal(0)
     return list(rows.values())
+
+
+def _costs_money(backend: str) -> bool:
+    from imgnet_build.labeling.backends import BACKENDS
+
+    return backend in MONEY_BACKENDS or bool(getattr(BACKENDS.get(backend), "costs_money", False))
 
 
 def _hard(session: Session) -> list[HardCategory]:

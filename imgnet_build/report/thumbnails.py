@@ -13,7 +13,7 @@ import io
 from collections.abc import Iterator
 
 from PIL import Image as PILImage
-from PIL import ImageOps
+from PIL.Image import Transpose
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,14 +21,21 @@ from imgnet_build.store import Candidate, CandidateStatus, Category, Cluster, Im
 
 __all__ = ["ContactSheet", "SheetCategory", "Thumbnail", "make_thumbnail"]
 
+ORIENTATION = 0x0112  # the EXIF tag; its values turn the stored pixels upright (as ImageOps.exif_transpose)
+TURNS = {2: Transpose.FLIP_LEFT_RIGHT, 3: Transpose.ROTATE_180, 4: Transpose.FLIP_TOP_BOTTOM, 5: Transpose.TRANSPOSE,
+         6: Transpose.ROTATE_270, 7: Transpose.TRANSVERSE, 8: Transpose.ROTATE_90}
+
 
 def make_thumbnail(data: bytes, size: int, quality: int = 70) -> tuple[str, int, int]:
-    """A JPEG data URI of the picture fitted in size x size, upright (EXIF), and its size."""
+    """A JPEG data URI of the picture fitted in size x size, upright (EXIF orientation), and its size.
+    The small picture is turned, not the decoded one (ImageOps.exif_transpose copies it whole)."""
     with PILImage.open(io.BytesIO(data)) as image:
+        orientation = image.getexif().get(ORIENTATION, 1)
         image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a fraction of the size
-        upright = ImageOps.exif_transpose(image)
-        upright.thumbnail((size, size))
-        rgb = upright.convert("RGB")
+        image.thumbnail((size, size))  # fits the square box either way up
+        rgb = image.convert("RGB")
+    if orientation in TURNS:
+        rgb = rgb.transpose(TURNS[orientation])
     buffer = io.BytesIO()
     rgb.save(buffer, "JPEG", quality=quality, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), rgb.width, rgb.height
