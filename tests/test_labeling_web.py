@@ -464,3 +464,29 @@ def test_a_person_labels_in_a_browser(workspace):
     items_at = items_by_position(workspace, task_id)
     stored = {item_id: answer for _, item_id, answer, _ in votes(workspace)}
     assert stored == {item.id: position in selected for position, item in items_at.items()}
+
+
+# --- with the labeling rounds ----------------------------------------------------------
+
+def test_answers_given_in_the_app_become_labels(workspace):
+    from labelkit import build_world
+
+    from imgnet_build.labeling import rounds
+    from imgnet_build.labeling.rounds import LabelSettings
+    from imgnet_build.store import Cluster, Label
+
+    truth = build_world(workspace, categories=1, images=6, positives=0.5, seed=3)["n00000001"]
+    settings = LabelSettings(method="majority", votes=3, images_per_task=6, controls=0, seed_images=0)
+    rounds.submit(workspace, "local", settings)
+    with running_app(workspace) as base_url:
+        for name in ("ann", "ben", "cy"):
+            worker = HttpWorker(base_url, invite(workspace, name).path)
+            page = parse_task_page(worker.last.text)
+            items = items_by_position(workspace, page.task_id)
+            assert worker.submit(page, [p for p, item in items.items() if truth[item.image_sha256]]).status_code == 200
+            assert worker.next_task() is None
+    rounds.collect(workspace, settings)
+    with workspace.session() as session:
+        labels = dict(session.execute(select(Cluster.representative, Label.status)
+                                      .join(Label, Label.cluster_id == Cluster.id)).all())
+    assert labels == {sha: "accepted" if good else "rejected" for sha, good in truth.items()}
