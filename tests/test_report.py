@@ -74,10 +74,13 @@ def build_workspace(workspace) -> dict:
                            gloss="a small slender dog", lexname="noun.animal", depth=1)
         poodle = Category(wnid="n02113978", synset="poodle.n.01", name="poodle", lemmas=["poodle"],
                           gloss="an intelligent dog with a curly coat", lexname="noun.animal", depth=1)
-        s.add_all([dog, whippet, poodle])
+        pug = Category(wnid="n02110958", synset="pug.n.01", name="pug", lemmas=["pug"], gloss="a small dog",
+                       lexname="noun.animal", depth=1)  # nothing gathered
+        s.add_all([dog, whippet, poodle, pug])
         s.flush()
         s.add_all([CategoryEdge(parent_id=dog.id, child_id=whippet.id),
                    CategoryEdge(parent_id=dog.id, child_id=poodle.id),
+                   CategoryEdge(parent_id=dog.id, child_id=pug.id),
                    CategoryConsensus(category_id=dog.id, hard=True, seed_images=10, prior=0.4)])
 
         def candidate(category, image, truth, url=None, source="urls"):
@@ -222,6 +225,8 @@ def test_escapes_everything_from_the_data(built, tmp_path):
     assert EVIL_GLOSS in shown  # the category's title attribute
     assert EVIL_URL in shown  # a thumbnail's title
     assert re.findall(r'(?:src|href)="(?!data:|#)', page) == []  # nothing to fetch
+    assert ("1 of 15 images are duplicates of another, in 1 clusters of two images or more; 1 files were fetched "
+            "by more than one candidate") in page  # the poodle copy; the poodle picture also gathered for whippet
 
 
 def test_cli_writes_into_the_workspace_by_default(built, runner):
@@ -238,6 +243,16 @@ def test_an_empty_workspace_gives_a_page_too(workspace, tmp_path):
     summary = write_report(workspace, tmp_path / "empty.html")
     page = (tmp_path / "empty.html").read_text()
     assert "The tree is empty" in page and summary.thumbnails == 0 and summary.precision is None
+
+
+def test_the_tree_lists_the_branches_with_candidates(built, tmp_path):
+    workspace, _ = built
+    write_report(workspace, tmp_path / "report.html")
+    tree = (tmp_path / "report.html").read_text().split('<table class="tree">')[1].split("</table>")[0]
+    listed = re.findall(r"<span class=\"muted\">(n\d{8})</span>", tree)
+    assert listed == ["n02084071", "n02091134", "n02113978"]  # dog, whippet, poodle: not pug
+    assert "1 more categories are not listed: those with no candidates in or below them." in html.unescape(
+        (tmp_path / "report.html").read_text())
 
 
 def test_thumbnails_are_capped(built, tmp_path):
