@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from imgnet_build import store
 from imgnet_build.errors import BadInput, NotAWorkspace, WorkspaceExists
+from imgnet_build.labeling.mturk_settings import MTurkSettings
 
 __all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV"]
 
@@ -36,6 +37,7 @@ class Settings:
     database: str = DEFAULT_DATABASE
     blobs: str = DEFAULT_BLOBS
     s3_endpoint_url: str | None = None
+    mturk: MTurkSettings = MTurkSettings()  # the [mturk] table; labeling/mturk_settings.py
 
     def to_toml(self) -> str:
         lines = ["# imgnet-build workspace settings", f"database = {_quote(self.database)}", f"blobs = {_quote(self.blobs)}"]
@@ -49,11 +51,12 @@ class Settings:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise BadInput(f"{path} is not valid TOML: {exc}") from exc
+        mturk = MTurkSettings.from_table(data.pop("mturk", {}), path)
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadInput(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        return cls(**data, mturk=mturk)
 
 
 def _quote(value: str) -> str:
