@@ -130,15 +130,17 @@ def build_workspace(workspace) -> dict:
                    Worker(backend="simulated", external_id="sim-1", accuracy=0.9, simulated=True)]
         s.add_all(workers)
         s.flush()
-        mturk = Task(category_id=whippet.id, round=1, batch="b1", backend="mturk", status="done",
+        mturk = Task(category_id=whippet.id, round=1, batch="r1-mturk-live", backend="mturk", status="done",
                      assignments_wanted=3, reward="0.10")
-        mturk_big = Task(category_id=poodle.id, round=1, batch="b1", backend="mturk", status="done",
+        mturk_big = Task(category_id=poodle.id, round=1, batch="r1-mturk-live", backend="mturk", status="done",
                          assignments_wanted=10, reward="0.25")
-        simulated = Task(category_id=poodle.id, round=1, batch="b2", backend="simulated", status="done",
+        simulated = Task(category_id=poodle.id, round=1, batch="r1-simulated", backend="simulated", status="done",
                          assignments_wanted=1, reward="0.10")
-        s.add_all([mturk, mturk_big, simulated])
+        sandbox = Task(category_id=poodle.id, round=1, batch="r1-mturk", backend="mturk", status="done",
+                       assignments_wanted=3, reward="0.10")
+        s.add_all([mturk, mturk_big, simulated, sandbox])
         s.flush()
-        items = {mturk.id: [], mturk_big.id: [], simulated.id: []}
+        items = {mturk.id: [], mturk_big.id: [], simulated.id: [], sandbox.id: []}
         for position, (category, image, truth, status) in enumerate(pairs):
             task = mturk if category is whippet else mturk_big
             items[task.id].append(TaskItem(task_id=task.id, position=position, image_sha256=image.sha256,
@@ -155,7 +157,8 @@ def build_workspace(workspace) -> dict:
                        Assignment(task_id=mturk.id, worker_id=workers[1].id, status="rejected"),
                        Assignment(task_id=mturk_big.id, worker_id=workers[0].id, status="submitted"),
                        Assignment(task_id=mturk_big.id, worker_id=workers[1].id, status="approved"),
-                       Assignment(task_id=simulated.id, worker_id=workers[2].id, status="approved", simulated=True)]
+                       Assignment(task_id=simulated.id, worker_id=workers[2].id, status="approved", simulated=True),
+                       Assignment(task_id=sandbox.id, worker_id=workers[0].id, status="approved")]
         s.add_all(assignments)
         s.flush()
         for assignment in assignments:
@@ -191,11 +194,14 @@ def test_figures(built, tmp_path):
     assert summary.recall == pytest.approx(8 / 11)  # truth yes: 8 accepted, 2 rejected, 1 undecided
     # controls: the good worker right on 2 of 2 (in one assignment), the blocked one says yes to both
     assert summary.control_accuracy == pytest.approx(3 / 4)
-    # mturk: task 1 (3 wanted): 1 approved x 0.10 + 20%; task 2 (10 wanted): 2 paid x 0.25 + 40%; simulated free
+    # live mturk: task 1 (3 wanted): 1 approved x 0.10 + 20%; task 2 (10 wanted): 2 paid x 0.25 + 40%;
+    # the sandbox and the simulated crowd are free
     assert Decimal(summary.cost) == Decimal("0.10") * Decimal("1.2") + Decimal("0.50") * Decimal("1.4")
     assert summary.thumbnails == 5 + 2 + 4  # whippet accepted and rejected, poodle accepted (undecided not shown)
     assert summary.unreadable_images == 1  # the broken image, rejected for whippet
     assert summary.bytes == (tmp_path / "report.html").stat().st_size
+    cost = html.unescape((tmp_path / "report.html").read_text()).split('id="cost"')[1].split("</table>")[0]
+    assert "<td>mturk sandbox</td><td class=\"n\">1</td><td class=\"n\">1</td><td class=\"n\">$0.00</td>" in cost
     assert summary.summary().startswith(f"report: {tmp_path / 'report.html'} (")
 
 

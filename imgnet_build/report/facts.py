@@ -40,14 +40,18 @@ MAX_CONFLICTS = 20  # cross-category clusters listed
 PAID_ASSIGNMENTS = ("submitted", "approved")  # work a requester pays for (rejected work is not paid)
 
 
-def mturk_fee(reward: Decimal, assignments_wanted: int) -> Decimal:
-    """Amazon's commission: 20% of the reward, 40% for tasks with 10 or more assignments."""
-    return reward * (Decimal("0.40") if assignments_wanted >= 10 else Decimal("0.20"))
+def _mturk_price(reward: Decimal, hit_size: int, assignments: int, batch: str) -> tuple[Decimal, Decimal]:
+    """(rewards, fees) as MTurk charges them (its fee rule lives with the backend)."""
+    from imgnet_build.labeling.mturk_settings import price
+
+    charged = price(reward, hit_size, assignments, tasks=0)
+    return charged.reward_usd, charged.fee_usd
 
 
-# Fees on top of the reward, per backend. A backend costs money when it is here or its class says
-# `costs_money`; the others (local, simulated) cost 0.
-MONEY_BACKENDS = {"mturk": mturk_fee}
+# How each backend that costs money prices (reward, hit size, paid assignments, batch); a
+# backend whose class says `costs_money` without an entry here is priced at its rewards.
+# Backends that cost nothing (local, simulated) cost 0.
+PRICING = {"mturk": _mturk_price}
 
 
 def reason_group(status: str, error: str) -> str:
@@ -435,30 +439,39 @@ def _workers(session: Session) -> Workers:
 def _cost(session: Session) -> list[CostRow]:
     paid = func.count(Assignment.id)
     rows: dict[str, CostRow] = {}
-    for backend, reward, wanted, tasks, assignments in session.execute(
-            select(Task.backend, Task.reward, Task.assignments_wanted, func.count(func.distinct(Task.id)), paid)
+    for backend, batch, reward, wanted, tasks, assignments in session.execute(
+            select(Task.backend, Task.batch, Task.reward, Task.assignments_wanted, func.count(func.distinct(Task.id)), paid)
             .outerjoin(Assignment, and_(Assignment.task_id == Task.id, Assignment.status.in_(PAID_ASSIGNMENTS),
                                         Assignment.simulated.is_(False)))
-            .group_by(Task.backend, Task.reward, Task.assignments_wanted).order_by(Task.backend)):
-        row = rows.setdefault(backend, CostRow(backend, paid=_costs_money(backend)))
+            .group_by(Task.backend, Task.batch, Task.reward, Task.assignments_wanted).order_by(Task.backend)):
+        name, costs = backend, _costs_money(backend)
+        if backend == "mturk":
+            from imgnet_build.labeling.mturk import is_live
+
+            name, costs = ("mturk", True) if is_live(batch) else ("mturk sandbox", False)  # the sandbox is free
+        row = rows.setdefault(name, CostRow(name, paid=costs))
         row.tasks += tasks
         row.assignments += assignments
-        if not row.paid:
+        if not costs:
             continue
         try:
-            amount = Decimal(reward) * assignments
+            amount = Decimal(reward)
         except (InvalidOperation, TypeError):
             row.unpriced_tasks += tasks
             continue
-        row.reward += amount
-        row.fee += MONEY_BACKENDS[backend](amount, wanted) if backend in MONEY_BACKENDS else Decimal(0)
+        if backend in PRICING:
+            rewards, fees = PRICING[backend](amount, wanted, assignments, batch)
+        else:
+            rewards, fees = amount * assignments, Decimal(0)
+        row.reward += rewards
+        row.fee += fees
     return list(rows.values())
 
 
 def _costs_money(backend: str) -> bool:
     from imgnet_build.labeling.backends import BACKENDS
 
-    return backend in MONEY_BACKENDS or bool(getattr(BACKENDS.get(backend), "costs_money", False))
+    return backend in PRICING or bool(getattr(BACKENDS.get(backend), "costs_money", False))
 
 
 def _hard(session: Session) -> list[HardCategory]:
