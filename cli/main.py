@@ -105,6 +105,7 @@ def demo(directory: str, online: bool) -> None:
 # (module in cli/, click command in it); each stage adds its line here.
 COMMANDS: list[tuple[str, str]] = [
     ("dedup", "dedup"),
+    ("export", "export"),
     ("gather", "gather"),
     ("label", "label"),
     ("report", "report"),

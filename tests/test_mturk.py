@@ -474,7 +474,7 @@ class _StandIn:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         from urllib.parse import parse_qs
 
-        from tests.loopback import jpeg_bytes
+        from loopback import jpeg_bytes
 
         posts = self.posts = []
         image = jpeg_bytes(64, 48)
