@@ -122,6 +122,8 @@ def demo(directory: str | None, online: bool) -> None:
 COMMANDS: list[tuple[str, str]] = [
     ("dedup", "dedup"),
     ("gather", "gather"),
+    ("label", "label"),
+    ("report", "report"),
     ("tree", "tree"),
 ]
 

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from imgnet_build import dedup
 from imgnet_build.errors import NotAWorkspace, WorkspaceExists
+from imgnet_build.labeling import rounds
 from imgnet_build.fetch import FetchSettings
 from imgnet_build.gather import gather
 from imgnet_build.taxonomy import TreeOptions, build_tree
@@ -34,6 +35,7 @@ DEMO_ROOT = "dog.n.01"
 DEMO_MARKER = ".imgnet-demo"  # a workspace the demo made (and may rebuild)
 DEMO_CATEGORIES = ("pembroke.n.01", "cardigan.n.02", "toy_poodle.n.01", "standard_poodle.n.01", "whippet.n.01")
 IMAGES_PER_CATEGORY = 12
+OFF_CATEGORY = 4  # pictures of something else in each category's list: the crowd should reject them
 
 
 def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], None] = print) -> Workspace:
@@ -61,7 +63,32 @@ def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], N
             summary = gather(workspace, f"urls:{url_list}", settings=settings)
     say(summary.line())
     say(dedup.run(workspace).summary())
+    if not online:
+        result = rounds.run(workspace, "simulated")
+        say(f"labels (simulated crowd, dynamic consensus, {result['rounds']} rounds): {result['accepted']} accepted, "
+            f"{result['rejected']} rejected, {result['undecided']} undecided")
+        precision, recall = measured_quality(workspace)
+        say(f"labels measured against the truth: precision {precision:.3f}, recall {recall:.3f}")
+    from imgnet_build.report import write_report
+
+    say(write_report(workspace, Path(directory) / "report.html").summary())
     return workspace
+
+
+def measured_quality(workspace: Workspace) -> tuple[float, float]:
+    """(precision, recall) of the accepted labels against the candidates' truth."""
+    from sqlalchemy import select
+
+    from imgnet_build.store import Candidate, Image, Label
+
+    with workspace.session() as session:
+        truth = {(cluster, category): bool(value) for cluster, category, value in session.execute(
+            select(Image.cluster_id, Candidate.category_id, Candidate.truth)
+            .join(Candidate, Candidate.image_sha256 == Image.sha256).where(Candidate.truth.is_not(None)))}
+        accepted = set(session.execute(select(Label.cluster_id, Label.category_id)
+                                       .where(Label.status == "accepted")).tuples())
+    right = sum(truth.get(pair, False) for pair in accepted)
+    return right / max(len(accepted), 1), right / max(sum(truth.values()), 1)
 
 
 @contextlib.contextmanager
@@ -97,23 +124,28 @@ def _write_candidates(folder: Path, base: str) -> Path:
             filename = f"{category}_{index}.jpg"
             if not (folder / filename).exists():
                 (folder / filename).write_bytes(_picture(seed=number * 100 + index))
-            rows.append((f"{base}/{filename}", category, "CC0"))
+            rows.append((f"{base}/{filename}", category, "CC0", "yes"))
+        for index in range(OFF_CATEGORY):  # something else: same kind of picture, wrong subject
+            filename = f"{category}_off{index}.jpg"
+            if not (folder / filename).exists():
+                (folder / filename).write_bytes(_picture(seed=10_000 + number * 100 + index))
+            rows.append((f"{base}/{filename}", category, "CC0", "no"))
         original = (folder / f"{category}_0.jpg").read_bytes()
         copy = Image.open(io.BytesIO(original)).resize((480, 360))
         buffer = io.BytesIO()
         copy.save(buffer, "JPEG", quality=70)  # the same picture, smaller and re-encoded: a near duplicate
         (folder / f"{category}_copy.jpg").write_bytes(buffer.getvalue())
-        rows.append((f"{base}/{category}_copy.jpg", category, "CC0"))
-        rows.append((f"{base}/{category}_1.jpg?mirror=2", category, "CC0"))  # the same bytes at another URL
-        rows.append((f"{base}/{category}_missing.jpg", category, "CC0"))  # a dead link: 404
+        rows.append((f"{base}/{category}_copy.jpg", category, "CC0", "yes"))
+        rows.append((f"{base}/{category}_1.jpg?mirror=2", category, "CC0", "yes"))  # the same bytes at another URL
+        rows.append((f"{base}/{category}_missing.jpg", category, "CC0", "yes"))  # a dead link: 404
     (folder / "truncated.jpg").write_bytes(_picture(seed=999)[:4000])
     (folder / "page.jpg").write_text("<html><body>not an image</body></html>")
-    rows.append((f"{base}/truncated.jpg", category, ""))
-    rows.append((f"{base}/page.jpg", category, ""))
+    rows.append((f"{base}/truncated.jpg", category, "", ""))
+    rows.append((f"{base}/page.jpg", category, "", ""))
     url_list = folder / "candidates.csv"
     with url_list.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["url", "wnid", "license"])
+        writer.writerow(["url", "wnid", "license", "truth"])
         writer.writerows(rows)
     return url_list
 

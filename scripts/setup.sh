@@ -14,6 +14,12 @@ if command -v apt-get >/dev/null && ! dpkg -s wordnet-base wordnet-sense-index >
     || echo "setup: could not install Debian's wordnet packages; nltk.download('wordnet') will be tried" >&2
 fi
 
+# Debian's chromium for the browser tests (pip's playwright drives it; never `playwright install`).
+if [ "$mode" = test ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then
+  (as_root apt-get update -qq && as_root apt-get install -y -qq chromium >/dev/null) \
+    || echo "setup: could not install Debian's chromium; the browser tests need /usr/bin/chromium" >&2
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 package="."; [ "$mode" = test ] && package=".[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check "$package"

@@ -11,16 +11,20 @@ def test_demo_end_to_end_and_rerun(runner, tmp_path):
     assert first.exit_code == 0, first.output
     lines = first.output.splitlines()
     assert lines[1] == "tree: 190 categories below dog.n.01"
-    assert lines[2].startswith("gathered: 70 ok, 7 failed, 0 skipped")
-    assert lines[3] == "dedup: 65 images, 5 exact, 5 near duplicates in 10 clusters (0 cross-category conflicts)"
+    assert lines[2].startswith("gathered: 90 ok, 7 failed, 0 skipped")
+    assert lines[3] == "dedup: 85 images, 5 exact, 5 near duplicates in 10 clusters (0 cross-category conflicts)"
+    assert lines[4].startswith("labels (simulated crowd, dynamic consensus, ") and "0 undecided" in lines[4]
+    precision, recall = (float(x.split()[-1]) for x in lines[5].split(":")[1].split(","))
+    assert precision >= 0.9 and recall >= 0.9
+    assert lines[6].startswith(f"report: {directory / 'report.html'}") and (directory / "report.html").stat().st_size
     again = runner.invoke(cli, ["demo", str(directory)], catch_exceptions=False)
     assert again.exit_code == 0
     assert again.output.splitlines()[2].startswith("gathered: 0 ok, 0 failed, 0 skipped")
     shown = runner.invoke(cli, ["-w", str(directory), "tree", "show", "--root", "poodle.n.01"])
     assert shown.output == ("poodle (n02113335): 4 below, 0 images\n"
-                            "  toy poodle (n02113624): 0 below, 12 images\n"
+                            "  toy poodle (n02113624): 0 below, 16 images\n"
                             "  miniature poodle (n02113712): 0 below, 0 images\n"
-                            "  standard poodle (n02113799): 0 below, 12 images\n"
+                            "  standard poodle (n02113799): 0 below, 16 images\n"
                             "  large poodle (n02113892): 0 below, 0 images\n")
     status = runner.invoke(cli, ["-w", str(directory), "status", "--json"])
-    assert '"ok": 70' in status.output and '"failed": 7' in status.output
+    assert '"ok": 90' in status.output and '"failed": 7' in status.output

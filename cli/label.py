@@ -1,0 +1,213 @@
+"""`imgnet label …`: crowd labeling in rounds (submit, collect, run), gold, status."""
+
+from __future__ import annotations
+
+import click
+
+from imgnet_build.cli.common import json_option, pass_workspace, print_json
+from imgnet_build.labeling import rounds
+from imgnet_build.labeling.rounds import LabelSettings
+from imgnet_build.workspace import Workspace
+
+DEFAULTS = LabelSettings()
+
+
+@click.group()
+def label() -> None:
+    """Crowd labeling: which of these images show the category?
+
+    \b
+    Example:
+        imgnet label run --backend simulated && imgnet label status
+    """
+
+
+def consensus_options(command):
+    """The options that decide how many votes a pair gets and how they become labels."""
+    options = [
+        click.option("--votes", type=click.IntRange(1), default=DEFAULTS.votes, show_default=True,
+                     help="Votes every new pair gets (the baseline)."),
+        click.option("--max-votes", type=click.IntRange(1), default=DEFAULTS.max_votes, show_default=True,
+                     help="Most votes a pair may get before it stays undecided."),
+        click.option("--method", type=click.Choice(["dynamic", "dawid-skene", "majority"]), default=DEFAULTS.method,
+                     show_default=True, help="Consensus method."),
+        click.option("--accept", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULTS.accept,
+                     show_default=True, help="Posterior at which a pair is accepted."),
+        click.option("--reject", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULTS.reject,
+                     show_default=True, help="Posterior at which a pair is rejected."),
+        click.option("--block-below", type=click.FloatRange(0, 1), default=DEFAULTS.block_below, show_default=True,
+                     help="Block workers whose control accuracy (or agreement, before controls) is lower."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def task_options(command):
+    options = [
+        click.option("--images-per-task", type=click.IntRange(2, 500), default=DEFAULTS.images_per_task,
+                     show_default=True, help="Images in one task, controls included."),
+        click.option("--controls", type=click.IntRange(0), default=DEFAULTS.controls, show_default=True,
+                     help="Controls per task (half positive, half negative when there are positives)."),
+        click.option("--category", "categories", multiple=True, metavar="SYNSET",
+                     help="Only this category (wnid or nltk name); repeatable."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def simulated_options(command):
+    options = [
+        click.option("--sim-workers", type=click.IntRange(1), default=60, show_default=True,
+                     help="Simulated crowd: number of workers."),
+        click.option("--sim-accuracy", default="0.6-0.95", show_default=True, metavar="LO-HI",
+                     help="Simulated crowd: each worker's accuracy, drawn uniformly."),
+        click.option("--sim-spammers", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+                     help="Simulated crowd: share of workers who answer at random."),
+        click.option("--sim-seed", type=int, default=0, show_default=True, help="Simulated crowd: random seed."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _settings(**values) -> LabelSettings:
+    fields = {name for name in LabelSettings.__dataclass_fields__}
+    settings = {key: value for key, value in values.items() if key in fields}
+    settings["categories"] = tuple(values.get("categories") or ())
+    return LabelSettings(**settings)
+
+
+def _sim_options(values: dict) -> dict:
+    return {key: values[key] for key in ("sim_workers", "sim_accuracy", "sim_spammers", "sim_seed") if key in values}
+
+
+@label.command()
+@click.option("--backend", type=click.Choice(["local", "simulated", "mturk"]), required=True,
+              help="Where the tasks go.")
+@consensus_options
+@task_options
+@simulated_options
+@click.option("--dry-run", is_flag=True, help="Print the plan; make no task.")
+@json_option
+@pass_workspace
+def submit(workspace: Workspace, backend: str, dry_run: bool, as_json: bool, **values) -> None:
+    """Issue the tasks needed now: three votes for new pairs, more for undecided ones.
+
+    Running it again issues only what is still missing.
+
+    Example:
+
+    \b
+        imgnet label submit --backend local --votes 3 --images-per-task 48 --controls 6
+    """
+    plan = rounds.submit(workspace, backend, _settings(**values), dry_run=dry_run, options=_sim_options(values))
+    if as_json:
+        print_json(plan.as_dict())
+    else:
+        click.echo(plan.summary())
+
+
+@label.command()
+@consensus_options
+@json_option
+@pass_workspace
+def collect(workspace: Workspace, as_json: bool, **values) -> None:
+    """Bring answers in and decide the labels that the votes allow.
+
+    Example:
+
+    \b
+        imgnet label collect --method dynamic
+    """
+    result = rounds.collect(workspace, _settings(**values))
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"label collect: {result['assignments']} assignments stored; labels: {result['accepted']} accepted, "
+                   f"{result['rejected']} rejected, {result['undecided']} undecided")
+
+
+@label.command("run")
+@click.option("--backend", type=click.Choice(["simulated"]), default="simulated", show_default=True,
+              help="A backend that answers by itself.")
+@consensus_options
+@task_options
+@simulated_options
+@json_option
+@pass_workspace
+def run_command(workspace: Workspace, backend: str, as_json: bool, **values) -> None:
+    """Submit and collect in rounds until every pair is decided or out of votes.
+
+    Votes and labels of the simulated crowd are marked simulated everywhere.
+
+    Example:
+
+    \b
+        imgnet label run --backend simulated --sim-workers 60 --sim-accuracy 0.6-0.95
+    """
+    say = None if as_json else click.echo
+    result = rounds.run(workspace, backend, _settings(**values), options=_sim_options(values), say=say)
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"label run: {result['rounds']} rounds; labels: {result['accepted']} accepted, "
+                   f"{result['rejected']} rejected, {result['undecided']} undecided")
+
+
+@label.command()
+@click.argument("path", type=click.Path(dir_okay=False), metavar="FILE.csv")
+@json_option
+@pass_workspace
+def gold(workspace: Workspace, path: str, as_json: bool) -> None:
+    """Load known answers (columns url or sha256, wnid, answer) to use as controls.
+
+    Example:
+
+    \b
+        imgnet label gold gold.csv
+    """
+    from imgnet_build.labeling.gold import load_gold
+
+    counts = load_gold(workspace, path)
+    if as_json:
+        print_json(counts)
+    else:
+        click.echo(f"label gold: {counts['stored']} known answers stored; {counts['unknown_image']} rows name no "
+                   f"image of this workspace, {counts['unknown_category']} no category")
+
+
+@label.command("status")
+@json_option
+@pass_workspace
+def status_command(workspace: Workspace, as_json: bool) -> None:
+    """Labels per category, workers by estimated accuracy, tasks and cost.
+
+    Example:
+
+    \b
+        imgnet label status --json
+    """
+    from imgnet_build.labeling.status import label_status
+
+    report = label_status(workspace)
+    if as_json:
+        print_json(report)
+        return
+    click.echo(f"{'wnid':<11} {'pairs':>6} {'accepted':>8} {'rejected':>8} {'undecided':>9} {'unvoted':>7} "
+               f"{'votes/pair':>10} {'controls':>8}")
+    for row in report["categories"]:
+        controls = "-" if row["control_accuracy"] is None else f"{row['control_accuracy']:.0%}"
+        per_pair = "-" if row["votes_per_pair"] is None else f"{row['votes_per_pair']:.1f}"
+        flag = "  hard to illustrate" if row["hard_to_illustrate"] else ""
+        click.echo(f"{row['wnid']:<11} {row['pairs']:>6} {row['accepted']:>8} {row['rejected']:>8} "
+                   f"{row['undecided']:>9} {row['unvoted']:>7} {per_pair:>10} {controls:>8}{flag}")
+    blocked = sum(worker["blocked"] for worker in report["workers"])
+    click.echo(f"workers: {len(report['workers'])} ({blocked} blocked); tasks: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(report["tasks"].items()))
+               + f"; reward spent: ${report['cost']['reward_spent_usd']:.2f}")
+    for worker in report["workers"][:10]:
+        accuracy = "-" if worker["accuracy"] is None else f"{worker['accuracy']:.2f}"
+        click.echo(f"  {worker['name']:<24} accuracy {accuracy}  votes {worker['votes']}"
+                   + ("  blocked" if worker["blocked"] else ""))

@@ -1,0 +1,274 @@
+"""Consensus: votes in, labels and worker quality out.
+
+    table = VoteTable.build(pair_of_vote, worker_of_vote, answers, pair_category, known)
+    result = METHODS["dynamic"](ConsensusSettings()).fit(table)
+    result.status[p], result.posterior[p], result.worker_accuracy[w]
+
+One small interface (crowd-kit's shape: `fit` on a vote table, results as arrays), three
+methods:
+
+- `majority`: accepted when more than half of at least `min_votes` votes say yes,
+  rejected when more than half say no; ties and shortfalls stay undecided.
+- `dawid-skene`: Dawid and Skene's EM with two coins per worker (P(yes | good),
+  P(no | bad)) and a class prior per category; controls and gold are known answers that
+  the E-step does not move. A pair is decided when its posterior passes the thresholds.
+- `dynamic` (default): ImageNet's dynamic consensus. A seed sample of each category gets at
+  least `seed_votes` votes per image; from it come the category's table
+  P(good | yes, no) and its difficulty. Every pair's posterior folds in each voter's
+  estimated accuracy (one coin per worker, EM over all categories with controls as known
+  answers), scaled by how hard the category's seed showed it to be, on top of the
+  category's prior. A pair is decided once the posterior passes `accept` or `reject`;
+  otherwise it asks for one more vote, up to `max_votes`. A category whose seed images
+  mostly never reach a clear majority (70% of their votes) is flagged hard to illustrate.
+
+Posteriors are P(the image shows the category). Indices are positions in the caller's
+lists of pairs and workers; the caller keeps the mapping to database ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+__all__ = ["ConsensusSettings", "VoteTable", "Result", "Method", "Majority", "DawidSkene", "Dynamic", "METHODS",
+           "seed_table"]
+
+ACCURACY_PRIOR = (4.0, 1.0)  # Beta pseudo-counts (right, wrong) for a worker: a new worker is trusted at 0.8
+ACCURACY_RANGE = (0.5, 0.98)  # below chance is not trusted as inverted evidence; nobody is certain
+HARDER = 0.6  # a category's seed carries less than this share of the usual evidence: scale it down
+CLEAR_MAJORITY = 0.7  # a seed image "reaches a majority" when this share of its votes agrees
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsensusSettings:
+    min_votes: int = 3
+    accept: float = 0.99
+    reject: float = 0.01
+    seed_votes: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reject < 0.5 < self.accept < 1:
+            raise ValueError(f"thresholds must satisfy 0 < reject < 0.5 < accept < 1, not {self.reject} / {self.accept}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VoteTable:
+    """Votes as parallel arrays, plus per pair its category and its known answer."""
+
+    pair: np.ndarray  # int, index of the voted pair
+    worker: np.ndarray  # int, index of the worker
+    answer: np.ndarray  # bool
+    pair_category: np.ndarray  # int per pair
+    known: np.ndarray  # int8 per pair: -1 unknown, 0 known no (control/gold), 1 known yes
+    seed: np.ndarray  # bool per pair: in its category's seed sample
+    workers: int
+
+    @classmethod
+    def build(cls, pair, worker, answer, pair_category, known=None, seed=None, workers: int | None = None) -> VoteTable:
+        pair_category = np.asarray(pair_category, dtype=np.int64)
+        n = len(pair_category)
+        worker = np.asarray(worker, dtype=np.int64)
+        return cls(np.asarray(pair, dtype=np.int64), worker, np.asarray(answer, dtype=bool), pair_category,
+                   np.full(n, -1, np.int8) if known is None else np.asarray(known, dtype=np.int8),
+                   np.zeros(n, bool) if seed is None else np.asarray(seed, dtype=bool),
+                   workers if workers is not None else int(worker.max(initial=-1)) + 1)
+
+    @property
+    def pairs(self) -> int:
+        return len(self.pair_category)
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(yes votes, no votes) per pair."""
+        yes = np.bincount(self.pair, weights=self.answer, minlength=self.pairs).astype(np.int64)
+        return yes, np.bincount(self.pair, minlength=self.pairs) - yes
+
+
+@dataclasses.dataclass
+class Result:
+    posterior: np.ndarray  # P(good) per pair
+    status: np.ndarray  # per pair: "accepted", "rejected", "undecided"
+    worker_accuracy: np.ndarray  # per worker (nan: no votes)
+    category_prior: np.ndarray | None = None
+    hard: np.ndarray | None = None  # per category (dynamic only)
+
+
+class Method(Protocol):
+    name: ClassVar[str]
+
+    def fit(self, votes: VoteTable) -> Result: ...
+
+
+def _decide(posterior: np.ndarray, votes: VoteTable, settings: ConsensusSettings) -> np.ndarray:
+    yes, no = votes.counts()
+    enough = (yes + no) >= np.where(votes.seed, settings.seed_votes, settings.min_votes)
+    status = np.full(votes.pairs, "undecided", dtype=object)
+    status[enough & (posterior >= settings.accept)] = "accepted"
+    status[enough & (posterior <= settings.reject)] = "rejected"
+    return status
+
+
+def _agreement(votes: VoteTable, truth: np.ndarray) -> np.ndarray:
+    """Each worker's (smoothed) share of votes that agree with `truth` (P(good) per pair)."""
+    agree = np.where(votes.answer, truth[votes.pair], 1 - truth[votes.pair])
+    right = np.bincount(votes.worker, weights=agree, minlength=votes.workers)
+    total = np.bincount(votes.worker, minlength=votes.workers)
+    accuracy = (right + ACCURACY_PRIOR[0]) / (total + sum(ACCURACY_PRIOR))
+    return np.where(total > 0, accuracy, np.nan)
+
+
+def _clamp_known(posterior: np.ndarray, votes: VoteTable) -> np.ndarray:
+    return np.where(votes.known >= 0, votes.known.astype(float), posterior)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(x, -50, 50)))
+
+
+def _majority_share(votes: VoteTable) -> np.ndarray:
+    yes, no = votes.counts()
+    return _clamp_known((yes + 0.5) / (yes + no + 1.0), votes)
+
+
+def _category_prior(votes: VoteTable, truth: np.ndarray) -> np.ndarray:
+    categories = int(votes.pair_category.max(initial=-1)) + 1
+    voted = np.bincount(votes.pair, minlength=votes.pairs) > 0
+    good = np.bincount(votes.pair_category, weights=truth * voted, minlength=categories)
+    total = np.bincount(votes.pair_category, weights=voted, minlength=categories)
+    return np.clip((good + 1) / (total + 2), 0.02, 0.98)
+
+
+@dataclasses.dataclass
+class Majority:
+    settings: ConsensusSettings = dataclasses.field(default_factory=ConsensusSettings)
+    name: ClassVar[str] = "majority"
+
+    def fit(self, votes: VoteTable) -> Result:
+        yes, no = votes.counts()
+        enough = (yes + no) >= self.settings.min_votes
+        status = np.full(votes.pairs, "undecided", dtype=object)
+        status[enough & (yes > no)] = "accepted"
+        status[enough & (no > yes)] = "rejected"
+        share = np.where(yes + no > 0, yes / np.maximum(yes + no, 1), 0.5)
+        truth = _clamp_known(np.where(status == "accepted", 1.0, np.where(status == "rejected", 0.0, share)), votes)
+        return Result(share, status, _agreement(votes, truth))
+
+
+@dataclasses.dataclass
+class OneCoinEM:
+    """EM with one accuracy per worker and one prior per category; known answers clamped."""
+
+    iterations: int = 50
+    category_weight: np.ndarray | None = None  # per category: scales every worker's evidence
+
+    def run(self, votes: VoteTable, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        for _ in range(self.iterations):
+            accuracy = np.clip(np.nan_to_num(_agreement(votes, truth), nan=0.5), *ACCURACY_RANGE)
+            prior = _category_prior(votes, truth)
+            evidence = np.log(accuracy / (1 - accuracy))[votes.worker]
+            if self.category_weight is not None:
+                evidence = evidence * self.category_weight[votes.pair_category[votes.pair]]
+            log_odds = np.log(prior / (1 - prior))[votes.pair_category] + np.bincount(
+                votes.pair, weights=np.where(votes.answer, evidence, -evidence), minlength=votes.pairs)
+            new = _clamp_known(_sigmoid(log_odds), votes)
+            if np.max(np.abs(new - truth), initial=0) < 1e-6:
+                truth = new
+                break
+            truth = new
+        return truth, _agreement(votes, truth), prior
+
+
+@dataclasses.dataclass
+class DawidSkene:
+    settings: ConsensusSettings = dataclasses.field(default_factory=ConsensusSettings)
+    iterations: int = 50
+    name: ClassVar[str] = "dawid-skene"
+
+    def fit(self, votes: VoteTable) -> Result:
+        truth = _majority_share(votes)
+        a, b = ACCURACY_PRIOR
+        for _ in range(self.iterations):
+            good, bad = truth[votes.pair], 1 - truth[votes.pair]
+            said_yes = votes.answer.astype(float)
+            sensitivity = ((np.bincount(votes.worker, weights=said_yes * good, minlength=votes.workers) + a)
+                           / (np.bincount(votes.worker, weights=good, minlength=votes.workers) + a + b))
+            specificity = ((np.bincount(votes.worker, weights=(1 - said_yes) * bad, minlength=votes.workers) + a)
+                           / (np.bincount(votes.worker, weights=bad, minlength=votes.workers) + a + b))
+            sensitivity, specificity = (np.clip(x, 0.02, 0.98) for x in (sensitivity, specificity))
+            prior = _category_prior(votes, truth)
+            yes_weight = np.log(sensitivity / (1 - specificity))
+            no_weight = np.log((1 - sensitivity) / specificity)
+            evidence = np.where(votes.answer, yes_weight[votes.worker], no_weight[votes.worker])
+            log_odds = np.log(prior / (1 - prior))[votes.pair_category] + np.bincount(
+                votes.pair, weights=evidence, minlength=votes.pairs)
+            new = _clamp_known(_sigmoid(log_odds), votes)
+            converged = np.max(np.abs(new - truth), initial=0) < 1e-6
+            truth = new
+            if converged:
+                break
+        return Result(truth, _decide(truth, votes, self.settings), _agreement(votes, truth), prior)
+
+
+def seed_table(votes: VoteTable, truth: np.ndarray, category: int, max_votes: int = 5) -> dict[str, float]:
+    """ImageNet's table P(good | yes, no) for one category, from its seed images: the share
+    of yes votes among good and among bad seed images, then Bayes with the seed's prior."""
+    in_seed = votes.seed[votes.pair] & (votes.pair_category[votes.pair] == category)
+    good = truth[votes.pair[in_seed]]
+    said_yes = votes.answer[in_seed]
+    prior = np.clip((truth[votes.seed & (votes.pair_category == category)].sum() + 1) /
+                    ((votes.seed & (votes.pair_category == category)).sum() + 2), 0.02, 0.98)
+    p_yes_good = (np.sum(said_yes * good) + 1) / (np.sum(good) + 2)
+    p_yes_bad = (np.sum(said_yes * (1 - good)) + 1) / (np.sum(1 - good) + 2)
+    table = {}
+    for n in range(1, max_votes + 1):
+        for yes in range(n + 1):
+            no = n - yes
+            a = prior * p_yes_good ** yes * (1 - p_yes_good) ** no
+            b = (1 - prior) * p_yes_bad ** yes * (1 - p_yes_bad) ** no
+            table[f"{yes},{no}"] = round(float(a / (a + b)), 4)
+    return table
+
+
+@dataclasses.dataclass
+class Dynamic:
+    settings: ConsensusSettings = dataclasses.field(default_factory=ConsensusSettings)
+    name: ClassVar[str] = "dynamic"
+
+    def fit(self, votes: VoteTable) -> Result:
+        truth, accuracy, prior = OneCoinEM().run(votes, _majority_share(votes))
+        weight, hard = self._difficulty(votes, truth, accuracy)
+        if not np.all(weight == 1):
+            truth, accuracy, prior = OneCoinEM(category_weight=weight).run(votes, truth)
+        return Result(truth, _decide(truth, votes, self.settings), accuracy, prior, hard)
+
+    def _difficulty(self, votes: VoteTable, truth: np.ndarray, accuracy: np.ndarray):
+        """Per category: how much of the workers' usual evidence its seed votes carry (at
+        most 1: a category as easy as the rest), and whether it is hard to illustrate."""
+        categories = int(votes.pair_category.max(initial=-1)) + 1
+        seeded = votes.seed[votes.pair] & (np.bincount(votes.pair, minlength=votes.pairs)[votes.pair]
+                                          >= self.settings.seed_votes)
+        weight, hard = np.ones(categories), np.zeros(categories, bool)
+        if not seeded.any():
+            return weight, hard
+        category = votes.pair_category[votes.pair[seeded]]
+        agree = np.where(votes.answer[seeded], truth[votes.pair[seeded]], 1 - truth[votes.pair[seeded]])
+        expected = np.nan_to_num(accuracy, nan=0.5)[votes.worker[seeded]]
+        observed_sum = np.bincount(category, weights=agree, minlength=categories)
+        expected_sum = np.bincount(category, weights=expected, minlength=categories)
+        has_seed = np.bincount(category, minlength=categories) > 0
+        # evidence scales with (accuracy - 1/2): the seed's observed margin over the expected one
+        ratio = (observed_sum - 0.5 * np.bincount(category, minlength=categories) + 1) / np.maximum(
+            expected_sum - 0.5 * np.bincount(category, minlength=categories) + 1, 1e-9)
+        harder = has_seed & (ratio < HARDER)  # a 10-image seed is noisy: only a clear gap counts
+        weight[harder] = np.clip(ratio[harder], 0.25, 1.0)
+        yes, no = votes.counts()
+        seed_pairs = votes.seed & ((yes + no) >= self.settings.seed_votes)
+        clear = np.maximum(yes, no) >= CLEAR_MAJORITY * (yes + no)
+        seed_count = np.bincount(votes.pair_category, weights=seed_pairs, minlength=categories)
+        clear_count = np.bincount(votes.pair_category, weights=seed_pairs & clear, minlength=categories)
+        hard = (seed_count > 0) & (clear_count < 0.5 * seed_count)
+        return weight, hard
+
+
+METHODS: dict[str, type] = {method.name: method for method in (Dynamic, DawidSkene, Majority)}

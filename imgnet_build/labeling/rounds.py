@@ -1,0 +1,496 @@
+"""Labeling in rounds: issue the votes needed now, bring answers in, decide what can be decided.
+
+    settings = LabelSettings(votes=3, max_votes=12)
+    plan = submit(workspace, "simulated", settings)   # imgnet label submit
+    collect(workspace, settings)                       # imgnet label collect
+    run(workspace, "simulated", settings)              # both, until nothing is left to ask
+
+The labeled unit is the (cluster, category) pair: a cluster of duplicates is asked about
+once, through its representative, and its label applies to every image of the cluster; a
+picture gathered for two categories is two pairs. Candidates that failed or were skipped
+are never asked about; images join the labeling once `imgnet dedup` gave them a cluster.
+
+What a pair needs: three votes when it is new (the baseline; `--votes`), `seed_votes` for
+the seed sample of each category (dynamic consensus), then one more per round while the
+consensus method leaves it undecided, up to `max_votes`. Votes already given and votes
+that open tasks will bring count, so submitting twice submits nothing twice. Each
+category's tasks are made in one transaction; a killed submit leaves whole categories
+behind and the rerun plans only what is still missing. Votes are stored as they arrive
+(`answers.store_answers`), so a killed collect loses nothing either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import random
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from imgnet_build.dbutil import batched
+from imgnet_build.errors import BadInput
+from imgnet_build.labeling.backends import get_backend
+from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTable, seed_table
+from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category, CategoryConsensus, CategoryEdge,
+                                Cluster, Gold, Image, Label, LabelHistory, Task, TaskItem, Vote, Worker)
+
+__all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "pairs_without_clusters"]
+
+Progress = Callable[[str], None]
+CONTROL_CONFIDENCE = 0.99  # accepted labels this sure (the most confident first) become controls
+CONTROL_POOL = 200
+WORK_STATUSES = ("submitted", "approved", "rejected")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSettings:
+    """How labels are decided; the CLI's options, checked once."""
+
+    votes: int = 3
+    images_per_task: int = 48
+    controls: int = 6
+    max_votes: int = 12
+    method: str = "dynamic"
+    accept: float = 0.99
+    reject: float = 0.01
+    seed_images: int = 10  # per category, dynamic consensus
+    seed_votes: int = 10
+    block_below: float = 0.75  # workers under this accuracy are blocked and their votes discounted
+    block_after_controls: int = 6  # control answers before control accuracy can block
+    block_after_votes: int = 30  # votes before agreement (no controls yet) can block
+    categories: tuple[str, ...] = ()  # wnids; empty: every category
+
+    def __post_init__(self) -> None:
+        if self.votes < 1:
+            raise BadInput(f"--votes must be at least 1, not {self.votes}")
+        if self.max_votes < self.votes:
+            raise BadInput(f"--max-votes ({self.max_votes}) must be at least --votes ({self.votes})")
+        if not 0 <= self.controls < self.images_per_task:
+            raise BadInput(f"--controls must be between 0 and --images-per-task - 1, not {self.controls}")
+        if not 2 <= self.images_per_task <= 500:
+            raise BadInput(f"--images-per-task must be between 2 and 500, not {self.images_per_task}")
+        if self.method not in METHODS:
+            raise BadInput(f"unknown consensus method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if not 0 < self.reject < 0.5 < self.accept < 1:
+            raise BadInput(f"thresholds must satisfy 0 < reject < 0.5 < accept < 1, not {self.reject} / {self.accept}")
+        if not 0 <= self.block_below <= 1:
+            raise BadInput(f"--block-below must be between 0 and 1, not {self.block_below}")
+
+    @property
+    def seeded(self) -> bool:
+        return self.method == "dynamic"
+
+    def consensus(self):
+        return METHODS[self.method](ConsensusSettings(self.votes, self.accept, self.reject,
+                                                      self.seed_votes if self.seeded else self.votes))
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one submit issued (or, with dry_run, would issue)."""
+
+    round: int
+    backend: str
+    tasks: int = 0
+    assignments: int = 0
+    votes: int = 0  # candidate votes asked for
+    pairs: int = 0
+    controls: int = 0
+    per_category: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    dry_run: bool = False
+    not_clustered: int = 0  # ok images that `imgnet dedup` has not clustered yet
+
+    def summary(self) -> str:
+        verb = "would issue" if self.dry_run else "issued"
+        text = (f"label submit ({self.backend}, round {self.round}): {verb} {self.tasks} tasks, {self.assignments} "
+                f"assignments, {self.votes} votes on {self.pairs} pairs in {len(self.per_category)} categories")
+        if self.not_clustered:
+            text += f"; {self.not_clustered} images wait for `imgnet dedup`"
+        return text
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, dry_run: bool = False,
+           options: dict | None = None, progress: Progress | None = None) -> Plan:
+    """Issue the tasks needed now; tasks an earlier submit made but did not publish go first."""
+    chosen = get_backend(backend, workspace, options)
+    with workspace.session() as session:
+        round_ = (session.scalar(select(func.max(Task.round))) or 0) + 1
+        category_ids = _category_ids(session, settings.categories)
+        plan = Plan(round_, backend, dry_run=dry_run, not_clustered=pairs_without_clusters(session))
+        if not dry_run:
+            _publish_new(session, chosen)
+    for category_id in category_ids:
+        with workspace.session() as session:
+            need = _needs(session, category_id, settings)
+            if not need:
+                continue
+            chosen.check_pairs(session, [(cluster, category_id) for cluster in need])
+            tasks = _make_tasks(session, category_id, need, settings, round_, chosen, dry_run)
+            wnid = session.scalar(select(Category.wnid).where(Category.id == category_id))
+            plan.per_category[wnid] = {"pairs": len(need), "votes": sum(need.values()), "tasks": len(tasks)}
+            plan.pairs += len(need)
+            plan.votes += sum(need.values())
+            plan.tasks += len(tasks)
+            plan.assignments += sum(task.assignments_wanted for task in tasks)
+            plan.controls += sum(task.controls * task.assignments_wanted for task in tasks)
+            if not dry_run:
+                chosen.publish(session, tasks)
+        if progress:
+            progress(category_id)
+    return plan
+
+
+def pairs_without_clusters(session: Session) -> int:
+    return session.scalar(select(func.count(func.distinct(Image.sha256))).join(
+        Candidate, Candidate.image_sha256 == Image.sha256).where(
+        Candidate.status == CandidateStatus.OK, Image.cluster_id.is_(None))) or 0
+
+
+def _category_ids(session: Session, wnids: tuple[str, ...]) -> list[int]:
+    if not wnids:
+        return list(session.scalars(select(Candidate.category_id).where(Candidate.status == CandidateStatus.OK)
+                                    .distinct().order_by(Candidate.category_id)))
+    found = {}
+    for wnid, synset, id_ in session.execute(select(Category.wnid, Category.synset, Category.id)
+                                             .where(Category.wnid.in_(wnids) | Category.synset.in_(wnids))):
+        found[wnid] = found[synset] = id_
+    missing = [wnid for wnid in wnids if wnid not in found]
+    if missing:
+        raise BadInput(f"--category {', '.join(missing)}: not in this workspace's tree (see imgnet tree show)")
+    return [found[wnid] for wnid in wnids]
+
+
+def _publish_new(session: Session, backend) -> None:
+    waiting = list(session.scalars(select(Task).where(Task.status == "new", Task.backend == backend.name)))
+    if waiting:
+        backend.publish(session, waiting)
+
+
+def category_pairs(session: Session, category_id: int) -> dict[int, tuple[str, str]]:
+    """{cluster id: (representative sha256, cluster key)} of the category's candidate pairs."""
+    rows = session.execute(select(Cluster.id, Cluster.representative, Cluster.key).join(
+        Image, Image.cluster_id == Cluster.id).join(Candidate, Candidate.image_sha256 == Image.sha256).where(
+        Candidate.category_id == category_id, Candidate.status == CandidateStatus.OK).distinct())
+    return {row.id: (row.representative, row.key) for row in rows}
+
+
+def _counted_votes(session: Session, category_id: int) -> dict[int, int]:
+    """{cluster id: votes that count} on the category's candidate pairs."""
+    rows = session.execute(select(Image.cluster_id, func.count()).select_from(Vote)
+                           .join(Image, Image.sha256 == Vote.image_sha256)
+                           .join(Worker, Worker.id == Vote.worker_id)
+                           .join(Assignment, Assignment.id == Vote.assignment_id)
+                           .where(Vote.category_id == category_id, Vote.control.is_(False),
+                                  Worker.blocked.is_(False), Assignment.status != "rejected")
+                           .group_by(Image.cluster_id))
+    return dict(rows.all())
+
+
+def _pending_votes(session: Session, category_id: int) -> dict[int, int]:
+    """{cluster id: votes that open (or not yet published) tasks will still bring}."""
+    done = (select(Assignment.task_id, func.count().label("done")).where(Assignment.status.in_(WORK_STATUSES))
+            .group_by(Assignment.task_id).subquery())
+    rows = session.execute(select(TaskItem.cluster_id, func.sum(Task.assignments_wanted - func.coalesce(done.c.done, 0)))
+                           .join(Task, Task.id == TaskItem.task_id).outerjoin(done, done.c.task_id == Task.id)
+                           .where(Task.category_id == category_id, Task.status.in_(("new", "open")),
+                                  TaskItem.kind == "candidate").group_by(TaskItem.cluster_id))
+    return {cluster: max(0, int(left)) for cluster, left in rows.all()}
+
+
+def _needs(session: Session, category_id: int, settings: LabelSettings) -> dict[int, int]:
+    """{cluster id: votes to ask for now} for the category."""
+    pairs = category_pairs(session, category_id)
+    have, pending = _counted_votes(session, category_id), _pending_votes(session, category_id)
+    labels = dict(session.execute(select(Label.cluster_id, Label.status).where(Label.category_id == category_id)).all())
+    seed = _seed(pairs, have, pending, labels, settings) if settings.seeded else set()
+    need = {}
+    for cluster in pairs:
+        if labels.get(cluster) in ("accepted", "rejected"):
+            continue
+        total = have.get(cluster, 0) + pending.get(cluster, 0)
+        target = settings.seed_votes if cluster in seed else settings.votes
+        if total < target:
+            wanted = target - total
+        elif pending.get(cluster, 0) == 0 and labels.get(cluster) == "undecided":
+            wanted = 1
+        else:
+            wanted = 0
+        wanted = min(wanted, settings.max_votes - total)
+        if wanted > 0:
+            need[cluster] = wanted
+    return need
+
+
+def _seed(pairs: dict, have: dict, pending: dict, labels: dict, settings: LabelSettings) -> set[int]:
+    """The category's seed sample: pairs that already have the seed's votes, filled up to
+    `seed_images` with undecided pairs in the order of their cluster key (a content hash)."""
+    seed = {c for c in pairs if have.get(c, 0) + pending.get(c, 0) >= settings.seed_votes}
+    for cluster in sorted(pairs, key=lambda c: pairs[c][1]):
+        if len(seed) >= settings.seed_images:
+            break
+        if labels.get(cluster) not in ("accepted", "rejected"):
+            seed.add(cluster)
+    return seed
+
+
+@dataclasses.dataclass
+class _NewTask:
+    id: int
+    assignments_wanted: int
+    controls: int
+
+
+def _make_tasks(session: Session, category_id: int, need: dict[int, int], settings: LabelSettings, round_: int,
+                backend, dry_run: bool) -> list:
+    per_task = settings.images_per_task - settings.controls
+    by_votes: dict[int, list[int]] = defaultdict(list)
+    for cluster, wanted in sorted(need.items()):
+        by_votes[wanted].append(cluster)
+    representatives = {cluster: rep for cluster, (rep, _) in category_pairs(session, category_id).items()}
+    controls = _control_pool(session, category_id, set(need)) if settings.controls else ([], [])
+    rng = random.Random(f"{category_id}:{round_}")
+    batch = f"r{round_}" + getattr(backend, "batch_suffix", lambda: "")()
+    made = []
+    for wanted, clusters in sorted(by_votes.items()):
+        for chunk in _even_chunks(clusters, per_task):
+            items = [(representatives[c], c, "candidate", None) for c in chunk]
+            items += _pick_controls(controls, settings.controls, rng)
+            rng.shuffle(items)
+            if dry_run:
+                made.append(_NewTask(0, wanted, len(items) - len(chunk)))
+                continue
+            task = Task(category_id=category_id, round=round_, batch=batch, backend=backend.name,
+                        status="new", assignments_wanted=wanted)
+            session.add(task)
+            session.flush()
+            session.execute(insert(TaskItem), [
+                {"task_id": task.id, "position": position, "image_sha256": sha, "cluster_id": cluster, "kind": kind,
+                 "expected": expected} for position, (sha, cluster, kind, expected) in enumerate(items)])
+            task.controls = len(items) - len(chunk)
+            made.append(task)
+    return made
+
+
+def _even_chunks(items: list, size: int) -> list[list]:
+    """Chunks of at most `size`, as even as possible (47 items at 42 a task: 24 + 23, not 42 + 5)."""
+    count = max(1, -(-len(items) // size))
+    step = len(items) / count
+    return [items[round(i * step):round((i + 1) * step)] for i in range(count)]
+
+
+def _control_pool(session: Session, category_id: int, asked: set[int]) -> tuple[list, list]:
+    """(positives, negatives) as (sha256, cluster id, kind, expected) items for the category.
+
+    Positives: the user's gold and the category's most confidently accepted pairs. Negatives: gold
+    no's, then images accepted for the most similar categories (siblings in the tree,
+    else any other category), never a cluster that is a candidate of this category."""
+    gold = session.execute(select(Gold.image_sha256, Image.cluster_id, Gold.answer).join(
+        Image, Image.sha256 == Gold.image_sha256).where(Gold.category_id == category_id)).all()
+    positives = [(sha, cluster, "positive", True) for sha, cluster, answer in gold if answer and cluster not in asked]
+    negatives = [(sha, cluster, "negative", False) for sha, cluster, answer in gold if not answer]
+    accepted = session.execute(select(Cluster.representative, Cluster.id).join(Label, Label.cluster_id == Cluster.id)
+                               .where(Label.category_id == category_id, Label.status == "accepted",
+                                      Label.confidence >= CONTROL_CONFIDENCE)
+                               .order_by(Label.confidence.desc(), Cluster.id).limit(CONTROL_POOL)).all()
+    positives += [(sha, cluster, "positive", True) for sha, cluster in accepted if cluster not in asked]
+    own = set(category_pairs(session, category_id))
+    for similar in (_siblings(session, category_id), None):
+        query = (select(Cluster.representative, Cluster.id).join(Label, Label.cluster_id == Cluster.id)
+                 .where(Label.status == "accepted", Label.category_id != category_id,
+                        Label.confidence >= CONTROL_CONFIDENCE)
+                 .order_by(Label.confidence.desc(), Cluster.id).limit(CONTROL_POOL))
+        if similar is not None:
+            query = query.where(Label.category_id.in_(similar))
+        negatives += [(sha, cluster, "negative", False) for sha, cluster in session.execute(query)
+                      if cluster not in own]
+        if len(negatives) >= 50:
+            break
+    return positives, list(dict.fromkeys(negatives))
+
+
+def _siblings(session: Session, category_id: int) -> list[int]:
+    parents = select(CategoryEdge.parent_id).where(CategoryEdge.child_id == category_id)
+    return list(session.scalars(select(CategoryEdge.child_id).where(CategoryEdge.parent_id.in_(parents),
+                                                                     CategoryEdge.child_id != category_id)))
+
+
+def _pick_controls(pool: tuple[list, list], count: int, rng: random.Random) -> list:
+    positives, negatives = pool
+    chosen = rng.sample(positives, min(count // 2, len(positives)))
+    return chosen + rng.sample(negatives, min(count - len(chosen), len(negatives)))
+
+
+def collect(workspace, settings: LabelSettings = LabelSettings(), *, options: dict | None = None) -> dict:
+    """Bring answers in from every backend with open tasks, close finished tasks, decide."""
+    with workspace.session() as session:
+        backends = list(session.scalars(select(Task.backend).where(Task.status == "open").distinct()))
+    stored = sum(get_backend(name, workspace, options).collect(workspace) for name in backends)
+    _close_finished(workspace)
+    decided = decide(workspace, settings)
+    return {"assignments": stored, **decided}
+
+
+def _close_finished(workspace) -> None:
+    with workspace.session() as session:
+        done = (select(func.count()).where(Assignment.task_id == Task.id, Assignment.status.in_(WORK_STATUSES))
+                .scalar_subquery())
+        session.execute(update(Task).where(Task.status == "open", done >= Task.assignments_wanted)
+                        .values(status="done"))
+
+
+def decide(workspace, settings: LabelSettings = LabelSettings()) -> dict:
+    """Run the consensus method over every vote that counts; write labels, worker quality,
+    blocks and (dynamic) each category's seed table. Returns counts by label status."""
+    for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
+        votes, pairs, workers, seeds = _load_votes(workspace, settings)
+        result = settings.consensus().fit(votes)
+        newly_blocked = _update_workers(workspace, workers, result.worker_accuracy, votes, settings)
+        if not newly_blocked:
+            break
+    _write_labels(workspace, votes, pairs, result, settings)
+    if settings.seeded:
+        _write_category_state(workspace, votes, pairs, result)
+    with workspace.session() as session:
+        counts = dict(session.execute(select(Label.status, func.count()).group_by(Label.status)).all())
+    return {status: counts.get(status, 0) for status in ("accepted", "rejected", "undecided")}
+
+
+def _load_votes(workspace, settings: LabelSettings):
+    pair_index: dict[tuple[int, int], int] = {}
+    worker_index: dict[int, int] = {}
+    known: list[int] = []
+    candidate: list[bool] = []
+    simulated: list[bool] = []
+    p, w, a = [], [], []
+    with workspace.session() as session:
+        gold = {(c, cat): answer for c, cat, answer in session.execute(
+            select(Image.cluster_id, Gold.category_id, Gold.answer).join(Image, Image.sha256 == Gold.image_sha256))}
+        rows = session.execute(select(Image.cluster_id, Vote.category_id, Vote.worker_id, Vote.answer, Vote.control,
+                                      TaskItem.expected, Vote.simulated)
+                               .join(Image, Image.sha256 == Vote.image_sha256)
+                               .join(TaskItem, TaskItem.id == Vote.task_item_id)
+                               .join(Worker, Worker.id == Vote.worker_id)
+                               .join(Assignment, Assignment.id == Vote.assignment_id)
+                               .where(Worker.blocked.is_(False), Assignment.status != "rejected")
+                               .execution_options(yield_per=10_000))
+        for cluster, category, worker, answer, control, expected, is_simulated in rows:
+            key = (cluster, category)
+            index = pair_index.get(key)
+            if index is None:
+                index = pair_index[key] = len(known)
+                known.append(-1 if gold.get(key) is None else int(gold[key]))
+                candidate.append(False)
+                simulated.append(False)
+            if control and expected is not None:
+                known[index] = int(expected)
+            candidate[index] |= not control
+            simulated[index] |= bool(is_simulated)
+            p.append(index)
+            w.append(worker_index.setdefault(worker, len(worker_index)))
+            a.append(answer)
+    pairs = list(pair_index)
+    categories = {category: i for i, category in enumerate(sorted({category for _, category in pairs}))}
+    p_arr = np.asarray(p, dtype=np.int64)
+    counts = np.bincount(p_arr, minlength=len(pairs))
+    seed = np.asarray([candidate[i] and counts[i] >= settings.seed_votes for i in range(len(pairs))], dtype=bool)
+    table = VoteTable.build(p_arr, w, a, [categories[category] for _, category in pairs],
+                            known, seed if settings.seeded else None, len(worker_index))
+    meta = {"candidate": np.asarray(candidate, bool), "simulated": np.asarray(simulated, bool),
+            "categories": categories}
+    return table, (pairs, meta), list(worker_index), seed
+
+
+def _update_workers(workspace, workers: list[int], accuracy: np.ndarray, votes: VoteTable,
+                    settings: LabelSettings) -> int:
+    counts = np.bincount(votes.worker, minlength=len(workers))
+    newly = 0
+    with workspace.session() as session:
+        rows = {row.id: row for row in session.scalars(select(Worker).where(Worker.id.in_(workers)))} if workers else {}
+        for index, worker_id in enumerate(workers):
+            row = rows[worker_id]
+            row.accuracy = None if np.isnan(accuracy[index]) else round(float(accuracy[index]), 4)
+            if row.control_answers >= settings.block_after_controls:
+                low = row.control_correct / row.control_answers < settings.block_below
+            else:
+                low = counts[index] >= settings.block_after_votes and (row.accuracy or 1) < settings.block_below
+            if low and not row.blocked:
+                row.blocked = True
+                newly += 1
+    return newly
+
+
+def _write_labels(workspace, votes: VoteTable, pairs, result, settings: LabelSettings) -> None:
+    keys, meta = pairs
+    yes, no = votes.counts()
+    now = dt.datetime.now(dt.timezone.utc)
+    with workspace.session() as session:
+        round_ = session.scalar(select(func.max(Task.round))) or 0
+        for chunk in batched([i for i in range(len(keys)) if meta["candidate"][i]], 2000):
+            clusters = {keys[i] for i in chunk}
+            existing = {(row.cluster_id, row.category_id): row for row in session.scalars(
+                select(Label).where(Label.cluster_id.in_({c for c, _ in clusters})))}
+            history = []
+            for i in chunk:
+                values = {"status": str(result.status[i]), "confidence": round(float(result.posterior[i]), 6),
+                          "yes_votes": int(yes[i]), "no_votes": int(no[i]), "method": settings.method}
+                row = existing.get(keys[i])
+                if row is not None and all(getattr(row, k) == v for k, v in values.items()):
+                    continue
+                if row is None:
+                    session.add(Label(cluster_id=keys[i][0], category_id=keys[i][1], round=round_,
+                                      simulated=bool(meta["simulated"][i]), updated_at=now, **values))
+                else:
+                    for k, v in values.items():
+                        setattr(row, k, v)
+                    row.round, row.updated_at, row.simulated = round_, now, bool(meta["simulated"][i])
+                history.append({"cluster_id": keys[i][0], "category_id": keys[i][1], "round": round_,
+                                "created_at": now, **values})
+            if history:
+                session.execute(insert(LabelHistory), history)
+
+
+def _write_category_state(workspace, votes: VoteTable, pairs, result) -> None:
+    _, meta = pairs
+    now = dt.datetime.now(dt.timezone.utc)
+    with workspace.session() as session:
+        for category_id, index in meta["categories"].items():
+            seeded = votes.seed & (votes.pair_category == index)
+            state = session.get(CategoryConsensus, category_id) or CategoryConsensus(category_id=category_id)
+            state.seed_images = int(seeded.sum())
+            state.prior = None if result.category_prior is None else round(float(result.category_prior[index]), 4)
+            state.table = seed_table(votes, result.posterior, index) if seeded.any() else None
+            state.hard = bool(result.hard[index]) if result.hard is not None else False
+            state.updated_at = now
+            session.add(state)
+
+
+def run(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, options: dict | None = None,
+        max_rounds: int = 100, say: Callable[[str], None] | None = None) -> dict:
+    """Submit and collect until nothing is left to ask (all decided, or `max_votes` spent)."""
+    chosen = get_backend(backend, workspace, options)
+    if not chosen.answers_itself:
+        raise BadInput(f"label run drives backends that answer by themselves (simulated); {backend!r} tasks are "
+                       f"answered by people: use imgnet label submit, then imgnet label collect")
+    rounds = 0
+    decided: dict = {}
+    for rounds in range(1, max_rounds + 1):
+        plan = submit(workspace, backend, settings, options=options)
+        if say:
+            say(plan.summary())
+        with workspace.session() as session:
+            open_tasks = session.scalar(select(func.count()).where(Task.status == "open", Task.backend == backend))
+        if plan.tasks == 0 and not open_tasks:  # (a killed run may have left open tasks to answer)
+            break
+        decided = collect(workspace, settings, options=options)
+        if say:
+            say(f"label collect: {decided['assignments']} assignments; labels: {decided['accepted']} accepted, "
+                f"{decided['rejected']} rejected, {decided['undecided']} undecided")
+    return {"rounds": rounds, **(decided or decide(workspace, settings))}

@@ -1,0 +1,180 @@
+"""A simulated crowd that answers from the candidates' `truth` (URL lists carry it).
+
+    imgnet label run --backend simulated --sim-workers 60 --sim-accuracy 0.6-0.95 --sim-spammers 0.1
+
+Each of `workers` workers has an accuracy drawn uniformly from `accuracy`; a share
+`spammers` of them answers at random. The crowd is seeded, so a rerun gives the same
+votes, and it is written into each task's batch name, so `imgnet label collect` answers
+with the crowd the tasks were submitted for. Its votes, assignments and labels are marked
+simulated everywhere. A worker never answers a task twice, nor a pair it voted on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+
+import numpy as np
+from sqlalchemy import func, select, update
+
+from imgnet_build.dbutil import insert_ignore
+from imgnet_build.errors import BadInput
+from imgnet_build.labeling.answers import store_answers
+from imgnet_build.labeling.backends import register
+from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote,
+                                Worker)
+
+__all__ = ["Crowd", "SimulatedBackend"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Crowd:
+    workers: int = 60
+    accuracy: tuple[float, float] = (0.6, 0.95)
+    spammers: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        low, high = self.accuracy
+        if not 1 <= self.workers <= 100_000:
+            raise BadInput(f"--sim-workers must be between 1 and 100000, not {self.workers}")
+        if not 0 <= low <= high <= 1:
+            raise BadInput(f"--sim-accuracy must be LO-HI with 0 <= LO <= HI <= 1, not {low}-{high}")
+        if not 0 <= self.spammers <= 1:
+            raise BadInput(f"--sim-spammers must be a share between 0 and 1, not {self.spammers}")
+
+    @classmethod
+    def from_options(cls, options: dict) -> Crowd:
+        accuracy = options.get("sim_accuracy") or "0.6-0.95"
+        if isinstance(accuracy, str):
+            match = re.fullmatch(r"\s*([0-9.]+)\s*-\s*([0-9.]+)\s*", accuracy)
+            if not match:
+                raise BadInput(f"--sim-accuracy must look like 0.6-0.95, not {accuracy!r}")
+            accuracy = (float(match[1]), float(match[2]))
+        return cls(int(options.get("sim_workers") or 60), tuple(accuracy),
+                   float(0.1 if options.get("sim_spammers") is None else options["sim_spammers"]),
+                   int(options.get("sim_seed") or 0))
+
+    def batch_suffix(self) -> str:
+        return f"-sim-w{self.workers}-a{self.accuracy[0]:g}-{self.accuracy[1]:g}-p{self.spammers:g}-s{self.seed}"
+
+    @classmethod
+    def from_batch(cls, batch: str) -> Crowd:
+        match = re.search(r"-sim-w(\d+)-a([0-9.]+)-([0-9.]+)-p([0-9.]+)-s(-?\d+)$", batch)
+        if not match:
+            raise BadInput(f"task batch {batch!r} does not describe a simulated crowd")
+        return cls(int(match[1]), (float(match[2]), float(match[3])), float(match[4]), int(match[5]))
+
+    def profiles(self) -> tuple[np.ndarray, np.ndarray]:
+        """(accuracy, is spammer) per worker, the same for the same crowd."""
+        rng = np.random.default_rng(self.seed)
+        accuracy = rng.uniform(*self.accuracy, self.workers)
+        spammer = np.zeros(self.workers, bool)
+        spammer[rng.choice(self.workers, round(self.spammers * self.workers), replace=False)] = True
+        return accuracy, spammer
+
+    def external_id(self, index: int) -> str:
+        return f"sim-{self.seed}-{index}"
+
+
+class SimulatedBackend:
+    name = "simulated"
+    simulated = True
+    answers_itself = True
+    costs_money = False
+
+    def __init__(self, workspace, options: dict | None = None) -> None:
+        self.workspace = workspace
+        self.crowd = Crowd.from_options(options or {})
+
+    def batch_suffix(self) -> str:
+        return self.crowd.batch_suffix()
+
+    def check_pairs(self, session, pairs: list[tuple[int, int]]) -> None:
+        if not pairs:
+            return
+        category_id = pairs[0][1]
+        clusters = {cluster for cluster, _ in pairs}
+        known = set(session.scalars(select(Image.cluster_id).join(Candidate, Candidate.image_sha256 == Image.sha256)
+                                    .where(Candidate.category_id == category_id, Candidate.truth.is_not(None),
+                                           Candidate.status == CandidateStatus.OK).distinct()))
+        missing = len(clusters - known)
+        if missing:
+            wnid = session.scalar(select(Category.wnid).where(Category.id == category_id))
+            raise BadInput(f"the simulated crowd answers from the candidates' truth, and {missing} of {len(clusters)} "
+                           f"pairs of {wnid} have none; give URL lists a truth column, or label them with "
+                           f"--backend local")
+
+    def publish(self, session, tasks: list[Task]) -> None:
+        session.execute(update(Task).where(Task.id.in_([task.id for task in tasks])).values(status="open"))
+
+    def collect(self, workspace) -> int:
+        with workspace.session() as session:
+            tasks = session.execute(select(Task.id, Task.batch).where(Task.status == "open", Task.backend == self.name)
+                                    .order_by(Task.id)).all()
+        stored = 0
+        for task_id, batch in tasks:
+            with workspace.session() as session:  # one task, one transaction: a kill loses at most this task
+                stored += _answer_task(session, session.get(Task, task_id), Crowd.from_batch(batch))
+        return stored
+
+
+def _workers(session, crowd: Crowd) -> dict[int, int]:
+    """{crowd index: worker id}, creating the crowd's worker rows once."""
+    insert_ignore(session, Worker, [{"backend": SimulatedBackend.name, "external_id": crowd.external_id(i),
+                                     "name": f"simulated worker {i}", "simulated": True, "control_answers": 0,
+                                     "control_correct": 0, "blocked": False, "revoked": False}
+                                    for i in range(crowd.workers)])
+    ids = dict(session.execute(select(Worker.external_id, Worker.id).where(Worker.backend == SimulatedBackend.name,
+                                                                           Worker.external_id.like(f"sim-{crowd.seed}-%"))).all())
+    return {i: ids[crowd.external_id(i)] for i in range(crowd.workers)}
+
+
+def _answer_task(session, task: Task, crowd: Crowd) -> int:
+    workers = _workers(session, crowd)
+    items = session.execute(select(TaskItem.id, TaskItem.image_sha256, TaskItem.cluster_id, TaskItem.kind,
+                                   TaskItem.expected).where(TaskItem.task_id == task.id)).all()
+    clusters = [item.cluster_id for item in items if item.kind == "candidate"]
+    done = session.scalar(select(func.count()).where(Assignment.task_id == task.id,
+                                                     Assignment.status != "abandoned"))
+    wanted = task.assignments_wanted - done
+    if wanted <= 0:
+        return 0
+    busy = set(session.scalars(select(Vote.worker_id).join(Image, Image.sha256 == Vote.image_sha256)
+                               .where(Vote.category_id == task.category_id, Image.cluster_id.in_(clusters))))
+    busy |= set(session.scalars(select(Assignment.worker_id).where(Assignment.task_id == task.id)))
+    blocked = set(session.scalars(select(Worker.id).where(Worker.blocked.is_(True))))
+    rng = random.Random(f"{crowd.seed}:{task.id}")
+    free = [i for i in range(crowd.workers) if workers[i] not in busy and workers[i] not in blocked]
+    truth = _truth(session, task.category_id, clusters)
+    accuracy, spammer = crowd.profiles()
+    stored = 0
+    for index in rng.sample(free, min(wanted, len(free))):
+        assignment = Assignment(task_id=task.id, worker_id=workers[index], status="given", simulated=True)
+        session.add(assignment)
+        session.flush()
+        selected = set()
+        for item in items:
+            right = item.expected if item.kind != "candidate" else truth[item.cluster_id]
+            if spammer[index]:
+                answer = rng.random() < 0.5
+            else:
+                answer = right if rng.random() < accuracy[index] else not right
+            if answer:
+                selected.add(item.id)
+        stored += store_answers(session, assignment, selected)
+    return stored
+
+
+def _truth(session, category_id: int, clusters: list[int]) -> dict[int, bool]:
+    rows = session.execute(select(Image.cluster_id, Candidate.truth).join(Candidate, Candidate.image_sha256 == Image.sha256)
+                           .where(Candidate.category_id == category_id, Image.cluster_id.in_(clusters),
+                                  Candidate.truth.is_not(None)).order_by(Candidate.id))
+    truth: dict[int, bool] = {}
+    for cluster, value in rows:
+        truth.setdefault(cluster, bool(value))
+    return truth
+
+
+register(SimulatedBackend)

@@ -1,0 +1,70 @@
+"""`imgnet label status`: labels per category, workers by quality, money spent."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import case, func, select
+
+from imgnet_build.labeling.rounds import category_pairs
+from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category, CategoryConsensus, Label, Task,
+                                TaskItem, Vote, Worker)
+
+__all__ = ["label_status"]
+
+
+def label_status(workspace) -> dict:
+    """{"categories": [...], "workers": [...], "tasks": {...}, "cost": {...}} for the workspace."""
+    with workspace.session() as session:
+        category_ids = list(session.scalars(select(Candidate.category_id).where(Candidate.status == CandidateStatus.OK)
+                                            .distinct().order_by(Candidate.category_id)))
+        names = dict(session.execute(select(Category.id, Category.wnid)).all())
+        labels = defaultdict(lambda: defaultdict(int))
+        votes = defaultdict(int)
+        for category, status, count, vote_count in session.execute(
+                select(Label.category_id, Label.status, func.count(), func.sum(Label.yes_votes + Label.no_votes))
+                .group_by(Label.category_id, Label.status)):
+            labels[category][status] = count
+            votes[category] += int(vote_count or 0)
+        controls = defaultdict(lambda: [0, 0])
+        for category, right, total in session.execute(
+                select(Vote.category_id, func.sum(case((Vote.answer == TaskItem.expected, 1), else_=0)), func.count())
+                .join(TaskItem, TaskItem.id == Vote.task_item_id)
+                .where(Vote.control.is_(True), TaskItem.expected.is_not(None)).group_by(Vote.category_id)):
+            controls[category] = [int(right or 0), int(total)]
+        states = {row.category_id: row for row in session.scalars(select(CategoryConsensus))}
+        categories = []
+        for category in category_ids:
+            pairs = len(category_pairs(session, category))
+            counts = labels[category]
+            decided = counts["accepted"] + counts["rejected"]
+            voted = decided + counts["undecided"]
+            right, total = controls[category]
+            state = states.get(category)
+            categories.append({
+                "wnid": names[category], "pairs": pairs, "decided": decided, "accepted": counts["accepted"],
+                "rejected": counts["rejected"], "undecided": counts["undecided"], "unvoted": max(0, pairs - voted),
+                "votes_per_pair": round(votes[category] / voted, 2) if voted else None,
+                "control_accuracy": round(right / total, 3) if total else None,
+                "hard_to_illustrate": bool(state and state.hard),
+                "seed_table": state.table if state else None})
+        workers = [{"backend": w.backend, "name": w.name or w.external_id, "accuracy": w.accuracy,
+                    "control_answers": w.control_answers,
+                    "control_accuracy": round(w.control_correct / w.control_answers, 3) if w.control_answers else None,
+                    "votes": n, "blocked": w.blocked, "simulated": w.simulated}
+                   for w, n in session.execute(select(Worker, func.count(Vote.id)).outerjoin(Vote, Vote.worker_id == Worker.id)
+                                               .group_by(Worker.id)
+                                               .order_by(Worker.accuracy.desc().nulls_last(), Worker.id))]
+        tasks = dict(session.execute(select(Task.status, func.count()).group_by(Task.status)).all())
+        assignments = dict(session.execute(select(Assignment.status, func.count()).group_by(Assignment.status)).all())
+        spent = session.scalar(select(func.coalesce(func.sum(func.cast(Task.reward, _numeric())), 0))
+                               .join(Assignment, Assignment.task_id == Task.id)
+                               .where(Assignment.status.in_(("submitted", "approved")), Task.reward.is_not(None)))
+    return {"categories": categories, "workers": workers, "tasks": tasks, "assignments": assignments,
+            "cost": {"reward_spent_usd": float(spent or 0)}}
+
+
+def _numeric():
+    from sqlalchemy import Numeric
+
+    return Numeric(12, 2)
