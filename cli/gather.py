@@ -35,8 +35,9 @@ def gather(workspace: Workspace, source_spec: str, per_category: int | None, lan
            per_host: int, host_rate: float, retry_failed: bool, allow_loopback: bool, as_json: bool) -> None:
     """Propose candidate images for every category and download the valid ones.
 
-    Each candidate ends ok, failed or skipped with a reason (see imgnet status); running
-    the same command again continues where it stopped.
+    Each candidate ends ok, failed or skipped with a reason (imgnet status groups the
+    failures by reason, imgnet candidates lists them); running the same command again
+    continues where it stopped.
 
     Example:
 

@@ -58,7 +58,7 @@ def init(directory: str | None, database: str | None, blobs: str | None) -> None
 @json_option
 @pass_workspace
 def status(workspace: Workspace, as_json: bool) -> None:
-    """Print counts per stage.
+    """Print counts per stage, and failed candidates grouped by reason.
 
     Example:
 
@@ -71,8 +71,10 @@ def status(workspace: Workspace, as_json: bool) -> None:
         return
     for key, value in counts.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
         click.echo(f"{key + ':':<12} {value}")
+    if counts["failures"]:
+        click.echo("(one by one: imgnet candidates --status failed [--reason TEXT])")
 
 
 @cli.command("wordnet")
@@ -120,6 +122,7 @@ def demo(directory: str | None, online: bool) -> None:
 
 # (module in cli/, click command in it); each stage adds its line here.
 COMMANDS: list[tuple[str, str]] = [
+    ("candidates", "candidates"),
     ("dedup", "dedup"),
     ("gather", "gather"),
     ("label", "label"),

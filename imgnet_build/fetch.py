@@ -204,7 +204,7 @@ class _Run:
             self.total = session.scalar(select(func.count()).select_from(Candidate).where(self._eligible(_now())))
 
     def claim(self) -> None:
-        """Claim the next batch (best ranks first, across categories) and learn what is already stored for it.
+        """Claim the next batch (in category and rank order) and learn what is already stored for it.
 
         One statement claims: `FOR UPDATE SKIP LOCKED` on PostgreSQL, SQLite's write lock,
         so two runs never hold one row. Pending rows of categories already full are skipped.
@@ -222,7 +222,7 @@ class _Run:
                 self.summary.reasons[QUOTA_REASON] += skipped
                 self.done += skipped
             batch = (select(Candidate.id).where(self._eligible(now))
-                     .order_by(Candidate.rank.is_(None), Candidate.rank, Candidate.category_id, Candidate.id)
+                     .order_by(Candidate.category_id, Candidate.rank.is_(None), Candidate.rank, Candidate.id)
                      .limit(self.settings.workers * CLAIM_PER_WORKER).with_for_update(skip_locked=True))
             rows = session.execute(
                 update(Candidate).where(Candidate.id.in_(batch.scalar_subquery()))
@@ -252,6 +252,10 @@ class _Run:
 
     def queued(self) -> int:
         return sum(len(queue) for queue in self.queues.values())
+
+    def ready(self) -> int:
+        """Queued rows that could start now (their category is under its quota)."""
+        return sum(len(queue) for category_id, queue in self.queues.items() if self.room(category_id))
 
     def room(self, category_id: int) -> bool:
         return self.quota is None or self.ok_count[category_id] + self.in_flight[category_id] < self.quota
@@ -389,7 +393,7 @@ class _Run:
             self.claim()
             self.fill(pool)
             while self.futures or self.queued() or not self.exhausted:
-                if self.queued() < self.settings.workers and not self.exhausted:
+                if self.ready() < self.settings.workers and not self.exhausted:
                     self.claim()
                     self.fill(pool)
                     if not self.futures:

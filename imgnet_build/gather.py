@@ -21,9 +21,9 @@ import dataclasses
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from imgnet_build.dbutil import batched, insert_ignore
@@ -33,7 +33,7 @@ from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
 from imgnet_build.netguard import redact
 from imgnet_build.store import Candidate, CandidateStatus, Category, database_reason, url_hash
 
-__all__ = ["gather", "GatherSummary", "propose_candidates", "DEFAULT_PROPOSALS"]
+__all__ = ["gather", "GatherSummary", "propose_candidates", "list_candidates", "failure_reasons", "DEFAULT_PROPOSALS"]
 
 DEFAULT_PROPOSALS = 100  # what a search source is asked for per category when there is no quota
 # Web search is about 10% precise and some downloads fail: a search source is asked for
@@ -196,3 +196,37 @@ def _reason_kind(reason: str) -> str:
     if reason.startswith("line ") and ":" in reason:
         reason = reason.split(":", 1)[1].strip()
     return reason.split(" (", 1)[0]
+
+
+def failure_reasons(session, limit: int = 10) -> dict[str, int]:
+    """Failed candidates grouped by the kind of reason ("HTTP 404 Not Found", "refused", "TLS error"…), commonest first."""
+    kinds: Counter = Counter()
+    for error, count in session.execute(select(Candidate.error, func.count()).where(
+            Candidate.status == CandidateStatus.FAILED).group_by(Candidate.error)):
+        kinds[(error or "no reason").split(":", 1)[0]] += count
+    return dict(kinds.most_common(limit))
+
+
+CANDIDATE_FIELDS = ("id", "status", "wnid", "url", "reason", "attempts", "source", "rank", "license", "image_sha256")
+
+
+def list_candidates(session, status: str | None = None, wnid: str | None = None, reason: str | None = None,
+                    limit: int | None = None) -> Iterator[dict]:
+    """Candidates as dicts (`CANDIDATE_FIELDS`), in id order; `reason` matches part of the error text
+    (any case). Passwords in URLs and reasons are hidden."""
+    query = (select(Candidate.id, Candidate.status, Category.wnid, Candidate.url, Candidate.error, Candidate.attempts,
+                    Candidate.source, Candidate.rank, Candidate.license, Candidate.image_sha256)
+             .join(Category, Category.id == Candidate.category_id).order_by(Candidate.id))
+    if status:
+        query = query.where(Candidate.status == status)
+    if wnid:
+        query = query.where(Category.wnid == wnid)
+    if reason:
+        query = query.where(func.lower(Candidate.error).contains(reason.lower(), autoescape=True))
+    if limit:
+        query = query.limit(limit)
+    for row in session.execute(query).yield_per(1000):
+        values = dict(zip(CANDIDATE_FIELDS, row))
+        values["url"] = redact(values["url"])
+        values["reason"] = redact(values["reason"]) if values["reason"] else None
+        yield values

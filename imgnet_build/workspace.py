@@ -205,9 +205,12 @@ class Workspace:
         return open_blob_store(location, endpoint_url=self.settings.s3_endpoint_url)
 
     def status(self) -> dict[str, object]:
+        """Counts per stage, and failed candidates grouped by reason (`failures`)."""
+        from imgnet_build.gather import failure_reasons
+
         with self.session() as session:
             return {"workspace": str(self.root), "database": self.engine.url.render_as_string(hide_password=True),
-                    **store.stage_counts(session)}
+                    **store.stage_counts(session), "failures": failure_reasons(session)}
 
     def close(self) -> None:
         if "engine" in self.__dict__:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import signal
 import subprocess
@@ -351,3 +353,31 @@ def test_rows_postgres_could_not_store_are_stored_or_failed_alike(any_workspace,
     assert got[good.replace("good", "n%00ul")] == ("failed", "invalid URL: contains a NUL byte", "CC\ufffdBY")
     assert got[long_url] == ("failed", "HTTP 404 Not Found", None)
     assert got[good + "?lone=\\ud800"] == ("failed", "invalid URL: not valid Unicode", None)
+
+
+def test_failure_reasons_in_status_and_candidates_one_by_one(workspace, server, runner, tmp_path):
+    """Before: README and gather pointed at `imgnet status` for the reasons, which showed none."""
+    add_categories(workspace, DOG, CAT)
+    rows = [(server.add("/ok.jpg", jpeg_bytes(40, 40)), DOG), (server.url("/gone1.jpg"), DOG),
+            (server.url("/gone2.jpg"), CAT), ("http://me:pw@10.0.0.1/a.jpg", CAT)]
+    listing = write_csv(tmp_path / "list.csv", rows)
+    assert invoke(runner, workspace, "--source", f"urls:{listing}", "--allow-loopback").exit_code == 0
+
+    status = runner.invoke(cli, ["-w", str(workspace.root), "status"])
+    assert "failures:    HTTP 404 Not Found 2, refused 1\n" in status.output
+    assert json.loads(runner.invoke(cli, ["-w", str(workspace.root), "status", "--json"]).output)["failures"] == {
+        "HTTP 404 Not Found": 2, "refused": 1}
+
+    def listed(*args):
+        result = runner.invoke(cli, ["-w", str(workspace.root), "candidates", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert listed("--status", "failed", "--reason", "REFUSED") == (
+        f"failed\t{CAT}\thttp://me:***@10.0.0.1/a.jpg\trefused: 10.0.0.1 is a private address\n")
+    assert [json.loads(line)["url"] for line in listed("--category", CAT, "--json").splitlines()] == [
+        server.url("/gone2.jpg"), "http://me:***@10.0.0.1/a.jpg"]
+    table = list(csv.DictReader(io.StringIO(listed("--status", "ok", "--csv"))))
+    assert [(row["wnid"], row["url"], row["reason"]) for row in table] == [(DOG, server.url("/ok.jpg"), "")]
+    assert listed("--category", "dog.n.01", "--status", "failed") == (
+        f"failed\t{DOG}\t{server.url('/gone1.jpg')}\tHTTP 404 Not Found\n")
