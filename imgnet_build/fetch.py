@@ -48,6 +48,7 @@ from imgnet_build.dbutil import insert_ignore
 from imgnet_build.download import USER_AGENT, Downloader, ItemFailed
 from imgnet_build.errors import BadInput, ImgnetError
 from imgnet_build.netguard import deadline, redact
+from imgnet_build.sources.dirs import local_path
 from imgnet_build.store import Candidate, CandidateStatus, Image
 from imgnet_build.validate import DecodeBudget, ImageRejected, check_image
 
@@ -428,8 +429,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _read_local(path: str, max_bytes: int) -> bytes:
-    file = Path(path)
+def _read_local(url: str, max_bytes: int) -> bytes:
+    file = Path(local_path(url))
     if not file.is_file():
         raise ItemFailed(FAILED, "no such file")
     size = file.stat().st_size

@@ -6,12 +6,14 @@ import csv
 import hashlib
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from loopback import LoopbackServer, jpeg_bytes
@@ -381,3 +383,29 @@ def test_failure_reasons_in_status_and_candidates_one_by_one(workspace, server, 
     assert [(row["wnid"], row["url"], row["reason"]) for row in table] == [(DOG, server.url("/ok.jpg"), "")]
     assert listed("--category", "dog.n.01", "--status", "failed") == (
         f"failed\t{DOG}\t{server.url('/gone1.jpg')}\tHTTP 404 Not Found\n")
+
+
+def test_a_folder_with_links_loops_and_odd_names(any_workspace, tmp_path):
+    """Before: a non-UTF-8 file name crashed the run with nothing inserted, a link to /etc made all of /etc
+    candidates, and a link loop ended the walk early so later files were never proposed."""
+    add_categories(any_workspace, DOG)
+    folder = tmp_path / "photos" / DOG
+    folder.mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(jpeg_bytes(40, 40, seed=1))
+    (folder / "etc").symlink_to("/etc")
+    (folder / "loop").symlink_to(folder)
+    (folder / "zz.jpg").write_bytes(jpeg_bytes(40, 40, seed=2))
+    odd = os.fsencode(folder) + b"/\xff\xfe odd.jpg"
+    with open(odd, "wb") as handle:
+        handle.write(jpeg_bytes(40, 40, seed=3))
+
+    summary = gather(any_workspace, f"dir:{tmp_path / 'photos'}")
+
+    assert (summary.ok, summary.failed) == (3, 2)
+    with any_workspace.session() as session:
+        got = dict(session.execute(select(Candidate.url, Candidate.error)).all())
+    odd_url = "file://" + quote(odd)
+    assert got == {str(folder / "a.jpg"): None, str(folder / "zz.jpg"): None, odd_url: None,
+                   str(folder / "etc"): "a link to a folder (links are not followed)",
+                   str(folder / "loop"): "a link to a folder (links are not followed)"}
+    assert gather(any_workspace, f"dir:{tmp_path / 'photos'}").new_candidates == 0  # the odd name is found again
