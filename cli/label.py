@@ -83,45 +83,73 @@ def _sim_options(values: dict) -> dict:
     return {key: values[key] for key in ("sim_workers", "sim_accuracy", "sim_spammers", "sim_seed") if key in values}
 
 
+live_option = click.option("--live", is_flag=True,
+                           help="(mturk) The real marketplace, real money; needs --max-cost. Default: the sandbox.")
+
+
 @label.command()
 @click.option("--backend", type=click.Choice(["local", "simulated", "mturk"]), required=True,
               help="Where the tasks go.")
 @consensus_options
 @task_options
 @simulated_options
-@click.option("--dry-run", is_flag=True, help="Print the plan; make no task.")
+@live_option
+@click.option("--max-cost", type=click.FloatRange(0), default=None, metavar="USD",
+              help="(mturk) Refuse to let this workspace's spending (spent, committed and this submit) pass USD.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (and for mturk its price); make no task, no call.")
 @json_option
 @pass_workspace
-def submit(workspace: Workspace, backend: str, dry_run: bool, as_json: bool, **values) -> None:
+def submit(workspace: Workspace, backend: str, live: bool, max_cost: float | None, dry_run: bool, as_json: bool,
+           **values) -> None:
     """Issue the tasks needed now: three votes for new pairs, more for undecided ones.
 
-    Running it again issues only what is still missing.
+    Running it again issues only what is still missing. With --backend mturk the tasks
+    become HITs on the MTurk sandbox, or with --live --max-cost USD on the real marketplace.
 
     Example:
 
     \b
         imgnet label submit --backend local --votes 3 --images-per-task 48 --controls 6
+        imgnet label submit --backend mturk --dry-run
     """
-    plan = rounds.submit(workspace, backend, _settings(**values), dry_run=dry_run, options=_sim_options(values))
+    if backend != "mturk":
+        if live or max_cost is not None:
+            raise click.ClickException("--live and --max-cost are for --backend mturk")
+        plan = rounds.submit(workspace, backend, _settings(**values), dry_run=dry_run, options=_sim_options(values))
+        print_json(plan.as_dict()) if as_json else click.echo(plan.summary())
+        return
+    from decimal import Decimal
+
+    from imgnet_build.labeling import mturk
+
+    cap = None if max_cost is None else Decimal(str(max_cost)).quantize(Decimal("0.01"))
+    plan, price = mturk.submit(workspace, _settings(**values), live=live, max_cost=cap, dry_run=dry_run)
+    endpoint = "live" if live else "sandbox"
     if as_json:
-        print_json(plan.as_dict())
+        print_json({**plan.as_dict(), "endpoint": endpoint, "price": price.as_dict(),
+                    "max_cost_usd": None if cap is None else str(cap)})
     else:
         click.echo(plan.summary())
+        click.echo(f"mturk {endpoint}: {price.summary()}" + ("" if cap is None else f" (cap ${cap})"))
 
 
 @label.command()
 @consensus_options
+@live_option
 @json_option
 @pass_workspace
-def collect(workspace: Workspace, as_json: bool, **values) -> None:
+def collect(workspace: Workspace, live: bool, as_json: bool, **values) -> None:
     """Bring answers in and decide the labels that the votes allow.
+
+    MTurk assignments are stored, then approved or rejected by their controls; HITs on the
+    real marketplace are collected only with --live.
 
     Example:
 
     \b
         imgnet label collect --method dynamic
     """
-    result = rounds.collect(workspace, _settings(**values))
+    result = rounds.collect(workspace, _settings(**values), options={"live": live})
     if as_json:
         print_json(result)
     else:
@@ -154,6 +182,29 @@ def run_command(workspace: Workspace, backend: str, as_json: bool, **values) -> 
     else:
         click.echo(f"label run: {result['rounds']} rounds; labels: {result['accepted']} accepted, "
                    f"{result['rejected']} rejected, {result['undecided']} undecided")
+
+
+@label.command()
+@click.option("--batch", default=None, help="Only this batch (as label status shows it, e.g. r2); default: all.")
+@live_option
+@json_option
+@pass_workspace
+def expire(workspace: Workspace, batch: str | None, live: bool, as_json: bool) -> None:
+    """(mturk) Stop a batch: answers already submitted are collected, then its HITs expire.
+
+    Example:
+
+    \b
+        imgnet label expire --batch r2
+    """
+    from imgnet_build.labeling.mturk import expire as expire_hits
+
+    result = expire_hits(workspace, batch, live=live)
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"label expire: {result['hits_expired']} HITs expired, {result['tasks']} tasks closed, "
+                   f"{result['assignments_collected']} assignments collected first")
 
 
 @label.command()
@@ -207,6 +258,10 @@ def status_command(workspace: Workspace, as_json: bool) -> None:
     click.echo(f"workers: {len(report['workers'])} ({blocked} blocked); tasks: "
                + ", ".join(f"{k} {v}" for k, v in sorted(report["tasks"].items()))
                + f"; reward spent: ${report['cost']['reward_spent_usd']:.2f}")
+    for endpoint, mturk in report.get("mturk", {}).items():
+        click.echo(f"mturk {endpoint}: HITs " + ", ".join(f"{k} {v}" for k, v in sorted(mturk["hits"].items()))
+                   + f"; {mturk['pending_review']} assignments pending review; spent ${mturk['spent_usd']}, "
+                     f"committed ${mturk['committed_usd']}")
     for worker in report["workers"][:10]:
         accuracy = "-" if worker["accuracy"] is None else f"{worker['accuracy']:.2f}"
         click.echo(f"  {worker['name']:<24} accuracy {accuracy}  votes {worker['votes']}"

@@ -124,6 +124,7 @@ def demo(directory: str | None, online: bool) -> None:
 COMMANDS: list[tuple[str, str]] = [
     ("candidates", "candidates"),
     ("dedup", "dedup"),
+    ("export", "export"),
     ("gather", "gather"),
     ("label", "label"),
     ("report", "report"),

@@ -69,6 +69,11 @@ def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], N
             f"{result['rejected']} rejected, {result['undecided']} undecided")
         precision, recall = measured_quality(workspace)
         say(f"labels measured against the truth: precision {precision:.3f}, recall {recall:.3f}")
+        from imgnet_build.split import ExportOptions, export
+
+        dataset = export(workspace, Path(directory) / "dataset",  # the crowd was simulated: said, and opted in
+                         ExportOptions(format="imagefolder", include_simulated=True, overwrite=True))
+        say(f"{dataset.summary()} (simulated labels included)")
     from imgnet_build.report import write_report
 
     say(write_report(workspace, Path(directory) / "report.html").summary())

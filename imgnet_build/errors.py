@@ -12,6 +12,8 @@ __all__ = [
     "UnknownSource",
     "LanguageDataMissing",
     "MissingCredentials",
+    "ExportTargetExists",
+    "ExportFailed",
 ]
 
 
@@ -57,3 +59,11 @@ class LanguageDataMissing(ImgnetError):
 
 class MissingCredentials(ImgnetError):
     "A source needs an API key (or other secret) that is not set"
+
+
+class ExportTargetExists(ImgnetError):
+    "imgnet export was pointed at a non-empty folder without --overwrite"
+
+
+class ExportFailed(ImgnetError):
+    "A written export failed its own check (leakage, a missing file); nothing was put in place"

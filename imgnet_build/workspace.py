@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from imgnet_build import store
 from imgnet_build.errors import BadInput, DatabaseUnavailable, NotAWorkspace, WorkspaceExists
+from imgnet_build.labeling.mturk_settings import MTurkSettings
 
 __all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV"]
 
@@ -38,6 +39,7 @@ class Settings:
     database: str = DEFAULT_DATABASE
     blobs: str = DEFAULT_BLOBS
     s3_endpoint_url: str | None = None
+    mturk: MTurkSettings = MTurkSettings()  # the [mturk] table; labeling/mturk_settings.py
 
     def to_toml(self) -> str:
         lines = ["# imgnet-build workspace settings", f"database = {_quote(self.database)}", f"blobs = {_quote(self.blobs)}"]
@@ -51,6 +53,7 @@ class Settings:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise BadInput(f"{path} is not valid TOML: {exc}") from exc
+        mturk = MTurkSettings.from_table(data.pop("mturk", {}), path)
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -58,7 +61,7 @@ class Settings:
         for name, value in data.items():
             if not isinstance(value, str):
                 raise BadInput(f"{path}: setting {name} must be a string in quotes, not {value!r}")
-        return cls(**data)
+        return cls(**data, mturk=mturk)
 
     @classmethod
     def read(cls, path: Path) -> Settings:

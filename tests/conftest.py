@@ -51,3 +51,24 @@ def any_workspace(request, tmp_path) -> Workspace:
     ws = Workspace.init(tmp_path / "ws", database=database)
     yield ws
     ws.close()
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """moto's S3 in server mode on 127.0.0.1 (a real HTTP endpoint), with fake credentials and a bucket "imgs"."""
+    import boto3
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="imgs")
+    yield endpoint
+    requests.post(f"{endpoint}/moto-api/reset", timeout=10)  # moto keeps its buckets in the process
+    server.stop()

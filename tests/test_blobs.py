@@ -8,7 +8,6 @@ import os
 import boto3
 import pytest
 from loopback import LoopbackServer, jpeg_bytes
-from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
 from imgnet_build.blobs import LocalBlobStore, S3BlobStore, blob_key, open_blob_store
@@ -53,22 +52,6 @@ def test_unsupported_locations_are_refused():
         open_blob_store("gs://bucket/x")
     with pytest.raises(BadInput, match="names no bucket"):
         open_blob_store("s3://")
-
-
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    """moto's S3 in server mode on 127.0.0.1 (a real HTTP endpoint), with fake credentials."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="imgs")
-    yield endpoint
-    server.stop()
 
 
 def test_s3_store_round_trip(s3_endpoint):

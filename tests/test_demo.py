@@ -16,7 +16,8 @@ def test_demo_end_to_end_and_rerun(runner, tmp_path):
     assert lines[4].startswith("labels (simulated crowd, dynamic consensus, ") and "0 undecided" in lines[4]
     precision, recall = (float(x.split()[-1]) for x in lines[5].split(":")[1].split(","))
     assert precision >= 0.9 and recall >= 0.9
-    assert lines[6].startswith(f"report: {directory / 'report.html'}") and (directory / "report.html").stat().st_size
+    assert "(simulated labels included)" in lines[6] and (directory / "dataset" / "manifest.jsonl").is_file()
+    assert lines[7].startswith(f"report: {directory / 'report.html'}") and (directory / "report.html").stat().st_size
     again = runner.invoke(cli, ["demo", str(directory)], catch_exceptions=False)
     assert again.exit_code == 0
     assert again.output.splitlines()[2].startswith("gathered: 0 ok, 0 failed, 0 skipped")

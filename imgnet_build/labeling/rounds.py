@@ -104,6 +104,7 @@ class Plan:
     per_category: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     dry_run: bool = False
     not_clustered: int = 0  # ok images that `imgnet dedup` has not clustered yet
+    task_sizes: dict[int, int] = dataclasses.field(default_factory=dict)  # {assignments per task: tasks} (pricing)
 
     def summary(self) -> str:
         verb = "would issue" if self.dry_run else "issued"
@@ -125,9 +126,11 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
         round_ = (session.scalar(select(func.max(Task.round))) or 0) + 1
         category_ids = _category_ids(session, settings.categories)
         plan = Plan(round_, backend, dry_run=dry_run, not_clustered=pairs_without_clusters(session))
-        if not dry_run:
+    if not dry_run:
+        with workspace.session() as session:
             _publish_new(session, chosen)
     for category_id in category_ids:
+        made: list[int] = []
         with workspace.session() as session:
             need = _needs(session, category_id, settings)
             if not need:
@@ -141,8 +144,12 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
             plan.tasks += len(tasks)
             plan.assignments += sum(task.assignments_wanted for task in tasks)
             plan.controls += sum(task.controls * task.assignments_wanted for task in tasks)
-            if not dry_run:
-                chosen.publish(session, tasks)
+            for task in tasks:
+                plan.task_sizes[task.assignments_wanted] = plan.task_sizes.get(task.assignments_wanted, 0) + 1
+            made = [task.id for task in tasks]
+        if made and not dry_run:  # the tasks are committed: a backend may commit per task (a HIT id the moment it exists)
+            with workspace.session() as session:
+                chosen.publish(session, list(session.scalars(select(Task).where(Task.id.in_(made)).order_by(Task.id))))
         if progress:
             progress(category_id)
     return plan
@@ -490,6 +497,8 @@ def run(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, o
         if plan.tasks == 0 and not open_tasks:  # (a killed run may have left open tasks to answer)
             break
         decided = collect(workspace, settings, options=options)
+        if plan.tasks == 0 and decided["assignments"] == 0:
+            break
         if say:
             say(f"label collect: {decided['assignments']} assignments; labels: {decided['accepted']} accepted, "
                 f"{decided['rejected']} rejected, {decided['undecided']} undecided")

@@ -150,6 +150,8 @@ def _answer_task(session, task: Task, crowd: Crowd) -> int:
     truth = _truth(session, task.category_id, clusters)
     accuracy, spammer = crowd.profiles()
     stored = 0
+    if len(free) < wanted:  # the crowd has nobody left for it: what it gets now is all it will get
+        task.status = "expired"
     for index in rng.sample(free, min(wanted, len(free))):
         assignment = Assignment(task_id=task.id, worker_id=workers[index], status="given", simulated=True)
         session.add(assignment)

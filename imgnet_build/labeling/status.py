@@ -60,8 +60,37 @@ def label_status(workspace) -> dict:
         spent = session.scalar(select(func.coalesce(func.sum(func.cast(Task.reward, _numeric())), 0))
                                .join(Assignment, Assignment.task_id == Task.id)
                                .where(Assignment.status.in_(("submitted", "approved")), Task.reward.is_not(None)))
-    return {"categories": categories, "workers": workers, "tasks": tasks, "assignments": assignments,
-            "cost": {"reward_spent_usd": float(spent or 0)}}
+        mturk = _mturk_status(session, workspace)
+    report = {"categories": categories, "workers": workers, "tasks": tasks, "assignments": assignments,
+              "cost": {"reward_spent_usd": float(spent or 0)}}
+    if mturk:
+        report["mturk"] = mturk
+    return report
+
+
+def _mturk_status(session, workspace) -> dict:
+    """Per marketplace (sandbox, live) with HITs: HITs by state, assignments waiting for
+    review, money spent and committed (rewards and MTurk's fees)."""
+    from imgnet_build.labeling.mturk import PENDING, is_live, workspace_cost
+
+    rows = session.execute(select(Task.batch, Task.status, Task.external_id).where(Task.backend == "mturk")).all()
+    pending = session.execute(select(Task.batch, func.count()).join(Assignment, Assignment.task_id == Task.id)
+                              .where(Task.backend == "mturk", Assignment.status == "submitted")
+                              .group_by(Task.batch)).all()
+    report = {}
+    for live in (False, True):
+        mine = [row for row in rows if is_live(row.batch) == live]
+        if not mine:
+            continue
+        states = defaultdict(int)
+        for row in mine:
+            states["unpublished" if row.external_id is None or row.external_id.startswith(PENDING)
+                   else row.status] += 1
+        cost = workspace_cost(session, live, reward=workspace.settings.mturk.reward_usd)
+        report["live" if live else "sandbox"] = {
+            "hits": dict(states), "pending_review": sum(n for batch, n in pending if is_live(batch) == live),
+            "spent_usd": str(cost["spent"].total_usd), "committed_usd": str(cost["committed"].total_usd)}
+    return report
 
 
 def _numeric():

@@ -1,0 +1,126 @@
+"""Putting one image file in an export: hard link, copy or re-encode, and reading its bytes.
+
+A file is hard-linked from the local blob store when the export is on the same
+filesystem and `copy` was not asked for; it is copied otherwise, and streamed from the
+store when the store has no local path (S3). It is re-encoded only when asked
+(`resize` to a short side, `jpeg`) or when the layout cannot hold its format; then EXIF
+orientation is applied to the pixels, since the metadata does not survive.
+
+Hard links share their bytes with the blob store: edit exported files by writing new
+ones (as image tools do), never in place.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image as PILImage
+from PIL import ImageOps
+
+from imgnet_build.dbutil import batched
+from imgnet_build.exporters import Item
+
+__all__ = ["FileWriter", "EXTENSIONS", "JPEG_QUALITY"]
+
+EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
+              "TIFF": "tif", "AVIF": "avif"}
+JPEG_QUALITY = 90
+
+
+class FileWriter:
+    """Places and reads items' files for one export; counts how each one was made."""
+
+    def __init__(self, blob_store, formats: frozenset[str], fallback: str, *, resize: int | None = None,
+                 jpeg: bool = False, copy: bool = False, workers: int = 4):
+        self.blob_store = blob_store
+        self.formats, self.fallback = formats, fallback
+        self.resize, self.jpeg, self.copy = resize, jpeg, copy
+        self.workers = workers
+        self.counts = {"linked": 0, "copied": 0, "reencoded": 0}
+        self._lock = threading.Lock()
+
+    def target_format(self, item: Item) -> str | None:
+        """The format to re-encode `item` to, or None when its bytes go out as they are."""
+        stored = "JPEG" if item.format == "MPO" else item.format
+        wanted = "JPEG" if self.jpeg else stored
+        if wanted not in self.formats:
+            wanted = self.fallback
+        too_big = self.resize is not None and min(item.width, item.height) > self.resize
+        return wanted if wanted != stored or too_big or item.format not in self.formats else None
+
+    def extension(self, item: Item) -> str:
+        return EXTENSIONS[self.target_format(item) or item.format]
+
+    def place(self, item: Item, destination: Path) -> None:
+        """Write `item`'s file at `destination` (its folder exists)."""
+        target = self.target_format(item)
+        if target is not None:
+            destination.write_bytes(self._encode(self.blob_store.get(item.blob_key), target))
+            self._count("reencoded")
+            return
+        local = self.blob_store.local_path(item.blob_key)
+        if local is None:
+            destination.write_bytes(self.blob_store.get(item.blob_key))
+        elif not self.copy:
+            try:
+                os.link(local, destination)
+                self._count("linked")
+                return
+            except OSError:  # another filesystem, or one without hard links
+                shutil.copyfile(local, destination)
+        else:
+            shutil.copyfile(local, destination)
+        self._count("copied")
+
+    def read(self, item: Item) -> bytes:
+        """`item`'s bytes as the export holds them (for layouts that stream into archives)."""
+        data = self.blob_store.get(item.blob_key)
+        target = self.target_format(item)
+        if target is None:
+            self._count("copied")
+            return data
+        self._count("reencoded")
+        return self._encode(data, target)
+
+    def place_all(self, pairs: Iterable[tuple[Item, Path]]) -> None:
+        self._run(lambda pair: self.place(*pair), pairs)
+
+    def read_all(self, items: Iterable[Item]) -> Iterator[bytes]:
+        """Bytes of each item in order, read ahead on a few threads (an S3 store has latency)."""
+        with ThreadPoolExecutor(self.workers) as pool:
+            for chunk in batched(items, 8 * self.workers):
+                yield from pool.map(self.read, chunk)
+
+    def _count(self, how: str) -> None:
+        with self._lock:
+            self.counts[how] += 1
+
+    def _run(self, work: Callable, things: Iterable) -> None:
+        if self.resize is None and not self.jpeg and self.blob_store.local_path("x") is not None:
+            for thing in things:  # links and copies: threads would cost more than they save
+                work(thing)
+            return
+        with ThreadPoolExecutor(self.workers) as pool:
+            for chunk in batched(things, 8 * self.workers):
+                list(pool.map(work, chunk))
+
+    def _encode(self, data: bytes, target: str) -> bytes:
+        with PILImage.open(io.BytesIO(data)) as opened:
+            image = ImageOps.exif_transpose(opened)
+            if self.resize is not None and min(image.size) > self.resize:
+                scale = self.resize / min(image.size)
+                size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+                image = image.resize(size, PILImage.Resampling.LANCZOS)
+            if target == "JPEG" and image.mode != "RGB":
+                image = image.convert("RGB")
+            elif target != "JPEG" and image.mode not in ("RGB", "RGBA", "L", "LA"):
+                image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+            buffer = io.BytesIO()
+            image.save(buffer, target, **({"quality": JPEG_QUALITY} if target in ("JPEG", "WEBP") else {}))
+        return buffer.getvalue()

@@ -1,0 +1,466 @@
+"""The local backend's web app on a real waitress server on loopback: invites, tasks,
+submissions, images, the requester page, bad input, concurrency, and a real browser."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select, update
+
+from imgnet_build.labeling.invites import hash_token, invite, revoke
+from imgnet_build.labeling.page import ItemView, TaskView, render_task_page
+from imgnet_build.store import Assignment, Category, TaskItem, Vote, Worker
+from webcrowd import HttpWorker, make_category, make_tasks, parse_task_page, running_app
+
+
+def votes(ws) -> list[tuple]:
+    with ws.session() as session:
+        return session.execute(select(Vote.worker_id, Vote.task_item_id, Vote.answer, Vote.control)
+                               .order_by(Vote.worker_id, Vote.task_item_id)).all()
+
+
+def assignment_status(ws, task_id: int, name: str) -> str | None:
+    with ws.session() as session:
+        return session.scalar(select(Assignment.status).join(Worker, Worker.id == Assignment.worker_id)
+                              .where(Assignment.task_id == task_id, Worker.external_id == name))
+
+
+def items_by_position(ws, task_id: int) -> dict[int, TaskItem]:
+    with ws.session() as session:
+        return {item.position: item for item in session.scalars(select(TaskItem).where(TaskItem.task_id == task_id))}
+
+
+# --- invites and sessions --------------------------------------------------------------
+
+def test_invite_stores_only_the_tokens_hash(workspace):
+    link = invite(workspace, "alice")
+    with workspace.session() as session:
+        worker = session.scalar(select(Worker).where(Worker.external_id == "alice"))
+    assert (worker.backend, worker.name, worker.token_hash) == ("local", "alice", hash_token(link.token))
+    assert link.token not in repr(worker.__dict__) and len(link.token) >= 40
+    assert link.url("http://host:8000/") == f"http://host:8000/join/{link.token}"
+
+
+def test_invite_link_opens_the_next_task_page(workspace):
+    [task_id] = make_tasks(workspace, items=8)
+    with running_app(workspace) as base_url:
+        worker = HttpWorker(base_url, invite(workspace, "alice").path)
+        assert worker.last.status_code == 200 and worker.last.url == f"{base_url}/t/{task_id}"  # the token left the URL
+        page = parse_task_page(worker.last.text)
+        headers = worker.last.headers
+        image = worker.get(f"/t/{task_id}/img/{page.positions[0]}")
+    html = page.html
+    assert page.task_id == task_id and page.positions == list(range(8))
+    assert "at least one <em>Ibizan hound</em>" in html and "Ibizan Podenco" in html
+    assert "a slender hound with large erect ears" in html
+    assert "https://en.wikipedia.org/w/index.php?search=Ibizan%20hound" in html
+    assert "regardless of occlusion, other objects, clutter or text" in html and "Photographs only" in html
+    assert "script-src 'sha256-" in headers["Content-Security-Policy"] and "unsafe-inline" not in headers["Content-Security-Policy"]
+    assert headers["Cache-Control"] == "no-store"
+    with workspace.session() as session:
+        shas = set(session.scalars(select(TaskItem.image_sha256)))
+    assert not any(sha in html for sha in shas)  # nothing names an image
+    assert image.status_code == 200 and image.headers["Content-Type"] == "image/jpeg" and image.content[:2] == b"\xff\xd8"
+
+
+def test_forged_token_is_refused(workspace):
+    make_tasks(workspace)
+    invite(workspace, "alice")
+    with running_app(workspace) as base_url:
+        worker = HttpWorker(base_url, "/join/" + "A" * 43)
+        assert worker.last.status_code == 403 and "not valid" in worker.last.text
+        assert worker.get("/task").status_code == 401
+    assert votes(workspace) == []
+
+
+def test_missing_token_gets_no_task(workspace):
+    [task_id] = make_tasks(workspace)
+    with running_app(workspace) as base_url:
+        worker = HttpWorker(base_url)
+        assert worker.get("/task").status_code == 401
+        assert worker.get(f"/t/{task_id}").status_code == 401
+        assert worker.get(f"/t/{task_id}/img/0").status_code == 401
+        assert worker.post_submission(json.dumps({"task": task_id, "selected": []}), "x").status_code == 401
+        assert worker.get("/join/").status_code == 404
+    assert votes(workspace) == []
+
+
+def test_revoked_worker_loses_link_and_session(workspace):
+    [task_id] = make_tasks(workspace)
+    link = invite(workspace, "alice")
+    with running_app(workspace) as base_url:
+        worker = HttpWorker(base_url, link.path)
+        page = parse_task_page(worker.last.text)
+        revoke(workspace, "alice")
+        assert worker.submit(page, [0]).status_code == 403
+        assert worker.get("/task").status_code == 401  # the session was dropped
+        again = HttpWorker(base_url, link.path)
+        assert again.last.status_code == 403
+    assert votes(workspace) == []
+
+
+def test_new_invite_replaces_the_old_link(workspace):
+    make_tasks(workspace)
+    old = invite(workspace, "alice")
+    new = invite(workspace, "alice")
+    assert new.renewed and not old.renewed
+    with running_app(workspace) as base_url:
+        assert HttpWorker(base_url, old.path).last.status_code == 403
+        assert HttpWorker(base_url, new.path).last.status_code == 200
+
+
+def test_blocked_worker_gets_a_page_not_tasks(workspace):
+    make_tasks(workspace)
+    link = invite(workspace, "alice")
+    with workspace.session() as session:
+        session.execute(update(Worker).values(blocked=True))
+    with running_app(workspace) as base_url:
+        worker = HttpWorker(base_url, link.path)
+    assert worker.last.status_code == 403 and "no more tasks are given to you" in worker.last.text
+    with workspace.session() as session:
+        assert session.scalar(select(func.count()).select_from(Assignment)) == 0
+
+
+# --- handing out work ------------------------------------------------------------------
+
+def test_tasks_go_to_workers_until_each_has_enough(workspace):
+    [first, second] = make_tasks(workspace, tasks=2, assignments_wanted=2)
+    with running_app(workspace) as base_url:
+        alice, bob, carol = (HttpWorker(base_url, invite(workspace, name).path) for name in ("alice", "bob", "carol"))
+        assert [parse_task_page(w.last.text).task_id for w in (alice, bob, carol)] == [first, first, second]
+        assert alice.next_task().task_id == first  # a reload keeps the task given
+        alice.submit(alice.next_task(), [])
+        assert alice.next_task().task_id == second
+        alice.submit(alice.next_task(), [])
+        assert alice.next_task() is None and "nothing left for you" in alice.last.text
+        assert carol.next_task().task_id == second
+
+
+def test_a_worker_never_gets_a_pair_they_voted_on(workspace):
+    [first, second] = make_tasks(workspace, tasks=2, assignments_wanted=3)
+    with workspace.session() as session:  # the second task shows one of the first task's images
+        shared = session.scalar(select(TaskItem.image_sha256).where(TaskItem.task_id == first, TaskItem.position == 3))
+        session.execute(update(TaskItem).where(TaskItem.task_id == second, TaskItem.position == 0)
+                        .values(image_sha256=shared))
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        alice.submit(parse_task_page(alice.last.text), [3])
+        assert alice.next_task() is None
+        bob = HttpWorker(base_url, invite(workspace, "bob").path)
+        assert parse_task_page(bob.last.text).task_id == first
+
+
+def test_an_abandoned_task_frees_its_slot(workspace):
+    [task_id] = make_tasks(workspace, assignments_wanted=1)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        bob = HttpWorker(base_url, invite(workspace, "bob").path)
+        assert bob.next_task() is None
+        with workspace.session() as session:
+            session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)))
+        assert bob.next_task().task_id == task_id
+        assert alice.next_task().task_id == task_id  # alice may still finish what she holds
+
+
+@pytest.mark.parametrize("workers", [20])
+def test_workers_racing_for_the_last_slots(any_workspace, workers):
+    ws = any_workspace
+    [task_id] = make_tasks(ws, assignments_wanted=3)
+    links = [invite(ws, f"w{i}").path for i in range(workers)]
+    with running_app(ws, threads=workers) as base_url:
+        clients = [HttpWorker(base_url) for _ in links]
+        barrier = threading.Barrier(workers)
+
+        def join(pair):
+            client, link = pair
+            barrier.wait()
+            return client.get(link).url.endswith(f"/t/{task_id}")
+
+        with ThreadPoolExecutor(workers) as pool:
+            got = list(pool.map(join, zip(clients, links)))
+    assert sum(got) == 3
+    with ws.session() as session:
+        assert session.scalar(select(func.count()).select_from(Assignment)) == 3
+
+
+# --- submissions -----------------------------------------------------------------------
+
+def test_a_submission_stores_one_vote_per_image(workspace):
+    [task_id] = make_tasks(workspace, items=8, controls=2)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        response = alice.submit(parse_task_page(alice.last.text), [1, 5])
+    assert response.status_code == 200 and "nothing left for you" in response.text
+    items = items_by_position(workspace, task_id)
+    stored = {item_id: (answer, control) for _, item_id, answer, control in votes(workspace)}
+    assert stored == {item.id: (item.position in (1, 5), item.kind != "candidate") for item in items.values()}
+    assert assignment_status(workspace, task_id, "alice") == "submitted"
+
+
+def test_the_same_submission_twice_is_stored_once(workspace):
+    [task_id] = make_tasks(workspace, tasks=1)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        page = parse_task_page(alice.last.text)
+        assert alice.submit(page, [0]).status_code == 200
+        assert alice.submit(page, [0, 1, 2]).status_code == 200  # a retry or a second tab: no change
+    assert len(votes(workspace)) == 8 and sum(answer for _, _, answer, _ in votes(workspace)) == 1
+    with workspace.session() as session:
+        worker = session.scalar(select(Worker))
+    assert worker.control_answers == 2
+
+
+def test_a_submission_for_a_task_not_given_to_the_worker_is_refused(workspace):
+    [first, second] = make_tasks(workspace, tasks=2, assignments_wanted=1)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        bob = HttpWorker(base_url, invite(workspace, "bob").path)
+        page = parse_task_page(bob.last.text)
+        assert page.task_id == second
+        response = bob.submit(page, [0], task_id=first)
+        assert response.status_code == 403 and f"task {first} was not given to you" in response.text
+        assert bob.submit(page, [0], task_id=999).status_code == 403
+    assert votes(workspace) == []
+    assert assignment_status(workspace, first, "alice") == "given"
+
+
+def test_positions_not_in_the_task_are_refused(workspace):
+    [task_id] = make_tasks(workspace, items=8)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        response = alice.submit(parse_task_page(alice.last.text), [2, 8, 40])
+    assert response.status_code == 400 and f"task {task_id} has no image at position(s) 8, 40" in response.text
+    assert votes(workspace) == [] and assignment_status(workspace, task_id, "alice") == "given"
+
+
+@pytest.mark.parametrize("body", ["", "{", "[1, 2]", '{"task": 1}', '{"task": "1", "selected": []}',
+                                  '{"task": 1, "selected": [-1]}', '{"task": 1, "selected": [1, 1]}',
+                                  '{"task": 1, "selected": [], "extra": true}', '{"task": 1, "selected": [1.5]}',
+                                  "NaN", '{"task": 1e400, "selected": []}'])
+def test_malformed_submissions_are_refused(workspace, body):
+    make_tasks(workspace)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        response = alice.post_submission(body, parse_task_page(alice.last.text).csrf_token)
+    assert response.status_code == 400 and "not a valid submission" in response.text
+    assert votes(workspace) == []
+
+
+def test_an_oversized_submission_is_refused_with_413(workspace):
+    make_tasks(workspace)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        body = json.dumps({"task": 1, "selected": list(range(20_000))})
+        response = alice.post_submission(body, parse_task_page(alice.last.text).csrf_token)
+    assert response.status_code == 413
+    assert votes(workspace) == []
+
+
+def test_a_submission_without_the_sessions_csrf_token_is_refused(workspace):
+    [task_id] = make_tasks(workspace)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        body = json.dumps({"task": task_id, "selected": [0]})
+        assert alice.post_submission(body, "forged").status_code == 403
+        assert alice.post_submission(body, "").status_code == 403
+        origin = HttpWorker(base_url, invite(workspace, "alice").path)  # a new session has a new token
+        assert alice.post_submission(body, parse_task_page(origin.last.text).csrf_token).status_code == 403
+    assert votes(workspace) == []
+
+
+def test_twenty_workers_submitting_at_once_on_sqlite(workspace):
+    workers, items = 20, 8
+    task_ids = make_tasks(workspace, tasks=10, items=items, assignments_wanted=2)
+    links = [invite(workspace, f"w{i}").path for i in range(workers)]
+    with running_app(workspace, threads=workers) as base_url:
+        clients = [HttpWorker(base_url, link) for link in links]
+        pages = [parse_task_page(client.last.text) for client in clients]
+        barrier = threading.Barrier(workers)
+
+        def submit(pair):
+            client, page = pair
+            barrier.wait()
+            return client.submit(page, page.positions[::3]).status_code
+
+        with ThreadPoolExecutor(workers) as pool:
+            statuses = list(pool.map(submit, zip(clients, pages)))
+    assert statuses == [200] * workers
+    assert sorted(page.task_id for page in pages) == sorted(task_ids * 2)
+    stored = votes(workspace)
+    assert len(stored) == workers * items == len({(worker, item) for worker, item, _, _ in stored})
+    with workspace.session() as session:
+        assert session.scalar(select(func.count()).where(Assignment.status == "submitted")) == workers
+
+
+# --- images ----------------------------------------------------------------------------
+
+def test_images_are_served_only_for_a_task_given_to_the_worker(workspace):
+    [first, second] = make_tasks(workspace, tasks=2, assignments_wanted=1)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        responses = [alice.get(f"/t/{first}/img/{position}") for position in range(8)]
+        assert alice.get(f"/t/{second}/img/0").status_code == 404  # not given to alice
+        assert alice.get(f"/t/{first}/img/8").status_code == 404
+        assert alice.get("/blobs/").status_code == 404
+        alice.submit(parse_task_page(alice.get(f"/t/{first}").text), [])
+        assert alice.get(f"/t/{first}/img/0").status_code == 404  # done with it
+    kinds = {position: item.kind for position, item in items_by_position(workspace, first).items()}
+    assert {"candidate", "positive", "negative"} == set(kinds.values())
+    header_sets = {tuple(sorted((k, v) for k, v in r.headers.items() if k not in ("Date", "Content-Length")))
+                   for r in responses}
+    assert len(header_sets) == 1 and "ETag" not in responses[0].headers  # controls look like candidates
+
+
+# --- escaping and the template ---------------------------------------------------------
+
+def test_a_script_in_a_gloss_or_lemma_is_rendered_inert(workspace):
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    category_id = make_category(workspace, name=f"dog{evil}", lemmas=(f"hound{evil}",), gloss=f"a dog {evil}")
+    make_tasks(workspace, category_id=category_id)
+    with running_app(workspace, admin_token="secret") as base_url:
+        alice = HttpWorker(base_url, invite(workspace, f"alice{evil}").path)
+        admin = HttpWorker(base_url, "/admin?token=secret")
+    for html in (alice.last.text, admin.last.text):
+        assert "<script>alert" not in html and "<img src=x" not in html
+        assert html.count("<script") <= 1
+    assert '&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;' in alice.last.text
+    assert "search=dog%3Cscript%3Ealert" in alice.last.text
+
+
+def test_the_template_renders_for_another_backends_form():
+    view = TaskView(task_id=7, wnid="n1", name="cat", lemmas=("cat",), gloss="g",
+                    items=(ItemView(0, 10, "a" * 64), ItemView(1, 11, "b" * 64)))
+    html = render_task_page(view, "https://www.mturk.com/mturk/externalSubmit", {"assignmentId": 'A"1'},
+                            lambda item: f"https://img.example/{item.position}?sig=1&x=2")
+    assert 'action="https://www.mturk.com/mturk/externalSubmit"' in html
+    assert 'name="assignmentId" value="A&#34;1"' in html
+    assert 'src="https://img.example/1?sig=1&amp;x=2"' in html
+
+
+# --- the requester's page --------------------------------------------------------------
+
+def test_the_requester_page_needs_the_admin_token(workspace):
+    [task_id] = make_tasks(workspace, items=8, controls=2)
+    with running_app(workspace, admin_token="s3cret") as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        positives = [p for p, item in items_by_position(workspace, task_id).items() if item.kind == "positive"]
+        alice.submit(parse_task_page(alice.last.text), positives)
+        assert HttpWorker(base_url, "/admin").last.status_code == 403
+        assert HttpWorker(base_url, "/admin?token=wrong").last.status_code == 403
+        assert alice.get("/admin").status_code == 403  # a worker's session is not the requester's
+        admin = HttpWorker(base_url, "/admin?token=s3cret")
+    assert admin.last.status_code == 200 and admin.last.url == f"{base_url}/admin"
+    row = re.search(r"<tr><td>n02091244 Ibizan hound</td>(.*?)</tr>", admin.last.text).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", row) == ["6", "1", "1", "0", "8", "2", "0", "0", "0"]
+    assert re.search(r"<td>alice</td><td>local</td><td>1</td><td>2</td>\s*<td>100%</td>", admin.last.text)
+
+
+def test_no_admin_token_keeps_the_requester_page_closed(workspace, monkeypatch):
+    monkeypatch.delenv("IMGNET_ADMIN_TOKEN", raising=False)
+    with running_app(workspace) as base_url:
+        assert HttpWorker(base_url, "/admin?token=").last.status_code == 403
+        assert HttpWorker(base_url, "/admin?token=None").last.status_code == 403
+
+
+# --- the commands ----------------------------------------------------------------------
+
+def test_invite_and_revoke_commands(workspace, runner, monkeypatch):
+    from imgnet_build.cli.common import ImgnetGroup
+    from imgnet_build.cli.label_web import invite_command, revoke_command, serve_command
+
+    group = ImgnetGroup(commands={c.name: c for c in (invite_command, revoke_command, serve_command)})
+    monkeypatch.setenv("IMGNET_WORKSPACE", str(workspace.root))
+    result = runner.invoke(group, ["invite", "alice", "--base-url", "http://lab:9000"])
+    assert result.exit_code == 0 and result.output.startswith("Invite link for alice:\nhttp://lab:9000/join/")
+    token = result.output.strip().rsplit("/", 1)[1]
+    data = json.loads(runner.invoke(group, ["invite", "alice", "--json"]).output)
+    assert data["renewed"] and data["url"] == f"http://127.0.0.1:8000/join/{data['token']}" and data["token"] != token
+    assert runner.invoke(group, ["revoke", "alice"]).output == "Revoked alice's invite link\n"
+    result = runner.invoke(group, ["revoke", "bob"])
+    assert result.exit_code == 1
+    assert result.output == "Error: no invited worker named 'bob'; invite one with: imgnet label invite NAME\n"
+    result = runner.invoke(group, ["invite", " "])
+    assert result.exit_code == 1 and result.output == "Error: worker name '' must be 1-255 printable characters\n"
+    for command in ("invite", "revoke", "serve"):
+        assert "Example:" in runner.invoke(group, [command, "--help"]).output
+
+
+def test_serve_command_runs_the_app_on_waitress(workspace):
+    make_tasks(workspace)
+    link = invite(workspace, "alice")
+    env = {**os.environ, "IMGNET_WORKSPACE": str(workspace.root), "PYTHONUNBUFFERED": "1"}
+    env.pop("IMGNET_ADMIN_TOKEN", None)
+    code = "from imgnet_build.cli.label_web import serve_command; serve_command(['--port', '0'])"
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        first, second = process.stdout.readline(), process.stdout.readline()
+        base_url = re.search(r"(http://127\.0\.0\.1:\d+)", first).group(1)
+        admin_path = re.search(r"(/admin\?token=\S+)", second).group(1)
+        worker = HttpWorker(base_url, link.path)
+        assert worker.last.status_code == 200 and worker.last.headers["Server"] == "imgnet"
+        assert parse_task_page(worker.last.text).positions
+        assert HttpWorker(base_url, admin_path).last.status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# --- a real browser --------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def test_a_person_labels_in_a_browser(workspace):
+    playwright = pytest.importorskip("playwright.sync_api")
+    [task_id] = make_tasks(workspace, items=8, controls=2)
+    with workspace.session() as session:
+        session.execute(update(Category).values(gloss="a slender hound <script>window.pwned = 1</script>"))
+    link = invite(workspace, "alice")
+    problems: list[str] = []
+    with running_app(workspace) as base_url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 900})
+            page.on("console", lambda message: message.type in ("error", "warning") and problems.append(message.text))
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("dialog", lambda dialog: problems.append(f"dialog {dialog.message}"))
+            page.goto(base_url + link.path)
+            assert page.url == f"{base_url}/t/{task_id}"
+            page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            assert page.evaluate("window.pwned") is None
+            items = page.locator(".item")
+            items.nth(1).click()  # mouse
+            items.nth(6).click()
+            items.nth(6).click()  # and off again
+            assert page.inner_text("#selected-count") == "1"
+            items.nth(0).focus()  # keyboard: move, select
+            columns = page.evaluate("(() => { const xs = Array.from(document.querySelectorAll('.item'))"
+                                    ".map(e => e.offsetTop); return xs.filter(y => y === xs[0]).length; })()")
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("Space")  # position 2
+            page.keyboard.press("ArrowDown")
+            page.keyboard.press("Space")  # position 2 + columns
+            page.keyboard.press("ArrowLeft")
+            assert page.evaluate("document.activeElement.dataset.position") == str(1 + columns)
+            assert page.inner_text("#selected-count") == "3"
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
+            assert "nothing left for you" in page.inner_text("body")
+        finally:
+            browser.close()
+    assert problems == []
+    selected = {1, 2, 2 + columns}
+    items_at = items_by_position(workspace, task_id)
+    stored = {item_id: answer for _, item_id, answer, _ in votes(workspace)}
+    assert stored == {item.id: position in selected for position, item in items_at.items()}
