@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from imgnet_build.cli.common import json_option, pass_workspace, print_json
+from imgnet_build.cli.label_web import invite_command, revoke_command, serve_command
 from imgnet_build.labeling import rounds
 from imgnet_build.labeling.rounds import LabelSettings
 from imgnet_build.workspace import Workspace
@@ -20,6 +21,10 @@ def label() -> None:
     Example:
         imgnet label run --backend simulated && imgnet label status
     """
+
+
+for _web_command in (serve_command, invite_command, revoke_command):  # the local backend's web app
+    label.add_command(_web_command)
 
 
 def consensus_options(command):

@@ -348,19 +348,25 @@ def test_the_template_renders_for_another_backends_form():
 # --- the requester's page --------------------------------------------------------------
 
 def test_the_requester_page_needs_the_admin_token(workspace):
-    [task_id] = make_tasks(workspace, items=8, controls=2)
+    from labelkit import build_world
+
+    from imgnet_build.labeling import rounds
+    from imgnet_build.labeling.rounds import LabelSettings
+
+    build_world(workspace, categories=1, images=6)
+    rounds.submit(workspace, "local", LabelSettings(method="majority", images_per_task=6, controls=0, seed_images=0))
     with running_app(workspace, admin_token="s3cret") as base_url:
         alice = HttpWorker(base_url, invite(workspace, "alice").path)
-        positives = [p for p, item in items_by_position(workspace, task_id).items() if item.kind == "positive"]
-        alice.submit(parse_task_page(alice.last.text), positives)
+        alice.submit(parse_task_page(alice.last.text), [0, 1])
         assert HttpWorker(base_url, "/admin").last.status_code == 403
         assert HttpWorker(base_url, "/admin?token=wrong").last.status_code == 403
         assert alice.get("/admin").status_code == 403  # a worker's session is not the requester's
         admin = HttpWorker(base_url, "/admin?token=s3cret")
     assert admin.last.status_code == 200 and admin.last.url == f"{base_url}/admin"
-    row = re.search(r"<tr><td>n02091244 Ibizan hound</td>(.*?)</tr>", admin.last.text).group(1)
-    assert re.findall(r"<td>([^<]*)</td>", row) == ["6", "1", "1", "0", "8", "2", "0", "0", "0"]
-    assert re.search(r"<td>alice</td><td>local</td><td>1</td><td>2</td>\s*<td>100%</td>", admin.last.text)
+    row = re.search(r"<tr><td>n00000001 thing 1</td>(.*?)</tr>", admin.last.text).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", row) == ["6", "1", "0", "0", "0", "0", "6", "–", "–"]
+    assert re.search(r"<tr><td>alice</td><td>local</td><td>6</td><td>0</td><td>–</td><td>–</td><td>active</td>",
+                     admin.last.text)
 
 
 def test_no_admin_token_keeps_the_requester_page_closed(workspace, monkeypatch):
@@ -372,34 +378,32 @@ def test_no_admin_token_keeps_the_requester_page_closed(workspace, monkeypatch):
 
 # --- the commands ----------------------------------------------------------------------
 
-def test_invite_and_revoke_commands(workspace, runner, monkeypatch):
-    from imgnet_build.cli.common import ImgnetGroup
-    from imgnet_build.cli.label_web import invite_command, revoke_command, serve_command
+def test_invite_and_revoke_commands(workspace, runner):
+    from imgnet_build.cli.main import cli
 
-    group = ImgnetGroup(commands={c.name: c for c in (invite_command, revoke_command, serve_command)})
-    monkeypatch.setenv("IMGNET_WORKSPACE", str(workspace.root))
-    result = runner.invoke(group, ["invite", "alice", "--base-url", "http://lab:9000"])
+    ws = ["-w", str(workspace.root), "label"]
+    result = runner.invoke(cli, [*ws, "invite", "alice", "--base-url", "http://lab:9000"])
     assert result.exit_code == 0 and result.output.startswith("Invite link for alice:\nhttp://lab:9000/join/")
     token = result.output.strip().rsplit("/", 1)[1]
-    data = json.loads(runner.invoke(group, ["invite", "alice", "--json"]).output)
+    data = json.loads(runner.invoke(cli, [*ws, "invite", "alice", "--json"]).output)
     assert data["renewed"] and data["url"] == f"http://127.0.0.1:8000/join/{data['token']}" and data["token"] != token
-    assert runner.invoke(group, ["revoke", "alice"]).output == "Revoked alice's invite link\n"
-    result = runner.invoke(group, ["revoke", "bob"])
+    assert runner.invoke(cli, [*ws, "revoke", "alice"]).output == "Revoked alice's invite link\n"
+    result = runner.invoke(cli, [*ws, "revoke", "bob"])
     assert result.exit_code == 1
     assert result.output == "Error: no invited worker named 'bob'; invite one with: imgnet label invite NAME\n"
-    result = runner.invoke(group, ["invite", " "])
+    result = runner.invoke(cli, [*ws, "invite", " "])
     assert result.exit_code == 1 and result.output == "Error: worker name '' must be 1-255 printable characters\n"
     for command in ("invite", "revoke", "serve"):
-        assert "Example:" in runner.invoke(group, [command, "--help"]).output
+        assert "Example:" in runner.invoke(cli, ["label", command, "--help"]).output
 
 
-def test_serve_command_runs_the_app_on_waitress(workspace):
+def test_label_serve_runs_the_app_on_waitress(workspace):
     make_tasks(workspace)
     link = invite(workspace, "alice")
     env = {**os.environ, "IMGNET_WORKSPACE": str(workspace.root), "PYTHONUNBUFFERED": "1"}
     env.pop("IMGNET_ADMIN_TOKEN", None)
-    code = "from imgnet_build.cli.label_web import serve_command; serve_command(['--port', '0'])"
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", "from imgnet_build.cli.main import main; main()", "label", "serve", "--port", "0"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     try:
         first, second = process.stdout.readline(), process.stdout.readline()
         base_url = re.search(r"(http://127\.0\.0\.1:\d+)", first).group(1)
@@ -464,3 +468,29 @@ def test_a_person_labels_in_a_browser(workspace):
     items_at = items_by_position(workspace, task_id)
     stored = {item_id: answer for _, item_id, answer, _ in votes(workspace)}
     assert stored == {item.id: position in selected for position, item in items_at.items()}
+
+
+# --- with the labeling rounds ----------------------------------------------------------
+
+def test_answers_given_in_the_app_become_labels(workspace):
+    from labelkit import build_world
+
+    from imgnet_build.labeling import rounds
+    from imgnet_build.labeling.rounds import LabelSettings
+    from imgnet_build.store import Cluster, Label
+
+    truth = build_world(workspace, categories=1, images=6, positives=0.5, seed=3)["n00000001"]
+    settings = LabelSettings(method="majority", votes=3, images_per_task=6, controls=0, seed_images=0)
+    rounds.submit(workspace, "local", settings)
+    with running_app(workspace) as base_url:
+        for name in ("ann", "ben", "cy"):
+            worker = HttpWorker(base_url, invite(workspace, name).path)
+            page = parse_task_page(worker.last.text)
+            items = items_by_position(workspace, page.task_id)
+            assert worker.submit(page, [p for p, item in items.items() if truth[item.image_sha256]]).status_code == 200
+            assert worker.next_task() is None
+    rounds.collect(workspace, settings)
+    with workspace.session() as session:
+        labels = dict(session.execute(select(Cluster.representative, Label.status)
+                                      .join(Label, Label.cluster_id == Cluster.id)).all())
+    assert labels == {sha: "accepted" if good else "rejected" for sha, good in truth.items()}

@@ -27,14 +27,14 @@ from collections.abc import Callable
 import jsonschema
 from flask import Flask, Response, abort, redirect, request, session as cookie
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
-from imgnet_build.labeling import handout, invites, requester
+from imgnet_build.labeling import handout, invites
 from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.page import content_security_policy, load_task_view, render_page, render_task_page
 from imgnet_build.schemas import load_schema
-from imgnet_build.store import Assignment, Image, TaskItem, Worker
+from imgnet_build.store import Assignment, Category, Image, Task, TaskItem, Worker
 from imgnet_build.workspace import Workspace
 
 __all__ = ["create_app", "make_server", "serve", "ADMIN_TOKEN_ENV", "MAX_SUBMISSION_BYTES"]
@@ -95,6 +95,23 @@ def _image_response(workspace: Workspace, task_id: int, position: int, worker_id
     data = workspace.blob_store.get(row.blob_key)
     return Response(data, mimetype=PILImage.MIME.get(row.format.upper(), "application/octet-stream"),
                     headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _requester_overview(workspace: Workspace) -> dict:
+    """`imgnet label status`'s report, with each category's name and its tasks by status."""
+    from imgnet_build.labeling.status import label_status
+
+    report = label_status(workspace)
+    with workspace.session() as session:
+        names = dict(session.execute(select(Category.wnid, Category.name)).all())
+        tasks: dict[str, dict[str, int]] = {}
+        for wnid, status, count in session.execute(select(Category.wnid, Task.status, func.count())
+                                                   .join(Task, Task.category_id == Category.id)
+                                                   .group_by(Category.wnid, Task.status)):
+            tasks.setdefault(wnid, {})[status] = count
+    for row in report["categories"]:
+        row.update(name=names.get(row["wnid"], ""), tasks=tasks.get(row["wnid"], {}))
+    return report
 
 
 def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
@@ -196,9 +213,7 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
             abort(_message("Not allowed", "That admin token is not valid.", 403))
         if not cookie.get("admin"):
             abort(_message("Not allowed", "Open the requester link that imgnet label serve printed.", 403))
-        with workspace.session() as session:
-            overview = requester.overview(session)
-        return render_page("requester.html", **overview)
+        return render_page("requester.html", **_requester_overview(workspace))
 
     return app
 
