@@ -6,6 +6,7 @@ import base64
 import hashlib
 import html
 import io
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,9 @@ import pytest
 from imgnet_build.blobs import blob_key
 from imgnet_build.cli.main import cli
 from imgnet_build.report import ReportOptions, write_report
+from imgnet_build.report.facts import gather_facts
+from imgnet_build.schemas import validate
+from imgnet_build.split import ExportOptions, export
 from imgnet_build.store import (
     Assignment,
     Candidate,
@@ -222,6 +226,26 @@ def test_figures_of_a_simulated_crowd_match_the_truth(workspace, tmp_path):
     assert summary.thumbnails > 0 and summary.unreadable_images == 0
 
 
+def test_split_counts_are_the_exports(workspace, tmp_path):
+    build_world(workspace, categories=3, images=24)
+    rounds.run(workspace, "simulated", LabelSettings(seed_images=4), options={"sim_seed": 5})
+    empty = gather_facts_of(workspace)
+    assert empty.splits == {"train": 0, "val": 0}
+    result = export(workspace, tmp_path / "out", ExportOptions(include_simulated=True, val_fraction=0.3, seed=1))
+    facts = gather_facts_of(workspace)
+    assert {wnid: {"train": row.train, "val": row.val} for wnid, row in facts.categories.items() if row.accepted} \
+        == result.classes
+    assert facts.splits == result.splits
+    write_report(workspace, tmp_path / "report.html")
+    assert (f"The last export put {result.splits['train']} accepted clusters in train and {result.splits['val']} in val"
+            in (tmp_path / "report.html").read_text())
+
+
+def gather_facts_of(workspace):
+    with workspace.session() as session:
+        return gather_facts(session)
+
+
 def test_escapes_everything_from_the_data(built, tmp_path):
     workspace, _ = built
     write_report(workspace, tmp_path / "report.html")
@@ -240,6 +264,10 @@ def test_cli_writes_into_the_workspace_by_default(built, runner):
     result = runner.invoke(cli, ["-w", str(workspace.root), "report"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"report: {workspace.root / 'report.html'} (")
+    result = runner.invoke(cli, ["-w", str(workspace.root), "report", "--json", "-o", str(workspace.root / "r.html")])
+    document = json.loads(result.output)
+    validate(document, "report")
+    assert document["path"] == str(workspace.root / "r.html") and document["cost"] == "0.82"
     result = runner.invoke(cli, ["-w", str(workspace.root), "report", "-o", str(workspace.root / "nope" / "r.html")])
     assert result.exit_code == 1
     assert result.output == f"Error: cannot write {workspace.root / 'nope' / 'r.html'}: folder {workspace.root / 'nope'} does not exist\n"
