@@ -8,8 +8,10 @@ import sys
 from functools import update_wrapper
 
 import click
+from sqlalchemy.exc import OperationalError
 
-from imgnet_build.errors import ImgnetError
+from imgnet_build.errors import BadInput, ImgnetError
+from imgnet_build.store import database_reason
 from imgnet_build.workspace import Workspace
 
 WORKSPACE_ENV = "IMGNET_WORKSPACE"
@@ -23,6 +25,11 @@ class ImgnetGroup(click.Group):
             return super().invoke(ctx)
         except ImgnetError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # an output file that cannot be written (/dev/full, a read-only folder)
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from exc
+        except OperationalError as exc:  # a database failure outside a workspace session
+            raise click.ClickException(f"database error: {database_reason(exc)}") from exc
 
 
 def pass_workspace(command):
@@ -68,3 +75,18 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
+
+
+def check_writable(path: str) -> None:
+    """BadInput now when `path` could not be written later (the file is left as it was)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise BadInput(f"cannot write {path}: folder {parent} does not exist")
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if not existed:
+        os.unlink(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from imgnet_build.cli.common import ProgressBar, json_option, pass_workspace, print_json, show_progress
-from imgnet_build.fetch import FetchSettings
+from imgnet_build.fetch import MAX_HOST_RATE, FetchSettings
 from imgnet_build.gather import gather as run_gather
 from imgnet_build.workspace import Workspace
 
@@ -24,7 +24,7 @@ DEFAULTS = FetchSettings()
               help="Concurrent downloads.")
 @click.option("--per-host", type=click.IntRange(min=1), default=DEFAULTS.per_host, show_default=True,
               help="Concurrent requests per host.")
-@click.option("--host-rate", type=click.FloatRange(min=0), default=DEFAULTS.host_rate, show_default=True,
+@click.option("--host-rate", type=click.FloatRange(0, MAX_HOST_RATE), default=DEFAULTS.host_rate, show_default=True,
               help="Requests per second per host (0: no cap).")
 @click.option("--retry-failed", is_flag=True, help="Download failed candidates again (after a network outage).")
 @click.option("--allow-loopback", is_flag=True,
@@ -35,8 +35,9 @@ def gather(workspace: Workspace, source_spec: str, per_category: int | None, lan
            per_host: int, host_rate: float, retry_failed: bool, allow_loopback: bool, as_json: bool) -> None:
     """Propose candidate images for every category and download the valid ones.
 
-    Each candidate ends ok, failed or skipped with a reason (see imgnet status); running
-    the same command again continues where it stopped.
+    Each candidate ends ok, failed or skipped with a reason (imgnet status groups the
+    failures by reason, imgnet candidates lists them); running the same command again
+    continues where it stopped.
 
     Example:
 

@@ -23,19 +23,32 @@ def cli(workspace: str | None) -> None:
     """
 
 
+def _target(directory: str | None, default: str, environment: bool) -> str:
+    """The folder a command that makes a workspace works on: DIRECTORY, else -w (or IMGNET_WORKSPACE), else `default`."""
+    if directory:
+        return directory
+    root = click.get_current_context().find_root()
+    from_environment = root.get_parameter_source("workspace") == click.core.ParameterSource.ENVIRONMENT
+    return root.params.get("workspace") if root.params.get("workspace") and (environment or not from_environment) \
+        else default
+
+
 @cli.command()
-@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--database", help="Database URL (default: SQLite imgnet.db in the workspace), "
               "e.g. postgresql+psycopg://user@host/db.")
 @click.option("--blobs", help="Blob store: a folder (default: blobs) or s3://bucket/prefix.")
-def init(directory: str, database: str | None, blobs: str | None) -> None:
+def init(directory: str | None, database: str | None, blobs: str | None) -> None:
     """Create a workspace: imgnet.toml, the database and the blob store.
+
+    DIRECTORY defaults to -w/--workspace (or IMGNET_WORKSPACE), else the current folder.
 
     Example:
 
     \b
         imgnet init ws --database postgresql+psycopg://127.0.0.1/imgnet
     """
+    directory = _target(directory, ".", environment=True)
     workspace = Workspace.init(directory, database=database, blobs=blobs)
     click.echo(f"Created workspace {directory} (database {workspace.engine.url.render_as_string(hide_password=True)})")
     workspace.close()
@@ -45,7 +58,7 @@ def init(directory: str, database: str | None, blobs: str | None) -> None:
 @json_option
 @pass_workspace
 def status(workspace: Workspace, as_json: bool) -> None:
-    """Print counts per stage.
+    """Print counts per stage, and failed candidates grouped by reason.
 
     Example:
 
@@ -58,8 +71,10 @@ def status(workspace: Workspace, as_json: bool) -> None:
         return
     for key, value in counts.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
         click.echo(f"{key + ':':<12} {value}")
+    if counts["failures"]:
+        click.echo("(one by one: imgnet candidates --status failed [--reason TEXT])")
 
 
 @cli.command("wordnet")
@@ -79,14 +94,16 @@ def wordnet_command() -> None:
 
 
 @cli.command()
-@click.argument("directory", default="imgnet-demo", type=click.Path(file_okay=False))
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--online", is_flag=True, help="Gather from Wikimedia Commons instead of the local generated mirror.")
-def demo(directory: str, online: bool) -> None:
+def demo(directory: str | None, online: bool) -> None:
     """Run the pipeline end to end on a small dog subtree (no internet needed).
 
     Builds the tree below dog.n.01, gathers candidates for five breeds from a local
     mirror of generated pictures (with broken links and duplicates among them), and
-    removes duplicates. Running it again continues the same workspace.
+    removes duplicates. Running it again continues the same workspace. DIRECTORY
+    defaults to -w/--workspace, else imgnet-demo; a workspace the demo did not make is
+    refused.
 
     Example:
 
@@ -95,6 +112,7 @@ def demo(directory: str, online: bool) -> None:
     """
     from imgnet_build.demo import run_demo
 
+    directory = _target(directory, "imgnet-demo", environment=False)
     workspace = run_demo(directory, online=online, say=click.echo)
     counts = workspace.status()
     workspace.close()
@@ -104,6 +122,7 @@ def demo(directory: str, online: bool) -> None:
 
 # (module in cli/, click command in it); each stage adds its line here.
 COMMANDS: list[tuple[str, str]] = [
+    ("candidates", "candidates"),
     ("dedup", "dedup"),
     ("export", "export"),
     ("gather", "gather"),

@@ -17,7 +17,8 @@ def report(workspace: Workspace, output: str | None, as_json: bool) -> None:
     """Write an HTML report: tree, sources, duplicates, votes, label quality, cost, thumbnails.
 
     One file with its charts and thumbnails inside; it loads nothing from the network, so
-    it can be mailed or archived as it is. Writing it again replaces it.
+    it can be mailed or archived as it is. Writing it again replaces it. With --json the
+    summary follows schemas/report.schema.json.
 
     Example:
 

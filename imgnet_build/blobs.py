@@ -6,6 +6,7 @@ store writes a temporary file and renames it; S3's PutObject is atomic.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -34,7 +35,11 @@ class BlobStore(Protocol):
 class LocalBlobStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission
+            raise BadInput(f"cannot use {self.root} as the blob store folder: {exc.strerror or exc}; "
+                           "set blobs in imgnet.toml to a folder") from exc
         self.location = str(self.root)
 
     def _path(self, key: str) -> Path:
@@ -82,7 +87,15 @@ class S3BlobStore:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        """The blob's bytes; FileNotFoundError when it is missing (as for a local store)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(errno.ENOENT, "no such blob", f"{self.location}/{key}") from exc
+            raise
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -18,13 +18,14 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def insert_ignore(session: Session, model: type, rows: list[dict]) -> None:
+def insert_ignore(session: Session, model: type, rows: list[dict], returning: tuple = ()) -> list:
     """Insert `rows`, silently skipping any that would break a unique constraint.
 
-    Safe against concurrent writers: the database decides (ON CONFLICT DO NOTHING).
+    Safe against concurrent writers: the database decides (ON CONFLICT DO NOTHING). With
+    `returning` columns, returns those columns of the rows actually inserted.
     """
     if not rows:
-        return
+        return []
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
@@ -33,11 +34,18 @@ def insert_ignore(session: Session, model: type, rows: list[dict]) -> None:
     else:  # portable fallback: one savepoint per row
         from sqlalchemy.exc import IntegrityError
 
+        inserted = []
         for row in rows:
             try:
                 with session.begin_nested():
-                    session.execute(insert(model), [row])
+                    statement = insert(model).returning(*returning) if returning else insert(model)
+                    result = session.execute(statement, [row])
+                    inserted += result.all() if returning else []
             except IntegrityError:
                 pass
-        return
-    session.execute(dialect_insert(model).on_conflict_do_nothing(), rows)
+        return inserted
+    statement = dialect_insert(model).on_conflict_do_nothing()
+    if not returning:
+        session.execute(statement, rows)
+        return []
+    return list(session.execute(statement.returning(*returning), rows).all())

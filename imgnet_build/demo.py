@@ -21,8 +21,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter
 
 from imgnet_build import dedup
+from imgnet_build.errors import NotAWorkspace, WorkspaceExists
 from imgnet_build.labeling import rounds
-from imgnet_build.errors import NotAWorkspace
 from imgnet_build.fetch import FetchSettings
 from imgnet_build.gather import gather
 from imgnet_build.taxonomy import TreeOptions, build_tree
@@ -32,6 +32,7 @@ from imgnet_build.workspace import Workspace
 __all__ = ["run_demo", "DEMO_ROOT", "DEMO_CATEGORIES"]
 
 DEMO_ROOT = "dog.n.01"
+DEMO_MARKER = ".imgnet-demo"  # a workspace the demo made (and may rebuild)
 DEMO_CATEGORIES = ("pembroke.n.01", "cardigan.n.02", "toy_poodle.n.01", "standard_poodle.n.01", "whippet.n.01")
 IMAGES_PER_CATEGORY = 12
 OFF_CATEGORY = 4  # pictures of something else in each category's list: the crowd should reject them
@@ -41,10 +42,16 @@ def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], N
     """Build (or continue) a demo workspace in `directory`; `say` receives one line per step."""
     try:
         workspace = Workspace.open(directory)
-        say(f"demo: continuing the workspace in {directory}")
     except NotAWorkspace:
         workspace = Workspace.init(directory)
+        (Path(directory) / DEMO_MARKER).write_text("made by imgnet demo; imgnet demo may rebuild this tree\n")
         say(f"demo: created the workspace {directory}")
+    else:
+        if not any((Path(directory) / name).exists() for name in (DEMO_MARKER, "demo-mirror")):
+            workspace.close()
+            raise WorkspaceExists(f"{directory} is a workspace not made by imgnet demo; the demo would replace "
+                                  "its category tree. Give the demo a new folder: imgnet demo imgnet-demo")
+        say(f"demo: continuing the workspace in {directory}")
     with workspace.session() as session:
         tree = build_tree(session, TreeOptions(roots=(DEMO_ROOT,)))
     say(f"tree: {tree.categories} categories below {DEMO_ROOT}")

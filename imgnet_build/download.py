@@ -23,7 +23,17 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from imgnet_build.errors import ImgnetError
-from imgnet_build.netguard import USER_AGENT, AddressRefused, GuardedAdapter, HostLimiter, retry_after, time_left
+from imgnet_build.netguard import (
+    USER_AGENT,
+    Abandoned,
+    AddressRefused,
+    GuardedAdapter,
+    HostLimiter,
+    abandon_requests,
+    literal_refusal,
+    retry_after,
+    time_left,
+)
 from imgnet_build.store import CandidateStatus
 
 if TYPE_CHECKING:
@@ -82,12 +92,13 @@ def _network_reason(exc: BaseException) -> str:
     chain, todo = [], [exc]
     while todo:
         error = todo.pop(0)
-        if error is not None and all(error is not seen for seen in chain):
+        if isinstance(error, BaseException) and all(error is not seen for seen in chain):
             chain.append(error)
             todo += [error.__cause__, error.__context__, getattr(error, "reason", None)]
     kinds = [("connection refused", ConnectionRefusedError),
              ("host name not found", (NameResolutionError, socket.gaierror)),
-             ("TLS error", (requests.exceptions.SSLError, Urllib3SSLError, ssl.SSLError)),
+             ("TLS error", ssl.SSLError),  # the ssl module's own error says what went wrong
+             ("TLS error", (requests.exceptions.SSLError, Urllib3SSLError)),
              ("connect timed out", requests.ConnectTimeout),
              ("read timed out", (requests.ReadTimeout, ReadTimeoutError, TimeoutError))]
     for reason, types in kinds:
@@ -104,7 +115,8 @@ class Downloader:
 
     def __init__(self, settings: FetchSettings):
         self.settings = settings
-        self.hosts = HostLimiter(settings.per_host, settings.host_rate)
+        self.stopping = threading.Event()  # set by `abandon`: stop waiting, give up what is in flight
+        self.hosts = HostLimiter(settings.per_host, settings.host_rate, self.stopping)
         self._headers = {"User-Agent": settings.user_agent, "Accept": "image/*,*/*;q=0.8"}
         self._local = threading.local()
 
@@ -142,16 +154,25 @@ class Downloader:
                     pause = exc.retry_after if exc.retry_after is not None else \
                         settings.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
                     if pause < time_left():
-                        time.sleep(pause)
+                        if self.stopping.wait(pause):
+                            raise ItemFailed(FAILED, "abandoned: the run is stopping", attempt) from exc
                         continue
                     reason = f"{exc.reason} (no time left to retry)"
                 raise ItemFailed(FAILED, reason, attempt) from exc
         raise AssertionError("unreachable")
 
+    def abandon(self) -> None:
+        """Stop: waits end and the sockets of requests in flight are shut, so workers return at once."""
+        self.stopping.set()
+        abandon_requests()
+
     def _get_once(self, url: str) -> bytes:
         settings, seen = self.settings, {url}
         for _hop in range(settings.max_redirects + 1):
             host = check_url(url).hostname
+            refused = literal_refusal(host, settings.allow_loopback)  # no politeness slot for these
+            if refused:
+                raise ItemFailed(FAILED, refused)
             try:
                 with self.hosts.slot(host):
                     response = self._send(url)
@@ -161,13 +182,13 @@ class Downloader:
                         location = urllib.parse.urljoin(url, response.headers["Location"])
             except (ItemFailed, _Retryable):
                 raise
-            except AddressRefused as exc:
+            except (AddressRefused, Abandoned) as exc:
                 raise ItemFailed(FAILED, str(exc)) from exc
             except Exception as exc:  # requests, urllib3, http.client and socket errors
                 if time_left() <= 0:
                     raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s") from exc
                 reason = _network_reason(exc)
-                if reason == "host name not found":
+                if reason == "host name not found" or reason.startswith("TLS error"):  # retrying will not help
                     raise ItemFailed(FAILED, reason) from exc
                 raise _Retryable(reason) from exc
             if location in seen:

@@ -31,27 +31,35 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import os
+import socket
 import time
+import uuid
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 
 from imgnet_build.blobs import blob_key
 from imgnet_build.dbutil import insert_ignore
 from imgnet_build.download import USER_AGENT, Downloader, ItemFailed
 from imgnet_build.errors import BadInput, ImgnetError
-from imgnet_build.netguard import deadline
+from imgnet_build.netguard import deadline, redact
+from imgnet_build.sources.dirs import local_path
 from imgnet_build.store import Candidate, CandidateStatus, Image
-from imgnet_build.validate import ImageRejected, check_image
+from imgnet_build.validate import DecodeBudget, ImageRejected, check_image
 
 __all__ = ["FetchSettings", "FetchSummary", "fetch_pending", "BlobStoreFailed", "QUOTA_REASON"]
 
 OK, FAILED, SKIPPED = CandidateStatus.OK, CandidateStatus.FAILED, CandidateStatus.SKIPPED
 QUOTA_REASON = "quota reached"
+LEASE = dt.timedelta(minutes=5)  # how long a claim lasts unless renewed (a run renews its claims as it goes)
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # claims of dead local runs are freed at once
+MAX_HOST_RATE = 10_000.0
+CLAIM_PER_WORKER = 4  # rows claimed at a time, per worker
 
 
 class BlobStoreFailed(ImgnetError):
@@ -72,6 +80,7 @@ class FetchSettings:
     max_redirects: int = 5
     max_bytes: int = 25 * 2**20
     max_pixels: int = 80_000_000
+    decode_memory: int = 512 * 2**20  # decoded pixels in memory at once, all workers together (bytes)
     min_side: int = 32
     per_host: int = 16  # requests in flight per host
     host_rate: float = 50.0  # requests per second per host; 0 = no cap
@@ -82,14 +91,17 @@ class FetchSettings:
     retry_failed: bool = False  # fetch failed candidates again (not rows the source itself marked failed)
 
     def __post_init__(self) -> None:
-        for name in ("workers", "per_host", "max_redirects", "max_bytes", "max_pixels"):
+        for name in ("workers", "per_host", "max_redirects", "max_bytes", "max_pixels", "decode_memory"):
             if getattr(self, name) < (0 if name == "max_redirects" else 1):
                 raise BadInput(f"fetch setting {name} must be at least {0 if name == 'max_redirects' else 1}")
         for name in ("connect_timeout", "read_timeout", "deadline"):
             if not getattr(self, name) > 0:
                 raise BadInput(f"fetch setting {name} must be more than 0 seconds")
-        if self.retries < 0 or self.backoff < 0 or self.host_rate < 0 or self.min_side < 0:
-            raise BadInput("fetch settings retries, backoff, host_rate and min_side cannot be negative")
+        if not 0 <= self.host_rate <= MAX_HOST_RATE:  # also refuses nan
+            raise BadInput(f"host rate {self.host_rate} is not a number of requests per second from 0 (no cap) "
+                           f"to {MAX_HOST_RATE:g}")
+        if self.retries < 0 or self.backoff < 0 or self.min_side < 0:
+            raise BadInput("fetch settings retries, backoff and min_side cannot be negative")
 
 
 @dataclasses.dataclass
@@ -117,6 +129,7 @@ class _Item(NamedTuple):
     id: int
     category_id: int
     url: str
+    url_hash: str
     source: str
     source_sha1: str | None
     attempts: int
@@ -130,13 +143,23 @@ class _Outcome:
     image: dict | None = None  # an Image row, when ok
 
 
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
 class _Run:
+    """One fetch run: claims pending rows in leased batches, downloads them, writes results under the claim."""
+
     def __init__(self, workspace, settings: FetchSettings, per_category: int | None,
                  progress: Callable[[int, int], None] | None):
         self.workspace, self.settings, self.quota, self.progress = workspace, settings, per_category, progress
         self.blobs = workspace.blob_store
         self.downloader = Downloader(settings)
+        self.budget = DecodeBudget(settings.decode_memory)
         self.summary = FetchSummary()
+        self.owner = f"{os.getpid()}:{_HOST}:{uuid.uuid4().hex[:8]}"  # this run's name on the rows it claims
+        self.started = _now()
+        self.renewed = time.monotonic()
         self.queues: dict[int, deque[_Item]] = {}
         self.ok_count: Counter = Counter()
         self.in_flight: Counter = Counter()  # per category, waiters included
@@ -147,27 +170,93 @@ class _Run:
         self.pending_rows: list[dict] = []
         self.pending_images: list[dict] = []
         self.done = self.total = 0
+        self.exhausted = False  # nothing left to claim
 
-    def load(self) -> None:
+    def _eligible(self, now: dt.datetime):
+        """Rows this run may claim: pending, quota-skipped (or failed, with retry_failed) and not claimed."""
+        not_this_run = or_(Candidate.fetched_at.is_(None), Candidate.fetched_at < self.started)
+        eligible = or_(Candidate.status == CandidateStatus.PENDING,
+                       and_(Candidate.status == SKIPPED, Candidate.error == QUOTA_REASON, not_this_run))
+        if self.settings.retry_failed:  # attempts 0: a row the source marked failed, nothing to fetch
+            eligible = or_(eligible, and_(Candidate.status == FAILED, Candidate.attempts > 0, not_this_run))
+        condition = and_(eligible, or_(Candidate.lease_until.is_(None), Candidate.lease_until < now))
+        if self.quota is not None:
+            condition = and_(condition, Candidate.category_id.not_in(self._full()))
+        return condition
+
+    def _full(self):
+        return (select(Candidate.category_id).where(Candidate.status == OK).group_by(Candidate.category_id)
+                .having(func.count() >= self.quota))
+
+    def return_dead_claims(self) -> None:
+        """Free the claims of runs on this machine whose process is gone (killed), without waiting for their lease."""
+        table = Candidate.__table__
         with self.workspace.session() as session:
-            eligible = or_(Candidate.status == CandidateStatus.PENDING,
-                           and_(Candidate.status == SKIPPED, Candidate.error == QUOTA_REASON))
-            if self.settings.retry_failed:  # attempts 0: a row the source marked failed, nothing to fetch
-                eligible = or_(eligible, and_(Candidate.status == FAILED, Candidate.attempts > 0))
+            owners = session.scalars(select(table.c.lease_owner).distinct().where(
+                table.c.lease_owner.like(f"%:{_HOST}:%"))).all()
+            dead = [owner for owner in owners if not _alive(int(owner.split(":", 1)[0]))]
+            if dead:
+                session.execute(update(table).where(table.c.lease_owner.in_(dead))
+                                .values(lease_owner=None, lease_until=None))
+
+    def count(self) -> None:
+        self.return_dead_claims()
+        with self.workspace.session() as session:
+            self.total = session.scalar(select(func.count()).select_from(Candidate).where(self._eligible(_now())))
+
+    def claim(self) -> None:
+        """Claim the next batch (in category and rank order) and learn what is already stored for it.
+
+        One statement claims: `FOR UPDATE SKIP LOCKED` on PostgreSQL, SQLite's write lock,
+        so two runs never hold one row. Pending rows of categories already full are skipped.
+        """
+        self.flush()
+        now = _now()
+        with self.workspace.session() as session:
+            if self.quota is not None:
+                skipped = session.execute(
+                    update(Candidate).where(Candidate.status == CandidateStatus.PENDING, Candidate.category_id.in_(
+                        self._full()), or_(Candidate.lease_until.is_(None), Candidate.lease_until < now))
+                    .values(status=SKIPPED, error=QUOTA_REASON, fetched_at=now)
+                    .execution_options(synchronize_session=False)).rowcount
+                self.summary.skipped += skipped
+                self.summary.reasons[QUOTA_REASON] += skipped
+                self.done += skipped
+            batch = (select(Candidate.id).where(self._eligible(now))
+                     .order_by(Candidate.category_id, Candidate.rank.is_(None), Candidate.rank, Candidate.id)
+                     .limit(self.settings.workers * CLAIM_PER_WORKER).with_for_update(skip_locked=True))
             rows = session.execute(
-                select(Candidate.id, Candidate.category_id, Candidate.url, Candidate.source, Candidate.source_sha1,
-                       Candidate.attempts).where(eligible)
-                .order_by(Candidate.category_id, Candidate.rank.is_(None), Candidate.rank, Candidate.id)).all()
-            ok_rows = session.execute(select(Candidate.category_id, Candidate.url, Candidate.source_sha1,
-                                             Candidate.image_sha256).where(Candidate.status == OK)).all()
-        for row in rows:
-            self.queues.setdefault(row.category_id, deque()).append(_Item(*row))
-        for category_id, url, sha1, sha256 in ok_rows:
-            self.ok_count[category_id] += 1
+                update(Candidate).where(Candidate.id.in_(batch.scalar_subquery()))
+                .values(lease_owner=self.owner, lease_until=now + LEASE)
+                .returning(Candidate.id, Candidate.category_id, Candidate.url, Candidate.url_hash, Candidate.source,
+                           Candidate.source_sha1, Candidate.attempts)
+                .execution_options(synchronize_session=False)).all()
+            items = sorted((_Item(*row) for row in rows), key=lambda item: item.id)
+            categories = {item.category_id for item in items}
+            hashes = {item.url_hash for item in items}
+            sha1s = {item.source_sha1 for item in items if item.source_sha1}
+            counts = session.execute(select(Candidate.category_id, func.count()).where(
+                Candidate.status == OK, Candidate.category_id.in_(categories)).group_by(Candidate.category_id)).all()
+            known = session.execute(select(Candidate.category_id, Candidate.url, Candidate.source_sha1,
+                                           Candidate.image_sha256).where(
+                Candidate.status == OK, or_(Candidate.url_hash.in_(hashes), Candidate.source_sha1.in_(sha1s)))).all()
+        self.exhausted = not items
+        for category_id, count in counts:
+            self.ok_count[category_id] = count
+        for category_id, url, sha1, sha256 in known:
             self.url_image[url] = sha256
             if sha1:
-                self.sha1_image[sha1] = (sha256, category_id)
-        self.total = len(rows)
+                self.sha1_image.setdefault(sha1, (sha256, category_id))
+        for item in items:
+            self.queues.setdefault(item.category_id, deque()).append(item)
+        self.total = max(self.total, self.done + self.queued() + len(self.futures))
+
+    def queued(self) -> int:
+        return sum(len(queue) for queue in self.queues.values())
+
+    def ready(self) -> int:
+        """Queued rows that could start now (their category is under its quota)."""
+        return sum(len(queue) for category_id, queue in self.queues.items() if self.room(category_id))
 
     def room(self, category_id: int) -> bool:
         return self.quota is None or self.ok_count[category_id] + self.in_flight[category_id] < self.quota
@@ -217,7 +306,7 @@ class _Run:
                     data = _read_local(item.url, self.settings.max_bytes)
                 else:
                     data, attempts = self.downloader.get(item.url)
-            info = check_image(data, self.settings.min_side, self.settings.max_pixels)
+            info = check_image(data, self.settings.min_side, self.settings.max_pixels, self.budget)
         except ItemFailed as exc:
             return _Outcome(exc.status, exc.reason, exc.attempts)
         except ImageRejected as exc:
@@ -255,48 +344,93 @@ class _Run:
                 self.sha1_image.setdefault(item.source_sha1, (image["sha256"], item.category_id))
             if len(image) > 1:
                 self.pending_images.append(image)
+        reason = redact(outcome.reason) if outcome.reason else None
         self.pending_rows.append({
-            "id": item.id, "status": outcome.status, "error": outcome.reason,
-            "attempts": item.attempts + outcome.attempts, "image_sha256": image["sha256"] if image else None,
-            "fetched_at": dt.datetime.now(dt.timezone.utc)})
+            "row_id": item.id, "new_status": outcome.status, "new_error": reason,
+            "new_attempts": item.attempts + outcome.attempts, "new_image": image["sha256"] if image else None,
+            "new_fetched_at": _now()})
         setattr(self.summary, outcome.status, getattr(self.summary, outcome.status) + 1)
-        if outcome.reason:
-            self.summary.reasons[outcome.reason.split(":")[0] if outcome.status != SKIPPED else outcome.reason] += 1
+        if reason:
+            self.summary.reasons[reason.split(":")[0] if outcome.status != SKIPPED else reason] += 1
         self.done += 1
 
     def flush(self) -> None:
-        if not self.pending_rows:
+        """Write the results so far, each only where this run still holds the claim; renew the claims held."""
+        renew = time.monotonic() - self.renewed > LEASE.total_seconds() / 3
+        if not self.pending_rows and not renew:
             return
+        table = Candidate.__table__
         with self.workspace.session() as session:
-            insert_ignore(session, Image, self.pending_images)
-            session.execute(update(Candidate), self.pending_rows)
+            if self.pending_rows:
+                insert_ignore(session, Image, self.pending_images)
+                session.execute(
+                    update(table).where(table.c.id == bindparam("row_id"), table.c.lease_owner == self.owner)
+                    .values(status=bindparam("new_status"), error=bindparam("new_error"),
+                            attempts=bindparam("new_attempts"), image_sha256=bindparam("new_image"),
+                            fetched_at=bindparam("new_fetched_at"), lease_owner=None, lease_until=None),
+                    self.pending_rows)
+            if renew:
+                session.execute(update(table).where(table.c.lease_owner == self.owner)
+                                .values(lease_until=_now() + LEASE))
+                self.renewed = time.monotonic()
         self.pending_rows, self.pending_images = [], []
         if self.progress:
             self.progress(self.done, self.total)
 
+    def release(self) -> None:
+        """Give back the claims on rows not finished (abandoned in flight, or still queued): they stay pending."""
+        table = Candidate.__table__
+        with self.workspace.session() as session:
+            session.execute(update(table).where(table.c.lease_owner == self.owner)
+                            .values(lease_owner=None, lease_until=None))
+
     def run(self) -> FetchSummary:
         started = time.monotonic()
-        self.load()
+        self.count()
         if self.progress:
             self.progress(0, self.total)
         pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="imgnet-fetch")
         try:
+            self.claim()
             self.fill(pool)
-            while self.futures:
+            while self.futures or self.queued() or not self.exhausted:
+                if self.ready() < self.settings.workers and not self.exhausted:
+                    self.claim()
+                    self.fill(pool)
+                    if not self.futures:
+                        continue
                 done, _ = wait(self.futures, return_when=FIRST_COMPLETED)
                 for future in done:
                     self.finish(self.futures.pop(future), future.result())
                 self.fill(pool)
                 self.flush()
+        except BaseException:  # Ctrl-C, a broken blob store: abandon what is in flight, now
+            self.downloader.abandon()
+            self.budget.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            self.flush()
+            try:
+                self.flush()
+            finally:
+                self.release()
         self.summary.seconds = time.monotonic() - started
         return self.summary
 
 
-def _read_local(path: str, max_bytes: int) -> bytes:
-    file = Path(path)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _read_local(url: str, max_bytes: int) -> bytes:
+    file = Path(local_path(url))
     if not file.is_file():
         raise ItemFailed(FAILED, "no such file")
     size = file.stat().st_size

@@ -18,19 +18,22 @@ Steps, each idempotent, so running the same gather again continues where it stop
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from imgnet_build.dbutil import batched, insert_ignore
 from imgnet_build.errors import BadInput
 from imgnet_build.fetch import FetchSettings, FetchSummary, fetch_pending
 from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
-from imgnet_build.store import Candidate, CandidateStatus, Category
+from imgnet_build.netguard import redact
+from imgnet_build.store import Candidate, CandidateStatus, Category, database_reason, url_hash
 
-__all__ = ["gather", "GatherSummary", "propose_candidates", "DEFAULT_PROPOSALS"]
+__all__ = ["gather", "GatherSummary", "propose_candidates", "list_candidates", "failure_reasons", "DEFAULT_PROPOSALS"]
 
 DEFAULT_PROPOSALS = 100  # what a search source is asked for per category when there is no quota
 # Web search is about 10% precise and some downloads fail: a search source is asked for
@@ -38,6 +41,7 @@ DEFAULT_PROPOSALS = 100  # what a search source is asked for per category when t
 OVERASK = 3
 BATCH = 500
 EXAMPLES = 5
+SHA1 = re.compile(r"[0-9a-fA-F]{40}")
 
 
 @dataclasses.dataclass
@@ -131,30 +135,60 @@ def propose_candidates(workspace, source: Source, per_category: int | None, lang
     for batch in batched(proposals, BATCH):
         rows: dict[tuple[int, str], dict] = {}
         for row in filter(None, (_row(proposal, source.name, ids, summary) for proposal in batch)):
-            rows.setdefault((row["category_id"], row["url"]), row)  # the first proposal of a URL wins
-        with workspace.session() as session:
-            known = set(session.execute(select(Candidate.category_id, Candidate.url).where(
-                Candidate.url.in_({url for _, url in rows}))).all())
-            new = [row for key, row in rows.items() if key not in known]
-            insert_ignore(session, Candidate, new)  # a concurrent writer may have added some meanwhile
+            rows.setdefault((row["category_id"], row["url_hash"]), row)  # the first proposal of a URL wins
+        try:
+            new = _insert_new(workspace, rows)
+        except DBAPIError:  # a row the database still refuses: find it, keep the others
+            new = []
+            for key, row in rows.items():
+                try:
+                    new += _insert_new(workspace, {key: row})
+                except DBAPIError as exc:
+                    _reject(summary, row["url"], f"cannot be stored: {database_reason(exc)}")
         summary.new_candidates += len(new)
         summary.invalid += sum(row["status"] == CandidateStatus.FAILED for row in new)
+
+
+def _insert_new(workspace, rows: dict[tuple[int, str], dict]) -> list[dict]:
+    with workspace.session() as session:
+        known = set(session.execute(select(Candidate.category_id, Candidate.url_hash).where(
+            Candidate.url_hash.in_({key for _, key in rows}))).all())
+        new = [row for key, row in rows.items() if key not in known]
+        # a concurrent writer may have added some meanwhile: count only what this insert added
+        added = set(insert_ignore(session, Candidate, new, returning=(Candidate.category_id, Candidate.url_hash)))
+    return [row for row in new if (row["category_id"], row["url_hash"]) in added]
+
+
+def _reject(summary: GatherSummary, url: str | None, reason: str) -> None:
+    summary.rejected[_reason_kind(reason)] += 1
+    if len(summary.examples) < EXAMPLES:
+        summary.examples.append(f"{redact(_storable(url)) if url else '-'}: {reason}")
+
+
+def _storable(value: str | None) -> str | None:
+    """Text every database stores: no NUL (PostgreSQL refuses it), no lone surrogates (not UTF-8)."""
+    if value is None:
+        return None
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def _row(proposal: Proposal, source: str, ids: dict[str, int], summary: GatherSummary) -> dict | None:
     summary.proposed += 1
     category_id = ids.get(proposal.wnid)
     if category_id is None or not proposal.url:
-        reason = proposal.error or f"unknown wnid {proposal.wnid!r} (not a category of this workspace)"
-        summary.rejected[_reason_kind(reason)] += 1
-        if len(summary.examples) < EXAMPLES:
-            summary.examples.append(f"{proposal.url or '-'}: {reason}")
+        _reject(summary, proposal.url, proposal.error or f"unknown wnid {proposal.wnid!r} (not a category of this workspace)")
         return None
-    return {"category_id": category_id, "query_id": proposal.query_id, "source": source, "url": proposal.url,
-            "rank": proposal.rank, "license": proposal.license, "attribution": proposal.attribution,
-            "source_sha1": proposal.source_sha1, "truth": proposal.truth,
-            "status": CandidateStatus.FAILED if proposal.error else CandidateStatus.PENDING,
-            "error": proposal.error, "attempts": 0}
+    url, error = proposal.url, proposal.error
+    if "\x00" in url:
+        url, error = url.replace("\x00", "%00"), error or "invalid URL: contains a NUL byte"
+    elif _storable(url) != url:
+        url, error = url.encode("utf-8", "backslashreplace").decode("utf-8"), error or "invalid URL: not valid Unicode"
+    sha1 = proposal.source_sha1 if proposal.source_sha1 and SHA1.fullmatch(proposal.source_sha1) else None
+    return {"category_id": category_id, "query_id": proposal.query_id, "source": source, "url": url,
+            "url_hash": url_hash(proposal.url), "rank": proposal.rank, "license": _storable(proposal.license),
+            "attribution": _storable(proposal.attribution), "source_sha1": sha1, "truth": proposal.truth,
+            "status": CandidateStatus.FAILED if error else CandidateStatus.PENDING,
+            "error": _storable(error), "attempts": 0}
 
 
 def _reason_kind(reason: str) -> str:
@@ -162,3 +196,37 @@ def _reason_kind(reason: str) -> str:
     if reason.startswith("line ") and ":" in reason:
         reason = reason.split(":", 1)[1].strip()
     return reason.split(" (", 1)[0]
+
+
+def failure_reasons(session, limit: int = 10) -> dict[str, int]:
+    """Failed candidates grouped by the kind of reason ("HTTP 404 Not Found", "refused", "TLS error"…), commonest first."""
+    kinds: Counter = Counter()
+    for error, count in session.execute(select(Candidate.error, func.count()).where(
+            Candidate.status == CandidateStatus.FAILED).group_by(Candidate.error)):
+        kinds[(error or "no reason").split(":", 1)[0]] += count
+    return dict(kinds.most_common(limit))
+
+
+CANDIDATE_FIELDS = ("id", "status", "wnid", "url", "reason", "attempts", "source", "rank", "license", "image_sha256")
+
+
+def list_candidates(session, status: str | None = None, wnid: str | None = None, reason: str | None = None,
+                    limit: int | None = None) -> Iterator[dict]:
+    """Candidates as dicts (`CANDIDATE_FIELDS`), in id order; `reason` matches part of the error text
+    (any case). Passwords in URLs and reasons are hidden."""
+    query = (select(Candidate.id, Candidate.status, Category.wnid, Candidate.url, Candidate.error, Candidate.attempts,
+                    Candidate.source, Candidate.rank, Candidate.license, Candidate.image_sha256)
+             .join(Category, Category.id == Candidate.category_id).order_by(Candidate.id))
+    if status:
+        query = query.where(Candidate.status == status)
+    if wnid:
+        query = query.where(Category.wnid == wnid)
+    if reason:
+        query = query.where(func.lower(Candidate.error).contains(reason.lower(), autoescape=True))
+    if limit:
+        query = query.limit(limit)
+    for row in session.execute(query).yield_per(1000):
+        values = dict(zip(CANDIDATE_FIELDS, row))
+        values["url"] = redact(values["url"])
+        values["reason"] = redact(values["reason"]) if values["reason"] else None
+        yield values

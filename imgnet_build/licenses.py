@@ -14,6 +14,7 @@ filter can still name it exactly.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from imgnet_build.errors import BadInput
 
@@ -26,6 +27,7 @@ _CC0 = re.compile(r"^cc[\s_-]*0\b|^cc[\s_-]*zero\b", re.I)
 _PUBLIC_DOMAIN = re.compile(r"^(?:pdm\b|public[\s_-]*domain|pd\b|pd[\s_-])", re.I)
 
 
+@lru_cache(maxsize=4096)
 def license_code(text: str | None) -> str | None:
     """The short code of a licence name or URL; None when there is none."""
     if text is None or not text.strip():

@@ -22,6 +22,7 @@ import heapq
 import ipaddress
 import itertools
 import os
+import re
 import socket
 import threading
 import time
@@ -36,11 +37,19 @@ from urllib3.util import connection as urllib3_connection
 from imgnet_build import __version__
 from imgnet_build.errors import ImgnetError
 
-__all__ = ["AddressRefused", "GuardedAdapter", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
+__all__ = ["redact", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
            "retry_after"]
 
 USER_AGENT = os.environ.get("IMGNET_USER_AGENT") or (
     f"imgnet-build/{__version__} (ImageNet-style dataset builder; https://pypi.org/project/imgnet-build/)")
+
+
+_CREDENTIALS = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it hidden: http://user:pw@host/ -> http://user:***@host/."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
 
 
 def retry_after(value: str | None) -> float | None:
@@ -54,6 +63,10 @@ def retry_after(value: str | None) -> float | None:
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
+
+
+class Abandoned(ImgnetError):
+    "A request given up because the run is stopping (Ctrl-C)"
 
 
 class AddressRefused(ImgnetError):
@@ -73,6 +86,15 @@ def refusal(address: str, allow_loopback: bool = False) -> str | None:
     if not ip.is_global:
         return "not a public address"
     return None
+
+
+def literal_refusal(host: str, allow_loopback: bool = False) -> str | None:
+    """The SSRF guard's refusal of a host that is an IP address, found without any lookup; None otherwise."""
+    try:
+        why = refusal(host, allow_loopback)
+    except ValueError:  # a name: checked when its connection resolves it
+        return None
+    return f"refused: {host} is {why}" if why else None
 
 
 def _checked_addresses(host: str, port: int, allow_loopback: bool) -> list[str]:
@@ -115,6 +137,14 @@ class _Watchdog:
             for token in tokens:
                 self._sockets.pop(token, None)
 
+    def shut_all(self) -> None:
+        """Shut every watched socket now."""
+        with self._cond:
+            sockets, self._sockets = list(self._sockets.values()), {}
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -146,6 +176,11 @@ def deadline(seconds: float) -> Iterator[None]:
     finally:
         _WATCHDOG.cancel(_local.tokens)
         _local.deadline, _local.tokens = None, []
+
+
+def abandon_requests() -> None:
+    """Shut the sockets of every request in flight under a deadline (a run stopping at Ctrl-C)."""
+    _WATCHDOG.shut_all()
 
 
 def time_left() -> float:
@@ -219,8 +254,9 @@ class GuardedAdapter(HTTPAdapter):
 class HostLimiter:
     """At most `concurrency` requests in flight and `rate` requests per second per host (0: no rate cap)."""
 
-    def __init__(self, concurrency: int, rate: float) -> None:
+    def __init__(self, concurrency: int, rate: float, stopping: threading.Event | None = None) -> None:
         self.concurrency, self.rate = concurrency, rate
+        self.stopping = stopping or threading.Event()  # once set, waiting for a turn raises Abandoned
         self._lock = threading.Lock()
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._next: dict[str, float] = {}
@@ -231,16 +267,23 @@ class HostLimiter:
         waited = time.monotonic()
         with self._lock:
             semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(self.concurrency))
-        semaphore.acquire()
+        while not semaphore.acquire(timeout=0.25):
+            if self.stopping.is_set():
+                raise Abandoned("abandoned: the run is stopping")
         try:
             with self._lock:
                 now = time.monotonic()
                 start = max(now, self._next.get(host, now))
                 self._next[host] = start + (1.0 / self.rate if self.rate > 0 else 0.0)
-            if start > now:
-                time.sleep(start - now)
+            if start > now and self.stopping.wait(start - now):
+                raise Abandoned("abandoned: the run is stopping")
             _extend(time.monotonic() - waited)
-            yield
+            try:
+                yield
+            except AddressRefused:  # nothing was sent: give the turn back
+                with self._lock:
+                    self._next[host] = max(time.monotonic(), self._next[host] - (1.0 / self.rate if self.rate else 0.0))
+                raise
         finally:
             semaphore.release()
 

@@ -7,6 +7,7 @@ The schema is defined here once and created/upgraded by the Alembic migrations i
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from pathlib import Path
 
 from sqlalchemy import (
@@ -26,11 +27,13 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from imgnet_build import __version__
 from imgnet_build.errors import DatabaseUnavailable
 
 __all__ = [
@@ -115,8 +118,22 @@ ASSIGNMENT_STATUSES = ("given", "submitted", "approved", "rejected", "abandoned"
 LABEL_STATUSES = ("accepted", "rejected", "undecided")
 
 
+def url_hash(url: str) -> str:
+    """The key of a candidate's URL (any length; a btree over the URL itself overflows on PostgreSQL)."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _url_hash_default(context) -> str:
+    return url_hash(context.get_current_parameters()["url"])
+
+
 class Candidate(Base):
-    """One image URL or path proposed for one category."""
+    """One image URL or path proposed for one category; unique per category and URL (by its hash).
+
+    A fetch run claims pending rows by setting `lease_owner` and `lease_until`; a claim
+    whose time has passed (its process died) is free again. Results are written only
+    under the claim.
+    """
 
     __tablename__ = "candidate"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -124,8 +141,9 @@ class Candidate(Base):
     query_id: Mapped[int | None] = mapped_column(ForeignKey("query.id", ondelete="SET NULL"))
     source: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(Text)
+    url_hash: Mapped[str] = mapped_column(String(64), default=_url_hash_default)  # sha256 of the URL
     rank: Mapped[int | None] = mapped_column(Integer)
-    license: Mapped[str | None] = mapped_column(String(255))
+    license: Mapped[str | None] = mapped_column(Text)
     attribution: Mapped[str | None] = mapped_column(Text)
     source_sha1: Mapped[str | None] = mapped_column(String(40))  # when the source tells it
     truth: Mapped[bool | None] = mapped_column(Boolean)  # known answer (URL lists, tests, gold)
@@ -135,10 +153,14 @@ class Candidate(Base):
     image_sha256: Mapped[str | None] = mapped_column(ForeignKey("image.sha256"))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     fetched_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(32))  # the fetch run that claimed it
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (
-        UniqueConstraint("category_id", "url", name="uq_candidate"),
+        UniqueConstraint("category_id", "url_hash", name="uq_candidate"),
+        Index("ix_candidate_url_hash", "url_hash"),
         Index("ix_candidate_status", "status"),
         Index("ix_candidate_image", "image_sha256"),
+        Index("ix_candidate_lease", "lease_owner"),
     )
 
 
@@ -371,10 +393,16 @@ def make_engine(url: str) -> Engine:
     try:
         with engine.connect():
             pass
-    except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise DatabaseUnavailable(f"cannot connect to database {_redact(url)}: {reason}") from exc
+    except DBAPIError as exc:  # unreachable server, or a file that is not an SQLite database
+        engine.dispose()
+        raise DatabaseUnavailable(f"cannot connect to database {_redact(url)}: {database_reason(exc)}") from exc
     return engine
+
+
+def database_reason(exc: DBAPIError) -> str:
+    """The driver's own message, first line only."""
+    reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return reason[0] if reason else type(exc).__name__
 
 
 def _redact(url: str) -> str:
@@ -386,16 +414,75 @@ def _redact(url: str) -> str:
         return url
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema up to the newest Alembic revision (creates it on a new database)."""
-    from alembic import command
+MIGRATION_LOCK = 0x696D676E6574  # PostgreSQL advisory lock key ("imgnet")
+
+
+def _alembic():
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return config, ScriptDirectory.from_config(config)
+
+
+def schema_revision(connection) -> str | None:
+    """The Alembic revision of the database on `connection` (None: no schema yet)."""
+    from alembic.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema up to the newest Alembic revision (creates it on a new database).
+
+    The revision is checked first and nothing is done when it is current. Upgrades run
+    under a lock (a PostgreSQL advisory lock, SQLite's write lock) so that processes
+    opening one database at once do not race; a database newer than this code raises
+    `DatabaseUnavailable` asking to update imgnet.
+    """
+    from alembic import command
+
+    config, script = _alembic()
+    head = script.get_current_head()
+    with engine.connect() as connection:
+        current = schema_revision(connection)
+    if current == head:
+        return
+    _check_known(script, current)
+    if engine.dialect.name == "sqlite":  # BEGIN IMMEDIATE takes the write lock now (busy timeout applies)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                if schema_revision(connection) != head:
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "head")
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
+        return
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        current = schema_revision(connection)
+        _check_known(script, current)
+        if current != head:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+
+def _check_known(script, current: str | None) -> None:
+    from alembic.util import CommandError
+
+    if current is None:
+        return
+    try:
+        script.get_revision(current)
+    except CommandError as exc:
+        raise DatabaseUnavailable(
+            f"the workspace database is at schema revision {current}, newer than this imgnet {__version__} "
+            f"knows (up to {script.get_current_head()}); update imgnet: pip install -U imgnet-build") from exc
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -15,18 +15,23 @@ Decisions:
 - Refused as well: empty files, truncated or corrupt files (the whole image is decoded),
   images with a side under `min_side` pixels (tracking pixels), and images over
   `max_pixels` pixels (decompression bombs; checked from the header, before decoding).
+- Memory: the cap is per image; a `DecodeBudget` shared by the fetch workers bounds the
+  decoded pixels held at once (their size estimated from the header before decoding).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import threading
+from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
 from imgnet_build.errors import ImgnetError
 
-__all__ = ["ImageInfo", "ImageRejected", "check_image", "FORMATS"]
+__all__ = ["ImageInfo", "ImageRejected", "DecodeBudget", "check_image", "decoded_bytes", "FORMATS"]
 
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
               "TIFF": "tif", "AVIF": "avif"}
@@ -61,8 +66,46 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
-def check_image(data: bytes, min_side: int = 32, max_pixels: int = 80_000_000) -> ImageInfo:
-    """Decode `data` fully and describe it, or raise ImageRejected with the reason."""
+class DecodeBudget:
+    """At most `limit` bytes of decoded pixels at once across threads. An image larger than
+    the whole budget waits until it can decode alone. `cancel()` wakes every waiter."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used, self.cancelled = limit, 0, False
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        amount = min(amount, self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.cancelled or self.used + amount <= self.limit)
+            if self.cancelled:
+                raise ImageRejected("abandoned: the run is stopping")
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= amount
+                self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self.cancelled = True
+            self._cond.notify_all()
+
+
+def decoded_bytes(mode: str, width: int, height: int) -> int:
+    """What Pillow allocates for an image: 1 byte per pixel for 1-band 8-bit modes, 2 for 16-bit, else 4."""
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return per_pixel * width * height
+
+
+def check_image(data: bytes, min_side: int = 32, max_pixels: int = 80_000_000,
+                budget: DecodeBudget | None = None) -> ImageInfo:
+    """Decode `data` fully and describe it, or raise ImageRejected with the reason.
+
+    With a `budget`, the decoding waits until its pixels fit in it."""
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     sniffed = _sniff(data)
@@ -88,14 +131,16 @@ def check_image(data: bytes, min_side: int = 32, max_pixels: int = 80_000_000) -
             raise ImageRejected(f"{kind} {fmt} ({frames} frames); only still images are taken")
         if min(width, height) < min_side:
             raise ImageRejected(f"too small: {width}x{height} px (minimum side {min_side} px)")
-        try:
-            image.load()
-        except Exception as exc:  # truncated data, broken stream, decoder errors
-            raise ImageRejected(f"truncated or corrupt {fmt}: {exc}") from exc
-        try:
-            orientation = image.getexif().get(_ORIENTATION)
-        except Exception:  # a broken EXIF block does not make the image unusable
-            orientation = None
+        with budget.hold(decoded_bytes(image.mode, width, height)) if budget else contextlib.nullcontext():
+            try:
+                image.load()
+            except Exception as exc:  # truncated data, broken stream, decoder errors
+                raise ImageRejected(f"truncated or corrupt {fmt}: {exc}") from exc
+            try:
+                orientation = image.getexif().get(_ORIENTATION)
+            except Exception:  # a broken EXIF block does not make the image unusable
+                orientation = None
+            image.close()  # free the pixels before the budget is given back
     if orientation in _ROTATED:
         width, height = height, width
     fmt = "JPEG" if fmt == "MPO" else fmt

@@ -10,16 +10,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import tomllib
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from imgnet_build import store
-from imgnet_build.errors import BadInput, NotAWorkspace, WorkspaceExists
+from imgnet_build.errors import BadInput, DatabaseUnavailable, NotAWorkspace, WorkspaceExists
 from imgnet_build.labeling.mturk_settings import MTurkSettings
 
 __all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV"]
@@ -56,7 +58,28 @@ class Settings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadInput(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for name, value in data.items():
+            if not isinstance(value, str):
+                raise BadInput(f"{path}: setting {name} must be a string in quotes, not {value!r}")
         return cls(**data, mturk=mturk)
+
+    @classmethod
+    def read(cls, path: Path) -> Settings:
+        """The settings in the file `path`; BadInput when it cannot be read."""
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                           f"{exc.start}); save it as UTF-8") from None
+        except OSError as exc:
+            raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return cls.from_toml(text, path)
+
+
+def _check_persistent(url: str) -> None:
+    if url in ("sqlite://", "sqlite:///") or ":memory:" in url or "mode=memory" in url:
+        raise BadInput(f"database {url!r} is in memory and would keep nothing; leave --database out for "
+                       "imgnet.db in the workspace, or give a file or a PostgreSQL URL")
 
 
 def _quote(value: str) -> str:
@@ -72,18 +95,51 @@ class Workspace:
 
     @classmethod
     def init(cls, root: str | os.PathLike, database: str | None = None, blobs: str | None = None) -> Workspace:
-        """Create the folder, `imgnet.toml`, the database schema and the blob store."""
+        """Create the folder, `imgnet.toml`, the database schema and the blob store: all or nothing.
+
+        `imgnet.toml` is written last and atomically, so a failure (or a second `init` of
+        the same folder at the same time) leaves no half-made workspace behind.
+        """
         root = Path(root)
         if (root / SETTINGS_FILE).exists():
             raise WorkspaceExists(f"{root} is already a workspace; use it with: imgnet -w {root} status")
         if root.exists() and not root.is_dir():
             raise NotAWorkspace(f"{root} exists and is not a folder")
         settings = Settings(database=database or DEFAULT_DATABASE, blobs=blobs or DEFAULT_BLOBS)
-        root.mkdir(parents=True, exist_ok=True)
         workspace = cls(root, settings)
-        workspace.engine  # connect and create the schema before writing imgnet.toml
-        (root / SETTINGS_FILE).write_text(settings.to_toml())
-        workspace.blob_store  # creates the local folder
+        _check_persistent(workspace.database_url)
+        made: list[Path] = []  # what this call created, removed again if it fails
+        try:
+            for folder in reversed([root, *root.parents]):
+                if not folder.exists():
+                    folder.mkdir()
+                    made.append(folder)
+            if "://" not in settings.blobs and not (root / settings.blobs).exists():
+                made.append(root / settings.blobs)
+            workspace.blob_store  # creates the local folder
+            database = workspace._sqlite_path()
+            if database is not None and not database.exists():
+                made += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")]
+            workspace.engine  # connect and create the schema
+            temporary = root / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
+            temporary.write_text(settings.to_toml())
+            made.append(temporary)
+            try:
+                os.link(temporary, root / SETTINGS_FILE)  # atomic, and fails when another init won
+            except FileExistsError:
+                made = [temporary]
+                raise WorkspaceExists(f"{root} is already a workspace (made at the same time by another "
+                                      f"imgnet init); use it with: imgnet -w {root} status") from None
+            temporary.unlink()
+        except BaseException as exc:
+            workspace.close()
+            for path in reversed(made):
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if isinstance(exc, OSError):
+                raise BadInput(f"cannot create workspace {root}: {exc.strerror or exc}"
+                               f"{f' ({exc.filename})' if exc.filename else ''}") from exc
+            raise
         return workspace
 
     @classmethod
@@ -92,22 +148,41 @@ class Workspace:
         if not root.is_dir():
             raise NotAWorkspace(f"workspace {root} does not exist; create it with: imgnet init {root}")
         settings_path = root / SETTINGS_FILE
-        if not settings_path.is_file():
+        if not settings_path.exists():
             raise NotAWorkspace(f"{root} is not a workspace (no {SETTINGS_FILE}); create one with: imgnet init {root}")
-        return cls(root, Settings.from_toml(settings_path.read_text(), settings_path))
+        workspace = cls(root, Settings.read(settings_path))
+        _check_persistent(workspace.database_url)
+        database = workspace._sqlite_path()
+        if database is not None and (not database.exists() or database.stat().st_size == 0):
+            what = "is missing" if not database.exists() else "is empty (0 bytes)"
+            raise DatabaseUnavailable(f"the workspace database {database} {what}; restore it from a backup, "
+                                      f"or make a new workspace with: imgnet init DIR")
+        return workspace
 
     @property
     def database_url(self) -> str:
         url = os.environ.get(DATABASE_ENV) or self.settings.database
         prefix = "sqlite:///"
-        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite://" and ":memory:" not in url:
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
             url = prefix + str((self.root / url[len(prefix):]).resolve())
         return url
+
+    def _sqlite_path(self) -> Path | None:
+        """The database file, when the database is SQLite."""
+        url = self.database_url
+        return Path(url[len("sqlite:///"):].split("?", 1)[0]) if url.startswith("sqlite:///") else None
 
     @cached_property
     def engine(self) -> Engine:
         engine = store.make_engine(self.database_url)
-        store.migrate(engine)
+        try:
+            store.migrate(engine)
+        except DBAPIError as exc:
+            engine.dispose()
+            raise DatabaseUnavailable(f"cannot prepare the workspace database: {store.database_reason(exc)}") from exc
+        except BaseException:
+            engine.dispose()
+            raise
         return engine
 
     @cached_property
@@ -117,8 +192,11 @@ class Workspace:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except OperationalError as exc:  # locked past the busy timeout, disk full, connection lost
+            raise DatabaseUnavailable(f"database error: {store.database_reason(exc)}") from exc
 
     @cached_property
     def blob_store(self):
@@ -130,9 +208,12 @@ class Workspace:
         return open_blob_store(location, endpoint_url=self.settings.s3_endpoint_url)
 
     def status(self) -> dict[str, object]:
+        """Counts per stage, and failed candidates grouped by reason (`failures`)."""
+        from imgnet_build.gather import failure_reasons
+
         with self.session() as session:
             return {"workspace": str(self.root), "database": self.engine.url.render_as_string(hide_password=True),
-                    **store.stage_counts(session)}
+                    **store.stage_counts(session), "failures": failure_reasons(session)}
 
     def close(self) -> None:
         if "engine" in self.__dict__:

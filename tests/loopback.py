@@ -143,3 +143,19 @@ def endless_slow(request: BaseHTTPRequestHandler) -> None:
         time.sleep(0.05)
         request.wfile.write(b"\x00")
         request.wfile.flush()
+
+
+def png_flat(side: int = 8000, color_type: int = 2) -> bytes:
+    """A valid 8-bit PNG of side x side black pixels (colour type 2: RGB): ~190 KB for 8000 x 8000, 256 MB decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    channels = {0: 1, 2: 3, 6: 4}[color_type]
+    row = b"\x00" * (1 + side * channels)
+    compressor, parts = zlib.compressobj(9), []
+    rows_per_block = max(1, 2**22 // len(row))
+    for start in range(0, side, rows_per_block):
+        parts.append(compressor.compress(row * min(rows_per_block, side - start)))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", side, side, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")

@@ -108,3 +108,24 @@ def test_a_broken_blob_store_stops_the_run_and_blames_no_candidate(s3_endpoint, 
     finally:
         server.close()
         workspace.close()
+
+
+def test_a_missing_s3_blob_counts_as_unreadable_in_dedup(s3_endpoint, tmp_path, monkeypatch):
+    """Before: botocore's NoSuchKey crashed `imgnet dedup`; a missing local blob already counted as unreadable."""
+    from imgnet_build import dedup
+
+    monkeypatch.setenv("IMGNET_S3_ENDPOINT_URL", s3_endpoint)
+    workspace = Workspace.init(tmp_path / "ws", blobs="s3://imgs/gone")
+    server = LoopbackServer()
+    try:
+        _one_candidate(workspace, server.add("/a.jpg", jpeg_bytes(40, 40)))
+        assert fetch_pending(workspace, FetchSettings(allow_loopback=True, workers=2)).ok == 1
+        with workspace.session() as session:
+            key = session.scalars(select(Image.blob_key)).one()
+        boto3.client("s3", endpoint_url=s3_endpoint).delete_object(Bucket="imgs", Key=f"gone/{key}")
+        with pytest.raises(FileNotFoundError):
+            workspace.blob_store.get(key)
+        assert dedup.run(workspace).unreadable == 1
+    finally:
+        server.close()
+        workspace.close()

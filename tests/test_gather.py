@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from loopback import LoopbackServer, jpeg_bytes
@@ -276,3 +280,132 @@ def test_retry_failed_fetches_failed_candidates_again(workspace, server, runner,
     assert (plain["ok"], plain["failed"], plain["new_candidates"]) == (0, 0, 0)
     assert (retried["ok"], retried["failed"], retried["fetch"]["downloaded"]) == (1, 0, 1)
     assert server.counts["/later.jpg"] == 2 and server.counts["/bad-truth.jpg"] == 0
+
+
+class MeetingServer(LoopbackServer):
+    """Holds every response until `meet` requests are in flight at once (so two runs provably overlap),
+    then serves everything; counts requests per path (LoopbackServer.counts)."""
+
+    def __init__(self, files: dict[str, bytes], meet: int):
+        super().__init__()
+        self.met, self.in_flight, self.meet = threading.Event(), 0, meet
+        for path, body in files.items():
+            self.add(path, body)
+            self.route(path, self._held(self.routes[path]))
+
+    def _held(self, handler):
+        def handle(request):
+            with self.lock:
+                self.in_flight += 1
+                if self.in_flight >= self.meet:
+                    self.met.set()
+            self.met.wait(60)
+            handler(request)
+        return handle
+
+
+def test_two_gathers_on_one_workspace_fetch_every_url_once(any_workspace, tmp_path):
+    """Before: each process fetched every pending URL (2 requests per URL) and on PostgreSQL a
+    stale final write could turn an ok row into failed. Now pending rows are claimed in leased batches."""
+    add_categories(any_workspace, DOG, CAT)
+    files = {f"/{i}.jpg": jpeg_bytes(40, 40, seed=i) for i in range(300)}
+    server = MeetingServer(files, meet=6)  # one run has at most 4 requests in flight (--workers 4)
+    listing = write_csv(tmp_path / "list.csv", [(server.url(path), DOG if i % 2 else CAT)
+                                                for i, path in enumerate(files)])
+    command = [str(Path(sys.executable).parent / "imgnet"), "-w", str(any_workspace.root), "gather",
+               "--source", f"urls:{listing}", "--allow-loopback", "--workers", "4", "--json"]
+    try:
+        runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outputs = [run.communicate(timeout=300) for run in runs]
+    finally:
+        server.met.set()
+        server.close()
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+    assert server.met.is_set()
+    summaries = [json.loads(out) for out, _ in outputs]
+    assert sorted(server.counts.values()) == [1] * 300  # every URL fetched once, by one of the two
+    assert sum(s["ok"] for s in summaries) == 300 and sum(s["failed"] + s["skipped"] for s in summaries) == 0
+    assert sum(s["new_candidates"] for s in summaries) == 300
+    assert all(s["ok"] > 0 for s in summaries)  # both did part of the work
+    with any_workspace.session() as session:
+        rows = session.execute(select(Candidate.status, Candidate.lease_owner)).all()
+    assert {status for status, _ in rows} == {"ok"} and {owner for _, owner in rows} == {None}
+
+
+def test_rows_postgres_could_not_store_are_stored_or_failed_alike(any_workspace, server, tmp_path):
+    """Before, on PostgreSQL one of these killed the gather with a traceback and nothing inserted: a
+    licence over 255 characters, a NUL byte in a URL, a URL of 5 KB (the unique btree overflowed)."""
+    add_categories(any_workspace, DOG)
+    good = server.add("/good.jpg", jpeg_bytes(40, 40, seed=1))
+    long_url = server.url("/" + "x" * 5000 + ".jpg")
+    rows = [{"url": good, "wnid": DOG, "license": "L" * 300},
+            {"url": good.replace("good", "n\u0000ul"), "wnid": DOG, "license": "CC\u0000BY"},
+            {"url": long_url, "wnid": DOG},
+            {"url": good + "?lone=\ud800", "wnid": DOG}]
+    listing = tmp_path / "list.jsonl"
+    listing.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    summary = gather(any_workspace, f"urls:{listing}", settings=FetchSettings(allow_loopback=True, workers=2))
+
+    assert (summary.new_candidates, summary.ok, summary.failed) == (4, 1, 3)
+    with any_workspace.session() as session:
+        got = {url: (status, error, license) for url, status, error, license in session.execute(
+            select(Candidate.url, Candidate.status, Candidate.error, Candidate.license))}
+    assert got[good] == ("ok", None, "L" * 300)
+    assert got[good.replace("good", "n%00ul")] == ("failed", "invalid URL: contains a NUL byte", "CC\ufffdBY")
+    assert got[long_url] == ("failed", "HTTP 404 Not Found", None)
+    assert got[good + "?lone=\\ud800"] == ("failed", "invalid URL: not valid Unicode", None)
+
+
+def test_failure_reasons_in_status_and_candidates_one_by_one(workspace, server, runner, tmp_path):
+    """Before: README and gather pointed at `imgnet status` for the reasons, which showed none."""
+    add_categories(workspace, DOG, CAT)
+    rows = [(server.add("/ok.jpg", jpeg_bytes(40, 40)), DOG), (server.url("/gone1.jpg"), DOG),
+            (server.url("/gone2.jpg"), CAT), ("http://me:pw@10.0.0.1/a.jpg", CAT)]
+    listing = write_csv(tmp_path / "list.csv", rows)
+    assert invoke(runner, workspace, "--source", f"urls:{listing}", "--allow-loopback").exit_code == 0
+
+    status = runner.invoke(cli, ["-w", str(workspace.root), "status"])
+    assert "failures:    HTTP 404 Not Found 2, refused 1\n" in status.output
+    assert json.loads(runner.invoke(cli, ["-w", str(workspace.root), "status", "--json"]).output)["failures"] == {
+        "HTTP 404 Not Found": 2, "refused": 1}
+
+    def listed(*args):
+        result = runner.invoke(cli, ["-w", str(workspace.root), "candidates", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert listed("--status", "failed", "--reason", "REFUSED") == (
+        f"failed\t{CAT}\thttp://me:***@10.0.0.1/a.jpg\trefused: 10.0.0.1 is a private address\n")
+    assert [json.loads(line)["url"] for line in listed("--category", CAT, "--json").splitlines()] == [
+        server.url("/gone2.jpg"), "http://me:***@10.0.0.1/a.jpg"]
+    table = list(csv.DictReader(io.StringIO(listed("--status", "ok", "--csv"))))
+    assert [(row["wnid"], row["url"], row["reason"]) for row in table] == [(DOG, server.url("/ok.jpg"), "")]
+    assert listed("--category", "dog.n.01", "--status", "failed") == (
+        f"failed\t{DOG}\t{server.url('/gone1.jpg')}\tHTTP 404 Not Found\n")
+
+
+def test_a_folder_with_links_loops_and_odd_names(any_workspace, tmp_path):
+    """Before: a non-UTF-8 file name crashed the run with nothing inserted, a link to /etc made all of /etc
+    candidates, and a link loop ended the walk early so later files were never proposed."""
+    add_categories(any_workspace, DOG)
+    folder = tmp_path / "photos" / DOG
+    folder.mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(jpeg_bytes(40, 40, seed=1))
+    (folder / "etc").symlink_to("/etc")
+    (folder / "loop").symlink_to(folder)
+    (folder / "zz.jpg").write_bytes(jpeg_bytes(40, 40, seed=2))
+    odd = os.fsencode(folder) + b"/\xff\xfe odd.jpg"
+    with open(odd, "wb") as handle:
+        handle.write(jpeg_bytes(40, 40, seed=3))
+
+    summary = gather(any_workspace, f"dir:{tmp_path / 'photos'}")
+
+    assert (summary.ok, summary.failed) == (3, 2)
+    with any_workspace.session() as session:
+        got = dict(session.execute(select(Candidate.url, Candidate.error)).all())
+    odd_url = "file://" + quote(odd)
+    assert got == {str(folder / "a.jpg"): None, str(folder / "zz.jpg"): None, odd_url: None,
+                   str(folder / "etc"): "a link to a folder (links are not followed)",
+                   str(folder / "loop"): "a link to a folder (links are not followed)"}
+    assert gather(any_workspace, f"dir:{tmp_path / 'photos'}").new_candidates == 0  # the odd name is found again

@@ -97,13 +97,20 @@ class FakeClock:
         self.sleeps.append(round(seconds, 6))
         self.now += seconds
 
+    def wait(self, seconds: float) -> bool:  # as the limiter's `stopping` event: never set
+        self.sleep(seconds)
+        return False
+
+    def is_set(self) -> bool:
+        return False
+
 
 def test_host_rate_spaces_requests_and_retry_after_pauses_the_host(monkeypatch):
     import imgnet_build.netguard as netguard
 
     clock = FakeClock()
     monkeypatch.setattr(netguard, "time", clock)
-    limiter = netguard.HostLimiter(concurrency=4, rate=10.0)
+    limiter = netguard.HostLimiter(concurrency=4, rate=10.0, stopping=clock)
     for _ in range(3):
         with limiter.slot("a.example"):
             pass

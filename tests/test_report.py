@@ -6,6 +6,7 @@ import base64
 import hashlib
 import html
 import io
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,9 @@ import pytest
 from imgnet_build.blobs import blob_key
 from imgnet_build.cli.main import cli
 from imgnet_build.report import ReportOptions, write_report
+from imgnet_build.report.facts import gather_facts
+from imgnet_build.schemas import validate
+from imgnet_build.split import ExportOptions, export
 from imgnet_build.store import (
     Assignment,
     Candidate,
@@ -74,10 +78,13 @@ def build_workspace(workspace) -> dict:
                            gloss="a small slender dog", lexname="noun.animal", depth=1)
         poodle = Category(wnid="n02113978", synset="poodle.n.01", name="poodle", lemmas=["poodle"],
                           gloss="an intelligent dog with a curly coat", lexname="noun.animal", depth=1)
-        s.add_all([dog, whippet, poodle])
+        pug = Category(wnid="n02110958", synset="pug.n.01", name="pug", lemmas=["pug"], gloss="a small dog",
+                       lexname="noun.animal", depth=1)  # nothing gathered
+        s.add_all([dog, whippet, poodle, pug])
         s.flush()
         s.add_all([CategoryEdge(parent_id=dog.id, child_id=whippet.id),
                    CategoryEdge(parent_id=dog.id, child_id=poodle.id),
+                   CategoryEdge(parent_id=dog.id, child_id=pug.id),
                    CategoryConsensus(category_id=dog.id, hard=True, seed_images=10, prior=0.4)])
 
         def candidate(category, image, truth, url=None, source="urls"):
@@ -127,15 +134,17 @@ def build_workspace(workspace) -> dict:
                    Worker(backend="simulated", external_id="sim-1", accuracy=0.9, simulated=True)]
         s.add_all(workers)
         s.flush()
-        mturk = Task(category_id=whippet.id, round=1, batch="b1", backend="mturk", status="done",
+        mturk = Task(category_id=whippet.id, round=1, batch="r1-mturk-live", backend="mturk", status="done",
                      assignments_wanted=3, reward="0.10")
-        mturk_big = Task(category_id=poodle.id, round=1, batch="b1", backend="mturk", status="done",
+        mturk_big = Task(category_id=poodle.id, round=1, batch="r1-mturk-live", backend="mturk", status="done",
                          assignments_wanted=10, reward="0.25")
-        simulated = Task(category_id=poodle.id, round=1, batch="b2", backend="simulated", status="done",
+        simulated = Task(category_id=poodle.id, round=1, batch="r1-simulated", backend="simulated", status="done",
                          assignments_wanted=1, reward="0.10")
-        s.add_all([mturk, mturk_big, simulated])
+        sandbox = Task(category_id=poodle.id, round=1, batch="r1-mturk", backend="mturk", status="done",
+                       assignments_wanted=3, reward="0.10")
+        s.add_all([mturk, mturk_big, simulated, sandbox])
         s.flush()
-        items = {mturk.id: [], mturk_big.id: [], simulated.id: []}
+        items = {mturk.id: [], mturk_big.id: [], simulated.id: [], sandbox.id: []}
         for position, (category, image, truth, status) in enumerate(pairs):
             task = mturk if category is whippet else mturk_big
             items[task.id].append(TaskItem(task_id=task.id, position=position, image_sha256=image.sha256,
@@ -152,7 +161,8 @@ def build_workspace(workspace) -> dict:
                        Assignment(task_id=mturk.id, worker_id=workers[1].id, status="rejected"),
                        Assignment(task_id=mturk_big.id, worker_id=workers[0].id, status="submitted"),
                        Assignment(task_id=mturk_big.id, worker_id=workers[1].id, status="approved"),
-                       Assignment(task_id=simulated.id, worker_id=workers[2].id, status="approved", simulated=True)]
+                       Assignment(task_id=simulated.id, worker_id=workers[2].id, status="approved", simulated=True),
+                       Assignment(task_id=sandbox.id, worker_id=workers[0].id, status="approved")]
         s.add_all(assignments)
         s.flush()
         for assignment in assignments:
@@ -188,11 +198,14 @@ def test_figures(built, tmp_path):
     assert summary.recall == pytest.approx(8 / 11)  # truth yes: 8 accepted, 2 rejected, 1 undecided
     # controls: the good worker right on 2 of 2 (in one assignment), the blocked one says yes to both
     assert summary.control_accuracy == pytest.approx(3 / 4)
-    # mturk: task 1 (3 wanted): 1 approved x 0.10 + 20%; task 2 (10 wanted): 2 paid x 0.25 + 40%; simulated free
+    # live mturk: task 1 (3 wanted): 1 approved x 0.10 + 20%; task 2 (10 wanted): 2 paid x 0.25 + 40%;
+    # the sandbox and the simulated crowd are free
     assert Decimal(summary.cost) == Decimal("0.10") * Decimal("1.2") + Decimal("0.50") * Decimal("1.4")
     assert summary.thumbnails == 5 + 2 + 4  # whippet accepted and rejected, poodle accepted (undecided not shown)
     assert summary.unreadable_images == 1  # the broken image, rejected for whippet
     assert summary.bytes == (tmp_path / "report.html").stat().st_size
+    cost = html.unescape((tmp_path / "report.html").read_text()).split('id="cost"')[1].split("</table>")[0]
+    assert "<td>mturk sandbox</td><td class=\"n\">1</td><td class=\"n\">1</td><td class=\"n\">$0.00</td>" in cost
     assert summary.summary().startswith(f"report: {tmp_path / 'report.html'} (")
 
 
@@ -213,6 +226,26 @@ def test_figures_of_a_simulated_crowd_match_the_truth(workspace, tmp_path):
     assert summary.thumbnails > 0 and summary.unreadable_images == 0
 
 
+def test_split_counts_are_the_exports(workspace, tmp_path):
+    build_world(workspace, categories=3, images=24)
+    rounds.run(workspace, "simulated", LabelSettings(seed_images=4), options={"sim_seed": 5})
+    empty = gather_facts_of(workspace)
+    assert empty.splits == {"train": 0, "val": 0}
+    result = export(workspace, tmp_path / "out", ExportOptions(include_simulated=True, val_fraction=0.3, seed=1))
+    facts = gather_facts_of(workspace)
+    assert {wnid: {"train": row.train, "val": row.val} for wnid, row in facts.categories.items() if row.accepted} \
+        == result.classes
+    assert facts.splits == result.splits
+    write_report(workspace, tmp_path / "report.html")
+    assert (f"The last export put {result.splits['train']} accepted clusters in train and {result.splits['val']} in val"
+            in (tmp_path / "report.html").read_text())
+
+
+def gather_facts_of(workspace):
+    with workspace.session() as session:
+        return gather_facts(session)
+
+
 def test_escapes_everything_from_the_data(built, tmp_path):
     workspace, _ = built
     write_report(workspace, tmp_path / "report.html")
@@ -222,6 +255,8 @@ def test_escapes_everything_from_the_data(built, tmp_path):
     assert EVIL_GLOSS in shown  # the category's title attribute
     assert EVIL_URL in shown  # a thumbnail's title
     assert re.findall(r'(?:src|href)="(?!data:|#)', page) == []  # nothing to fetch
+    assert ("1 of 15 images are duplicates of another, in 1 clusters of two images or more; 1 files were fetched "
+            "by more than one candidate") in page  # the poodle copy; the poodle picture also gathered for whippet
 
 
 def test_cli_writes_into_the_workspace_by_default(built, runner):
@@ -229,6 +264,10 @@ def test_cli_writes_into_the_workspace_by_default(built, runner):
     result = runner.invoke(cli, ["-w", str(workspace.root), "report"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"report: {workspace.root / 'report.html'} (")
+    result = runner.invoke(cli, ["-w", str(workspace.root), "report", "--json", "-o", str(workspace.root / "r.html")])
+    document = json.loads(result.output)
+    validate(document, "report")
+    assert document["path"] == str(workspace.root / "r.html") and document["cost"] == "0.82"
     result = runner.invoke(cli, ["-w", str(workspace.root), "report", "-o", str(workspace.root / "nope" / "r.html")])
     assert result.exit_code == 1
     assert result.output == f"Error: cannot write {workspace.root / 'nope' / 'r.html'}: folder {workspace.root / 'nope'} does not exist\n"
@@ -238,6 +277,16 @@ def test_an_empty_workspace_gives_a_page_too(workspace, tmp_path):
     summary = write_report(workspace, tmp_path / "empty.html")
     page = (tmp_path / "empty.html").read_text()
     assert "The tree is empty" in page and summary.thumbnails == 0 and summary.precision is None
+
+
+def test_the_tree_lists_the_branches_with_candidates(built, tmp_path):
+    workspace, _ = built
+    write_report(workspace, tmp_path / "report.html")
+    tree = (tmp_path / "report.html").read_text().split('<table class="tree">')[1].split("</table>")[0]
+    listed = re.findall(r"<span class=\"muted\">(n\d{8})</span>", tree)
+    assert listed == ["n02084071", "n02091134", "n02113978"]  # dog, whippet, poodle: not pug
+    assert "1 more categories are not listed: those with no candidates in or below them." in html.unescape(
+        (tmp_path / "report.html").read_text())
 
 
 def test_thumbnails_are_capped(built, tmp_path):

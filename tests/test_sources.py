@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -200,3 +204,40 @@ def test_dir_missing_is_bad_input(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInput, match="is not a folder"):
         open_source(f"dir:{tmp_path / 'file'}")
+
+
+def test_hostile_url_lists_end_in_clear_errors(tmp_path):
+    """Before: RecursionError, a csv field-limit traceback, and unbounded memory on an endless line."""
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"url": "http://img.test/a.jpg", "wnid": "%s"}\n%s\n' % (WHIPPET, "[" * 100_000))
+    assert errors(propose(f"urls:{deep}")) == ["line 2: malformed JSON (nested too deep)"]
+
+    wide = tmp_path / "wide.csv"
+    wide.write_text("url,wnid," + "x" * 140_000 + "\nhttp://img.test/a.jpg,%s,\n" % WHIPPET)
+    with pytest.raises(BadInput, match=r"wide.csv, line 1: unreadable header \(field larger than field limit"):
+        propose(f"urls:{wide}")
+
+    long_line = tmp_path / "long.csv"
+    long_line.write_text(f"url,wnid\nhttp://img.test/{'y' * 3_000_000}.jpg,{WHIPPET}\nhttp://img.test/b.jpg,{WHIPPET}\n")
+    proposals = propose(f"urls:{long_line}")
+    assert errors(proposals) == ["line 2: line longer than 1 MiB"]
+    assert good(proposals) == [(WHIPPET, "http://img.test/b.jpg", 1, None, None, None)]
+
+    with pytest.raises(BadInput, match="/dev/zero, line 1: no end of line within 64 MiB"):
+        propose("urls:/dev/zero")
+
+
+def test_a_fifo_and_stdin_are_read_once(tmp_path):
+    """Before: a FIFO hung (it was opened three times) and /dev/stdin was reported empty."""
+    text = f"url,wnid\nhttp://img.test/a.jpg,{WHIPPET}\n"
+    fifo = tmp_path / "list.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(text,))
+    writer.start()
+    assert good(propose(f"urls:{fifo}")) == [(WHIPPET, "http://img.test/a.jpg", 1, None, None, None)]
+    writer.join()
+
+    script = ("import sys; from imgnet_build.sources import open_source, CategoryQueries; "
+              f"print([p.url for p in open_source('urls:/dev/stdin').propose([CategoryQueries('{WHIPPET}', ())], 5)])")
+    run = subprocess.run([sys.executable, "-c", script], input=text, capture_output=True, text=True)
+    assert (run.returncode, run.stdout) == (0, "['http://img.test/a.jpg']\n"), run.stderr

@@ -43,6 +43,8 @@ class FileWriter:
         self.resize, self.jpeg, self.copy = resize, jpeg, copy
         self.workers = workers
         self.counts = {"linked": 0, "copied": 0, "reencoded": 0}
+        local_root = blob_store.local_path("")  # content-addressed: a blob's path is root/key
+        self.local_root = str(local_root) if local_root is not None else None
         self._lock = threading.Lock()
 
     def target_format(self, item: Item) -> str | None:
@@ -57,16 +59,16 @@ class FileWriter:
     def extension(self, item: Item) -> str:
         return EXTENSIONS[self.target_format(item) or item.format]
 
-    def place(self, item: Item, destination: Path) -> None:
+    def place(self, item: Item, destination: str | Path) -> None:
         """Write `item`'s file at `destination` (its folder exists)."""
         target = self.target_format(item)
         if target is not None:
-            destination.write_bytes(self._encode(self.blob_store.get(item.blob_key), target))
+            Path(destination).write_bytes(self._encode(self.blob_store.get(item.blob_key), target))
             self._count("reencoded")
             return
-        local = self.blob_store.local_path(item.blob_key)
+        local = os.path.join(self.local_root, item.blob_key) if self.local_root is not None else None
         if local is None:
-            destination.write_bytes(self.blob_store.get(item.blob_key))
+            Path(destination).write_bytes(self.blob_store.get(item.blob_key))
         elif not self.copy:
             try:
                 os.link(local, destination)
@@ -88,7 +90,7 @@ class FileWriter:
         self._count("reencoded")
         return self._encode(data, target)
 
-    def place_all(self, pairs: Iterable[tuple[Item, Path]]) -> None:
+    def place_all(self, pairs: Iterable[tuple[Item, str | Path]]) -> None:
         self._run(lambda pair: self.place(*pair), pairs)
 
     def read_all(self, items: Iterable[Item]) -> Iterator[bytes]:
@@ -102,7 +104,7 @@ class FileWriter:
             self.counts[how] += 1
 
     def _run(self, work: Callable, things: Iterable) -> None:
-        if self.resize is None and not self.jpeg and self.blob_store.local_path("x") is not None:
+        if self.resize is None and not self.jpeg and self.local_root is not None:
             for thing in things:  # links and copies: threads would cost more than they save
                 work(thing)
             return

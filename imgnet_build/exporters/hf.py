@@ -7,6 +7,7 @@ splits `train` and `validation` with the columns `image`, `label` and the proven
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,9 +26,10 @@ class HuggingFace:
     def write(self, items: Sequence[Item], classes: Sequence[ClassInfo], out: Path, writer: FileWriter) -> list[str]:
         names = [f"{item.wnid}/{item.sha256}.{writer.extension(item)}" for item in items]
         files = [f"{SPLIT_FOLDERS[item.split]}/{name}" for item, name in zip(items, names)]
-        for folder in sorted({str(Path(file).parent) for file in files}):
+        for folder in sorted({os.path.dirname(file) for file in files}):
             (out / folder).mkdir(parents=True)
-        writer.place_all((item, out / file) for item, file in zip(items, files))
+        root = str(out)
+        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files))
         for split, folder in SPLIT_FOLDERS.items():
             rows = [_metadata(item, name) for item, name in zip(items, names) if item.split == split]
             if rows:

@@ -12,6 +12,7 @@ Every file is JPEG: other formats are re-encoded.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,5 +47,6 @@ class Ilsvrc:
             files[position] = f"val/ILSVRC2012_val_{n:08d}.JPEG"
         (out / GROUND_TRUTH).write_text("".join(f"{class_id[items[p].wnid]}\n" for p in val))
         (out / SYNSET_MAPPING).write_text("".join(f"{info.wnid} {', '.join(info.lemmas) or info.name}\n" for info in classes))
-        writer.place_all((item, out / file) for item, file in zip(items, files))
+        root = str(out)
+        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files))
         return files

@@ -7,6 +7,7 @@ Only the extensions torchvision takes are written: GIF and AVIF files are re-enc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +23,8 @@ class ImageFolder:
 
     def write(self, items: Sequence[Item], classes: Sequence[ClassInfo], out: Path, writer: FileWriter) -> list[str]:
         files = [f"{item.split}/{item.wnid}/{item.sha256}.{writer.extension(item)}" for item in items]
-        for folder in sorted({str(Path(file).parent) for file in files}):
+        for folder in sorted({os.path.dirname(file) for file in files}):
             (out / folder).mkdir(parents=True)
-        writer.place_all((item, out / file) for item, file in zip(items, files))
+        root = str(out)
+        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files))
         return files

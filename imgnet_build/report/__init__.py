@@ -15,6 +15,10 @@ queries (`facts.py`); thumbnails are made one category at a time while the page 
 written, with a cap per category and on the number of categories, so memory and file
 size stay bounded however large the workspace is. The file is written to a temporary
 name and renamed, so an interrupted run leaves the previous report whole.
+
+Measured (benchmarks/bench_report.py, 60 categories x 40 labeled 480x360 JPEGs, 2 shared
+cores): a 2.5 MB page (958 thumbnails of 2.2 kB: 83% of it) in 3.1 s, with 5 MB peak
+Python memory (tracemalloc; Pillow decodes one picture at a time outside it).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import jinja2
 
 from imgnet_build import __version__
 from imgnet_build.errors import BadInput
-from imgnet_build.report.facts import Facts, gather_facts
+from imgnet_build.report.facts import MAX_TREE_ROWS, Facts, gather_facts
 from imgnet_build.report.thumbnails import ContactSheet
 from imgnet_build.workspace import Workspace
 
@@ -107,7 +111,7 @@ def write_report(workspace: Workspace, path: str | os.PathLike, options: ReportO
             "title": workspace.root.resolve().name, "version": __version__,
             "database": workspace.engine.url.render_as_string(hide_password=True),
             "written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "statuses": STATUSES, "candidates_total": sum(sum(c.values()) for c in facts.sources.values()),
+            "statuses": STATUSES, "max_tree_rows": MAX_TREE_ROWS, "candidates_total": sum(sum(c.values()) for c in facts.sources.values()),
             "votes_total": sum(votes * pairs for votes, pairs in facts.votes_per_pair.items()),
             "total_cost": facts.total_cost, "splits": facts.splits,
             "plots": {"categories": plots.images_per_category(rows), "sources": plots.candidates_by_source(facts.sources),

@@ -40,14 +40,18 @@ MAX_CONFLICTS = 20  # cross-category clusters listed
 PAID_ASSIGNMENTS = ("submitted", "approved")  # work a requester pays for (rejected work is not paid)
 
 
-def mturk_fee(reward: Decimal, assignments_wanted: int) -> Decimal:
-    """Amazon's commission: 20% of the reward, 40% for tasks with 10 or more assignments."""
-    return reward * (Decimal("0.40") if assignments_wanted >= 10 else Decimal("0.20"))
+def _mturk_price(reward: Decimal, hit_size: int, assignments: int, batch: str) -> tuple[Decimal, Decimal]:
+    """(rewards, fees) as MTurk charges them (its fee rule lives with the backend)."""
+    from imgnet_build.labeling.mturk_settings import price
+
+    charged = price(reward, hit_size, assignments, tasks=0)
+    return charged.reward_usd, charged.fee_usd
 
 
-# Fees on top of the reward, per backend. A backend costs money when it is here or its class says
-# `costs_money`; the others (local, simulated) cost 0.
-MONEY_BACKENDS = {"mturk": mturk_fee}
+# How each backend that costs money prices (reward, hit size, paid assignments, batch); a
+# backend whose class says `costs_money` without an entry here is priced at its rewards.
+# Backends that cost nothing (local, simulated) cost 0.
+PRICING = {"mturk": _mturk_price}
 
 
 def reason_group(status: str, error: str) -> str:
@@ -95,6 +99,7 @@ class Duplicates:
     unclustered: int = 0  # images dedup has not seen yet
     duplicate_images: int = 0  # images that point to another as their representative
     clusters: int = 0  # clusters with two images or more
+    shared_files: int = 0  # images fetched by several candidates (the same file at several URLs)
     sizes: dict[int, int] = dataclasses.field(default_factory=dict)  # images in a cluster -> clusters
     conflicts: int = 0  # clusters gathered for more than one category
     conflict_examples: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # representative, wnids
@@ -209,6 +214,7 @@ class Facts:
     categories: dict[str, CategoryRow]  # by wnid, in tree order
     tree_rows: list[tuple[int, str]]  # (level, wnid) in display order, at most MAX_TREE_ROWS
     tree_rows_left_out: int
+    tree_pruned: bool  # only categories with candidates or labels in or below them are listed
     sources: dict[str, Counter]  # source -> status -> candidates
     reasons: list[Reason]
     reasons_left_out: int
@@ -235,10 +241,11 @@ def gather_facts(session: Session) -> Facts:
     """Everything the report shows except pictures."""
     from imgnet_build.store import stage_counts
 
-    categories, tree_rows, left_out = _categories(session)
+    categories, tree_rows, left_out, pruned = _categories(session)
     reasons, reasons_left_out = _reasons(session)
     return Facts(
         stages=stage_counts(session), categories=categories, tree_rows=tree_rows, tree_rows_left_out=left_out,
+        tree_pruned=pruned,
         sources=_sources(session), reasons=reasons, reasons_left_out=reasons_left_out,
         duplicates=_duplicates(session), votes_per_pair=_votes_per_pair(session),
         vote_patterns=_vote_patterns(session),
@@ -247,25 +254,36 @@ def gather_facts(session: Session) -> Facts:
         cost=_cost(session), hard=_hard(session))
 
 
-def _tree_order(nodes: dict[str, taxonomy.TreeNode], limit: int) -> Iterator[tuple[int, str]]:
-    """(level, wnid) depth first from the tops; a category with several parents shows under each."""
-    stack = [(root, 0) for root in reversed(taxonomy.tree_tops(nodes))]
+def _tree_order(nodes: dict[str, taxonomy.TreeNode], wanted: set[str] | None, limit: int) -> Iterator[tuple[int, str]]:
+    """(level, wnid) depth first from the tops, only through `wanted` (None: all); a category
+    with several parents shows under each."""
+    keep = (lambda wnid: True) if wanted is None else wanted.__contains__  # noqa: E731
+    stack = [(root, 0) for root in reversed(taxonomy.tree_tops(nodes)) if keep(root)]
     shown = 0
     while stack and shown < limit:
         node, level = stack.pop()
         yield level, node
         shown += 1
-        stack.extend((child, level + 1) for child in reversed(nodes[node].children))
+        stack.extend((child, level + 1) for child in reversed(nodes[node].children) if keep(child))
 
 
-def _categories(session: Session) -> tuple[dict[str, CategoryRow], list[tuple[int, str]], int]:
+def _with_ancestors(nodes: dict[str, taxonomy.TreeNode], wnids: set[str]) -> set[str]:
+    found, todo = set(), list(wnids)
+    while todo:
+        wnid = todo.pop()
+        if wnid not in found:
+            found.add(wnid)
+            todo.extend(nodes[wnid].parents)
+    return found
+
+
+def _categories(session: Session) -> tuple[dict[str, CategoryRow], list[tuple[int, str]], int, bool]:
+    """Rows by wnid (tree order first), the tree's display rows, how many categories they leave
+    out, and whether the tree was pruned to the categories with candidates or labels (and
+    their ancestors): a tree of thousands of categories of which a few were gathered."""
     nodes = taxonomy.load_tree(session)
     below = taxonomy.descendant_counts(nodes)
     rows = {wnid: CategoryRow(wnid, node.name, node.gloss, below=below[wnid]) for wnid, node in nodes.items()}
-    tree_rows = list(_tree_order(nodes, MAX_TREE_ROWS))
-    left_out = len(nodes) - len({wnid for _, wnid in tree_rows})  # categories not shown anywhere
-    for level, wnid in reversed(tree_rows):  # the first (shallowest-listed) appearance wins
-        rows[wnid].level = level
     by_id = dict(session.execute(select(Category.id, Category.wnid)).all())
     for category_id, count in session.execute(select(Candidate.category_id, func.count()).group_by(Candidate.category_id)):
         rows[by_id[category_id]].candidates = count
@@ -280,8 +298,14 @@ def _categories(session: Session) -> tuple[dict[str, CategoryRow], list[tuple[in
         setattr(rows[by_id[category_id]], split, count)
     for (category_id,) in session.execute(select(CategoryConsensus.category_id).where(CategoryConsensus.hard.is_(True))):
         rows[by_id[category_id]].hard = True
+    with_data = {w for w, r in rows.items() if r.candidates or r.accepted or r.rejected or r.undecided}
+    wanted = _with_ancestors(nodes, with_data) if with_data else None
+    tree_rows = list(_tree_order(nodes, wanted, MAX_TREE_ROWS))
+    left_out = len(nodes) - len({wnid for _, wnid in tree_rows})  # categories not shown anywhere
+    for level, wnid in reversed(tree_rows):  # the first (shallowest-listed) appearance wins
+        rows[wnid].level = level
     order = [wnid for _, wnid in tree_rows] + sorted(rows)
-    return {wnid: rows[wnid] for wnid in dict.fromkeys(order)}, tree_rows, left_out
+    return {wnid: rows[wnid] for wnid in dict.fromkeys(order)}, tree_rows, left_out, wanted is not None
 
 
 def _sources(session: Session) -> dict[str, Counter]:
@@ -318,6 +342,9 @@ def _duplicates(session: Session) -> Duplicates:
     found.sizes = {size: count for size, count in session.execute(
         select(sizes.c.size, func.count()).where(sizes.c.size > 1).group_by(sizes.c.size).order_by(sizes.c.size))}
     found.clusters = sum(found.sizes.values())
+    shared = (select(Candidate.image_sha256).where(Candidate.status == CandidateStatus.OK)
+              .group_by(Candidate.image_sha256).having(func.count() > 1).subquery())
+    found.shared_files = session.scalar(select(func.count()).select_from(shared)) or 0
     spread = func.count(func.distinct(Candidate.category_id))
     spans = (select(Image.cluster_id.label("cluster_id"), spread.label("categories"))
              .join(Candidate, Candidate.image_sha256 == Image.sha256)
@@ -412,30 +439,39 @@ def _workers(session: Session) -> Workers:
 def _cost(session: Session) -> list[CostRow]:
     paid = func.count(Assignment.id)
     rows: dict[str, CostRow] = {}
-    for backend, reward, wanted, tasks, assignments in session.execute(
-            select(Task.backend, Task.reward, Task.assignments_wanted, func.count(func.distinct(Task.id)), paid)
+    for backend, batch, reward, wanted, tasks, assignments in session.execute(
+            select(Task.backend, Task.batch, Task.reward, Task.assignments_wanted, func.count(func.distinct(Task.id)), paid)
             .outerjoin(Assignment, and_(Assignment.task_id == Task.id, Assignment.status.in_(PAID_ASSIGNMENTS),
                                         Assignment.simulated.is_(False)))
-            .group_by(Task.backend, Task.reward, Task.assignments_wanted).order_by(Task.backend)):
-        row = rows.setdefault(backend, CostRow(backend, paid=_costs_money(backend)))
+            .group_by(Task.backend, Task.batch, Task.reward, Task.assignments_wanted).order_by(Task.backend)):
+        name, costs = backend, _costs_money(backend)
+        if backend == "mturk":
+            from imgnet_build.labeling.mturk import is_live
+
+            name, costs = ("mturk", True) if is_live(batch) else ("mturk sandbox", False)  # the sandbox is free
+        row = rows.setdefault(name, CostRow(name, paid=costs))
         row.tasks += tasks
         row.assignments += assignments
-        if not row.paid:
+        if not costs:
             continue
         try:
-            amount = Decimal(reward) * assignments
+            amount = Decimal(reward)
         except (InvalidOperation, TypeError):
             row.unpriced_tasks += tasks
             continue
-        row.reward += amount
-        row.fee += MONEY_BACKENDS[backend](amount, wanted) if backend in MONEY_BACKENDS else Decimal(0)
+        if backend in PRICING:
+            rewards, fees = PRICING[backend](amount, wanted, assignments, batch)
+        else:
+            rewards, fees = amount * assignments, Decimal(0)
+        row.reward += rewards
+        row.fee += fees
     return list(rows.values())
 
 
 def _costs_money(backend: str) -> bool:
     from imgnet_build.labeling.backends import BACKENDS
 
-    return backend in MONEY_BACKENDS or bool(getattr(BACKENDS.get(backend), "costs_money", False))
+    return backend in PRICING or bool(getattr(BACKENDS.get(backend), "costs_money", False))
 
 
 def _hard(session: Session) -> list[HardCategory]:

@@ -47,7 +47,7 @@ def candidates_by_source(sources: dict[str, Counter]) -> str | None:
             left = [a + b for a, b in zip(left, values)]
     axes.invert_yaxis()
     axes.set_xlabel("candidates")
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return _data_uri(figure)
 
 
@@ -67,7 +67,7 @@ def images_per_category(rows: Sequence) -> str | None:
               color="#e08a3c", label="val")
     axes.set_yticks(list(positions), [f"{r.name} ({r.wnid})" for r in rows], fontsize="small")
     axes.invert_yaxis()
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return _data_uri(figure)
 
 
@@ -97,5 +97,5 @@ def worker_accuracy(accuracies: Sequence[float], control_accuracies: Sequence[fl
         axes.hist(control_accuracies, bins=bins, alpha=0.6, color="#e08a3c", label="accuracy on controls")
     axes.set_xlabel("accuracy")
     axes.set_ylabel("workers")
-    axes.legend(loc="upper left", fontsize="small")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return _data_uri(figure)

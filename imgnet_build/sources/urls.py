@@ -5,8 +5,10 @@ The format comes from the extension (`.csv`, `.tsv`/`.tab`, `.jsonl`/`.ndjson`/`
 each optionally `.gz`), else from the first line. The file is streamed, never loaded whole.
 
 A file that cannot be used at all (missing, unreadable, not UTF-8, no `url` or `wnid`
-column) raises `BadInput` naming the file and line. A single bad row (malformed JSON, empty
-url, unknown wnid) becomes a `Proposal` with `error` set, for the caller to record.
+column, no end of line within MAX_SKIP) raises `BadInput` naming the file and line. A single
+bad row (malformed or too deeply nested JSON, a line over MAX_LINE, empty url, unknown
+wnid) becomes a `Proposal` with `error` set, for the caller to record. The input is read
+once, so a FIFO or /dev/stdin works.
 `per_category` is not applied here: the rows are the user's; quotas are the caller's job.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +30,10 @@ __all__ = ["UrlList", "parse_truth"]
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 _TRUTH = {"yes": True, "true": True, "1": True, "y": True, "no": False, "false": False, "0": False, "n": False}
 REQUIRED = ("url", "wnid")
+HEADER_LINES = 1000  # a JSON Lines file must have an object among its first lines
+MAX_LINE = 2**20  # bytes; a longer line is one failed row
+MAX_SKIP = 64 * 2**20  # no end of line within this: not a URL list (e.g. /dev/zero)
+LONG_LINE = "\x00long line\x00\n"  # stands in for a line over MAX_LINE (a NUL never reaches a row otherwise)
 
 
 def parse_truth(value: object) -> bool | None:
@@ -53,6 +60,8 @@ class UrlList:
         if not argument:
             raise BadInput("the urls source needs a file: --source urls:candidates.csv")
         self.path = Path(argument).expanduser()
+        self._head: list[tuple[int, str]] = []  # lines already read to learn the format and check the header
+        self._rest: Iterator[tuple[int, str]] = self._read()
         self.format = self._detect_format()
         self._check_header()  # fail now, not half-way, if the file is unusable
 
@@ -93,20 +102,27 @@ class UrlList:
             suffixes.pop()
         if suffixes and suffixes[-1] in _FORMATS:
             return _FORMATS[suffixes[-1]]
-        first = next(self._decoded(), (0, ""))[1].lstrip()
+        first = next(self._peek(), (0, ""))[1].lstrip()
         return "jsonl" if first.startswith("{") else "tsv" if "\t" in first else "csv"
 
     def _check_header(self) -> None:
         """BadInput unless the header (or the first JSON object) has url and wnid."""
-        for number, text in self._decoded():
+        for number, text in self._peek():
             if self.format != "jsonl":
-                return self._check_columns(next(csv.reader([text], delimiter=self._delimiter), []), number)
+                try:
+                    header = next(csv.reader([text], delimiter=self._delimiter), [])
+                except csv.Error as exc:  # e.g. a field over the csv module's limit
+                    raise BadInput(f"{self.path}, line {number}: unreadable header ({exc})") from exc
+                return self._check_columns(header, number)
             try:
                 row = json.loads(text) if text.strip() else None
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # reported per row later
             if isinstance(row, dict):
                 return self._check_columns(list(row), number)
+            if number >= HEADER_LINES:
+                raise BadInput(f"{self.path}: no JSON object in the first {HEADER_LINES} lines; a URL list in "
+                               "JSON Lines has one object with url and wnid per line")
         raise BadInput(f"{self.path} is empty; it needs url and wnid columns")
 
     def _check_columns(self, header: list, line: int) -> None:
@@ -121,8 +137,27 @@ class UrlList:
     def _delimiter(self) -> str:
         return "\t" if self.format == "tsv" else ","
 
+    def _peek(self) -> Iterator[tuple[int, str]]:
+        """The first lines, kept so that the rows are read from the same single pass (a FIFO, stdin)."""
+        yield from self._head
+        for line in self._rest:
+            self._head.append(line)
+            yield line
+
     def _decoded(self) -> Iterator[tuple[int, str]]:
-        """(line number, text) per line, decoded as UTF-8 (a leading BOM dropped)."""
+        """Every line once: those peeked, then the rest of the one read of the input."""
+        if self._rest is None:  # a second propose: read a regular file again
+            if not self.path.is_file():
+                raise BadInput(f"{self.path} was read already and cannot be read twice (a pipe)")
+            self._head, self._rest = [], self._read()
+        head, rest = self._head, self._rest
+        self._head, self._rest = [], None
+        yield from head
+        yield from rest
+
+    def _read(self) -> Iterator[tuple[int, str]]:
+        """(line number, text) per line, decoded as UTF-8 (a leading BOM dropped). A line over MAX_LINE
+        bytes becomes the text LONG_LINE (a per-row error); none ending within MAX_SKIP is BadInput."""
         opener = gzip.open if self.path.suffix.lower() == ".gz" else open
         try:
             handle = opener(self.path, "rb")
@@ -130,7 +165,13 @@ class UrlList:
             raise BadInput(f"cannot read {self.path}: {exc.strerror or exc}") from exc
         with handle:
             try:
-                for number, raw in enumerate(handle, 1):
+                number = 0
+                while raw := handle.readline(MAX_LINE + 1):
+                    number += 1
+                    if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                        self._skip_line(handle, number)
+                        yield number, LONG_LINE
+                        continue
                     if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                         raw = raw[3:]
                     try:
@@ -138,8 +179,18 @@ class UrlList:
                     except UnicodeDecodeError as exc:
                         raise BadInput(f"{self.path}, line {number}: not UTF-8 (byte 0x{raw[exc.start]:02x} "
                                        f"at column {exc.start + 1}); save the file as UTF-8") from None
-            except (OSError, EOFError) as exc:
+            except (OSError, EOFError, zlib.error) as exc:
                 raise BadInput(f"cannot read {self.path}: {exc}") from exc
+
+    def _skip_line(self, handle, number: int) -> None:
+        skipped = MAX_LINE
+        while skipped < MAX_SKIP:
+            chunk = handle.readline(MAX_LINE)
+            if not chunk or chunk.endswith(b"\n"):
+                return
+            skipped += len(chunk)
+        raise BadInput(f"{self.path}, line {number}: no end of line within {MAX_SKIP // 2**20} MiB; "
+                       "a URL list is a text file with one row per line")
 
     def _table_rows(self) -> Iterator[tuple[int, dict | str]]:
         reader = csv.reader((text for _, text in self._decoded()), delimiter=self._delimiter)
@@ -154,6 +205,9 @@ class UrlList:
                 continue
             if not any(value.strip() for value in values):
                 continue
+            if values == [LONG_LINE.rstrip("\n")]:
+                yield reader.line_num, f"line longer than {MAX_LINE // 2**20} MiB"
+                continue
             if len(values) > len(header):
                 yield reader.line_num, f"{len(values)} fields, the header has {len(header)}"
                 continue
@@ -163,10 +217,16 @@ class UrlList:
         for number, text in self._decoded():
             if not text.strip():
                 continue
+            if text == LONG_LINE:
+                yield number, f"line longer than {MAX_LINE // 2**20} MiB"
+                continue
             try:
                 row = json.loads(text)
             except ValueError as exc:
                 yield number, f"malformed JSON ({exc})"
+                continue
+            except RecursionError:
+                yield number, "malformed JSON (nested too deep)"
                 continue
             if not isinstance(row, dict):
                 yield number, f"a JSON {type(row).__name__}, not an object with url and wnid"

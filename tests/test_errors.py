@@ -1,0 +1,190 @@
+"""Every misuse is one `Error: …` line and exit code 1; nothing is silently made up (issue 10, items 9-11, 13)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, insert, text
+
+from imgnet_build.cli.main import cli
+from imgnet_build.errors import DatabaseUnavailable
+from imgnet_build.store import Query
+from imgnet_build.workspace import Workspace
+
+
+def invoke(runner, *args):
+    return runner.invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def one_error(result, start: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: {start}"), result.output
+    assert result.output.count("\n") == 1, result.output
+
+
+@pytest.fixture
+def ws(runner, tmp_path) -> Path:
+    path = tmp_path / "ws"
+    assert invoke(runner, "init", path).exit_code == 0
+    return path
+
+
+def test_a_database_file_that_is_not_a_database(runner, ws, tmp_path):
+    (ws / "imgnet.db").write_text("this is not a database " * 100)
+    for name in ("imgnet.db-wal", "imgnet.db-shm"):
+        (ws / name).unlink(missing_ok=True)
+    one_error(invoke(runner, "-w", ws, "status"), f"cannot connect to database sqlite:///{ws / 'imgnet.db'}: "
+                                                  "file is not a database")
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("some notes " * 100)
+    one_error(invoke(runner, "init", tmp_path / "other", "--database", f"sqlite:///{text_file}"),
+              "cannot connect to database")
+    assert not (tmp_path / "other").exists()  # all or nothing
+    assert text_file.read_text() == "some notes " * 100
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"database = 5\n", "setting database must be a string in quotes, not 5"),
+    (b'blobs = 7\n', "setting blobs must be a string in quotes, not 7"),
+    (b'database = "sqlite:///\xff.db"\n', "is not UTF-8 text (byte 0xff at offset 22); save it as UTF-8"),
+])
+def test_bad_values_in_the_settings_file(runner, ws, content, message):
+    (ws / "imgnet.toml").write_bytes(content)
+    result = invoke(runner, "-w", ws, "status")
+    one_error(result, "")
+    assert message in result.output
+
+
+def test_an_unreadable_settings_file(runner, ws):
+    (ws / "imgnet.toml").unlink()
+    (ws / "imgnet.toml").mkdir()  # reading it fails (running as root defeats chmod)
+    one_error(invoke(runner, "-w", ws, "status"), f"cannot read {ws / 'imgnet.toml'}: Is a directory")
+
+
+def test_blobs_pointing_at_a_file(runner, ws, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (ws / "imgnet.toml").write_text(f'blobs = "{tmp_path / "afile"}"\n')
+    Workspace.open(ws).close()  # opening does not touch the blob store
+    with pytest.raises(Exception, match="cannot use .*afile as the blob store folder"):
+        Workspace.open(ws).blob_store
+    one_error(invoke(runner, "init", tmp_path / "new", "--blobs", tmp_path / "afile"),
+              f"cannot use {tmp_path / 'afile'} as the blob store folder")
+    assert not (tmp_path / "new").exists()  # init is all or nothing
+
+
+def test_init_where_no_folder_can_be_made(runner, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    one_error(invoke(runner, "init", tmp_path / "afile" / "ws"), f"cannot create workspace {tmp_path / 'afile' / 'ws'}")
+    one_error(invoke(runner, "init", "/proc/imgnet-no/ws"), "cannot create workspace /proc/imgnet-no/ws")
+
+
+def test_output_to_a_full_device(runner, ws):
+    one_error(invoke(runner, "-w", ws, "tree", "export", "-o", "/dev/full"), "No space left on device")
+
+
+def test_dedup_clusters_to_an_unwritable_place_fails_before_dedup(runner, ws):
+    one_error(invoke(runner, "-w", ws, "dedup", "--clusters", "/proc/imgnet-clusters.json"),
+              "cannot write /proc/imgnet-clusters.json: ")
+
+
+def _fill(workspace: Workspace, rows: int) -> None:
+    with workspace.session() as session:
+        session.execute(insert(Query), [{"category_id": 1, "text": f"q{i}" * 50, "language": "en", "method": "x"}
+                                        for i in range(rows)])
+
+
+def test_database_locked_and_database_full_are_error_lines(ws):
+    workspace = Workspace.open(ws)
+    with workspace.engine.begin() as connection:
+        connection.execute(text("INSERT INTO category (wnid, synset, name, lemmas, gloss, lexname, depth) "
+                                "VALUES ('n1', 'a.n.01', 'a', '[]', '', 'noun.animal', 0)"))
+    event.listen(workspace.engine, "connect",
+                 lambda dbapi, _: dbapi.execute("PRAGMA max_page_count = 60") and None)
+    event.listen(workspace.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout = 0") and None)
+    workspace.engine.dispose()
+    with pytest.raises(DatabaseUnavailable, match="^database error: database or disk is full$"):
+        _fill(workspace, 5000)
+    blocker = Workspace.open(ws)
+    with blocker.engine.connect() as connection:
+        connection.exec_driver_sql("BEGIN EXCLUSIVE")
+        with pytest.raises(DatabaseUnavailable, match="^database error: database is locked$"):
+            _fill(workspace, 1)
+        connection.exec_driver_sql("ROLLBACK")
+    blocker.close()
+    workspace.close()
+
+
+def test_a_workspace_newer_than_the_code(runner, ws):
+    workspace = Workspace.open(ws)
+    with workspace.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    workspace.close()
+    one_error(invoke(runner, "-w", ws, "status"), "the workspace database is at schema revision 9999, newer than "
+                                                 "this imgnet")
+
+
+def test_a_missing_or_empty_database_is_not_recreated(runner, ws):
+    for name in ("imgnet.db", "imgnet.db-wal", "imgnet.db-shm"):
+        (ws / name).unlink(missing_ok=True)
+    one_error(invoke(runner, "-w", ws, "status"), f"the workspace database {ws / 'imgnet.db'} is missing; restore")
+    assert not (ws / "imgnet.db").exists()
+    (ws / "imgnet.db").write_bytes(b"")
+    one_error(invoke(runner, "-w", ws, "status"), f"the workspace database {ws / 'imgnet.db'} is empty (0 bytes)")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused(runner, tmp_path, url):
+    one_error(invoke(runner, "init", tmp_path / "ws", "--database", url), f"database {url!r} is in memory")
+    assert not (tmp_path / "ws").exists()
+
+
+def test_demo_refuses_a_workspace_it_did_not_make(runner, ws):
+    one_error(invoke(runner, "demo", ws), f"{ws} is a workspace not made by imgnet demo")
+
+
+def test_init_and_demo_honour_the_workspace_option(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert invoke(runner, "-w", "made", "init").exit_code == 0
+    assert (tmp_path / "made" / "imgnet.toml").is_file() and not (tmp_path / "imgnet.toml").exists()
+    assert invoke(runner, "-w", "ignored", "init", "positional").exit_code == 0
+    assert (tmp_path / "positional" / "imgnet.toml").is_file() and not (tmp_path / "ignored").exists()
+    one_error(invoke(runner, "-w", "made", "demo"), "made is a workspace not made by imgnet demo")
+
+
+OPEN_AT_ONCE = """
+import sys
+from imgnet_build.workspace import Workspace
+from imgnet_build.errors import WorkspaceExists
+try:
+    ws = Workspace.init(sys.argv[1], database=sys.argv[2] or None) if sys.argv[3] == "init" else None
+except WorkspaceExists:
+    ws = None
+ws = ws or Workspace.open(sys.argv[1])
+ws.status()
+ws.close()
+"""
+
+
+def _at_once(args: list[str], processes: int = 4) -> list[subprocess.CompletedProcess]:
+    running = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(processes)]
+    return [subprocess.CompletedProcess(p.args, p.wait(), *p.communicate()) for p in running]
+
+
+@pytest.mark.postgres
+def test_four_processes_open_a_fresh_postgres_database_at_once(tmp_path, postgres_url):
+    """Before: migrations ran unlocked on every open and 3 of 4 failed (duplicate tables)."""
+    Path(tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "imgnet.toml").write_text(f'database = "{postgres_url}"\n')
+    results = _at_once([str(tmp_path / "ws"), "", "open"])
+    assert [r.returncode for r in results] == [0] * 4, [r.stderr[-500:] for r in results]
+
+
+def test_four_inits_of_one_folder_at_once(tmp_path):
+    results = _at_once([str(tmp_path / "ws"), "", "init"])
+    assert [r.returncode for r in results] == [0] * 4, [r.stderr[-500:] for r in results]
+    assert Workspace.open(tmp_path / "ws").status()["categories"] == 0
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir() if p.name.startswith(".")) == []
