@@ -300,6 +300,26 @@ def test_twenty_workers_submitting_at_once_on_sqlite(workspace):
         assert session.scalar(select(func.count()).where(Assignment.status == "submitted")) == workers
 
 
+@pytest.mark.postgres
+def test_a_lost_database_gives_a_503_page(tmp_path, postgres_url):
+    from sqlalchemy import create_engine, text
+
+    from imgnet_build.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws", database=postgres_url)
+    make_tasks(ws)
+    with running_app(ws) as base_url:
+        alice = HttpWorker(base_url, invite(ws, "alice").path)
+        page = parse_task_page(alice.last.text)
+        admin = create_engine(postgres_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{postgres_url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        admin.dispose()
+        response = alice.submit(page, [0])
+    ws.close()
+    assert response.status_code == 503 and "nothing was stored" in response.text
+
+
 # --- images ----------------------------------------------------------------------------
 
 def test_images_are_served_only_for_a_task_given_to_the_worker(workspace):

@@ -32,6 +32,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
+from imgnet_build.errors import DatabaseUnavailable
 from imgnet_build.labeling import handout, invites
 from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.page import content_security_policy, load_task_view, render_page, render_task_page
@@ -145,6 +146,12 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
         if error.response is not None:
             return error.response
         return _message(error.name, error.description or error.name, error.code or 500)
+
+    @app.errorhandler(DatabaseUnavailable)
+    def database_unavailable(error: DatabaseUnavailable):
+        app.logger.error("%s", error)
+        return _message("Try again in a minute", "The labeling server cannot reach its database right now, so nothing "
+                        "was stored. Go back and submit again in a minute.", 503)
 
     @app.get("/")
     def start():
