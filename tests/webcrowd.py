@@ -77,8 +77,12 @@ def running_app(ws: Workspace, admin_token: str | None = None, threads: int = 8)
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
         server.task_dispatcher.shutdown()  # let requests in flight finish
-        for channel in list(server._map.values()):  # the listener, open connections and the trigger
-            channel.close()
+
+        def close_everything() -> None:  # the listener, open connections, the trigger: the loop then ends
+            for channel in list(server._map.values()):
+                channel.close()
+
+        server.trigger.pull_trigger(close_everything)  # runs in the server's own thread, not under its select()
         thread.join(timeout=10)
 
 
