@@ -15,6 +15,10 @@ queries (`facts.py`); thumbnails are made one category at a time while the page 
 written, with a cap per category and on the number of categories, so memory and file
 size stay bounded however large the workspace is. The file is written to a temporary
 name and renamed, so an interrupted run leaves the previous report whole.
+
+Measured (benchmarks/bench_report.py, 60 categories x 40 labeled 480x360 JPEGs, 2 shared
+cores): a 2.5 MB page (958 thumbnails of 2.2 kB: 83% of it) in 3.1 s, with 5 MB peak
+Python memory (tracemalloc; Pillow decodes one picture at a time outside it).
 """
 
 from __future__ import annotations
