@@ -221,7 +221,7 @@ def test_the_same_submission_twice_is_stored_once(workspace):
 def test_a_submission_for_a_task_not_given_to_the_worker_is_refused(workspace):
     [first, second] = make_tasks(workspace, tasks=2, assignments_wanted=1)
     with running_app(workspace) as base_url:
-        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        _alice = HttpWorker(base_url, invite(workspace, "alice").path)
         bob = HttpWorker(base_url, invite(workspace, "bob").path)
         page = parse_task_page(bob.last.text)
         assert page.task_id == second
@@ -450,6 +450,7 @@ def test_a_person_labels_in_a_browser(workspace):
             items.nth(0).focus()  # keyboard: move, select
             columns = page.evaluate("(() => { const xs = Array.from(document.querySelectorAll('.item'))"
                                     ".map(e => e.offsetTop); return xs.filter(y => y === xs[0]).length; })()")
+            assert 1 < columns <= 5  # the grid wraps, so ArrowDown moves a row (positions 2 -> 2 + columns)
             page.keyboard.press("ArrowRight")
             page.keyboard.press("ArrowRight")
             page.keyboard.press("Space")  # position 2

@@ -15,13 +15,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from imgnet_build.errors import BadInput
+from imgnet_build.labeling.invites import BACKEND
 from imgnet_build.store import Assignment, Task, TaskItem, Vote, Worker
 
 __all__ = ["ABANDONED_AFTER", "SubmissionRejected", "NotYourTask", "next_assignment", "check_submission",
            "held_assignment", "lock_for_writing"]
 
 ABANDONED_AFTER = dt.timedelta(hours=1)  # a task given this long ago and not submitted frees its slot
-BACKEND = "local"
 _ATTEMPTS = 20  # tasks filled by others while we looked, tried one after another
 
 

@@ -14,12 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from imgnet_build.errors import BadInput
+from imgnet_build.labeling.backends import LocalBackend
 from imgnet_build.store import Worker
 from imgnet_build.workspace import Workspace
 
 __all__ = ["Invite", "invite", "revoke", "hash_token", "worker_for_token", "BACKEND", "JOIN_PATH"]
 
-BACKEND = "local"
+BACKEND = LocalBackend.name
 JOIN_PATH = "/join/"
 
 

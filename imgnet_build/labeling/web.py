@@ -11,8 +11,9 @@ The requester's page `/admin` needs the admin token (`IMGNET_ADMIN_TOKEN`, or pr
 by `imgnet label serve`).
 
 Measured (benchmarks/bench_label_web.py, 20 workers at once on loopback, 8 waitress
-threads, 2 shared cores): 239 votes/s on SQLite and 138 on PostgreSQL when every page's
-48 images are loaded too; 1,166 and 841 votes/s for the task/page/submit requests alone.
+threads, 2 cores shared with a load average of 6-7): 190-240 votes/s on SQLite and 140-170
+on PostgreSQL when every page's 48 images are loaded too; 1,170-1,200 and 840-1,050 votes/s
+for the task/page/submit requests alone.
 A person needs about a minute per 48-image task, so one server carries far more than 20.
 """
 
@@ -28,6 +29,7 @@ import jsonschema
 from flask import Flask, Response, abort, redirect, request, session as cookie
 from PIL import Image as PILImage
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from imgnet_build.labeling import handout, invites
@@ -50,12 +52,16 @@ def _message(title: str, message: str, status: int = 200, link: str | None = Non
 
 
 def _current_worker(workspace: Workspace) -> Worker:
+    with workspace.session() as session:
+        return _signed_in_worker(session)
+
+
+def _signed_in_worker(session: Session) -> Worker:
     """The signed-in worker; ends the request with a page when there is none or their link was revoked."""
     worker_id, token_hash = cookie.get("worker"), cookie.get("token_hash")
     if worker_id is None:
         abort(_message("Open your invite link", "Open the invite link you were sent to start labeling.", 401))
-    with workspace.session() as session:
-        worker = session.get(Worker, worker_id)
+    worker = session.get(Worker, worker_id)
     if worker is None or worker.revoked or worker.token_hash != token_hash:
         cookie.clear()
         abort(_message("Invite no longer valid", "Your invite link was revoked or replaced; ask the requester for a new one.", 403))
@@ -83,8 +89,9 @@ def _parse_submission() -> dict:
     return document
 
 
-def _image_response(workspace: Workspace, task_id: int, position: int, worker_id: int) -> Response:
-    with workspace.session() as session:
+def _image_response(workspace: Workspace, task_id: int, position: int) -> Response:
+    with workspace.session() as session:  # one transaction: who asks, and what they may see
+        worker_id = _signed_in_worker(session).id
         row = session.execute(
             select(Image.blob_key, Image.format).join(TaskItem, TaskItem.image_sha256 == Image.sha256)
             .join(Assignment, Assignment.task_id == TaskItem.task_id)
@@ -184,7 +191,7 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
 
     @app.get("/t/<int:task_id>/img/<int:position>")
     def task_image(task_id: int, position: int):
-        return _image_response(workspace, task_id, position, _current_worker(workspace).id)
+        return _image_response(workspace, task_id, position)
 
     @app.post("/submit")
     def submit():
