@@ -1,5 +1,5 @@
 """The numbers behind the report, read with aggregate queries (one row per group, never
-one per image), so a workspace of millions of images costs the same memory as a small one.
+one per image): memory grows with the number of categories and workers, not of images.
 
     facts = gather_facts(session)
     facts.truth.precision, facts.controls.accuracy, facts.cost, ...
@@ -40,7 +40,7 @@ MAX_CONFLICTS = 20  # cross-category clusters listed
 PAID_ASSIGNMENTS = ("submitted", "approved")  # work a requester pays for (rejected work is not paid)
 
 
-def _mturk_price(reward: Decimal, hit_size: int, assignments: int, batch: str) -> tuple[Decimal, Decimal]:
+def _mturk_price(reward: Decimal, hit_size: int, assignments: int) -> tuple[Decimal, Decimal]:
     """(rewards, fees) as MTurk charges them (its fee rule lives with the backend)."""
     from imgnet_build.labeling.mturk_settings import price
 
@@ -48,7 +48,7 @@ def _mturk_price(reward: Decimal, hit_size: int, assignments: int, batch: str) -
     return charged.reward_usd, charged.fee_usd
 
 
-# How each backend that costs money prices (reward, hit size, paid assignments, batch); a
+# How each backend that costs money prices (reward, hit size, paid assignments); a
 # backend whose class says `costs_money` without an entry here is priced at its rewards.
 # Backends that cost nothing (local, simulated) cost 0.
 PRICING = {"mturk": _mturk_price}
@@ -469,7 +469,7 @@ def _cost(session: Session) -> list[CostRow]:
             row.unpriced_tasks += tasks
             continue
         if backend in PRICING:
-            rewards, fees = PRICING[backend](amount, wanted, assignments, batch)
+            rewards, fees = PRICING[backend](amount, wanted, assignments)
         else:
             rewards, fees = amount * assignments, Decimal(0)
         row.reward += rewards
