@@ -81,7 +81,8 @@ def main() -> None:
         page = (Path(folder) / "report.html").read_text()
         thumbnails = sum(len(part.split('"', 1)[0]) for part in page.split('src="data:image/jpeg')[1:])
         print(summary.summary())
-        print(f"write_report: {seconds:.1f} s, {summary.bytes / 1e6:.2f} MB ({thumbnails / summary.bytes:.0%} thumbnails, "
+        print(f"write_report: {seconds:.1f} s, {summary.bytes / 1e6:.2f} MB "
+              f"({thumbnails / summary.bytes:.0%} thumbnails, "
               f"{thumbnails / max(summary.thumbnails, 1) / 1e3:.1f} kB each), peak Python memory {peak / 1e6:.0f} MB")
         workspace.close()
 

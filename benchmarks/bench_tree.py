@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 
 BARE_WALK = """
 import time

@@ -39,7 +39,7 @@ def candidates(workspace: Workspace, status: str | None, category: str | None, r
     with workspace.session() as session:
         rows = list_candidates(session, status, wnid, reason, limit)
         if fmt == "csv":
-            writer = csv.DictWriter(click.get_text_stream("stdout"), CANDIDATE_FIELDS, lineterminator="\n")
+            writer = csv.DictWriter(_Echo(), CANDIDATE_FIELDS, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
         elif fmt == "json":
@@ -48,6 +48,13 @@ def candidates(workspace: Workspace, status: str | None, category: str | None, r
         else:
             for row in rows:
                 click.echo("\t".join((row["status"], row["wnid"], row["url"], row["reason"] or "")))
+
+
+class _Echo:
+    """A file-like object for csv that writes through click.echo (stdout, as click's tests capture it)."""
+
+    def write(self, text: str) -> None:
+        click.echo(text, nl=False)
 
 
 def _wnid(category: str) -> str:

@@ -14,7 +14,16 @@ from typing import Protocol
 
 from imgnet_build.errors import BadInput
 
-__all__ = ["BlobStore", "LocalBlobStore", "S3BlobStore", "open_blob_store", "blob_key"]
+__all__ = ["BlobStore", "LocalBlobStore", "S3BlobStore", "open_blob_store", "blob_key", "import_boto3"]
+
+
+def import_boto3(needed_for: str, extra: str):
+    """boto3, or BadInput naming the extra that installs it (the core runs without it)."""
+    try:
+        import boto3
+    except ImportError as exc:
+        raise BadInput(f"{needed_for} needs boto3: pip install 'imgnet-build[{extra}]'") from exc
+    return boto3
 
 
 def blob_key(sha256: str, ext: str) -> str:
@@ -71,8 +80,7 @@ class LocalBlobStore:
 
 class S3BlobStore:
     def __init__(self, url: str, endpoint_url: str | None = None):
-        import boto3
-
+        boto3 = import_boto3("an s3:// blob store", "s3")
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if not bucket:
             raise BadInput(f"blob store {url!r} names no bucket; use s3://bucket/prefix")

@@ -14,7 +14,6 @@ import random
 import socket
 import ssl
 import threading
-import time
 import urllib.parse
 from typing import TYPE_CHECKING
 

@@ -221,7 +221,7 @@ def test_the_same_submission_twice_is_stored_once(workspace):
 def test_a_submission_for_a_task_not_given_to_the_worker_is_refused(workspace):
     [first, second] = make_tasks(workspace, tasks=2, assignments_wanted=1)
     with running_app(workspace) as base_url:
-        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        _alice = HttpWorker(base_url, invite(workspace, "alice").path)
         bob = HttpWorker(base_url, invite(workspace, "bob").path)
         page = parse_task_page(bob.last.text)
         assert page.task_id == second

@@ -88,7 +88,8 @@ def build_workspace(workspace) -> dict:
                    CategoryConsensus(category_id=dog.id, hard=True, seed_images=10, prior=0.4)])
 
         def candidate(category, image, truth, url=None, source="urls"):
-            row = Candidate(category_id=category.id, source=source, url=url or f"http://127.0.0.1/{image.sha256[:12]}.jpg",
+            url = url or f"http://127.0.0.1/{image.sha256[:12]}.jpg"
+            row = Candidate(category_id=category.id, source=source, url=url,
                             status="ok", truth=truth, image_sha256=image.sha256, license="CC0")
             s.add(row)
             return row
@@ -109,7 +110,8 @@ def build_workspace(workspace) -> dict:
         copy = _image(s, workspace, seed=200, size=(160, 120))  # the same picture, smaller: a near duplicate
         copy.cluster_id, copy.duplicate_of = shared.cluster_id, shared.sha256
         candidate(poodle, copy, True, url="http://127.0.0.1/copy.jpg")
-        broken = Image(sha256="f" * 64, width=10, height=10, format="JPEG", bytes=10, blob_key=blob_key("f" * 64, "jpg"))
+        broken = Image(sha256="f" * 64, width=10, height=10, format="JPEG", bytes=10,
+                       blob_key=blob_key("f" * 64, "jpg"))
         s.add(broken)  # its blob is gone: the contact sheet leaves it out and counts it
         s.flush()
         broken_cluster = Cluster(key=broken.sha256, representative=broken.sha256)
@@ -151,7 +153,8 @@ def build_workspace(workspace) -> dict:
                                            cluster_id=image.cluster_id, kind="candidate"))
         known = _image(s, workspace, seed=300)  # a known whippet, shown only as a control
         controls = [TaskItem(task_id=mturk.id, position=100, image_sha256=known.sha256, kind="positive", expected=True),
-                    TaskItem(task_id=mturk.id, position=101, image_sha256=pairs[7][1].sha256, kind="negative", expected=False)]
+                    TaskItem(task_id=mturk.id, position=101, image_sha256=pairs[7][1].sha256, kind="negative",
+                             expected=False)]
         items[mturk.id] += controls
         items[simulated.id].append(TaskItem(task_id=simulated.id, position=0, image_sha256=pairs[8][1].sha256,
                                             cluster_id=pairs[8][1].cluster_id, kind="candidate"))
@@ -270,7 +273,8 @@ def test_cli_writes_into_the_workspace_by_default(built, runner):
     assert document["path"] == str(workspace.root / "r.html") and document["cost"] == "0.82"
     result = runner.invoke(cli, ["-w", str(workspace.root), "report", "-o", str(workspace.root / "nope" / "r.html")])
     assert result.exit_code == 1
-    assert result.output == f"Error: cannot write {workspace.root / 'nope' / 'r.html'}: folder {workspace.root / 'nope'} does not exist\n"
+    folder = workspace.root / "nope"
+    assert result.output == f"Error: cannot write {folder / 'r.html'}: folder {folder} does not exist\n"
 
 
 def test_an_empty_workspace_gives_a_page_too(workspace, tmp_path):

@@ -93,7 +93,9 @@ class CostCapExceeded(BadInput):
 
 def make_client(live: bool):
     """A boto3 `mturk` client for the sandbox, or for the live marketplace when `live`."""
-    import boto3
+    from imgnet_build.blobs import import_boto3
+
+    boto3 = import_boto3("the mturk backend", "mturk")
     from botocore.config import Config
 
     return boto3.client("mturk", region_name="us-east-1", endpoint_url=LIVE_ENDPOINT if live else SANDBOX_ENDPOINT,

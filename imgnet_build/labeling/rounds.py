@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import random
 from collections import defaultdict
 from collections.abc import Callable

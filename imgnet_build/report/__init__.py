@@ -91,7 +91,8 @@ class ReportSummary:
         return dataclasses.asdict(self)
 
 
-def write_report(workspace: Workspace, path: str | os.PathLike, options: ReportOptions = ReportOptions()) -> ReportSummary:
+def write_report(workspace: Workspace, path: str | os.PathLike,
+                 options: ReportOptions = ReportOptions()) -> ReportSummary:
     """Write the report to `path` (HTML) and return what it holds."""
     from imgnet_build.report import plots  # matplotlib is slow to import; only the report needs it
 
@@ -111,10 +112,12 @@ def write_report(workspace: Workspace, path: str | os.PathLike, options: ReportO
             "title": workspace.root.resolve().name, "version": __version__,
             "database": workspace.engine.url.render_as_string(hide_password=True),
             "written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "statuses": STATUSES, "max_tree_rows": MAX_TREE_ROWS, "candidates_total": sum(sum(c.values()) for c in facts.sources.values()),
+            "statuses": STATUSES, "max_tree_rows": MAX_TREE_ROWS,
+            "candidates_total": sum(sum(c.values()) for c in facts.sources.values()),
             "votes_total": sum(votes * pairs for votes, pairs in facts.votes_per_pair.items()),
             "total_cost": facts.total_cost, "splits": facts.splits,
-            "plots": {"categories": plots.images_per_category(rows), "sources": plots.candidates_by_source(facts.sources),
+            "plots": {"categories": plots.images_per_category(rows),
+                      "sources": plots.candidates_by_source(facts.sources),
                       "votes": plots.votes_per_pair(facts.votes_per_pair),
                       "workers": plots.worker_accuracy(facts.workers.accuracies, facts.workers.control_accuracies)},
             "sheet": sheet, "sheet_left_out": max(0, len(with_pictures) - options.sheet_categories),

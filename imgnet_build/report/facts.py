@@ -1,5 +1,5 @@
 """The numbers behind the report, read with aggregate queries (one row per group, never
-one per image), so a workspace of millions of images costs the same memory as a small one.
+one per image): memory grows with the number of categories and workers, not of images.
 
     facts = gather_facts(session)
     facts.truth.precision, facts.controls.accuracy, facts.cost, ...
@@ -40,7 +40,7 @@ MAX_CONFLICTS = 20  # cross-category clusters listed
 PAID_ASSIGNMENTS = ("submitted", "approved")  # work a requester pays for (rejected work is not paid)
 
 
-def _mturk_price(reward: Decimal, hit_size: int, assignments: int, batch: str) -> tuple[Decimal, Decimal]:
+def _mturk_price(reward: Decimal, hit_size: int, assignments: int) -> tuple[Decimal, Decimal]:
     """(rewards, fees) as MTurk charges them (its fee rule lives with the backend)."""
     from imgnet_build.labeling.mturk_settings import price
 
@@ -48,7 +48,7 @@ def _mturk_price(reward: Decimal, hit_size: int, assignments: int, batch: str) -
     return charged.reward_usd, charged.fee_usd
 
 
-# How each backend that costs money prices (reward, hit size, paid assignments, batch); a
+# How each backend that costs money prices (reward, hit size, paid assignments); a
 # backend whose class says `costs_money` without an entry here is priced at its rewards.
 # Backends that cost nothing (local, simulated) cost 0.
 PRICING = {"mturk": _mturk_price}
@@ -234,7 +234,8 @@ class Facts:
 
     @property
     def splits(self) -> dict[str, int]:
-        return {"train": sum(r.train for r in self.categories.values()), "val": sum(r.val for r in self.categories.values())}
+        rows = self.categories.values()
+        return {"train": sum(r.train for r in rows), "val": sum(r.val for r in rows)}
 
 
 def gather_facts(session: Session) -> Facts:
@@ -285,7 +286,8 @@ def _categories(session: Session) -> tuple[dict[str, CategoryRow], list[tuple[in
     below = taxonomy.descendant_counts(nodes)
     rows = {wnid: CategoryRow(wnid, node.name, node.gloss, below=below[wnid]) for wnid, node in nodes.items()}
     by_id = dict(session.execute(select(Category.id, Category.wnid)).all())
-    for category_id, count in session.execute(select(Candidate.category_id, func.count()).group_by(Candidate.category_id)):
+    for category_id, count in session.execute(select(Candidate.category_id, func.count())
+                                              .group_by(Candidate.category_id)):
         rows[by_id[category_id]].candidates = count
     for wnid, count in taxonomy.image_counts(session).items():
         rows[wnid].images = count
@@ -296,7 +298,8 @@ def _categories(session: Session) -> tuple[dict[str, CategoryRow], list[tuple[in
             select(Label.category_id, Cluster.split, func.count()).join(Cluster, Cluster.id == Label.cluster_id)
             .where(Label.status == "accepted", Cluster.split.is_not(None)).group_by(Label.category_id, Cluster.split)):
         setattr(rows[by_id[category_id]], split, count)
-    for (category_id,) in session.execute(select(CategoryConsensus.category_id).where(CategoryConsensus.hard.is_(True))):
+    for (category_id,) in session.execute(select(CategoryConsensus.category_id)
+                                          .where(CategoryConsensus.hard.is_(True))):
         rows[by_id[category_id]].hard = True
     with_data = {w for w, r in rows.items() if r.candidates or r.accepted or r.rejected or r.undecided}
     wanted = _with_ancestors(nodes, with_data) if with_data else None
@@ -351,7 +354,8 @@ def _duplicates(session: Session) -> Duplicates:
              .where(Candidate.status == CandidateStatus.OK, Image.cluster_id.is_not(None))
              .group_by(Image.cluster_id).having(spread > 1).subquery())
     found.conflicts = session.scalar(select(func.count()).select_from(spans)) or 0
-    examples = session.execute(select(spans.c.cluster_id, Cluster.representative).join(Cluster, Cluster.id == spans.c.cluster_id)
+    examples = session.execute(select(spans.c.cluster_id, Cluster.representative)
+                               .join(Cluster, Cluster.id == spans.c.cluster_id)
                                .order_by(spans.c.categories.desc(), spans.c.cluster_id).limit(MAX_CONFLICTS)).all()
     wnids: dict[int, set[str]] = defaultdict(set)
     if examples:
@@ -394,10 +398,12 @@ def _truth(session: Session, categories: dict[str, CategoryRow]) -> Truth:
     per_label = (select(Label.category_id.label("category_id"), Label.status.label("status"),
                         yes.label("yes"), no.label("no"))
                  .join(Image, Image.cluster_id == Label.cluster_id)
-                 .join(Candidate, and_(Candidate.image_sha256 == Image.sha256, Candidate.category_id == Label.category_id))
+                 .join(Candidate, and_(Candidate.image_sha256 == Image.sha256,
+                                       Candidate.category_id == Label.category_id))
                  .where(Candidate.truth.is_not(None))
                  .group_by(Label.id, Label.category_id, Label.status).subquery())
-    verdict = case((per_label.c.yes > per_label.c.no, 1), (per_label.c.no > per_label.c.yes, 0), else_=-1).label("verdict")
+    yes_wins, no_wins = per_label.c.yes > per_label.c.no, per_label.c.no > per_label.c.yes
+    verdict = case((yes_wins, 1), (no_wins, 0), else_=-1).label("verdict")
     by_id = dict(session.execute(select(Category.id, Category.wnid)).all())
     truth = Truth()
     for category_id, status, value, count in session.execute(
@@ -425,10 +431,12 @@ def _workers(session: Session) -> Workers:
     count = func.coalesce(votes.c.votes, 0)
     for worker, n in session.execute(select(Worker, count).outerjoin(votes, votes.c.worker_id == Worker.id)
                                      .order_by(count.desc(), Worker.id).limit(MAX_WORKER_ROWS)):
-        workers.rows.append(WorkerRow(worker.external_id, worker.name, worker.backend, worker.simulated, worker.accuracy,
-                                      worker.control_answers, worker.control_correct, n, worker.blocked, worker.revoked))
+        workers.rows.append(WorkerRow(worker.external_id, worker.name, worker.backend, worker.simulated,
+                                      worker.accuracy, worker.control_answers, worker.control_correct, n,
+                                      worker.blocked, worker.revoked))
     for accuracy, answers, correct in session.execute(
-            select(Worker.accuracy, Worker.control_answers, Worker.control_correct), execution_options={"yield_per": 5000}):
+            select(Worker.accuracy, Worker.control_answers, Worker.control_correct),
+            execution_options={"yield_per": 5000}):
         if accuracy is not None:
             workers.accuracies.append(accuracy)
         if answers:
@@ -440,7 +448,8 @@ def _cost(session: Session) -> list[CostRow]:
     paid = func.count(Assignment.id)
     rows: dict[str, CostRow] = {}
     for backend, batch, reward, wanted, tasks, assignments in session.execute(
-            select(Task.backend, Task.batch, Task.reward, Task.assignments_wanted, func.count(func.distinct(Task.id)), paid)
+            select(Task.backend, Task.batch, Task.reward, Task.assignments_wanted,
+                   func.count(func.distinct(Task.id)), paid)
             .outerjoin(Assignment, and_(Assignment.task_id == Task.id, Assignment.status.in_(PAID_ASSIGNMENTS),
                                         Assignment.simulated.is_(False)))
             .group_by(Task.backend, Task.batch, Task.reward, Task.assignments_wanted).order_by(Task.backend)):
@@ -460,7 +469,7 @@ def _cost(session: Session) -> list[CostRow]:
             row.unpriced_tasks += tasks
             continue
         if backend in PRICING:
-            rewards, fees = PRICING[backend](amount, wanted, assignments, batch)
+            rewards, fees = PRICING[backend](amount, wanted, assignments)
         else:
             rewards, fees = amount * assignments, Decimal(0)
         row.reward += rewards

@@ -100,7 +100,8 @@ class ContactSheet:
         for cluster_id, truth, url in self.session.execute(
                 select(Image.cluster_id, Candidate.truth, Candidate.url)
                 .join(Candidate, Candidate.image_sha256 == Image.sha256)
-                .where(Image.cluster_id.in_([label.cluster_id for label in labels]), Candidate.category_id == category_id)
+                .where(Image.cluster_id.in_([label.cluster_id for label in labels]),
+                       Candidate.category_id == category_id)
                 .order_by(Candidate.id)):
             origins.setdefault(cluster_id, []).append((truth, url))
         thumbnails = []
