@@ -27,9 +27,18 @@ for _web_command in (serve_command, invite_command, revoke_command):  # the loca
     label.add_command(_web_command)
 
 
-def consensus_options(command):
-    """The options that decide how many votes a pair gets and how they become labels."""
-    options = [
+def _with(options: list):
+    """A decorator applying `options` in the order written (written once, shared below)."""
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+consensus_options = _with([  # how many votes a pair gets and how they become labels
         click.option("--votes", type=click.IntRange(1), default=DEFAULTS.votes, show_default=True,
                      help="Votes every new pair gets (the baseline)."),
         click.option("--max-votes", type=click.IntRange(1), default=DEFAULTS.max_votes, show_default=True,
@@ -42,28 +51,18 @@ def consensus_options(command):
                      show_default=True, help="Posterior at which a pair is rejected."),
         click.option("--block-below", type=click.FloatRange(0, 1), default=DEFAULTS.block_below, show_default=True,
                      help="Block workers whose control accuracy (or agreement, before controls) is lower."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+])
 
-
-def task_options(command):
-    options = [
+task_options = _with([
         click.option("--images-per-task", type=click.IntRange(2, 500), default=DEFAULTS.images_per_task,
                      show_default=True, help="Images in one task, controls included."),
         click.option("--controls", type=click.IntRange(0), default=DEFAULTS.controls, show_default=True,
                      help="Controls per task (half positive, half negative when there are positives)."),
         click.option("--category", "categories", multiple=True, metavar="SYNSET",
                      help="Only this category (wnid or nltk name); repeatable."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+])
 
-
-def simulated_options(command):
-    options = [
+simulated_options = _with([
         click.option("--sim-workers", type=click.IntRange(1), default=60, show_default=True,
                      help="Simulated crowd: number of workers."),
         click.option("--sim-accuracy", default="0.6-0.95", show_default=True, metavar="LO-HI",
@@ -71,10 +70,7 @@ def simulated_options(command):
         click.option("--sim-spammers", type=click.FloatRange(0, 1), default=0.1, show_default=True,
                      help="Simulated crowd: share of workers who answer at random."),
         click.option("--sim-seed", type=int, default=0, show_default=True, help="Simulated crowd: random seed."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+])
 
 
 def _settings(**values) -> LabelSettings:

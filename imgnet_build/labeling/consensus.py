@@ -32,6 +32,8 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from imgnet_build.errors import BadInput
+
 __all__ = ["ConsensusSettings", "VoteTable", "Result", "Method", "Majority", "DawidSkene", "Dynamic", "METHODS",
            "seed_table"]
 
@@ -50,7 +52,7 @@ class ConsensusSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.reject < 0.5 < self.accept < 1:
-            raise ValueError(f"thresholds must satisfy 0 < reject < 0.5 < accept < 1, not {self.reject} / {self.accept}")
+            raise BadInput(f"thresholds must satisfy 0 < reject < 0.5 < accept < 1, not {self.reject} / {self.accept}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,8 +75,7 @@ class LabelSettings:
             raise BadInput(f"--images-per-task must be between 2 and 500, not {self.images_per_task}")
         if self.method not in METHODS:
             raise BadInput(f"unknown consensus method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        if not 0 < self.reject < 0.5 < self.accept < 1:
-            raise BadInput(f"thresholds must satisfy 0 < reject < 0.5 < accept < 1, not {self.reject} / {self.accept}")
+        self.consensus()  # checks the thresholds
         if not 0 <= self.block_below <= 1:
             raise BadInput(f"--block-below must be between 0 and 1, not {self.block_below}")
 
@@ -131,11 +130,12 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
     for category_id in category_ids:
         made: list[int] = []
         with workspace.session() as session:
-            need = _needs(session, category_id, settings)
+            pairs = category_pairs(session, category_id)
+            need = _needs(session, category_id, pairs, settings)
             if not need:
                 continue
             chosen.check_pairs(session, [(cluster, category_id) for cluster in need])
-            tasks = _make_tasks(session, category_id, need, settings, round_, chosen, dry_run)
+            tasks = _make_tasks(session, category_id, pairs, need, settings, round_, chosen, dry_run)
             wnid = session.scalar(select(Category.wnid).where(Category.id == category_id))
             plan.per_category[wnid] = {"pairs": len(need), "votes": sum(need.values()), "tasks": len(tasks)}
             plan.pairs += len(need)
@@ -211,9 +211,9 @@ def _pending_votes(session: Session, category_id: int) -> dict[int, int]:
     return {cluster: max(0, int(left)) for cluster, left in rows.all()}
 
 
-def _needs(session: Session, category_id: int, settings: LabelSettings) -> dict[int, int]:
+def _needs(session: Session, category_id: int, pairs: dict[int, tuple[str, str]],
+           settings: LabelSettings) -> dict[int, int]:
     """{cluster id: votes to ask for now} for the category."""
-    pairs = category_pairs(session, category_id)
     have, pending = _counted_votes(session, category_id), _pending_votes(session, category_id)
     labels = dict(session.execute(select(Label.cluster_id, Label.status).where(Label.category_id == category_id)).all())
     seed = _seed(pairs, have, pending, labels, settings) if settings.seeded else set()
@@ -254,20 +254,20 @@ class _NewTask:
     controls: int
 
 
-def _make_tasks(session: Session, category_id: int, need: dict[int, int], settings: LabelSettings, round_: int,
+def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, str]], need: dict[int, int],
+                settings: LabelSettings, round_: int,
                 backend, dry_run: bool) -> list:
     per_task = settings.images_per_task - settings.controls
     by_votes: dict[int, list[int]] = defaultdict(list)
     for cluster, wanted in sorted(need.items()):
         by_votes[wanted].append(cluster)
-    representatives = {cluster: rep for cluster, (rep, _) in category_pairs(session, category_id).items()}
-    controls = _control_pool(session, category_id, set(need)) if settings.controls else ([], [])
+    controls = _control_pool(session, category_id, set(need), set(pairs)) if settings.controls else ([], [])
     rng = random.Random(f"{category_id}:{round_}")
     batch = f"r{round_}" + getattr(backend, "batch_suffix", lambda: "")()
     made = []
     for wanted, clusters in sorted(by_votes.items()):
         for chunk in _even_chunks(clusters, per_task):
-            items = [(representatives[c], c, "candidate", None) for c in chunk]
+            items = [(pairs[c][0], c, "candidate", None) for c in chunk]
             items += _pick_controls(controls, settings.controls, rng)
             rng.shuffle(items)
             if dry_run:
@@ -292,7 +292,7 @@ def _even_chunks(items: list, size: int) -> list[list]:
     return [items[round(i * step):round((i + 1) * step)] for i in range(count)]
 
 
-def _control_pool(session: Session, category_id: int, asked: set[int]) -> tuple[list, list]:
+def _control_pool(session: Session, category_id: int, asked: set[int], own: set[int]) -> tuple[list, list]:
     """(positives, negatives) as (sha256, cluster id, kind, expected) items for the category.
 
     Positives: the user's gold and the category's most confidently accepted pairs. Negatives: gold
@@ -307,7 +307,6 @@ def _control_pool(session: Session, category_id: int, asked: set[int]) -> tuple[
                                       Label.confidence >= CONTROL_CONFIDENCE)
                                .order_by(Label.confidence.desc(), Cluster.id).limit(CONTROL_POOL)).all()
     positives += [(sha, cluster, "positive", True) for sha, cluster in accepted if cluster not in asked]
-    own = set(category_pairs(session, category_id))
     for similar in (_siblings(session, category_id), None):
         query = (select(Cluster.representative, Cluster.id).join(Label, Label.cluster_id == Cluster.id)
                  .where(Label.status == "accepted", Label.category_id != category_id,
@@ -356,14 +355,14 @@ def decide(workspace, settings: LabelSettings = LabelSettings()) -> dict:
     """Run the consensus method over every vote that counts; write labels, worker quality,
     blocks and (dynamic) each category's seed table. Returns counts by label status."""
     for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
-        votes, pairs, workers, seeds = _load_votes(workspace, settings)
+        votes, keys, meta, workers = _load_votes(workspace, settings)
         result = settings.consensus().fit(votes)
         newly_blocked = _update_workers(workspace, workers, result.worker_accuracy, votes, settings)
         if not newly_blocked:
             break
-    _write_labels(workspace, votes, pairs, result, settings)
+    _write_labels(workspace, votes, keys, meta, result, settings)
     if settings.seeded:
-        _write_category_state(workspace, votes, pairs, result)
+        _write_category_state(workspace, votes, meta, result)
     with workspace.session() as session:
         counts = dict(session.execute(select(Label.status, func.count()).group_by(Label.status)).all())
     return {status: counts.get(status, 0) for status in ("accepted", "rejected", "undecided")}
@@ -411,7 +410,7 @@ def _load_votes(workspace, settings: LabelSettings):
                             known, seed if settings.seeded else None, len(worker_index))
     meta = {"candidate": np.asarray(candidate, bool), "simulated": np.asarray(simulated, bool),
             "categories": categories}
-    return table, (pairs, meta), list(worker_index), seed
+    return table, pairs, meta, list(worker_index)
 
 
 def _update_workers(workspace, workers: list[int], accuracy: np.ndarray, votes: VoteTable,
@@ -433,8 +432,7 @@ def _update_workers(workspace, workers: list[int], accuracy: np.ndarray, votes: 
     return newly
 
 
-def _write_labels(workspace, votes: VoteTable, pairs, result, settings: LabelSettings) -> None:
-    keys, meta = pairs
+def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, settings: LabelSettings) -> None:
     yes, no = votes.counts()
     now = dt.datetime.now(dt.timezone.utc)
     with workspace.session() as session:
@@ -463,8 +461,7 @@ def _write_labels(workspace, votes: VoteTable, pairs, result, settings: LabelSet
                 session.execute(insert(LabelHistory), history)
 
 
-def _write_category_state(workspace, votes: VoteTable, pairs, result) -> None:
-    _, meta = pairs
+def _write_category_state(workspace, votes: VoteTable, meta: dict, result) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     with workspace.session() as session:
         for category_id, index in meta["categories"].items():

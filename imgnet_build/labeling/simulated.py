@@ -114,9 +114,13 @@ class SimulatedBackend:
             tasks = session.execute(select(Task.id, Task.batch).where(Task.status == "open", Task.backend == self.name)
                                     .order_by(Task.id)).all()
         stored = 0
+        crowds: dict[str, tuple] = {}  # batch -> (crowd, its worker ids, its profiles), made once per collect
         for task_id, batch in tasks:
             with workspace.session() as session:  # one task, one transaction: a kill loses at most this task
-                stored += _answer_task(session, session.get(Task, task_id), Crowd.from_batch(batch))
+                if batch not in crowds:
+                    crowd = Crowd.from_batch(batch)
+                    crowds[batch] = (crowd, _workers(session, crowd), crowd.profiles())
+                stored += _answer_task(session, session.get(Task, task_id), *crowds[batch])
         return stored
 
 
@@ -131,8 +135,8 @@ def _workers(session, crowd: Crowd) -> dict[int, int]:
     return {i: ids[crowd.external_id(i)] for i in range(crowd.workers)}
 
 
-def _answer_task(session, task: Task, crowd: Crowd) -> int:
-    workers = _workers(session, crowd)
+def _answer_task(session, task: Task, crowd: Crowd, workers: dict[int, int],
+                 profiles: tuple[np.ndarray, np.ndarray]) -> int:
     items = session.execute(select(TaskItem.id, TaskItem.image_sha256, TaskItem.cluster_id, TaskItem.kind,
                                    TaskItem.expected).where(TaskItem.task_id == task.id)).all()
     clusters = [item.cluster_id for item in items if item.kind == "candidate"]
@@ -148,7 +152,7 @@ def _answer_task(session, task: Task, crowd: Crowd) -> int:
     rng = random.Random(f"{crowd.seed}:{task.id}")
     free = [i for i in range(crowd.workers) if workers[i] not in busy and workers[i] not in blocked]
     truth = _truth(session, task.category_id, clusters)
-    accuracy, spammer = crowd.profiles()
+    accuracy, spammer = profiles
     stored = 0
     if len(free) < wanted:  # the crowd has nobody left for it: what it gets now is all it will get
         task.status = "expired"
