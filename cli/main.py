@@ -100,8 +100,10 @@ def demo(directory: str | None, online: bool) -> None:
     """Run the pipeline end to end on a small dog subtree (no internet needed).
 
     Builds the tree below dog.n.01, gathers candidates for five breeds from a local
-    mirror of generated pictures (with broken links and duplicates among them), and
-    removes duplicates. Running it again continues the same workspace. DIRECTORY
+    mirror of generated pictures (with broken links, duplicates and off-category
+    pictures among them), removes duplicates, labels them with the simulated crowd,
+    exports an imagefolder split (simulated labels included, and said) to DIRECTORY/dataset
+    and writes DIRECTORY/report.html. Running it again continues the same workspace. DIRECTORY
     defaults to -w/--workspace, else imgnet-demo; a workspace the demo did not make is
     refused.
 

@@ -20,7 +20,7 @@ from imgnet_build.cli.main import cli
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling import rounds
 from imgnet_build.labeling.answers import store_answers
-from imgnet_build.labeling.consensus import ConsensusSettings, DawidSkene, Dynamic, Majority, VoteTable
+from imgnet_build.labeling.consensus import ConsensusSettings, DawidSkene, Dynamic, Majority, VoteTable, seed_table
 from imgnet_build.labeling.rounds import LabelSettings
 from imgnet_build.store import (Assignment, Candidate, Category, Cluster, Image, Label, LabelHistory, Task,
                                 TaskItem, Vote, Worker)
@@ -309,3 +309,21 @@ def test_kill_9_mid_run_loses_nothing(tmp_path):
         pairs = session.scalar(select(func.count()).select_from(Label))
         assert pairs == 160
     workspace.close()
+
+
+def test_dynamic_flags_a_category_whose_seed_never_reaches_a_clear_majority():
+    # category 0: seed images with 9 of 10 workers agreeing; category 1: split 5 to 5 or 6 to 4
+    votes, categories, seed = [], [], []
+    for pair in range(8):
+        category = pair // 4
+        agree = 9 if category == 0 else 5 + pair % 2
+        truth = pair % 2 == 0
+        votes += [(pair, worker, truth if worker < agree else not truth) for worker in range(10)]
+        categories.append(category)
+        seed.append(True)
+    table = VoteTable.build(*zip(*votes), categories, seed=seed)
+    result = Dynamic(ConsensusSettings(seed_votes=10)).fit(table)
+    assert list(result.hard) == [False, True]
+    assert set(result.status[4:]) == {"undecided"}  # the hard category's seed decides nothing
+    seeds = seed_table(table, result.posterior, 0)
+    assert seeds["3,0"] > seeds["2,1"] > 0.5 > seeds["1,2"] > seeds["0,3"]  # ImageNet's table, monotone in votes
