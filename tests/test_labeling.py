@@ -285,9 +285,9 @@ def test_kill_9_mid_run_loses_nothing(tmp_path):
     workspace.close()
     command = [sys.executable, "-m", "imgnet_build.cli.main", "-w", str(tmp_path / "ws"), "label", "run",
                "--backend", "simulated"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = dict(os.environ)
     process = subprocess.Popen([sys.executable, "-c", "from imgnet_build.cli.main import main; main()", *command[3:]],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     workspace = Workspace.open(tmp_path / "ws")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until some votes are in, then kill it mid-run
@@ -298,7 +298,7 @@ def test_kill_9_mid_run_loses_nothing(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     result = subprocess.run([sys.executable, "-c", "from imgnet_build.cli.main import main; main()", *command[3:],
-                             "--json"], env=env, capture_output=True, text=True, timeout=300)
+                             "--json"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["undecided"] <= 8
     with workspace.session() as session:

@@ -423,7 +423,8 @@ def test_label_serve_runs_the_app_on_waitress(workspace):
     env = {**os.environ, "IMGNET_WORKSPACE": str(workspace.root), "PYTHONUNBUFFERED": "1"}
     env.pop("IMGNET_ADMIN_TOKEN", None)
     command = [sys.executable, "-c", "from imgnet_build.cli.main import main; main()", "label", "serve", "--port", "0"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    # cwd outside the checkout: the installed package is imported, not the source folder
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=workspace.root)
     try:
         first, second = process.stdout.readline(), process.stdout.readline()
         base_url = re.search(r"(http://127\.0\.0\.1:\d+)", first).group(1)
