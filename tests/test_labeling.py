@@ -326,3 +326,12 @@ def test_dynamic_flags_a_category_whose_seed_never_reaches_a_clear_majority():
     assert set(result.status[4:]) == {"undecided"}  # the hard category's seed decides nothing
     seeds = seed_table(table, result.posterior, 0)
     assert seeds["3,0"] > seeds["2,1"] > 0.5 > seeds["1,2"] > seeds["0,3"]  # ImageNet's table, monotone in votes
+
+
+def test_run_stops_when_the_crowd_has_nobody_left(workspace):
+    build_world(workspace, categories=1, images=6)
+    result = rounds.run(workspace, "simulated", LabelSettings(seed_images=0), options={"sim_workers": 4})
+    assert result["rounds"] <= 6  # four workers give each pair at most four votes: no 100-round loop
+    with workspace.session() as session:
+        assert session.scalar(select(func.max(Label.yes_votes + Label.no_votes))) <= 4
+        assert session.scalar(select(func.count()).select_from(Task).where(Task.status == "open")) == 0

@@ -493,7 +493,7 @@ def run(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, o
         if plan.tasks == 0 and not open_tasks:  # (a killed run may have left open tasks to answer)
             break
         decided = collect(workspace, settings, options=options)
-        if plan.tasks == 0 and decided["assignments"] == 0:
+        if decided["assignments"] == 0:  # the crowd has nobody left for what is still open
             break
         if say:
             say(f"label collect: {decided['assignments']} assignments; labels: {decided['accepted']} accepted, "
