@@ -335,3 +335,13 @@ def test_run_stops_when_the_crowd_has_nobody_left(workspace):
     with workspace.session() as session:
         assert session.scalar(select(func.max(Label.yes_votes + Label.no_votes))) <= 4
         assert session.scalar(select(func.count()).select_from(Task).where(Task.status == "open")) == 0
+
+
+def test_run_continues_a_run_killed_between_answers_and_decisions(workspace):
+    build_world(workspace, categories=2, images=20)
+    rounds.submit(workspace, "simulated", SMALL)
+    from imgnet_build.labeling.simulated import SimulatedBackend
+
+    SimulatedBackend(workspace).collect(workspace)  # answers stored; tasks not closed, nothing decided
+    result = rounds.run(workspace, "simulated", SMALL)
+    assert result["undecided"] <= 2 and result["rounds"] >= 1

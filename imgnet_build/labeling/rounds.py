@@ -482,20 +482,19 @@ def run(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, o
     if not chosen.answers_itself:
         raise BadInput(f"label run drives backends that answer by themselves (simulated); {backend!r} tasks are "
                        f"answered by people: use imgnet label submit, then imgnet label collect")
+    decided = collect(workspace, settings, options=options)  # what a killed run left open, and fresh labels
     rounds = 0
-    decided: dict = {}
-    for rounds in range(1, max_rounds + 1):
+    for number in range(1, max_rounds + 1):
         plan = submit(workspace, backend, settings, options=options)
         if say:
             say(plan.summary())
-        with workspace.session() as session:
-            open_tasks = session.scalar(select(func.count()).where(Task.status == "open", Task.backend == backend))
-        if plan.tasks == 0 and not open_tasks:  # (a killed run may have left open tasks to answer)
+        if plan.tasks == 0:
             break
+        rounds = number
         decided = collect(workspace, settings, options=options)
-        if decided["assignments"] == 0:  # the crowd has nobody left for what is still open
-            break
         if say:
             say(f"label collect: {decided['assignments']} assignments; labels: {decided['accepted']} accepted, "
                 f"{decided['rejected']} rejected, {decided['undecided']} undecided")
-    return {"rounds": rounds, **(decided or decide(workspace, settings))}
+        if decided["assignments"] == 0:  # the crowd has nobody left for what is still open
+            break
+    return {"rounds": rounds, **decided}
