@@ -82,7 +82,10 @@ def running_app(ws: Workspace, admin_token: str | None = None, threads: int = 8)
             for channel in list(server._map.values()):
                 channel.close()
 
-        server.trigger.pull_trigger(close_everything)  # runs in the server's own thread, not under its select()
+        try:
+            server.trigger.pull_trigger(close_everything)  # runs in the server's own thread, not under its select()
+        except OSError:  # the trigger is closed: the loop has already ended
+            pass
         thread.join(timeout=10)
 
 
