@@ -210,7 +210,7 @@ class _Guarded:
                 return urllib3_connection.create_connection(
                     (address, self.port), self.timeout, source_address=self.source_address,
                     socket_options=self.socket_options)
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 error = ConnectTimeoutError(self, f"Connection to {self.host} timed out")
                 error.__cause__ = exc
             except OSError as exc:

@@ -35,8 +35,23 @@ from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.backends import get_backend
 from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTable, seed_table
-from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category, CategoryConsensus, CategoryEdge,
-                                Cluster, Gold, Image, Label, LabelHistory, Task, TaskItem, Vote, Worker)
+from imgnet_build.store import (
+    Assignment,
+    Candidate,
+    CandidateStatus,
+    Category,
+    CategoryConsensus,
+    CategoryEdge,
+    Cluster,
+    Gold,
+    Image,
+    Label,
+    LabelHistory,
+    Task,
+    TaskItem,
+    Vote,
+    Worker,
+)
 
 __all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "pairs_without_clusters"]
 
@@ -434,7 +449,7 @@ def _update_workers(workspace, workers: list[int], accuracy: np.ndarray, votes: 
 
 def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, settings: LabelSettings) -> None:
     yes, no = votes.counts()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         round_ = session.scalar(select(func.max(Task.round))) or 0
         for chunk in batched([i for i in range(len(keys)) if meta["candidate"][i]], 2000):
@@ -462,7 +477,7 @@ def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, s
 
 
 def _write_category_state(workspace, votes: VoteTable, meta: dict, result) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         for category_id, index in meta["categories"].items():
             seeded = votes.seed & (votes.pair_category == index)
