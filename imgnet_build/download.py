@@ -60,6 +60,9 @@ class _Retryable(ImgnetError):
         self.reason, self.retry_after = reason, retry_after
 
 
+_ADAPTERS = threading.local()  # per thread: allow_loopback -> GuardedAdapter
+
+
 # -- one item over HTTP -------------------------------------------------------------------
 
 def check_url(url: str) -> urllib.parse.SplitResult:
@@ -112,19 +115,21 @@ def _network_reason(exc: BaseException) -> str:
 class Downloader:
     """Fetches one URL's bytes under the item's deadline; pooled keep-alive connections per thread."""
 
-    def __init__(self, settings: FetchSettings):
+    def __init__(self, settings: FetchSettings, hosts: HostLimiter | None = None):
+        """`hosts` is the politeness limiter to use (default: a new one from the settings, for this downloader)."""
         self.settings = settings
-        self.stopping = threading.Event()  # set by `abandon`: stop waiting, give up what is in flight
-        self.hosts = HostLimiter(settings.per_host, settings.host_rate, self.stopping)
+        self.hosts = hosts or HostLimiter(settings.per_host, settings.host_rate)
+        self.stopping = self.hosts.stopping  # set by `abandon`: stop waiting, give up what is in flight
         self._headers = {"User-Agent": settings.user_agent, "Accept": "image/*,*/*;q=0.8"}
-        self._local = threading.local()
 
     def _adapter(self) -> GuardedAdapter:
-        """This thread's connection pools (one requests adapter per worker thread)."""
-        adapter = getattr(self._local, "adapter", None)
+        """This thread's connection pools (one requests adapter per thread, kept across downloaders, so a
+        Dask worker keeps its keep-alive connections from one shard to the next)."""
+        adapters = _ADAPTERS.__dict__
+        adapter = adapters.get(self.settings.allow_loopback)
         if adapter is None:
-            adapter = self._local.adapter = GuardedAdapter(self.settings.allow_loopback, pool_connections=64,
-                                                           pool_maxsize=2, max_retries=0)
+            adapter = adapters[self.settings.allow_loopback] = GuardedAdapter(
+                self.settings.allow_loopback, pool_connections=64, pool_maxsize=2, max_retries=0)
         return adapter
 
     def _send(self, url: str) -> requests.Response:
