@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, literal_column, or_, select, text, update
 
 from imgnet_build.dbutil import insert_ignore
 from imgnet_build.store import Candidate, CandidateStatus, Image
@@ -41,6 +41,11 @@ LEASE = dt.timedelta(minutes=5)  # how long a claim lasts unless renewed (a run 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # claims of dead local runs are freed at once
 
 
+_PENDING = Candidate.status == literal_column("'pending'")  # a literal, so the partial index applies
+_SQLITE_PENDING = ("SELECT id FROM candidate INDEXED BY ix_candidate_pending WHERE status = 'pending' "
+                   "AND (lease_until IS NULL OR lease_until < :now) ORDER BY category_id, rank, id LIMIT :limit")
+
+
 class Item(NamedTuple):
     """One claimed candidate row: what a worker needs to fetch it."""
 
@@ -55,7 +60,8 @@ class Item(NamedTuple):
 
 @dataclasses.dataclass
 class Claimed:
-    """One claimed batch: its rows, the ok counts of their categories, and what is already stored."""
+    """One claimed batch: its rows, the ok counts of categories new to this run (with a quota), and what is
+    already stored."""
 
     items: list[Item]
     ok_counts: dict[int, int]
@@ -85,6 +91,7 @@ class Claims:
         self.owner = f"{os.getpid()}:{_HOST}:{uuid.uuid4().hex[:8]}"  # this run's name on the rows it claims
         self.started = _now()
         self.renewed = time.monotonic()
+        self.counted: set[int] = set()  # categories whose ok count this run has read (it keeps its own after)
         self.pending_only = False  # once no quota-skipped or failed row is left to retry, claim pending rows only
 
     # -- what may be claimed -------------------------------------------------------------
@@ -136,7 +143,7 @@ class Claims:
         """
         now = _now()
         with self.workspace.session() as session:
-            rows = self._lease(session, Candidate.status == PENDING, limit, now)
+            rows = self._lease(session, _PENDING, limit, now)
             if len(rows) < limit and not self.pending_only:
                 retryable = self._retryable()
                 if self.quota is not None:
@@ -145,32 +152,40 @@ class Claims:
                 self.pending_only = not more
                 rows += more
             items = sorted((Item(*row) for row in rows), key=lambda item: item.id)
-            categories = sorted({item.category_id for item in items})
+            categories = sorted({item.category_id for item in items} - self.counted) if self.quota else []
+            self.counted.update(categories)
             hashes = sorted({item.url_hash for item in items})
             sha1s = sorted({item.source_sha1 for item in items if item.source_sha1})
             counts = dict(session.execute(select(Candidate.category_id, func.count()).where(
                 Candidate.category_id.in_(categories), Candidate.status == OK)
                 .group_by(Candidate.category_id)).all()) if categories else {}
-            known = session.execute(select(Candidate.category_id, Candidate.url, Candidate.source_sha1,
-                                           Candidate.image_sha256).where(
-                Candidate.url_hash.in_(hashes), Candidate.status == OK)).all() if hashes else []
-            if sha1s:  # a second indexed lookup rather than an OR that no single index serves
-                known += session.execute(select(Candidate.category_id, Candidate.url, Candidate.source_sha1,
-                                                Candidate.image_sha256).where(
-                    Candidate.source_sha1.in_(sha1s), Candidate.status == OK)).all()
+            # Two lookups, each served by its own index (an OR of both is served by neither), and the status
+            # checked here: with `status = 'ok'` in the query a planner without statistics walks every ok row.
+            columns = (Candidate.category_id, Candidate.url, Candidate.source_sha1, Candidate.image_sha256,
+                       Candidate.status)
+            known = session.execute(select(*columns).where(Candidate.url_hash.in_(hashes))).all() if hashes else []
+            if sha1s:
+                known += session.execute(select(*columns).where(Candidate.source_sha1.in_(sha1s))).all()
         claimed = Claimed(items, counts, {}, {})
-        for category_id, url, sha1, sha256 in known:
+        for category_id, url, sha1, sha256, status in known:
+            if status != OK:
+                continue
             claimed.known_urls[url] = sha256
             if sha1:
                 claimed.known_sha1s.setdefault(sha1, (sha256, category_id))
         return claimed
 
     def _lease(self, session: Any, status: Any, limit: int, now: dt.datetime) -> list[Any]:
-        # Exactly the order of ix_candidate_pending, so the database walks it and stops at `limit`
-        # (pending rows always have a rank; rows without one are proposals that failed on arrival).
+        # Pending rows in exactly the order of ix_candidate_pending, so the database walks it and stops at
+        # `limit` (pending rows always have a rank; rows without one are proposals that failed on arrival).
         order = (Candidate.category_id, Candidate.rank, Candidate.id)
         batch = (select(Candidate.id).where(status, self._free(now)).order_by(*order).limit(limit)
                  .with_for_update(skip_locked=True))
+        if status is _PENDING and session.get_bind().dialect.name == "sqlite":
+            # Without statistics SQLite's planner prefers ix_candidate_status and sorts every pending row.
+            batch = select(text(_SQLITE_PENDING).bindparams(
+                bindparam("now", now, type_=Candidate.__table__.c.lease_until.type), limit=limit)
+                .columns(Candidate.__table__.c.id).subquery().c.id)
         return list(session.execute(
             update(Candidate).where(Candidate.id.in_(batch.scalar_subquery()))
             .values(lease_owner=self.owner, lease_until=now + LEASE)

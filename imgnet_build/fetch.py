@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
@@ -57,6 +58,7 @@ MAX_HOST_RATE = 10_000.0
 CLAIM_PER_WORKER = 4  # rows claimed at a time, per worker
 FLUSH_ROWS = 256  # results written per commit at most
 FLUSH_SECONDS = 0.25  # and at least this often while results come in
+KNOWN_CACHE = 100_000  # stored URLs and SHA-1s remembered by a run (more are looked up again per claim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +163,14 @@ class _Run:
     def claim(self, batch: Batch) -> None:
         """Write what is done, claim the next rows and queue them per category."""
         self.flush()
-        claimed = self.claims.claim(self.settings.workers * CLAIM_PER_WORKER if batch.capacity <= 2 *
-                                    self.settings.workers else batch.capacity // 2)
+        claimed = self.claims.claim(max(self.settings.workers * CLAIM_PER_WORKER, batch.capacity // 2))
+        if len(self.url_image) > KNOWN_CACHE:  # bounded memory: a URL forgotten here is found by the next claim
+            _forget_oldest(self.url_image)
+        if len(self.sha1_image) > KNOWN_CACHE:
+            _forget_oldest(self.sha1_image)
         self.exhausted = not claimed.items
-        self.ok_count.update({category: count - self.ok_count[category]
-                              for category, count in claimed.ok_counts.items() if count > self.ok_count[category]})
+        for category_id, count in claimed.ok_counts.items():
+            self.ok_count[category_id] = max(self.ok_count[category_id], count)
         self.url_image.update(claimed.known_urls)
         for sha1, known in claimed.known_sha1s.items():
             self.sha1_image.setdefault(sha1, known)
@@ -298,6 +303,11 @@ class _Run:
                 self.claims.release()
         self.summary.seconds = time.monotonic() - started
         return self.summary
+
+
+def _forget_oldest(cache: dict) -> None:
+    for key in list(itertools.islice(cache, len(cache) // 2)):
+        del cache[key]
 
 
 def fetch_pending(workspace, settings: FetchSettings = FetchSettings(), per_category: int | None = None,

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3 import PoolManager
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
@@ -37,7 +38,7 @@ from urllib3.util import connection as urllib3_connection
 from imgnet_build import __version__
 from imgnet_build.errors import ImgnetError
 
-__all__ = ["redact", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
+__all__ = ["redact", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "guarded_pool_manager", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
            "retry_after"]
 
 USER_AGENT = os.environ.get("IMGNET_USER_AGENT") or (
@@ -235,6 +236,13 @@ def _pool_classes(allow_loopback: bool) -> dict[str, type]:
 
 
 _POOLS = {flag: _pool_classes(flag) for flag in (False, True)}
+
+
+def guarded_pool_manager(allow_loopback: bool = False, **kwargs) -> PoolManager:
+    """A urllib3 PoolManager whose connections pass the SSRF guard (for clients that skip requests)."""
+    manager = PoolManager(**kwargs)
+    manager.pool_classes_by_scheme = _POOLS[allow_loopback]
+    return manager
 
 
 class GuardedAdapter(HTTPAdapter):
