@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from functools import update_wrapper
+from typing import TYPE_CHECKING
 
 import click
 from sqlalchemy.exc import OperationalError
@@ -13,6 +14,9 @@ from sqlalchemy.exc import OperationalError
 from imgnet_build.errors import BadInput, ImgnetError
 from imgnet_build.store import database_reason
 from imgnet_build.workspace import Workspace
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar as ClickBar
 
 WORKSPACE_ENV = "IMGNET_WORKSPACE"
 
@@ -62,12 +66,13 @@ class ProgressBar:
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.bar = None
+        self.bar: ClickBar[int] | None = None
         self.shown = 0
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, file=click.get_text_stream("stderr"))
+            stderr = click.get_text_stream("stderr")  # type: ignore[operator]  # click 8.5 types it as an object
+            self.bar = click.progressbar(length=total, label=self.label, file=stderr)
             self.bar.__enter__()
         self.bar.update(done - self.shown)
         self.shown = done

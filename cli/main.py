@@ -29,8 +29,8 @@ def _target(directory: str | None, default: str, environment: bool) -> str:
         return directory
     root = click.get_current_context().find_root()
     from_environment = root.get_parameter_source("workspace") == click.core.ParameterSource.ENVIRONMENT
-    return root.params.get("workspace") if root.params.get("workspace") and (environment or not from_environment) \
-        else default
+    workspace = root.params.get("workspace")
+    return workspace if workspace and (environment or not from_environment) else default
 
 
 @cli.command()

@@ -22,9 +22,9 @@ import os
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from sqlalchemy import and_, bindparam, func, literal_column, or_, select, text, update
+from sqlalchemy import CursorResult, Table, and_, bindparam, func, literal_column, or_, select, text, update
 
 from imgnet_build.dbutil import insert_ignore
 from imgnet_build.store import Candidate, CandidateStatus, Image
@@ -123,7 +123,7 @@ class Claims:
 
     def return_dead_claims(self) -> None:
         """Free the claims of runs on this machine whose process is gone (killed), without waiting for their lease."""
-        table = Candidate.__table__
+        table = cast(Table, Candidate.__table__)
         with self.workspace.session() as session:
             owners = session.scalars(select(table.c.lease_owner).distinct().where(
                 table.c.lease_owner.like(f"%:{_HOST}:%"))).all()
@@ -163,12 +163,13 @@ class Claims:
             # checked here: with `status = 'ok'` in the query a planner without statistics walks every ok row.
             columns = (Candidate.category_id, Candidate.url, Candidate.source_sha1, Candidate.image_sha256,
                        Candidate.status)
-            known = session.execute(select(*columns).where(Candidate.url_hash.in_(hashes))).all() if hashes else []
+            known: list[Any] = list(session.execute(select(*columns).where(Candidate.url_hash.in_(hashes)))) \
+                if hashes else []
             if sha1s:
                 known += session.execute(select(*columns).where(Candidate.source_sha1.in_(sha1s))).all()
         claimed = Claimed(items, counts, {}, {})
         for category_id, url, sha1, sha256, status in known:
-            if status != OK:
+            if status != OK or sha256 is None:  # an ok row has its image
                 continue
             claimed.known_urls[url] = sha256
             if sha1:
@@ -203,11 +204,11 @@ class Claims:
         now = _now()
         which = self._full() if categories is None else sorted(categories)
         with self.workspace.session() as session:
-            return session.execute(
+            return cast(CursorResult, session.execute(
                 update(Candidate).where(Candidate.category_id.in_(which), Candidate.status == PENDING,
                                         self._free(now))
                 .values(status=SKIPPED, error=QUOTA_REASON, fetched_at=now)
-                .execution_options(synchronize_session=False)).rowcount or 0
+                .execution_options(synchronize_session=False))).rowcount or 0
 
     def write(self, rows: list[dict], images: list[dict]) -> None:
         """Store results (dicts with row_id, new_status, new_error, new_attempts, new_image, new_fetched_at)
@@ -215,7 +216,7 @@ class Claims:
         renew = time.monotonic() - self.renewed > LEASE.total_seconds() / 3
         if not rows and not renew:
             return
-        table = Candidate.__table__
+        table = cast(Table, Candidate.__table__)
         with self.workspace.session() as session:
             if rows:
                 insert_ignore(session, Image, images)
@@ -232,7 +233,7 @@ class Claims:
 
     def release(self) -> None:
         """Give back the claims on rows not finished (abandoned in flight, or still queued): they stay pending."""
-        table = Candidate.__table__
+        table = cast(Table, Candidate.__table__)
         with self.workspace.session() as session:
             session.execute(update(table).where(table.c.lease_owner == self.owner)
                             .values(lease_owner=None, lease_until=None))

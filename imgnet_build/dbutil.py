@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 
 from sqlalchemy import insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 __all__ = ["insert_ignore", "batched"]
@@ -27,24 +28,24 @@ def insert_ignore(session: Session, model: type, rows: list[dict], returning: tu
     if not rows:
         return []
     dialect = session.get_bind().dialect.name
+    statement: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        statement = postgresql.insert(model).on_conflict_do_nothing()
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        statement = sqlite.insert(model).on_conflict_do_nothing()
     else:  # portable fallback: one savepoint per row
         from sqlalchemy.exc import IntegrityError
 
-        inserted = []
+        inserted: list = []
         for row in rows:
             try:
                 with session.begin_nested():
-                    statement = insert(model).returning(*returning) if returning else insert(model)
-                    result = session.execute(statement, [row])
+                    one = insert(model).returning(*returning) if returning else insert(model)
+                    result = session.execute(one, [row])
                     inserted += result.all() if returning else []
             except IntegrityError:
                 pass
         return inserted
-    statement = dialect_insert(model).on_conflict_do_nothing()
     if not returning:
         session.execute(statement, rows)
         return []

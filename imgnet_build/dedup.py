@@ -65,7 +65,7 @@ import io
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -208,7 +208,7 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
         _mark_clustered(session, [row.sha256 for row in rows if row.dedup_threshold != threshold], threshold,
                         batch_size * 10)
     with workspace.session() as session:
-        report.images = session.scalar(select(func.count()).select_from(Image))
+        report.images = session.scalar(select(func.count()).select_from(Image)) or 0
         found = clusters(session)
     report.clusters = len(found)
     report.conflicts = sum(cluster.conflict for cluster in found)
@@ -260,9 +260,10 @@ def assign_clusters(session: Session, rows, wanted: dict[str, str], batch_size: 
             _move_labels(session, merged, keep)
         moves += [{"sha256": r.sha256, "cluster_id": keep} for r in members if r.cluster_id != keep]
     for chunk in batched(founders, batch_size):
-        ids = session.scalars(insert(StoredCluster).returning(StoredCluster.id, sort_by_parameter_order=True),
-                              [{"key": rep, "representative": rep} for rep, _ in chunk]).all()
-        moves += [{"sha256": r.sha256, "cluster_id": id_} for id_, (_, members) in zip(ids, chunk, strict=True) for r in members]
+        new_ids = session.scalars(insert(StoredCluster).returning(StoredCluster.id, sort_by_parameter_order=True),
+                                  [{"key": rep, "representative": rep} for rep, _ in chunk]).all()
+        moves += [{"sha256": r.sha256, "cluster_id": id_} for id_, (_, members) in zip(new_ids, chunk, strict=True)
+                  for r in members]
     for chunk in batched(moves, batch_size):
         session.execute(update(Image), chunk)
 
@@ -343,7 +344,7 @@ def _same_digest(digests: list[str | None]) -> np.ndarray:
     return np.array(edges, dtype=np.int64).reshape(-1, 2)
 
 
-def _representatives(rows, edges: np.ndarray, ranks: dict[str, int | None]) -> dict[str, str]:
+def _representatives(rows, edges: np.ndarray, ranks: Mapping[str | None, int | None]) -> dict[str, str]:
     """{sha256: representative} for every image that is not its cluster's representative;
     clusters are the connected components of `edges` (row index pairs)."""
     from scipy.sparse import coo_matrix
@@ -397,11 +398,14 @@ def clusters(session: Session) -> list[Cluster]:
                              .group_by(Candidate.image_sha256).having(func.count() > 1)).all()
     groups: dict[str, set[str]] = defaultdict(set)
     for sha, representative in links:
+        assert representative is not None  # the query says so
         groups[representative].update((sha, representative))
-    for sha in shared:
-        groups[sha].add(sha)
+    for shared_sha in shared:
+        assert shared_sha is not None  # an OK candidate has its image
+        groups[shared_sha].add(shared_sha)
     wanted = sorted({sha for group in groups.values() for sha in group})
-    images, candidates = {}, defaultdict(list)
+    images: dict[str, Image] = {}
+    candidates: defaultdict[str | None, list[dict]] = defaultdict(list)
     for chunk in batched(wanted, 500):
         images.update((row.sha256, row) for row in session.scalars(select(Image).where(Image.sha256.in_(chunk))))
         for row in session.execute(select(Candidate.image_sha256, Candidate.url, Candidate.source, Candidate.rank,

@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import urllib.parse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import requests
 import urllib3
@@ -93,13 +93,15 @@ def _opted_out(response: urllib3.BaseHTTPResponse) -> str | None:
 
 def _network_reason(exc: BaseException) -> str:
     """A short reason for a network error, from the most telling error in its chain."""
-    chain, todo = [], [exc]
+    chain: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
     while todo:
         error = todo.pop(0)
         if isinstance(error, BaseException) and all(error is not seen for seen in chain):
             chain.append(error)
             todo += [error.__cause__, error.__context__, getattr(error, "reason", None)]
-    kinds = [("connection refused", ConnectionRefusedError),
+    kinds: list[tuple[str, type[BaseException] | tuple[type[BaseException], ...]]] = [
+             ("connection refused", ConnectionRefusedError),
              ("host name not found", (NameResolutionError, socket.gaierror)),
              ("TLS error", ssl.SSLError),  # the ssl module's own error says what went wrong
              ("TLS error", (requests.exceptions.SSLError, Urllib3SSLError)),
@@ -128,7 +130,7 @@ class Downloader:
     def _pools(self) -> urllib3.PoolManager:
         """This thread's connection pools (kept across downloaders, so a Dask worker keeps its keep-alive
         connections from one shard to the next)."""
-        pools = _POOLS.__dict__
+        pools = cast(dict[bool, urllib3.PoolManager], _POOLS.__dict__)  # this thread's, by allow_loopback
         manager = pools.get(self.settings.allow_loopback)
         if manager is None:
             manager = pools[self.settings.allow_loopback] = guarded_pool_manager(
@@ -175,7 +177,7 @@ class Downloader:
     def _get_once(self, url: str) -> bytes:
         settings, seen = self.settings, {url}
         for _hop in range(settings.max_redirects + 1):
-            host = check_url(url).hostname
+            host = check_url(url).hostname or ""  # check_url refuses a URL without one
             refused = literal_refusal(host, settings.allow_loopback)  # no politeness slot for these
             if refused:
                 raise ItemFailed(FAILED, refused)

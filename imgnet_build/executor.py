@@ -93,11 +93,14 @@ class Batch:
     capacity: int  # items worth keeping submitted at once
 
     def submit(self, item: Item) -> None: ...
-    def in_flight(self) -> int: ...
+    def in_flight(self) -> int:
+        raise NotImplementedError
+
     def completed(self, timeout: float | None = None) -> list[tuple[Item, Outcome]]:
         """Finished items: at least one, waiting up to `timeout` seconds (None: as long as it takes);
         [] when nothing is in flight or the time ran out."""
-        ...
+        raise NotImplementedError
+
     def abandon(self) -> None:
         """Give up what is in flight, now (Ctrl-C, a broken blob store)."""
         ...

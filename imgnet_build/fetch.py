@@ -238,6 +238,7 @@ class _Run:
     def record(self, item: Item, outcome: Outcome) -> None:
         image = outcome.image
         if outcome.status == OK:
+            assert image is not None  # an OK outcome carries its image
             self.ok_count[item.category_id] += 1
             if self.quota is not None and self.ok_count[item.category_id] == self.quota:
                 self.newly_full.add(item.category_id)

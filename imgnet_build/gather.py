@@ -162,7 +162,7 @@ def _insert_new(workspace, rows: dict[tuple[int, str], dict]) -> list[dict]:
 def _reject(summary: GatherSummary, url: str | None, reason: str) -> None:
     summary.rejected[_reason_kind(reason)] += 1
     if len(summary.examples) < EXAMPLES:
-        summary.examples.append(f"{redact(_storable(url)) if url else '-'}: {reason}")
+        summary.examples.append(f"{redact(_storable(url) or '') if url else '-'}: {reason}")
 
 
 def _storable(value: str | None) -> str | None:

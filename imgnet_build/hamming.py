@@ -29,6 +29,7 @@ import math
 import multiprocessing
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -148,7 +149,7 @@ def _pairs_by_offset(keys: np.ndarray, hashes: np.ndarray, threshold: int) -> tu
     return _concat(found)
 
 
-def _concat(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _concat(parts: Sequence[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not parts:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, np.empty(0, dtype=np.uint8)

@@ -33,6 +33,7 @@ from urllib3 import PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.response import HTTPResponse
 from urllib3.util import connection as urllib3_connection
 
 from imgnet_build import __version__
@@ -100,7 +101,7 @@ def literal_refusal(host: str, allow_loopback: bool = False) -> str | None:
 
 def _checked_addresses(host: str, port: int, allow_loopback: bool) -> list[str]:
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for address in addresses:
         why = refusal(address, allow_loopback)
         if why:
@@ -197,7 +198,9 @@ def _extend(seconds: float) -> None:
 
 # -- the guarded connections -------------------------------------------------------------
 
-class _Guarded:
+class _Guarded(HTTPConnection):
+    """The connect step of HTTPConnection and HTTPSConnection (mixed in first), with the SSRF guard."""
+
     allow_loopback = False
 
     def _new_conn(self) -> socket.socket:
@@ -219,7 +222,7 @@ class _Guarded:
                 error.__cause__ = exc
         raise error or NewConnectionError(self, f"no address for {self.host}")
 
-    def getresponse(self):
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]  # as urllib3 declares it
         when = getattr(_local, "deadline", None)
         if when is not None and self.sock is not None:
             _local.tokens.append(_WATCHDOG.watch(self.sock, when))

@@ -173,7 +173,8 @@ def choose_val(members: Mapping[str, Iterable[str]], seed: int, *, val_fraction:
     """The cluster keys that go to val, given each category's cluster keys (rules: module docstring)."""
     draws = {key: split_draw(seed, key) for keys in members.values() for key in keys}
     if val_per_class is None:
-        return {key for key, draw in draws.items() if draw < val_fraction}
+        fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        return {key for key, draw in draws.items() if draw < fraction}
     val: set[str] = set()
     for keys in members.values():
         ranked = sorted(set(keys), key=lambda key: (draws[key], key))
@@ -309,8 +310,8 @@ def _select(pairs: list[_Pair], options: ExportOptions):
     members = _members(pairs)
     left_out = {wnid: len(keys) for wnid, keys in members.items() if len(keys) < options.min_per_class}
     members = {wnid: keys for wnid, keys in members.items() if wnid not in left_out}
-    kept = cap_per_class(members, options.seed, options.max_per_class)
-    selected = [p for p in pairs if p.cluster in kept.get(p.wnid, ())]
+    capped_keys = cap_per_class(members, options.seed, options.max_per_class)
+    selected = [p for p in pairs if p.cluster in capped_keys.get(p.wnid, ())]
     capped = sum(len(keys) for keys in members.values()) - len(selected)
     return selected, dict(sorted(left_out.items())), unknown, mismatch, capped
 

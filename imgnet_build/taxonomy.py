@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib import resources
+from typing import TypedDict
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -25,7 +26,7 @@ from imgnet_build.wordnet import load_wordnet, resolve_synset, wnid
 
 __all__ = ["Rule", "TreeOptions", "Selection", "BuildResult", "TreeNode", "load_rule", "select_categories",
            "build_tree", "why_not_imageable", "load_tree", "descendant_counts", "image_counts", "tree_tops",
-           "render_tree", "export_rows"]
+           "render_tree", "TreeRow", "export_rows"]
 
 
 BATCH = 5000  # rows per statement when writing the tree
@@ -245,7 +246,7 @@ def build_tree(session: Session, options: TreeOptions) -> BuildResult:
     edge_rows = [{"parent_id": ids[p], "child_id": ids[c]} for p, c in sorted(edges)]
     for batch in batched(edge_rows, BATCH):
         session.execute(insert(CategoryEdge), batch)
-    total = session.scalar(select(func.count()).select_from(Category))
+    total = session.scalar(select(func.count()).select_from(Category)) or 0
     return BuildResult(categories=total, edges=len(edge_rows), added=len(new_rows), removed=len(removed), kept=kept)
 
 
@@ -332,7 +333,18 @@ def render_tree(tree: dict[str, TreeNode], roots: list[str], max_depth: int | No
             stack.extend((child, level + 1) for child in reversed(tree[node].children))
 
 
-def export_rows(tree: dict[str, TreeNode]) -> list[dict[str, object]]:
+class TreeRow(TypedDict):
+    """One category as `imgnet tree export` writes it."""
+
+    wnid: str
+    name: str
+    lemmas: list[str]
+    gloss: str
+    parents: list[str]
+    depth: int
+
+
+def export_rows(tree: dict[str, TreeNode]) -> list[TreeRow]:
     """The documents of `imgnet tree export`: [{wnid, name, lemmas, gloss, parents, depth}]."""
     return [{"wnid": n.wnid, "name": n.name, "lemmas": list(n.lemmas), "gloss": n.gloss,
              "parents": list(n.parents), "depth": n.depth} for n in tree.values()]

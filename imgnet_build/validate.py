@@ -114,7 +114,7 @@ def check_image(data: bytes, min_side: int = 32, max_pixels: int = 80_000_000,
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as exc:  # Pillow's own cap (2 x MAX_IMAGE_PIXELS), before ours
-        raise ImageRejected(f"decompression bomb: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP "
+        raise ImageRejected(f"decompression bomb: over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP "
                             f"(cap {max_pixels / 1e6:.0f} MP)") from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not an image in a format we take (JPEG, PNG, GIF, WebP, BMP, TIFF)") from exc
@@ -122,6 +122,7 @@ def check_image(data: bytes, min_side: int = 32, max_pixels: int = 80_000_000,
         raise ImageRejected(f"unreadable image header: {exc}") from exc
     with image:
         fmt, (width, height) = image.format, image.size
+        assert fmt is not None  # opened with formats=FORMATS, so Pillow named it
         if width * height > max_pixels:
             raise ImageRejected(f"decompression bomb: {width}x{height} is {width * height / 1e6:.0f} MP "
                                 f"(cap {max_pixels / 1e6:.0f} MP)")

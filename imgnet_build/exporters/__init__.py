@@ -68,10 +68,10 @@ class Exporter(Protocol):
         ...
 
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: dict[str, type[Exporter]] = {}
 
 
-def register(cls: type) -> type:
+def register(cls: type[Exporter]) -> type[Exporter]:
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -87,7 +87,7 @@ def get_exporter(name: str, **settings) -> Exporter:
     if name not in _REGISTRY:
         raise BadInput(f"unknown export format {name!r}; use one of {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[name]
-    fields = {field.name for field in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    fields: set[str] = {field.name for field in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     return cls(**{key: value for key, value in settings.items() if key in fields})
 
 

@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from imgnet_build.exporters import ClassInfo, Item, register
 from imgnet_build.exporters.files import FileWriter
@@ -19,9 +20,9 @@ SPLIT_FOLDERS = {"train": "train", "val": "validation"}  # the split names `data
 
 @register
 class HuggingFace:
-    name = "hf"
-    formats = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
-    fallback = "PNG"
+    name: ClassVar[str] = "hf"
+    formats: ClassVar[frozenset[str]] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
+    fallback: ClassVar[str] = "PNG"
 
     def write(self, items: Sequence[Item], classes: Sequence[ClassInfo], out: Path, writer: FileWriter) -> list[str]:
         names = [f"{item.wnid}/{item.sha256}.{writer.extension(item)}" for item in items]

@@ -16,6 +16,7 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from imgnet_build.exporters import ClassInfo, Item, register
 from imgnet_build.exporters.files import FileWriter
@@ -26,9 +27,9 @@ SYNSET_MAPPING = "LOC_synset_mapping.txt"
 
 @register
 class Ilsvrc:
-    name = "ilsvrc"
-    formats = frozenset({"JPEG", "MPO"})
-    fallback = "JPEG"
+    name: ClassVar[str] = "ilsvrc"
+    formats: ClassVar[frozenset[str]] = frozenset({"JPEG", "MPO"})
+    fallback: ClassVar[str] = "JPEG"
 
     def write(self, items: Sequence[Item], classes: Sequence[ClassInfo], out: Path, writer: FileWriter) -> list[str]:
         files: list[str] = [""] * len(items)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from imgnet_build.exporters import ClassInfo, Item, register
 from imgnet_build.exporters.files import FileWriter
@@ -17,9 +18,9 @@ from imgnet_build.exporters.files import FileWriter
 
 @register
 class ImageFolder:
-    name = "imagefolder"
-    formats = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})  # torchvision IMG_EXTENSIONS
-    fallback = "PNG"
+    name: ClassVar[str] = "imagefolder"
+    formats: ClassVar[frozenset[str]] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})  # torchvision IMG_EXTENSIONS
+    fallback: ClassVar[str] = "PNG"
 
     def write(self, items: Sequence[Item], classes: Sequence[ClassInfo], out: Path, writer: FileWriter) -> list[str]:
         files = [f"{item.split}/{item.wnid}/{item.sha256}.{writer.extension(item)}" for item in items]

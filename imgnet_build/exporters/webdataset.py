@@ -38,13 +38,14 @@ class WebDataset:
         for split in ("train", "val"):
             order = sorted((p for p, item in enumerate(items) if item.split == split),
                            key=lambda p: (items[p].sha256, items[p].wnid))
-            tar = None
+            tar: tarfile.TarFile | None = None
             for count, (position, data) in enumerate(zip(order, writer.read_all(items[p] for p in order), strict=True)):
                 if count % self.shard_size == 0:
                     if tar is not None:
                         tar.close()
                     shard = f"{split}-{count // self.shard_size:06d}.tar"
                     tar = tarfile.open(out / shard, "w", format=tarfile.PAX_FORMAT)
+                assert tar is not None  # opened at count 0
                 item = items[position]
                 key = f"{item.wnid}_{item.sha256}"
                 _add(tar, f"{key}.{writer.extension(item)}", data)

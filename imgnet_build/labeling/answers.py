@@ -8,8 +8,9 @@ a submission counts once, and control answers update the worker's control record
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import insert_ignore
@@ -26,8 +27,9 @@ def store_answers(session: Session, assignment: Assignment, selected: set[int]) 
     request, a second collect). The caller validates that `selected` belongs to the task.
     """
     now = dt.datetime.now(dt.UTC)
-    claimed = session.execute(update(Assignment).where(Assignment.id == assignment.id, Assignment.status == "given")
-                              .values(status="submitted", submitted_at=now))
+    claimed = cast(CursorResult, session.execute(
+        update(Assignment).where(Assignment.id == assignment.id, Assignment.status == "given")
+        .values(status="submitted", submitted_at=now)))
     if claimed.rowcount != 1:  # submitted before, or by a concurrent request
         return False
     category_id = session.scalar(select(Task.category_id).where(Task.id == assignment.task_id))

@@ -11,13 +11,16 @@ themselves (`simulated`) can be driven by `imgnet label run`.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from imgnet_build.errors import BadInput
 from imgnet_build.store import Task
+
+if TYPE_CHECKING:
+    from imgnet_build.workspace import Workspace
 
 __all__ = ["Backend", "LocalBackend", "register", "get_backend", "BACKENDS"]
 
@@ -27,6 +30,8 @@ class Backend(Protocol):
     simulated: bool  # its votes and labels are marked simulated
     answers_itself: bool  # `label run` may loop submit -> collect on it
     costs_money: bool
+
+    def __init__(self, workspace: Workspace, options: dict | None = None) -> None: ...
 
     def publish(self, session: Session, tasks: list[Task]) -> None: ...
 
@@ -60,10 +65,10 @@ class LocalBackend:
         return None
 
 
-BACKENDS: dict[str, type] = {}
+BACKENDS: dict[str, type[Backend]] = {}
 
 
-def register(backend: type) -> type:
+def register(backend: type[Backend]) -> type[Backend]:
     BACKENDS[backend.name] = backend
     return backend
 

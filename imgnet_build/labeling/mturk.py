@@ -229,8 +229,8 @@ class MTurkBackend:
         self._check_ready()
         ids = tuple(task.id for task in tasks)
         with self.workspace.session() as own:
-            work = [self._prepare(own, task_id) for task_id in ids]
-            work = [item for item in work if item is not None]
+            prepared = [self._prepare(own, task_id) for task_id in ids]
+            work = [item for item in prepared if item is not None]
             cost = sum((self._price(item) for item in work), Price())
             self._check_cap(own, cost, exclude=ids)
         if not work:
@@ -289,7 +289,7 @@ class MTurkBackend:
             total = old.assignments_wanted + task.assignments_wanted
             if old.assignments_wanted < 10 <= total:
                 continue
-            if candidates(old.id) == wanted:
+            if candidates(old.id) == wanted and old.external_id is not None:  # never None: the query says so
                 return old, old.external_id
         return None
 

@@ -164,7 +164,7 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
             with workspace.session() as session:
                 chosen.publish(session, list(session.scalars(select(Task).where(Task.id.in_(made)).order_by(Task.id))))
         if progress:
-            progress(category_id)
+            progress(str(wnid))
     return plan
 
 
@@ -211,7 +211,7 @@ def _counted_votes(session: Session, category_id: int) -> dict[int, int]:
                            .where(Vote.category_id == category_id, Vote.control.is_(False),
                                   Worker.blocked.is_(False), Assignment.status != "rejected")
                            .group_by(Image.cluster_id))
-    return dict(rows.all())
+    return {cluster: count for cluster, count in rows.all() if cluster is not None}
 
 
 def _pending_votes(session: Session, category_id: int) -> dict[int, int]:
@@ -222,7 +222,7 @@ def _pending_votes(session: Session, category_id: int) -> dict[int, int]:
                            .join(Task, Task.id == TaskItem.task_id).outerjoin(done, done.c.task_id == Task.id)
                            .where(Task.category_id == category_id, Task.status.in_(("new", "open")),
                                   TaskItem.kind == "candidate").group_by(TaskItem.cluster_id))
-    return {cluster: max(0, int(left)) for cluster, left in rows.all()}
+    return {cluster: max(0, int(left)) for cluster, left in rows.all() if cluster is not None}
 
 
 def _needs(session: Session, category_id: int, pairs: dict[int, tuple[str, str]],
@@ -270,7 +270,7 @@ class _NewTask:
 
 def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, str]], need: dict[int, int],
                 settings: LabelSettings, round_: int,
-                backend, dry_run: bool) -> list:
+                backend, dry_run: bool) -> list[_NewTask]:
     per_task = settings.images_per_task - settings.controls
     by_votes: dict[int, list[int]] = defaultdict(list)
     for cluster, wanted in sorted(need.items()):
@@ -278,7 +278,7 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
     controls = control_pool(session, category_id, set(need), set(pairs)) if settings.controls else ([], [])
     rng = random.Random(f"{category_id}:{round_}")
     batch = f"r{round_}" + getattr(backend, "batch_suffix", lambda: "")()
-    made = []
+    made: list[_NewTask] = []
     for wanted, clusters in sorted(by_votes.items()):
         for chunk in _even_chunks(clusters, per_task):
             items = [(pairs[c][0], c, "candidate", None) for c in chunk]
@@ -294,8 +294,7 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
             session.execute(insert(TaskItem), [
                 {"task_id": task.id, "position": position, "image_sha256": sha, "cluster_id": cluster, "kind": kind,
                  "expected": expected} for position, (sha, cluster, kind, expected) in enumerate(items)])
-            task.controls = len(items) - len(chunk)
-            made.append(task)
+            made.append(_NewTask(task.id, wanted, len(items) - len(chunk)))
     return made
 
 

@@ -237,7 +237,7 @@ def make_server(workspace: Workspace, host: str = "127.0.0.1", port: int = 8000,
                 threads: int = 8):
     """A waitress server for the app, bound and not yet running (`.run()`, `.close()`;
     `.effective_port` when `port` is 0)."""
-    from waitress import create_server
+    from waitress.server import create_server
 
     return create_server(create_app(workspace, admin_token), host=host, port=port, threads=threads,
                          ident="imgnet", clear_untrusted_proxy_headers=True)

@@ -31,6 +31,7 @@ from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 import jinja2
 
@@ -145,9 +146,10 @@ def _write_atomically(path: Path, chunks) -> None:
 
 
 def _summary(path: Path, facts: Facts, sheet: ContactSheet) -> ReportSummary:
-    labels = facts.stages["labels"]
+    labels = cast(dict[str, int], facts.stages["labels"])
     return ReportSummary(
-        path=str(path), bytes=path.stat().st_size, categories=facts.stages["categories"], images=facts.stages["images"],
+        path=str(path), bytes=path.stat().st_size, categories=cast(int, facts.stages["categories"]),
+        images=cast(int, facts.stages["images"]),
         accepted=labels["accepted"], rejected=labels["rejected"], undecided=labels["undecided"],
         truth_labels=facts.truth.labels, precision=facts.truth.precision, recall=facts.truth.recall,
         control_accuracy=facts.controls.accuracy, cost=f"{facts.total_cost:.2f}",

@@ -297,7 +297,7 @@ def _categories(session: Session) -> tuple[dict[str, CategoryRow], list[tuple[in
     for category_id, split, count in session.execute(
             select(Label.category_id, Cluster.split, func.count()).join(Cluster, Cluster.id == Label.cluster_id)
             .where(Label.status == "accepted", Cluster.split.is_not(None)).group_by(Label.category_id, Cluster.split)):
-        setattr(rows[by_id[category_id]], split, count)
+        setattr(rows[by_id[category_id]], str(split), count)  # never None: the query says so
     for (category_id,) in session.execute(select(CategoryConsensus.category_id)
                                           .where(CategoryConsensus.hard.is_(True))):
         rows[by_id[category_id]].hard = True
@@ -327,7 +327,7 @@ def _reasons(session: Session) -> tuple[list[Reason], int]:
         .where(Candidate.error.is_not(None), Candidate.status.in_((CandidateStatus.FAILED, CandidateStatus.SKIPPED)))
         .group_by(Candidate.source, Candidate.status, Candidate.error), execution_options={"yield_per": 1000})
     for source, status, error, count, url in rows:
-        key = (status, reason_group(status, error))
+        key = (status, reason_group(status, error or ""))
         reason = grouped.setdefault(key, Reason(status, key[1], example_url=url))
         reason.count += count
         reason.by_source[source] += count
@@ -357,7 +357,7 @@ def _duplicates(session: Session) -> Duplicates:
     examples = session.execute(select(spans.c.cluster_id, Cluster.representative)
                                .join(Cluster, Cluster.id == spans.c.cluster_id)
                                .order_by(spans.c.categories.desc(), spans.c.cluster_id).limit(MAX_CONFLICTS)).all()
-    wnids: dict[int, set[str]] = defaultdict(set)
+    wnids: dict[int | None, set[str]] = defaultdict(set)
     if examples:
         for cluster_id, wnid in session.execute(
                 select(Image.cluster_id, Category.wnid).join(Candidate, Candidate.image_sha256 == Image.sha256)
@@ -379,7 +379,7 @@ def _vote_patterns(session: Session) -> list[tuple[int, int, str, int]]:
     rows = session.execute(select(Label.yes_votes, Label.no_votes, Label.status, func.count().label("labels"))
                            .group_by(Label.yes_votes, Label.no_votes, Label.status)
                            .order_by(func.count().desc(), Label.yes_votes, Label.no_votes).limit(20))
-    return [tuple(row) for row in rows]
+    return [(yes, no, status, count) for yes, no, status, count in rows]
 
 
 def _controls(session: Session) -> Controls:
@@ -464,7 +464,7 @@ def _cost(session: Session) -> list[CostRow]:
         if not costs:
             continue
         try:
-            amount = Decimal(reward)
+            amount = Decimal(reward or "")  # InvalidOperation when there is none
         except (InvalidOperation, TypeError):
             row.unpriced_tasks += tasks
             continue

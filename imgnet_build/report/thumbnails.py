@@ -96,7 +96,7 @@ class ContactSheet:
             return []
         keys = dict(self.session.execute(select(Image.sha256, Image.blob_key)
                                          .where(Image.sha256.in_([label.representative for label in labels]))).all())
-        origins: dict[int, list] = {}
+        origins: dict[int | None, list] = {}
         for cluster_id, truth, url in self.session.execute(
                 select(Image.cluster_id, Candidate.truth, Candidate.url)
                 .join(Candidate, Candidate.image_sha256 == Image.sha256)
@@ -122,7 +122,8 @@ class ContactSheet:
             .where(Candidate.category_id == category_id, Candidate.status == CandidateStatus.OK,
                    Image.duplicate_of.is_(None))
             .order_by(Candidate.id).limit(self.per_side * 3)).all()
-        seen, thumbnails = set(), []
+        seen: set[str] = set()
+        thumbnails: list[Thumbnail] = []
         for row in rows:
             if row.sha256 in seen or len(thumbnails) == self.per_side:
                 continue

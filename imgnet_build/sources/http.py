@@ -89,9 +89,10 @@ class PoliteClient:
                 status = response.status_code
                 if status < 400:
                     body = self._decode(response)
-                    reason = retry_if(body) if retry_if else None
-                    if reason is None:
+                    retry = retry_if(body) if retry_if else None
+                    if retry is None:
                         return body
+                    reason = retry
                 elif status == 429 or status >= 500:
                     reason = f"HTTP {status}"
                 else:

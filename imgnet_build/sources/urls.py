@@ -61,7 +61,7 @@ class UrlList:
             raise BadInput("the urls source needs a file: --source urls:candidates.csv")
         self.path = Path(argument).expanduser()
         self._head: list[tuple[int, str]] = []  # lines already read to learn the format and check the header
-        self._rest: Iterator[tuple[int, str]] = self._read()
+        self._rest: Iterator[tuple[int, str]] | None = self._read()
         self.format = self._detect_format()
         self._check_header()  # fail now, not half-way, if the file is unusable
 
@@ -92,7 +92,8 @@ class UrlList:
         if wnid not in known:
             return Proposal(wnid=wnid, url=url, error=f"unknown wnid {wnid} (not in the category tree)")
         ranks[wnid] += 1
-        return Proposal(wnid=wnid, url=url, rank=ranks[wnid], truth=truth, **extras)
+        return Proposal(wnid=wnid, url=url, rank=ranks[wnid], truth=truth, license=extras["license"],
+                        attribution=extras["attribution"])
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class UrlList:
     def _peek(self) -> Iterator[tuple[int, str]]:
         """The first lines, kept so that the rows are read from the same single pass (a FIFO, stdin)."""
         yield from self._head
-        for line in self._rest:
+        for line in self._rest or ():
             self._head.append(line)
             yield line
 
