@@ -22,7 +22,7 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError, ReadTimeoutError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
-from imgnet_build.errors import ImgnetError
+from imgnet_build.errors import ItemError
 from imgnet_build.netguard import (
     USER_AGENT,
     Abandoned,
@@ -45,7 +45,7 @@ FAILED, SKIPPED = CandidateStatus.FAILED, CandidateStatus.SKIPPED
 OPT_OUT = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
 
 
-class ItemFailed(ImgnetError):
+class ItemFailed(ItemError):
     "One item's final outcome other than ok; caught at the per-item boundary and recorded"
 
     def __init__(self, status: str, reason: str, attempts: int = 1):
@@ -53,7 +53,7 @@ class ItemFailed(ImgnetError):
         self.status, self.reason, self.attempts = status, reason, attempts
 
 
-class _Retryable(ImgnetError):
+class _Retryable(ItemError):
     "A failure worth another attempt (429, 5xx, network error)"
 
     def __init__(self, reason: str, retry_after: float | None = None):

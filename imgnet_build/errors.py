@@ -1,7 +1,9 @@
-"""The exceptions the library raises; the CLI prints them as `Error: …` and exits 1."""
+"""The exceptions the library raises: `ImgnetError`s, which the CLI prints as `Error: …` and
+exits 1, and `ItemError`s, one item's outcome, which never leave the per-item boundary."""
 
 __all__ = [
     "ImgnetError",
+    "ItemError",
     "NotAWorkspace",
     "WorkspaceExists",
     "DatabaseUnavailable",
@@ -19,6 +21,12 @@ __all__ = [
 
 class ImgnetError(Exception):
     "Base of every error the tool reports to the user"
+
+
+class ItemError(Exception):
+    """Base of per-item outcomes (a URL refused, a file that is not an image, an unreadable
+    answer): caught where one item is handled and stored as that item's status and reason.
+    Not an ImgnetError: one that escaped would be a bug, and must not read as the run's error."""
 
 
 class NotAWorkspace(ImgnetError):

@@ -37,7 +37,7 @@ from urllib3.response import HTTPResponse
 from urllib3.util import connection as urllib3_connection
 
 from imgnet_build import __version__
-from imgnet_build.errors import ImgnetError
+from imgnet_build.errors import ItemError
 
 __all__ = ["redact", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "guarded_pool_manager", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
            "retry_after"]
@@ -67,11 +67,11 @@ def retry_after(value: str | None) -> float | None:
             return None
 
 
-class Abandoned(ImgnetError):
+class Abandoned(ItemError):
     "A request given up because the run is stopping (Ctrl-C)"
 
 
-class AddressRefused(ImgnetError):
+class AddressRefused(ItemError):
     "A URL's host resolves to an address the SSRF guard refuses (private, loopback, link-local…)"
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from imgnet_build.errors import ImgnetError
+from imgnet_build.errors import ItemError
 
 __all__ = ["ImageInfo", "ImageRejected", "DecodeBudget", "check_image", "decoded_bytes", "FORMATS"]
 
@@ -41,7 +41,7 @@ _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _ORIENTATION = 0x0112
 
 
-class ImageRejected(ImgnetError):
+class ImageRejected(ItemError):
     "A file is not an image we take; the message is the reason recorded for its candidate"
 
 

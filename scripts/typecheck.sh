@@ -25,4 +25,4 @@ for package, folder in package_dir.items():
 PY
   export MYPYPATH="$work/site"
 fi
-"$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" -p imgnet_build
+"$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" --cache-dir "$root/.mypy_cache" -p imgnet_build

@@ -296,7 +296,9 @@ def test_kill_9_mid_run_then_rerun_matches_clean_run(workspace, photos, tmp_path
         dedup.run(Workspace.open({str(workspace.root)!r}), batch_size=2, workers=1)
     """)
     process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
     while process.poll() is None and hashed_count(workspace) < 4:
+        assert time.monotonic() < deadline, "fewer than 4 images hashed within 120 s"
         time.sleep(0.02)
     process.kill()
     process.wait()

@@ -188,3 +188,17 @@ def test_four_inits_of_one_folder_at_once(tmp_path):
     assert [r.returncode for r in results] == [0] * 4, [r.stderr[-500:] for r in results]
     assert Workspace.open(tmp_path / "ws").status()["categories"] == 0
     assert sorted(p.name for p in (tmp_path / "ws").iterdir() if p.name.startswith(".")) == []
+
+
+def test_per_item_outcomes_have_a_root_of_their_own():
+    """Before: ItemFailed, _Retryable, ImageRejected, … subclassed ImgnetError, the user-facing error,
+    so a `except ImgnetError` meant for the run's errors also caught one item's outcome."""
+    from imgnet_build.download import ItemFailed, _Retryable
+    from imgnet_build.errors import ImgnetError, ItemError
+    from imgnet_build.labeling.mturk_review import AnswerInvalid
+    from imgnet_build.netguard import Abandoned, AddressRefused
+    from imgnet_build.validate import ImageRejected
+
+    for per_item in (ItemFailed, _Retryable, ImageRejected, AnswerInvalid, Abandoned, AddressRefused):
+        assert issubclass(per_item, ItemError) and not issubclass(per_item, ImgnetError), per_item
+    assert not issubclass(ItemError, ImgnetError) and not issubclass(ImgnetError, ItemError)

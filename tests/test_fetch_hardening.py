@@ -107,8 +107,10 @@ def test_ctrl_c_abandons_slow_downloads_at_once_and_they_stay_pending(workspace,
     add_candidates(workspace, urls)
     process = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(workspace.root)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
     while sum(server.counts.values()) < 4:
         assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the 4 downloads did not all start within 120 s"
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)  # a guard against hanging, far below the hour of the deadline

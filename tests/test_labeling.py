@@ -300,13 +300,15 @@ def test_kill_9_mid_run_loses_nothing(tmp_path):
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     workspace = Workspace.open(tmp_path / "ws")
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait until some votes are in, then kill it mid-run
+    while True:  # wait until some votes are in, then kill it mid-run
+        assert process.poll() is None, f"the run ended before it was killed: {process.communicate()}"
+        assert time.monotonic() < deadline, "no votes within 60 s"
         with workspace.session() as session:
             if session.scalar(select(func.count()).select_from(Vote)) > 300:
                 break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.wait() == -signal.SIGKILL  # it was still running: the kill, not the end of the run, stopped it
     result = subprocess.run([sys.executable, "-c", "from imgnet_build.cli.main import main; main()", *command[3:],
                              "--json"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

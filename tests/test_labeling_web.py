@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from headless import playwright_or_skip
 from sqlalchemy import func, select, update
 from webcrowd import HttpWorker, make_category, make_tasks, parse_task_page, running_app
 
@@ -444,7 +445,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def test_a_person_labels_in_a_browser(workspace):
-    playwright = pytest.importorskip("playwright.sync_api")
+    playwright = playwright_or_skip()
     [task_id] = make_tasks(workspace, items=8, controls=2)
     with workspace.session() as session:
         session.execute(update(Category).values(gloss="a slender hound <script>window.pwned = 1</script>"))

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from botocore.stub import ANY, Stubber
+from headless import playwright_or_skip
 from sqlalchemy import select
 
 from imgnet_build.cli.main import cli
@@ -16,6 +17,7 @@ from imgnet_build.errors import BadInput
 from imgnet_build.labeling import mturk, rounds
 from imgnet_build.labeling.mturk_review import AnswerInvalid, parse_answer
 from imgnet_build.labeling.mturk_settings import MTurkSettings, assignment_cost
+from imgnet_build.labeling.page import load_task_view
 from imgnet_build.labeling.rounds import LabelSettings
 from imgnet_build.store import Assignment, Candidate, Category, Cluster, Gold, Image, Task, TaskItem, Vote, Worker
 from imgnet_build.workspace import Workspace
@@ -64,7 +66,6 @@ def ws(tmp_path, monkeypatch):
 @pytest.fixture
 def stub(monkeypatch):
     """A sandbox client whose every call is answered by the Stubber; make_client returns it."""
-    pytest.importorskip("imgnet_build.labeling.page", reason="the shared task page lands with the web branch")
     client = mturk.make_client(False)
     assert client.meta.endpoint_url == mturk.SANDBOX_ENDPOINT
     stubber = Stubber(client)
@@ -511,8 +512,7 @@ class _StandIn:
 
 
 def test_html_question_renders_in_chromium_and_posts_assignment_id_and_submission(ws):
-    playwright = pytest.importorskip("playwright.sync_api")
-    page_module = pytest.importorskip("imgnet_build.labeling.page", reason="lands with the web branch")
+    playwright = playwright_or_skip()
     with ws.session() as session:  # a task of 6 images, as rounds makes it
         session.add(Task(id=7, category_id=1, round=1, batch="r1-mturk-sandbox", backend="mturk", status="new",
                          assignments_wanted=3))
@@ -520,7 +520,7 @@ def test_html_question_renders_in_chromium_and_posts_assignment_id_and_submissio
         for position, sha in enumerate(session.scalars(select(Image.sha256).order_by(Image.sha256).limit(6))):
             session.add(TaskItem(task_id=7, position=position, image_sha256=sha, kind="candidate"))
     with ws.session() as session:
-        view = page_module.load_task_view(session, 7)
+        view = load_task_view(session, 7)
     stand_in = _StandIn()
     xml = mturk.question_xml(view, stand_in.base + "/mturk/externalSubmit",
                              lambda item: f"{stand_in.base}/img/{item.position}.jpg")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import imagegen
 import pytest
+from headless import playwright_or_skip
 from labelkit import build_world
 from sqlalchemy import select
 
@@ -301,7 +302,7 @@ def test_thumbnails_are_capped(built, tmp_path):
 
 
 def test_page_in_headless_chromium(workspace, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
+    playwright = playwright_or_skip()
     build_workspace(workspace)
     path = tmp_path / "report.html"
     write_report(workspace, path)

@@ -17,7 +17,7 @@ from xml.etree.ElementTree import ParseError
 from sqlalchemy import case, func, select
 
 from imgnet_build.dbutil import insert_ignore
-from imgnet_build.errors import ImgnetError
+from imgnet_build.errors import ItemError
 from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.mturk import PENDING, MTurkError, call
 from imgnet_build.store import Assignment, Task, TaskItem, Vote, Worker
@@ -28,7 +28,7 @@ MAX_ANSWER_BYTES = 256 * 1024
 WORK_DONE = ("submitted", "approved", "rejected", "abandoned")
 
 
-class AnswerInvalid(ImgnetError):
+class AnswerInvalid(ItemError):
     "An assignment's Answer cannot be read as a submission for its task"
 
 
