@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Iterable
+from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy import (
@@ -55,6 +57,11 @@ __all__ = [
     "CategoryConsensus",
     "Export",
     "CandidateStatus",
+    "Split",
+    "TaskStatus",
+    "ItemKind",
+    "AssignmentStatus",
+    "LabelStatus",
     "make_engine",
     "migrate",
     "stage_counts",
@@ -104,18 +111,57 @@ class Query(Base):
     __table_args__ = (UniqueConstraint("category_id", "text", "language", name="uq_query"),)
 
 
-class CandidateStatus:
+# The vocabularies of the status columns: each a StrEnum (its members are the strings stored)
+# and a CHECK constraint on its column, so the database refuses any other value.
+
+class CandidateStatus(StrEnum):
     PENDING = "pending"  # proposed, not fetched yet
     OK = "ok"  # fetched and valid; image_sha256 is set
     FAILED = "failed"  # fetch or validation failed; error says why
     SKIPPED = "skipped"  # not fetched on purpose (quota reached, known sha1, opt-out)
 
 
-SPLITS = ("train", "val")
-TASK_STATUSES = ("new", "open", "done", "expired")  # new: not yet published to its backend
-ITEM_KINDS = ("candidate", "positive", "negative")
-ASSIGNMENT_STATUSES = ("given", "submitted", "approved", "rejected", "abandoned")
-LABEL_STATUSES = ("accepted", "rejected", "undecided")
+class Split(StrEnum):
+    TRAIN = "train"
+    VAL = "val"
+
+
+class TaskStatus(StrEnum):
+    NEW = "new"  # not yet published to its backend
+    OPEN = "open"
+    DONE = "done"
+    EXPIRED = "expired"
+
+
+class ItemKind(StrEnum):
+    CANDIDATE = "candidate"  # an image whose label is wanted
+    POSITIVE = "positive"  # controls: images whose answer is known
+    NEGATIVE = "negative"
+
+
+class AssignmentStatus(StrEnum):
+    GIVEN = "given"
+    SUBMITTED = "submitted"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    ABANDONED = "abandoned"
+
+
+class LabelStatus(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    UNDECIDED = "undecided"
+
+
+SPLITS = tuple(Split)
+TASK_STATUSES = tuple(TaskStatus)
+ITEM_KINDS = tuple(ItemKind)
+ASSIGNMENT_STATUSES = tuple(AssignmentStatus)
+LABEL_STATUSES = tuple(LabelStatus)
+
+
+def _one_of(column: str, values: Iterable[str], name: str) -> CheckConstraint:
+    return CheckConstraint(f"{column} IN ({', '.join(repr(str(v)) for v in values)})", name=name)
 
 
 def url_hash(url: str) -> str:
@@ -165,6 +211,7 @@ class Candidate(Base):
         Index("ix_candidate_pending", "category_id", "rank", "id", sqlite_where=text("status = 'pending'"),
               postgresql_where=text("status = 'pending'")),
         Index("ix_candidate_source_sha1", "source_sha1"),
+        _one_of("status", CandidateStatus, "ck_candidate_status"),
     )
 
 
@@ -193,10 +240,6 @@ class Image(Base):
 
 
 ID64 = BigInteger().with_variant(Integer, "sqlite")  # 64-bit ids; SQLite's rowid is 64-bit already
-
-
-def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
-    return CheckConstraint(f"{column} IN ({', '.join(repr(v) for v in values)})", name=name)
 
 
 class Cluster(Base):

@@ -228,7 +228,7 @@ def test_a_searching_source_gets_expanded_queries_and_candidates_keep_their_quer
     from imgnet_build import sources
     from imgnet_build.sources import Proposal, register
 
-    monkeypatch.setattr(sources, "REGISTRY", dict(sources.REGISTRY))  # the fake source leaves with the test
+    monkeypatch.setattr(sources, "REGISTRY", sources.REGISTRY.copy())  # the fake source leaves with the test
 
     image = server.add("/found.jpg", jpeg_bytes(40, 40))
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from imgnet_build.errors import BadInput
+from imgnet_build.registry import Registry
 
 if TYPE_CHECKING:
     from imgnet_build.exporters.files import FileWriter
 
-__all__ = ["Item", "ClassInfo", "Exporter", "register", "get_exporter", "exporter_names"]
+__all__ = ["Item", "ClassInfo", "Exporter", "EXPORTERS", "register", "get_exporter", "exporter_names"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,28 +69,24 @@ class Exporter(Protocol):
         ...
 
 
-_REGISTRY: dict[str, type[Exporter]] = {}
+EXPORTERS: Registry[type[Exporter]] = Registry(
+    "export format", tuple(f"imgnet_build.exporters.{module}" for module in ("hf", "ilsvrc", "imagefolder", "webdataset")))
 
 
 def register(cls: type[Exporter]) -> type[Exporter]:
-    _REGISTRY[cls.name] = cls
-    return cls
+    """A class decorator: the exporter called `cls.name`."""
+    return EXPORTERS.add(cls)
 
 
 def exporter_names() -> list[str]:
-    _load()
-    return sorted(_REGISTRY)
+    return EXPORTERS.names()
 
 
 def get_exporter(name: str, **settings) -> Exporter:
     """The exporter called `name`, given those `settings` it has (e.g. webdataset's shard_size)."""
-    _load()
-    if name not in _REGISTRY:
-        raise BadInput(f"unknown export format {name!r}; use one of {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name]
+    if name not in EXPORTERS.load():
+        raise BadInput(f"unknown export format {name!r}; use one of {', '.join(EXPORTERS.names())}")
+    cls = EXPORTERS[name]
     fields: set[str] = {field.name for field in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     return cls(**{key: value for key, value in settings.items() if key in fields})
 
-
-def _load() -> None:
-    from imgnet_build.exporters import hf, ilsvrc, imagefolder, webdataset  # noqa: F401  (they register)

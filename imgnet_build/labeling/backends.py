@@ -17,6 +17,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from imgnet_build.errors import BadInput
+from imgnet_build.registry import Registry
 from imgnet_build.store import Task
 
 if TYPE_CHECKING:
@@ -65,12 +66,13 @@ class LocalBackend:
         return None
 
 
-BACKENDS: dict[str, type[Backend]] = {}
+BACKENDS: Registry[type[Backend]] = Registry(
+    "labeling backend", optional=("imgnet_build.labeling.simulated", "imgnet_build.labeling.mturk"))
 
 
 def register(backend: type[Backend]) -> type[Backend]:
-    BACKENDS[backend.name] = backend
-    return backend
+    """Register a backend under its `name`."""
+    return BACKENDS.add(backend)
 
 
 register(LocalBackend)
@@ -78,18 +80,8 @@ register(LocalBackend)
 
 def get_backend(name: str, workspace, options: dict | None = None):
     if name not in BACKENDS:
-        _load_optional()
+        BACKENDS.load()
     if name not in BACKENDS:
         raise BadInput(f"unknown labeling backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}")
     return BACKENDS[name](workspace, options or {})
 
-
-def _load_optional() -> None:
-    from importlib import import_module
-
-    for module in ("simulated", "mturk"):
-        try:
-            import_module(f"imgnet_build.labeling.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"imgnet_build.labeling.{module}":
-                raise

@@ -33,6 +33,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from imgnet_build.errors import BadInput
+from imgnet_build.registry import Registry
 
 __all__ = ["ConsensusSettings", "VoteTable", "Result", "Method", "Majority", "DawidSkene", "Dynamic", "METHODS",
            "seed_table"]
@@ -98,6 +99,8 @@ class Result:
 
 class Method(Protocol):
     name: ClassVar[str]
+
+    def __init__(self, settings: ConsensusSettings = ...) -> None: ...
 
     def fit(self, votes: VoteTable) -> Result: ...
 
@@ -273,4 +276,6 @@ class Dynamic:
         return weight, hard
 
 
-METHODS: dict[str, type] = {method.name: method for method in (Dynamic, DawidSkene, Majority)}
+METHODS: Registry[type[Method]] = Registry("consensus method")
+for _method in (Dynamic, DawidSkene, Majority):
+    METHODS.add(_method)

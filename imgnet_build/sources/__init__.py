@@ -6,10 +6,11 @@ A source SPEC is `name` or `name:argument` (`urls:candidates.csv`, `dir:photos/`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from imgnet_build.errors import UnknownSource
+from imgnet_build.registry import Registry
 
 __all__ = ["Proposal", "CategoryQueries", "Source", "REGISTRY", "register", "open_source"]
 
@@ -42,27 +43,26 @@ class Source(Protocol):
     local: bool  # True: urls are file paths read from disk, no HTTP
     searches: bool  # True: proposes by searching the category's queries (gather expands them first)
 
+    def __init__(self, argument: str, **settings: Any) -> None:
+        """`argument`: what follows `name:` in the SPEC ("" when nothing does)."""
+
     def propose(self, categories: Iterable[CategoryQueries], per_category: int) -> Iterator[Proposal]:
         """Yield candidates for the given categories, at most about per_category each."""
         ...
 
 
-REGISTRY: dict[str, type] = {}
+REGISTRY: Registry[type[Source]] = Registry(
+    "source", tuple(f"imgnet_build.sources.{module}" for module in ("dirs", "flickr", "openverse", "urls", "wikimedia")))
 
 
-def register(name: str):
-    def decorate(cls):
-        REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return decorate
+def register(name: str) -> Callable[[type[Source]], type[Source]]:
+    """A class decorator: the source called `name` (which becomes its `name`)."""
+    return REGISTRY.register(name)
 
 
 def open_source(spec: str, **settings) -> Source:
     """A source from its SPEC, e.g. `urls:candidates.csv`."""
-    from imgnet_build.sources import dirs, flickr, openverse, urls, wikimedia  # noqa: F401  (they register)
-
+    REGISTRY.load()
     name, _, argument = spec.partition(":")
     if name not in REGISTRY:
         raise UnknownSource(f"unknown source {spec!r}; choose from {', '.join(sorted(REGISTRY))} "
