@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 
 from imgnet_build.labeling.invites import hash_token, invite, revoke
 from imgnet_build.labeling.page import ItemView, TaskView, render_task_page
-from imgnet_build.store import Assignment, Category, TaskItem, Vote, Worker
+from imgnet_build.store import Assignment, Category, Image, TaskItem, Vote, Worker
 from webcrowd import HttpWorker, make_category, make_tasks, parse_task_page, running_app
 
 
@@ -516,3 +516,99 @@ def test_answers_given_in_the_app_become_labels(workspace):
         labels = dict(session.execute(select(Cluster.representative, Label.status)
                                       .join(Label, Label.cluster_id == Cluster.id)).all())
     assert labels == {sha: "accepted" if good else "rejected" for sha, good in truth.items()}
+
+
+# --- odd input: a 4xx, never a 500 -----------------------------------------------------
+
+@pytest.mark.parametrize("body", ["[" * 5000, '{"task": 1, "selected": ' + "[" * 3000 + "]" * 3000 + "}",
+                                  '{"task": ' + "{" * 10 + "}" * 10 + ', "selected": []}'])
+def test_deeply_nested_json_is_refused_before_parsing(workspace, body):
+    make_tasks(workspace)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        response = alice.post_submission(body, parse_task_page(alice.last.text).csrf_token)
+    assert response.status_code == 400 and "not a valid submission (nested more than 8 deep)" in response.text
+    assert votes(workspace) == []
+
+
+def test_ids_beyond_the_databases_integers_are_a_4xx(any_workspace):
+    [task_id] = make_tasks(any_workspace)
+    huge = [2**31, 2**63 - 1, 2**63, 2**64, 10**30]
+    with running_app(any_workspace) as base_url:
+        alice = HttpWorker(base_url, invite(any_workspace, "alice").path)
+        csrf = parse_task_page(alice.last.text).csrf_token
+        statuses = {}
+        for number in huge:
+            statuses[f"task {number}"] = alice.post_submission(json.dumps({"task": number, "selected": []}), csrf)
+            statuses[f"position {number}"] = alice.post_submission(
+                json.dumps({"task": task_id, "selected": [number]}), csrf)
+            statuses[f"/t/{number}"] = alice.get(f"/t/{number}")
+            statuses[f"/t/{number}/img/0"] = alice.get(f"/t/{number}/img/0")
+            statuses[f"/t/{task_id}/img/{number}"] = alice.get(f"/t/{task_id}/img/{number}")
+        assert alice.get(f"/t/{task_id}/img/0").status_code == 200  # the server still works
+    codes = {what: response.status_code for what, response in statuses.items()}
+    assert all(code < 500 for code in codes.values()), codes
+    assert codes[f"task {2**63}"] == 400 and "greater than the maximum of 9223372036854775807" in statuses[f"task {2**63}"].text
+    assert codes[f"task {2**63 - 1}"] == 403  # in range: simply not this worker's task
+    assert codes[f"/t/{2**63}"] == codes[f"/t/{task_id}/img/{2**31}"] == 404
+    assert votes(any_workspace) == []
+
+
+def test_a_missing_blob_is_a_404_logged_once(workspace, caplog):
+    [task_id] = make_tasks(workspace)
+    with workspace.session() as session:
+        key = session.scalar(select(Image.blob_key).join(TaskItem, TaskItem.image_sha256 == Image.sha256)
+                             .where(TaskItem.task_id == task_id, TaskItem.position == 3))
+    (workspace.blob_store.root / key).unlink()
+    with running_app(workspace) as base_url, caplog.at_level("ERROR"):
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        codes = [alice.get(f"/t/{task_id}/img/{position}").status_code for position in (3, 3, 2, 3)]
+    assert codes == [404, 404, 200, 404]
+    logged = [record.getMessage() for record in caplog.records if key in record.getMessage()]
+    assert len(logged) == 1 and "missing from the blob store" in logged[0]
+
+
+def test_slow_connections_do_not_lock_workers_out(workspace):
+    """105 connections that never finish a request (waitress' old limit was 100): a worker still gets a page."""
+    import socket
+
+    make_tasks(workspace)
+    link = invite(workspace, "alice")
+    with running_app(workspace) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        slow = []
+        try:
+            for i in range(105):
+                connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+                if i % 2:  # half say nothing, half stop in the middle of their headers
+                    connection.sendall(b"GET /task HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                slow.append(connection)
+            worker = HttpWorker(base_url, link.path)  # gives up after 30 s; the old server answered after ~120
+            assert worker.last.status_code == 200 and parse_task_page(worker.last.text).positions
+        finally:
+            for connection in slow:
+                connection.close()
+
+
+def test_the_servers_connection_limits(workspace):
+    from imgnet_build.labeling.web import ServerLimits, make_server
+
+    server = make_server(workspace, "127.0.0.1", 0)
+    assert (server.adj.connection_limit, server.adj.channel_timeout, server.adj.asyncore_use_poll) == (1000, 30, True)
+    assert (server.adj.max_request_body_size, server.adj.max_request_header_size) == (1024 * 1024, 32 * 1024)
+    server.close()
+    server = make_server(workspace, "127.0.0.1", 0, limits=ServerLimits(connection_limit=200, channel_timeout=60))
+    assert (server.adj.connection_limit, server.adj.channel_timeout) == (200, 60)
+    server.close()
+
+
+def test_an_empty_admin_token_is_refused_at_start(workspace):
+    env = {**os.environ, "IMGNET_WORKSPACE": str(workspace.root), "IMGNET_ADMIN_TOKEN": ""}
+    command = [sys.executable, "-c", "from imgnet_build.cli.main import main; main()", "label", "serve", "--port", "0"]
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=workspace.root, timeout=60)
+    except subprocess.TimeoutExpired as exc:  # the old command served with a token nobody knew
+        pytest.fail(f"label serve started with an empty IMGNET_ADMIN_TOKEN: {exc.stdout!r}")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == ("Error: IMGNET_ADMIN_TOKEN is set but empty: set it to a long random string, or unset it "
+                             "and imgnet label serve prints a new token\n")

@@ -19,10 +19,12 @@ A person needs about a minute per 48-image task, so one server carries far more 
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import os
 import secrets
+import threading
 from collections.abc import Callable
 
 import jsonschema
@@ -32,7 +34,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
-from imgnet_build.errors import DatabaseUnavailable
+from imgnet_build.errors import BadInput, DatabaseUnavailable
 from imgnet_build.labeling import handout, invites
 from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.page import content_security_policy, load_task_view, render_page, render_task_page
@@ -40,11 +42,49 @@ from imgnet_build.schemas import load_schema
 from imgnet_build.store import Assignment, Category, Image, Task, TaskItem, Worker
 from imgnet_build.workspace import Workspace
 
-__all__ = ["create_app", "make_server", "serve", "ADMIN_TOKEN_ENV", "MAX_SUBMISSION_BYTES"]
+__all__ = ["create_app", "make_server", "serve", "ServerLimits", "ADMIN_TOKEN_ENV", "MAX_SUBMISSION_BYTES"]
 
 ADMIN_TOKEN_ENV = "IMGNET_ADMIN_TOKEN"
 SECRET_KEY_ENV = "IMGNET_SECRET_KEY"  # keeps sessions valid across restarts when set
 MAX_SUBMISSION_BYTES = 64 * 1024  # a 48-image answer is well under 1 KB
+MAX_JSON_DEPTH = 8  # a submission nests 2 deep; deeper is refused before parsing
+# Ids in URLs and submissions must fit the database columns: task ids are 64-bit, positions 32-bit.
+ID_MAX = 2**63 - 1
+POSITION_MAX = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerLimits:
+    """How many connections waitress keeps open and how long an idle or slow one may stay.
+
+    Connections that send nothing (or a request byte by byte) cost a slot until
+    `channel_timeout` seconds of silence close them; `connection_limit` slots are far more
+    than the workers one server carries, so a few hundred such connections do not lock
+    real workers out. More than that is a flood: put a reverse proxy in front."""
+
+    connection_limit: int = 1000  # lowered to fit the process' open-file limit
+    channel_timeout: int = 30  # seconds a connection may stay silent
+    cleanup_interval: int = 5  # how often silent connections are looked for
+    max_request_header_size: int = 32 * 1024
+    max_request_body_size: int = 1024 * 1024  # the app refuses more than MAX_SUBMISSION_BYTES itself
+
+    def waitress_options(self) -> dict[str, object]:
+        """The settings as waitress.create_server keywords (poll() instead of select(): no 1,024-socket ceiling)."""
+        return {"connection_limit": min(self.connection_limit, _open_file_budget()), "channel_timeout":
+                self.channel_timeout, "cleanup_interval": self.cleanup_interval, "asyncore_use_poll": True,
+                "max_request_header_size": self.max_request_header_size,
+                "max_request_body_size": self.max_request_body_size}
+
+
+def _open_file_budget() -> int:
+    """Connections the process can hold open, leaving room for database and blob files."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1000
+    return 1_000_000 if soft == resource.RLIM_INFINITY else max(50, soft - 100)
 
 
 def _message(title: str, message: str, status: int = 200, link: str | None = None, link_text: str = "") -> Response:
@@ -79,18 +119,63 @@ def _check_csrf() -> None:
                        403, "/task", "Reload the task"))
 
 
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in `text` (strings skipped), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _parse_submission() -> dict:
-    try:
-        document = json.loads(request.form.get("submission", ""))
-        jsonschema.validate(document, load_schema("submission"))
-    except (ValueError, jsonschema.ValidationError) as exc:
-        reason = exc.message if isinstance(exc, jsonschema.ValidationError) else "not JSON"
+    """The submission document, schema-valid with ids in the database's ranges; a 400 page otherwise."""
+    text = request.form.get("submission", "")
+    document, reason = None, None
+    if json_depth(text) > MAX_JSON_DEPTH:  # json.loads would recurse until RecursionError
+        reason = f"nested more than {MAX_JSON_DEPTH} deep"
+    else:
+        try:
+            document = json.loads(text)
+            jsonschema.validate(document, load_schema("submission"))
+        except ValueError:
+            reason = "not JSON"
+        except jsonschema.ValidationError as exc:
+            reason = exc.message
+    if reason is not None:
         abort(_message("Submission not understood", f"The answer sent is not a valid submission ({reason}); reload the "
                        "task and submit again.", 400, "/task", "Reload the task"))
     return document
 
 
-def _image_response(workspace: Workspace, task_id: int, position: int) -> Response:
+class _MissingBlobs:
+    """Blob keys found missing, so each is logged once, not on every request for it."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first_time(self, key: str) -> bool:
+        with self._lock:
+            new = key not in self._seen
+            self._seen.add(key)
+            return new
+
+
+def _image_response(workspace: Workspace, task_id: int, position: int, missing: _MissingBlobs, logger) -> Response:
     with workspace.session() as session:  # one transaction: who asks, and what they may see
         worker_id = _signed_in_worker(session).id
         row = session.execute(
@@ -100,7 +185,13 @@ def _image_response(workspace: Workspace, task_id: int, position: int) -> Respon
                    Assignment.status == "given")).first()
     if row is None:
         abort(404)
-    data = workspace.blob_store.get(row.blob_key)
+    try:
+        data = workspace.blob_store.get(row.blob_key)
+    except FileNotFoundError:
+        if missing.first_time(row.blob_key):
+            logger.error("image blob %s is missing from the blob store %s; the image is served as 404 until it is "
+                         "restored", row.blob_key, getattr(workspace.blob_store, "location", "?"))
+        abort(404)
     return Response(data, mimetype=PILImage.MIME.get(row.format.upper(), "application/octet-stream"),
                     headers={"Cache-Control": "private, max-age=3600"})
 
@@ -125,7 +216,12 @@ def _requester_overview(workspace: Workspace) -> dict:
 def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
     """The labeling app over `workspace`. `admin_token` (default: IMGNET_ADMIN_TOKEN, else none, and
     the requester page stays closed) opens /admin."""
-    admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+    if admin_token is None:
+        admin_token = os.environ.get(ADMIN_TOKEN_ENV)
+    if admin_token is not None and not admin_token.strip():
+        raise BadInput(f"{ADMIN_TOKEN_ENV} is set but empty: set it to a long random string, or unset it and "
+                       "imgnet label serve prints a new token")
+    missing_blobs = _MissingBlobs()
     app = Flask(__name__, static_folder=None, template_folder=None)
     app.config.update(SECRET_KEY=os.environ.get(SECRET_KEY_ENV) or secrets.token_bytes(32),
                       MAX_CONTENT_LENGTH=MAX_SUBMISSION_BYTES, SESSION_COOKIE_SAMESITE="Lax",
@@ -184,7 +280,9 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
             return _message("No tasks right now", "There is nothing left for you to label. Thank you!")
         return redirect(f"/t/{task_id}", 303)
 
-    @app.get("/t/<int:task_id>")
+    task_route = f"/t/<int(max={ID_MAX}):task_id>"  # larger ids are a 404, never a database overflow
+
+    @app.get(task_route)
     def task_page(task_id: int):
         worker = _current_worker(workspace)
         with workspace.session() as session:
@@ -196,9 +294,9 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
         image_url: Callable = lambda item: f"/t/{task_id}/img/{item.position}"  # noqa: E731
         return render_task_page(view, "/submit", {"csrf_token": cookie["csrf"]}, image_url)
 
-    @app.get("/t/<int:task_id>/img/<int:position>")
+    @app.get(task_route + f"/img/<int(max={POSITION_MAX}):position>")
     def task_image(task_id: int, position: int):
-        return _image_response(workspace, task_id, position)
+        return _image_response(workspace, task_id, position, missing_blobs, app.logger)
 
     @app.post("/submit")
     def submit():
@@ -233,16 +331,16 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
 
 
 def make_server(workspace: Workspace, host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None,
-                threads: int = 8):
+                threads: int = 8, limits: ServerLimits = ServerLimits()):
     """A waitress server for the app, bound and not yet running (`.run()`, `.close()`;
     `.effective_port` when `port` is 0)."""
     from waitress import create_server
 
     return create_server(create_app(workspace, admin_token), host=host, port=port, threads=threads,
-                         ident="imgnet", clear_untrusted_proxy_headers=True)
+                         ident="imgnet", clear_untrusted_proxy_headers=True, **limits.waitress_options())
 
 
 def serve(workspace: Workspace, host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None,
-          threads: int = 8) -> None:
+          threads: int = 8, limits: ServerLimits = ServerLimits()) -> None:
     """Run the app on waitress until interrupted."""
-    make_server(workspace, host, port, admin_token, threads).run()
+    make_server(workspace, host, port, admin_token, threads, limits).run()
