@@ -4,6 +4,7 @@ submissions, images, the requester page, bad input, concurrency, and a real brow
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -18,7 +19,8 @@ from sqlalchemy import func, select, update
 from imgnet_build.labeling.invites import hash_token, invite, revoke
 from imgnet_build.labeling.page import ItemView, TaskView, render_task_page
 from imgnet_build.store import Assignment, Category, Image, TaskItem, Vote, Worker
-from webcrowd import HttpWorker, make_category, make_tasks, parse_task_page, running_app
+from loopback import jpeg_bytes
+from webcrowd import HttpWorker, add_image, make_cardigan, make_category, make_tasks, parse_task_page, running_app
 
 
 def votes(ws) -> list[tuple]:
@@ -438,6 +440,70 @@ def test_label_serve_runs_the_app_on_waitress(workspace):
         process.wait(timeout=10)
 
 
+# --- the page names the sense ----------------------------------------------------------
+
+def add_gold_examples(ws, category_id: int, task_id: int, count: int = 2) -> list[str]:
+    """Gold "yes" images of the category outside the task, and a gold "yes" that is one of the task's images."""
+    from imgnet_build.store import Gold
+
+    with ws.session() as session:
+        shas = [add_image(ws, session, jpeg_bytes(640, 480, seed=900 + n)) for n in range(count)]
+        in_task = session.scalar(select(TaskItem.image_sha256).where(TaskItem.task_id == task_id).limit(1))
+        session.add_all([Gold(image_sha256=sha, category_id=category_id, answer=True) for sha in [*shas, in_task]])
+        session.add(Gold(image_sha256=add_image(ws, session, jpeg_bytes(64, 48, seed=999)), category_id=category_id,
+                         answer=False))
+    return shas
+
+
+def test_the_page_names_the_sense_not_the_word(workspace):
+    cardigan = make_cardigan(workspace)
+    [task_id] = make_tasks(workspace, category_id=cardigan)
+    examples = add_gold_examples(workspace, cardigan, task_id)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        html = alice.last.text
+        pictures = [alice.get(f"/t/{task_id}/example/{n}") for n in range(3)]
+    assert '<h1 id="sense">Cardigan — a corgi, a kind of dog</h1>' in html
+    assert "at least one <em>Cardigan</em> (the corgi)" in html
+    assert '<dd id="lemmas">Cardigan Welsh corgi</dd>' in html
+    assert 'href="https://en.wikipedia.org/w/index.php?search=Cardigan%20corgi"' in html
+    assert html.count(f'src="/t/{task_id}/example/') == 2  # the gold image inside the task is not an example
+    assert [p.status_code for p in pictures] == [200, 200, 404]
+    sent = {hashlib.sha256(p.content).hexdigest() for p in pictures[:2]}
+    assert sent == set(examples)
+
+
+def test_a_category_at_the_top_of_the_tree_takes_its_wordnet_parents(workspace):
+    """No parent in the workspace's tree: the hypernyms come from WordNet's data (kettle the drum, not the pot)."""
+    kettle = make_category(workspace, "n03612965", "kettle", ("kettle", "kettledrum", "tympanum", "tympani", "timpani"),
+                           "a large hemispherical brass or copper percussion instrument with a drumhead")
+    [task_id] = make_tasks(workspace, category_id=kettle)
+    with running_app(workspace) as base_url:
+        html = HttpWorker(base_url, invite(workspace, "alice").path).last.text
+    assert f'data-task="{task_id}"' in html
+    assert '<h1 id="sense">Kettle — a percussion instrument, a kind of musical instrument</h1>' in html
+    assert "search=kettle%20instrument" in html and "kettledrum, tympanum" in html
+
+
+def test_the_mturk_question_with_examples_stays_under_the_limit(workspace):
+    """48 images and 3 examples behind 700-character presigned URLs, a long gloss: under 65,535 bytes."""
+    from imgnet_build.labeling.mturk import QUESTION_LIMIT, question_xml
+    from imgnet_build.labeling.page import load_task_view
+
+    cardigan = make_cardigan(workspace)
+    with workspace.session() as session:
+        session.execute(update(Category).where(Category.id == cardigan).values(gloss="slightly bowlegged " * 40))
+    [task_id] = make_tasks(workspace, category_id=cardigan, items=48, controls=6)
+    add_gold_examples(workspace, cardigan, task_id, count=3)
+    with workspace.session() as session:
+        view = load_task_view(session, task_id)
+    url = "https://imgs.s3.amazonaws.com/ab/{}.jpg?X-Amz-Signature=" + "f" * 640
+    xml = question_xml(view, "https://www.mturk.com/mturk/externalSubmit", lambda item: url.format(item.position),
+                       lambda example: url.format(f"example{example.index}"))
+    assert len(view.examples) == 3 and xml.count("example") >= 3 and 'id="lightbox"' in xml
+    assert len(xml.encode()) < QUESTION_LIMIT
+
+
 # --- a real browser --------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
@@ -612,3 +678,127 @@ def test_an_empty_admin_token_is_refused_at_start(workspace):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == ("Error: IMGNET_ADMIN_TOKEN is set but empty: set it to a long random string, or unset it "
                              "and imgnet label serve prints a new token\n")
+
+
+def _chromium(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"])
+
+
+def _watch(page, problems: list[str]) -> None:
+    page.on("console", lambda message: message.type in ("error", "warning") and problems.append(message.text))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+
+
+def _screenshot(page, tmp_path, name: str) -> None:
+    """Into tmp_path, and into $IMGNET_SCREENSHOTS when set (for a person to look at)."""
+    page.screenshot(path=str(tmp_path / name))
+    if os.environ.get("IMGNET_SCREENSHOTS"):
+        page.screenshot(path=os.path.join(os.environ["IMGNET_SCREENSHOTS"], name))
+
+
+def _active_position(page) -> str | None:
+    return page.evaluate("document.activeElement.classList.contains('item') ? document.activeElement.dataset.position"
+                         " : null")
+
+
+def test_the_task_page_by_keyboard_in_chromium(workspace, tmp_path):
+    """Desktop (1280x800), keyboard only: focus on load, Space, Z enlarges, Enter from anywhere, and the next
+    page says the answers were saved and how many tasks are done."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    cardigan = make_cardigan(workspace)
+    first, second = make_tasks(workspace, category_id=cardigan, tasks=2, items=12, controls=2, image_size=(640, 480))
+    add_gold_examples(workspace, cardigan, first)
+    link = invite(workspace, "alice")
+    problems: list[str] = []
+    with running_app(workspace) as base_url, playwright.sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            _watch(page, problems)
+            page.goto(base_url + link.path)
+            assert page.url == f"{base_url}/t/{first}"
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            assert page.inner_text("h1") == "Cardigan — a corgi, a kind of dog"
+            assert page.locator(".examples img").count() == 2
+            order = page.evaluate("Array.from(document.querySelectorAll('.item'), e => e.dataset.position)")
+            assert _active_position(page) == order[0]  # focus on load, nothing clicked
+            tile = page.locator(".item").nth(0).bounding_box()
+            assert tile["width"] > 177 and tile["height"] > 133  # larger than the old 177x133 tiles
+            _screenshot(page, tmp_path, "task-desktop.png")
+            page.keyboard.press("Space")
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("z")  # enlarge the second image
+            lightbox = page.locator("#lightbox")
+            assert lightbox.is_visible()
+            page.wait_for_function("() => document.getElementById('lightbox-image').naturalWidth > 0")
+            large = page.locator("#lightbox-image").bounding_box()
+            assert large["width"] > 2 * tile["width"] and large["height"] > 2 * tile["height"]
+            page.keyboard.press("Space")  # select it from the lightbox
+            assert page.inner_text("#lightbox-state") == "selected"
+            _screenshot(page, tmp_path, "lightbox-desktop.png")
+            page.keyboard.press("ArrowRight")
+            assert page.inner_text("#lightbox-caption") == "Image 3 of 12"
+            page.keyboard.press("Escape")
+            assert not lightbox.is_visible() and _active_position(page) == order[2]
+            page.keyboard.press("Space")
+            page.keyboard.press("z")
+            page.keyboard.press("z")  # Z closes it too
+            assert not lightbox.is_visible() and _active_position(page) == order[2]
+            assert page.inner_text("#selected-count") == "3"
+            page.evaluate("document.activeElement.blur()")  # focus on the page itself, not in the grid
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
+            assert page.url == f"{base_url}/t/{second}"
+            assert page.inner_text("#notice") == f"Saved: your answers to task {first} are stored. You have done 1 task."
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            assert _active_position(page) is not None
+            _screenshot(page, tmp_path, "saved-desktop.png")
+            with page.expect_navigation():
+                page.keyboard.press("Enter")  # nothing selected: all no
+            assert "nothing left for you" in page.inner_text("body")
+            assert page.inner_text("#notice") == f"Saved: your answers to task {second} are stored. You have done 2 tasks."
+        finally:
+            browser.close()
+    assert problems == []
+    items_at = items_by_position(workspace, first)
+    stored = {item_id: answer for _, item_id, answer, _ in votes(workspace) if item_id in
+              {item.id for item in items_at.values()}}
+    assert stored == {item.id: str(position) in order[:3] for position, item in items_at.items()}
+
+
+def test_the_task_page_on_a_phone_in_chromium(workspace, tmp_path):
+    """390x844: two columns, no sideways scrolling, a tap on a magnifier shows the image large."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    cardigan = make_cardigan(workspace)
+    [task_id] = make_tasks(workspace, category_id=cardigan, items=12, controls=2, image_size=(640, 480))
+    add_gold_examples(workspace, cardigan, task_id)
+    link = invite(workspace, "alice")
+    problems: list[str] = []
+    with running_app(workspace) as base_url, playwright.sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                    has_touch=True)
+            _watch(page, problems)
+            page.goto(base_url + link.path)
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            columns = page.evaluate("(() => { const xs = Array.from(document.querySelectorAll('.item'))"
+                                    ".map(e => e.offsetTop); return xs.filter(y => y === xs[0]).length; })()")
+            assert columns == 2
+            _screenshot(page, tmp_path, "task-phone.png")
+            page.locator(".item .zoom").nth(3).tap()
+            assert page.locator("#lightbox").is_visible() and page.inner_text("#lightbox-caption") == "Image 4 of 12"
+            page.wait_for_function("() => document.getElementById('lightbox-image').naturalWidth > 0")
+            assert page.locator("#lightbox-image").bounding_box()["width"] > 300
+            page.locator("#lightbox-toggle").tap()
+            _screenshot(page, tmp_path, "lightbox-phone.png")
+            page.locator("#lightbox-close").tap()
+            assert not page.locator("#lightbox").is_visible()
+            assert page.inner_text("#selected-count") == "1"
+            assert page.locator(".item").nth(3).get_attribute("aria-checked") == "true"
+        finally:
+            browser.close()
+    assert problems == []

@@ -37,7 +37,8 @@ from werkzeug.exceptions import HTTPException
 from imgnet_build.errors import BadInput, DatabaseUnavailable
 from imgnet_build.labeling import handout, invites
 from imgnet_build.labeling.answers import store_answers
-from imgnet_build.labeling.page import content_security_policy, load_task_view, render_page, render_task_page
+from imgnet_build.labeling.page import (EXAMPLES, content_security_policy, load_task_view, render_page,
+                                        render_task_page, task_examples)
 from imgnet_build.schemas import load_schema
 from imgnet_build.store import Assignment, Category, Image, Task, TaskItem, Worker
 from imgnet_build.workspace import Workspace
@@ -51,6 +52,8 @@ MAX_JSON_DEPTH = 8  # a submission nests 2 deep; deeper is refused before parsin
 # Ids in URLs and submissions must fit the database columns: task ids are 64-bit, positions 32-bit.
 ID_MAX = 2**63 - 1
 POSITION_MAX = 2**31 - 1
+# A late submission whose slot went to another worker (handout.TaskClosed, where the handout has it).
+_TASK_CLOSED: type[Exception] = getattr(handout, "TaskClosed", type("_NeverRaised", (Exception,), {}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +90,10 @@ def _open_file_budget() -> int:
     return 1_000_000 if soft == resource.RLIM_INFINITY else max(50, soft - 100)
 
 
-def _message(title: str, message: str, status: int = 200, link: str | None = None, link_text: str = "") -> Response:
-    return Response(render_page("message.html", title=title, message=message, link=link, link_text=link_text),
-                    status=status, mimetype="text/html")
+def _message(title: str, message: str, status: int = 200, link: str | None = None, link_text: str = "",
+             notice: str | None = None) -> Response:
+    return Response(render_page("message.html", title=title, message=message, link=link, link_text=link_text,
+                                notice=notice), status=status, mimetype="text/html")
 
 
 def _current_worker(workspace: Workspace) -> Worker:
@@ -185,15 +189,54 @@ def _image_response(workspace: Workspace, task_id: int, position: int, missing: 
                    Assignment.status == "given")).first()
     if row is None:
         abort(404)
+    return _blob_response(workspace, row.blob_key, row.format, missing, logger)
+
+
+def _example_response(workspace: Workspace, task_id: int, index: int, missing: _MissingBlobs, logger) -> Response:
+    """Example `index` of the task's category, for a worker who holds the task."""
+    with workspace.session() as session:
+        worker_id = _signed_in_worker(session).id
+        holds = session.scalar(select(Assignment.id).where(Assignment.task_id == task_id,
+                                                           Assignment.worker_id == worker_id,
+                                                           Assignment.status == "given"))
+        examples = task_examples(session, task_id) if holds is not None else ()
+        if index >= len(examples):
+            abort(404)
+        fmt = session.scalar(select(Image.format).where(Image.sha256 == examples[index].image_sha256))
+    return _blob_response(workspace, examples[index].blob_key, fmt or "", missing, logger)
+
+
+def _blob_response(workspace: Workspace, key: str, fmt: str, missing: _MissingBlobs, logger) -> Response:
+    """The blob's bytes, every image with the same headers; a missing blob is a 404, logged once."""
     try:
-        data = workspace.blob_store.get(row.blob_key)
+        data = workspace.blob_store.get(key)
     except FileNotFoundError:
-        if missing.first_time(row.blob_key):
+        if missing.first_time(key):
             logger.error("image blob %s is missing from the blob store %s; the image is served as 404 until it is "
-                         "restored", row.blob_key, getattr(workspace.blob_store, "location", "?"))
+                         "restored", key, getattr(workspace.blob_store, "location", "?"))
         abort(404)
-    return Response(data, mimetype=PILImage.MIME.get(row.format.upper(), "application/octet-stream"),
+    return Response(data, mimetype=PILImage.MIME.get(fmt.upper(), "application/octet-stream"),
                     headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _tasks_done(session: Session, worker_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(Assignment).where(
+        Assignment.worker_id == worker_id, Assignment.status.in_(("submitted", "approved", "rejected")))) or 0
+
+
+def _saved_notice(session: Session, worker_id: int) -> str | None:
+    """What the page after a submit says about it (once): saved, and how many tasks this worker has done."""
+    saved = cookie.pop("saved", None)
+    if saved is None:
+        return None
+    done = _tasks_done(session, worker_id)
+    return f"Saved: your answers to task {saved} are stored. You have done {done} task{'s' if done != 1 else ''}."
+
+
+def _task_closed(task_id: int, reason: str = "") -> Response:
+    return _message("Task closed", f"Task {task_id} was given to you more than an hour ago, and its place has since "
+                    f"gone to someone else{' (' + reason + ')' if reason else ''}, so these answers were not stored. "
+                    "Thank you: your next task is waiting.", 409, "/task", "Go to your next task")
 
 
 def _requester_overview(workspace: Workspace) -> dict:
@@ -276,8 +319,9 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
         with workspace.session() as session:
             assignment = handout.next_assignment(session, worker.id)
             task_id = assignment.task_id if assignment else None
+            notice = _saved_notice(session, worker.id) if task_id is None else None
         if task_id is None:
-            return _message("No tasks right now", "There is nothing left for you to label. Thank you!")
+            return _message("No tasks right now", "There is nothing left for you to label. Thank you!", notice=notice)
         return redirect(f"/t/{task_id}", 303)
 
     task_route = f"/t/<int(max={ID_MAX}):task_id>"  # larger ids are a 404, never a database overflow
@@ -289,29 +333,43 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
             status = session.scalar(select(Assignment.status).where(Assignment.task_id == task_id,
                                                                     Assignment.worker_id == worker.id))
             view = load_task_view(session, task_id) if status == "given" else None
+            notice = _saved_notice(session, worker.id) if view is not None else None
         if view is None:
             return redirect("/task", 303)
         image_url: Callable = lambda item: f"/t/{task_id}/img/{item.position}"  # noqa: E731
-        return render_task_page(view, "/submit", {"csrf_token": cookie["csrf"]}, image_url)
+        example_url: Callable = lambda example: f"/t/{task_id}/example/{example.index}"  # noqa: E731
+        return render_task_page(view, "/submit", {"csrf_token": cookie["csrf"]}, image_url, example_url, notice)
 
     @app.get(task_route + f"/img/<int(max={POSITION_MAX}):position>")
     def task_image(task_id: int, position: int):
         return _image_response(workspace, task_id, position, missing_blobs, app.logger)
+
+    @app.get(task_route + f"/example/<int(max={EXAMPLES}):index>")
+    def example_image(task_id: int, index: int):
+        return _example_response(workspace, task_id, index, missing_blobs, app.logger)
 
     @app.post("/submit")
     def submit():
         worker = _current_worker(workspace)
         _check_csrf()
         document = _parse_submission()
+        task_id = document["task"]
         try:
             with workspace.session() as session:
                 handout.lock_for_writing(session, worker.id)
                 assignment, selected = handout.check_submission(session, worker.id, document)
-                store_answers(session, assignment, selected)  # False: already stored, nothing written
+                store_answers(session, assignment, selected)  # False: stored before, or the slot is gone
+                status, feedback = session.execute(select(Assignment.status, Assignment.feedback)
+                                                   .where(Assignment.id == assignment.id)).one()
+        except _TASK_CLOSED as exc:
+            return _task_closed(task_id, str(exc))
         except handout.NotYourTask as exc:
             return _message("Not your task", str(exc), 403, "/task", "Go to your next task")
         except handout.SubmissionRejected as exc:
             return _message("Submission not understood", str(exc), 400, "/task", "Reload the task")
+        if status == "abandoned":  # too late: the task took its answers from others meanwhile
+            return _task_closed(task_id, feedback or "")
+        cookie["saved"] = task_id
         return redirect("/task", 303)
 
     @app.get("/admin")
