@@ -726,7 +726,7 @@ def test_the_task_page_by_keyboard_in_chromium(workspace, tmp_path):
             assert _active_position(page) == order[0]  # focus on load, nothing clicked
             tile = page.locator(".item").nth(0).bounding_box()
             assert tile["width"] > 177 and tile["height"] > 133  # larger than the old 177x133 tiles
-            _screenshot(page, tmp_path, "task-desktop.png")
+            _screenshot(page, tmp_path, "label-task-desktop.png")
             page.keyboard.press("Space")
             page.keyboard.press("ArrowRight")
             page.keyboard.press("z")  # enlarge the second image
@@ -737,7 +737,7 @@ def test_the_task_page_by_keyboard_in_chromium(workspace, tmp_path):
             assert large["width"] > 2 * tile["width"] and large["height"] > 2 * tile["height"]
             page.keyboard.press("Space")  # select it from the lightbox
             assert page.inner_text("#lightbox-state") == "selected"
-            _screenshot(page, tmp_path, "lightbox-desktop.png")
+            _screenshot(page, tmp_path, "label-lightbox-desktop.png")
             page.keyboard.press("ArrowRight")
             assert page.inner_text("#lightbox-caption") == "Image 3 of 12"
             page.keyboard.press("Escape")
@@ -754,7 +754,7 @@ def test_the_task_page_by_keyboard_in_chromium(workspace, tmp_path):
             assert page.inner_text("#notice") == f"Saved: your answers to task {first} are stored. You have done 1 task."
             page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
             assert _active_position(page) is not None
-            _screenshot(page, tmp_path, "saved-desktop.png")
+            _screenshot(page, tmp_path, "label-saved-desktop.png")
             with page.expect_navigation():
                 page.keyboard.press("Enter")  # nothing selected: all no
             assert "nothing left for you" in page.inner_text("body")
@@ -788,13 +788,13 @@ def test_the_task_page_on_a_phone_in_chromium(workspace, tmp_path):
             columns = page.evaluate("(() => { const xs = Array.from(document.querySelectorAll('.item'))"
                                     ".map(e => e.offsetTop); return xs.filter(y => y === xs[0]).length; })()")
             assert columns == 2
-            _screenshot(page, tmp_path, "task-phone.png")
+            _screenshot(page, tmp_path, "label-task-phone.png")
             page.locator(".item .zoom").nth(3).tap()
             assert page.locator("#lightbox").is_visible() and page.inner_text("#lightbox-caption") == "Image 4 of 12"
             page.wait_for_function("() => document.getElementById('lightbox-image').naturalWidth > 0")
             assert page.locator("#lightbox-image").bounding_box()["width"] > 300
             page.locator("#lightbox-toggle").tap()
-            _screenshot(page, tmp_path, "lightbox-phone.png")
+            _screenshot(page, tmp_path, "label-lightbox-phone.png")
             page.locator("#lightbox-close").tap()
             assert not page.locator("#lightbox").is_visible()
             assert page.inner_text("#selected-count") == "1"

@@ -5,10 +5,13 @@
 
 A worker opens their invite link once (`/join/<token>`: the token's hash is looked up and
 a signed session cookie remembers the worker), then `/task` hands out the next task and
-`/submit` stores the answers. Images come from the blob store through
-`/t/<task>/img/<position>`, only for a task given to that worker, all in the same way.
+`/submit` stores the answers (the next page says so, with the worker's count of tasks
+done; a late answer whose place went to another worker gets a "Task closed" page). Images
+come from the blob store through `/t/<task>/img/<position>` and the category's examples
+through `/t/<task>/example/<n>`, only for a task given to that worker, all in the same way.
 The requester's page `/admin` needs the admin token (`IMGNET_ADMIN_TOKEN`, or printed
-by `imgnet label serve`).
+by `imgnet label serve`; set but empty is refused). Odd input is a 4xx: ids are range-checked
+and JSON depth-checked before any database call (`ServerLimits` bounds the connections).
 
 Measured (benchmarks/bench_label_web.py, 20 workers at once on loopback, 8 waitress
 threads, 2 cores shared with a load average of 6-7): 190-240 votes/s on SQLite and 140-170
@@ -233,10 +236,12 @@ def _saved_notice(session: Session, worker_id: int) -> str | None:
     return f"Saved: your answers to task {saved} are stored. You have done {done} task{'s' if done != 1 else ''}."
 
 
-def _task_closed(task_id: int, reason: str = "") -> Response:
-    return _message("Task closed", f"Task {task_id} was given to you more than an hour ago, and its place has since "
-                    f"gone to someone else{' (' + reason + ')' if reason else ''}, so these answers were not stored. "
-                    "Thank you: your next task is waiting.", 409, "/task", "Go to your next task")
+def _task_closed(task_id: int, why: str | None = None) -> Response:
+    """The refusal of a late submission: the worker's place in the task went to someone else, or it was closed."""
+    why = why or (f"task {task_id} was given to you more than an hour ago and its place has since gone to another "
+                  "worker, so these answers were not stored; open the next task from the start page")
+    return _message("Task closed", why[:1].upper() + why[1:] + ". Thank you all the same.", 409, "/task",
+                    "Go to your next task")
 
 
 def _requester_overview(workspace: Workspace) -> dict:
@@ -359,16 +364,15 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
                 handout.lock_for_writing(session, worker.id)
                 assignment, selected = handout.check_submission(session, worker.id, document)
                 store_answers(session, assignment, selected)  # False: stored before, or the slot is gone
-                status, feedback = session.execute(select(Assignment.status, Assignment.feedback)
-                                                   .where(Assignment.id == assignment.id)).one()
+                status = session.scalar(select(Assignment.status).where(Assignment.id == assignment.id))
         except _TASK_CLOSED as exc:
-            return _task_closed(task_id, str(exc))
+            return _task_closed(task_id, str(exc))  # the handout's own words: ran out, or closed by the requester
         except handout.NotYourTask as exc:
             return _message("Not your task", str(exc), 403, "/task", "Go to your next task")
         except handout.SubmissionRejected as exc:
             return _message("Submission not understood", str(exc), 400, "/task", "Reload the task")
         if status == "abandoned":  # too late: the task took its answers from others meanwhile
-            return _task_closed(task_id, feedback or "")
+            return _task_closed(task_id)
         cookie["saved"] = task_id
         return redirect("/task", 303)
 
