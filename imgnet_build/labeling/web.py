@@ -31,7 +31,8 @@ import threading
 from collections.abc import Callable
 
 import jsonschema
-from flask import Flask, Response, abort, redirect, request, session as cookie
+from flask import Flask, Response, abort, redirect, request
+from flask import session as cookie
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -40,8 +41,14 @@ from werkzeug.exceptions import HTTPException
 from imgnet_build.errors import BadInput, DatabaseUnavailable
 from imgnet_build.labeling import handout, invites
 from imgnet_build.labeling.answers import store_answers
-from imgnet_build.labeling.page import (EXAMPLES, content_security_policy, load_task_view, render_page,
-                                        render_task_page, task_examples)
+from imgnet_build.labeling.page import (
+    EXAMPLES,
+    content_security_policy,
+    load_task_view,
+    render_page,
+    render_task_page,
+    task_examples,
+)
 from imgnet_build.schemas import load_schema
 from imgnet_build.store import Assignment, Category, Image, Task, TaskItem, Worker
 from imgnet_build.workspace import Workspace
