@@ -172,6 +172,30 @@ def test_an_abandoned_task_frees_its_slot(workspace):
         assert alice.next_task().task_id == task_id  # alice may still finish what she holds
 
 
+def test_a_late_submission_for_a_freed_slot_gets_a_clear_refusal(any_workspace):
+    """Alice held the task over an hour, so her place went to Bob, who submitted: her answers are refused
+    with a page that says so, and the task keeps the one answer it wanted."""
+    ws = any_workspace
+    [task_id] = make_tasks(ws, assignments_wanted=1)
+    with running_app(ws) as base_url:
+        alice = HttpWorker(base_url, invite(ws, "alice").path)
+        page = parse_task_page(alice.last.text)
+        with ws.session() as session:
+            session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)))
+        bob = HttpWorker(base_url, invite(ws, "bob").path)
+        assert bob.submit(parse_task_page(bob.last.text), [0]).status_code == 200
+        response = alice.submit(page, [1, 2])
+        assert response.status_code == 409 and "<h1>Task closed</h1>" in response.text
+        assert f"task {task_id}" in response.text.lower() and "another worker" in response.text
+        assert "these answers were not stored" in response.text and 'href="/task"' in response.text
+        assert alice.submit(page, [1, 2]).status_code in (403, 409)  # and again: still refused
+    with ws.session() as session:
+        submitted = session.scalars(select(Worker.external_id).join(Assignment, Assignment.worker_id == Worker.id)
+                                    .where(Assignment.status == "submitted")).all()
+        voters = set(session.scalars(select(Worker.external_id).join(Vote, Vote.worker_id == Worker.id)))
+    assert submitted == ["bob"] and voters == {"bob"}
+
+
 @pytest.mark.parametrize("workers", [20])
 def test_workers_racing_for_the_last_slots(any_workspace, workers):
     ws = any_workspace

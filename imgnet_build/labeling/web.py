@@ -23,6 +23,7 @@ A person needs about a minute per 48-image task, so one server carries far more 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hmac
 import json
 import os
@@ -34,7 +35,7 @@ import jsonschema
 from flask import Flask, Response, abort, redirect, request
 from flask import session as cookie
 from PIL import Image as PILImage
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -243,6 +244,22 @@ def _saved_notice(session: Session, worker_id: int) -> str | None:
     return f"Saved: your answers to task {saved} are stored. You have done {done} task{'s' if done != 1 else ''}."
 
 
+def _place_taken(session: Session, assignment: Assignment) -> bool:
+    """True for a given assignment held past the handout's hour whose task others have filled meanwhile
+    (submitted, reviewed, or given within the hour): its answers would over-fill the task. Runs after
+    handout.lock_for_writing, so on SQLite nobody can take the place between this check and the store."""
+    now = dt.datetime.now(dt.UTC)
+    given_at = assignment.given_at if assignment.given_at.tzinfo else assignment.given_at.replace(tzinfo=dt.UTC)
+    if assignment.status != "given" or given_at > now - handout.ABANDONED_AFTER:
+        return False
+    wanted = session.scalar(select(Task.assignments_wanted).where(Task.id == assignment.task_id))
+    others = session.scalar(select(func.count()).select_from(Assignment).where(
+        Assignment.task_id == assignment.task_id, Assignment.id != assignment.id,
+        or_(Assignment.status.in_(("submitted", "approved")),
+            and_(Assignment.status == "given", Assignment.given_at > now - handout.ABANDONED_AFTER))))
+    return others >= wanted
+
+
 def _task_closed(task_id: int, why: str | None = None) -> Response:
     """The refusal of a late submission: the worker's place in the task went to someone else, or it was closed."""
     why = why or (f"task {task_id} was given to you more than an hour ago and its place has since gone to another "
@@ -370,6 +387,8 @@ def create_app(workspace: Workspace, admin_token: str | None = None) -> Flask:
             with workspace.session() as session:
                 handout.lock_for_writing(session, worker.id)
                 assignment, selected = handout.check_submission(session, worker.id, document)
+                if _place_taken(session, assignment):
+                    return _task_closed(task_id)
                 store_answers(session, assignment, selected)  # False: stored before, or the slot is gone
                 status = session.scalar(select(Assignment.status).where(Assignment.id == assignment.id))
         except _TASK_CLOSED as exc:
