@@ -83,6 +83,7 @@ def load_task_view(session: Session, task_id: int) -> TaskView | None:
     if task is None:
         return None
     category = session.get(Category, task.category_id)
+    assert category is not None  # task.category_id is a foreign key
     items = session.execute(select(TaskItem.position, TaskItem.id, TaskItem.image_sha256)
                             .where(TaskItem.task_id == task_id).order_by(TaskItem.position)).all()
     return TaskView(task_id=task.id, wnid=category.wnid, name=category.name, lemmas=tuple(category.lemmas or ()),
@@ -107,7 +108,7 @@ def task_examples(session: Session, task_id: int, limit: int = EXAMPLES) -> tupl
                                .where(Label.category_id == category_id, Label.status == "accepted",
                                       Label.simulated.is_(False), *not_in_task)
                                .order_by(Label.confidence.desc(), Image.sha256).limit(limit)).all()
-    chosen = list(dict.fromkeys(gold + accepted))[:limit]
+    chosen = list(dict.fromkeys([*gold, *accepted]))[:limit]
     return tuple(ExampleView(index, sha, key) for index, (sha, key) in enumerate(chosen))
 
 

@@ -30,6 +30,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
+from typing import Any, cast
 
 import jsonschema
 from flask import Flask, Response, abort, redirect, request
@@ -82,7 +83,7 @@ class ServerLimits:
     max_request_header_size: int = 32 * 1024
     max_request_body_size: int = 1024 * 1024  # the app refuses more than MAX_SUBMISSION_BYTES itself
 
-    def waitress_options(self) -> dict[str, object]:
+    def waitress_options(self) -> dict[str, Any]:
         """The settings as waitress.create_server keywords (poll() instead of select(): no 1,024-socket ceiling)."""
         return {"connection_limit": min(self.connection_limit, _open_file_budget()), "channel_timeout":
                 self.channel_timeout, "cleanup_interval": self.cleanup_interval, "asyncore_use_poll": True,
@@ -173,7 +174,7 @@ def _parse_submission() -> dict:
     if reason is not None:
         abort(_message("Submission not understood", f"The answer sent is not a valid submission ({reason}); reload the "
                        "task and submit again.", 400, "/task", "Reload the task"))
-    return document
+    return cast(dict, document)  # set: reason is None
 
 
 class _MissingBlobs:
@@ -252,12 +253,12 @@ def _place_taken(session: Session, assignment: Assignment) -> bool:
     given_at = assignment.given_at if assignment.given_at.tzinfo else assignment.given_at.replace(tzinfo=dt.UTC)
     if assignment.status != "given" or given_at > now - handout.ABANDONED_AFTER:
         return False
-    wanted = session.scalar(select(Task.assignments_wanted).where(Task.id == assignment.task_id))
+    wanted = session.scalar(select(Task.assignments_wanted).where(Task.id == assignment.task_id)) or 0
     others = session.scalar(select(func.count()).select_from(Assignment).where(
         Assignment.task_id == assignment.task_id, Assignment.id != assignment.id,
         or_(Assignment.status.in_(("submitted", "approved")),
             and_(Assignment.status == "given", Assignment.given_at > now - handout.ABANDONED_AFTER))))
-    return others >= wanted
+    return (others or 0) >= wanted
 
 
 def _task_closed(task_id: int, why: str | None = None) -> Response:
