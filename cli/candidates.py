@@ -13,7 +13,7 @@ from imgnet_build.gather import CANDIDATE_FIELDS, list_candidates
 from imgnet_build.store import CandidateStatus
 from imgnet_build.workspace import Workspace
 
-STATUSES = (CandidateStatus.PENDING, CandidateStatus.OK, CandidateStatus.FAILED, CandidateStatus.SKIPPED)
+STATUSES = tuple(str(status) for status in CandidateStatus)  # plain strings: click shows an Enum by its names
 
 
 @click.command()
