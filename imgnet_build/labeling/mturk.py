@@ -187,6 +187,22 @@ class MTurkBackend:
         self._client = None
         self._hit_type: str | None = None
 
+    @classmethod
+    def spend(cls, session: Session, workspace) -> list:
+        """Per marketplace with tasks: the live one in real money, the sandbox in its free test money."""
+        from imgnet_build.labeling.backends import Spend
+
+        reward = (getattr(workspace.settings, "mturk", None) or MTurkSettings()).reward_usd
+        spends = []
+        for live in (True, False):
+            if not any(is_live(batch) == live for batch in session.scalars(
+                    select(Task.batch).where(Task.backend == cls.name).distinct())):
+                continue
+            cost = workspace_cost(session, live, reward=reward)
+            spends.append(Spend("mturk live" if live else "mturk sandbox", paid=live,
+                                spent_usd=cost["spent"].total_usd, committed_usd=cost["committed"].total_usd))
+        return spends
+
     @property
     def test(self) -> bool:
         """Sandbox answers are a test of the task, not evidence."""
