@@ -7,12 +7,14 @@ import json
 from decimal import Decimal
 
 from sqlalchemy import func, select
-from test_mturk import (SETTINGS, TESTING, answer_xml, assignment, hit, positions, published, stub,  # noqa: F401
-                        submission, ws)
+import test_mturk
+from test_mturk import SETTINGS, TESTING, answer_xml, assignment, hit, positions, published, submission
 
 from imgnet_build.cli.main import cli
 from imgnet_build.labeling import mturk, rounds
 from imgnet_build.store import Assignment, Label, Vote
+
+ws, stub = test_mturk.ws, test_mturk.stub  # the fixtures: one category, 4 candidates, 4 gold; a stubbed sandbox
 
 
 def _yes_men(ws, stub, task_id: int, hit_id: str) -> None:
