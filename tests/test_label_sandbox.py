@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from sqlalchemy import func, select
 import test_mturk
+from sqlalchemy import func, select
 from test_mturk import SETTINGS, TESTING, answer_xml, assignment, hit, positions, published, submission
 
 from imgnet_build.cli.main import cli
@@ -41,7 +41,7 @@ def test_sandbox_answers_are_stored_and_shown_but_decide_nothing_unless_asked(ws
     text = runner.invoke(cli, ["-w", str(ws.root), "label", "status"]).output
     assert "8 test answers (MTurk sandbox) stored; they decide nothing" in text
 
-    plan, price = mturk.submit(ws, SETTINGS, live=True, max_cost=Decimal("100"), dry_run=True)
+    plan, _ = mturk.submit(ws, SETTINGS, live=True, max_cost=Decimal("100"), dry_run=True)
     assert (plan.pairs, plan.votes) == (4, 8)  # the live plan asks for every pair: sandbox votes are no evidence
 
     result = rounds.collect(ws, TESTING)  # asked for explicitly: labels, marked as not by people

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+import imagegen as gen
 import pytest
+from labelkit import build_world, store_picture
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-import imagegen as gen
-from labelkit import build_world, store_picture
 from imgnet_build import dedup
 from imgnet_build.labeling import handout, rounds
 from imgnet_build.labeling.answers import store_answers
@@ -125,7 +125,7 @@ def test_a_late_submission_for_a_freed_slot_is_refused(workspace):
         late, fresh = _worker(session, "late"), _worker(session, "fresh")
     with workspace.session() as session:
         assert handout.next_assignment(session, late).task_id == task_id
-        session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)))
+        session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)))
     with workspace.session() as session:
         assert handout.next_assignment(session, fresh).task_id == task_id  # the hour ran out: the slot is free
     with workspace.session() as session, pytest.raises(handout.TaskClosed, match="another worker took your place"):
@@ -149,7 +149,7 @@ def test_a_late_submission_is_stored_when_nobody_took_the_slot(workspace):
         [task_id] = session.scalars(select(Task.id)).all()
         slow = _worker(session, "slow")
         assert handout.next_assignment(session, slow).task_id == task_id
-        session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)))
+        session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)))
     with workspace.session() as session:
         assignment, selected = handout.check_submission(session, slow, {"task": task_id, "selected": []})
         assert store_answers(session, assignment, selected)

@@ -33,7 +33,7 @@ def store_answers(session: Session, assignment: Assignment, selected: set[int]) 
     assignment is then `abandoned` with that reason). Runs under the task's lock. The caller
     validates that `selected` belongs to the task.
     """
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     lock_task(session, assignment.task_id)
     task = session.execute(select(Task.category_id, Task.test, Task.assignments_wanted)
                            .where(Task.id == assignment.task_id)).one()

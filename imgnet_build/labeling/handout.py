@@ -88,7 +88,7 @@ def next_assignment(session: Session, worker_id: int) -> Assignment | None:
     held = held_assignment(session, worker_id)
     if held is not None:
         return held
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     passed_over: list[int] = []
     skip_locked = True  # first the tasks nobody is taking right now, then wait for the others
     for _ in range(_ATTEMPTS):
@@ -135,8 +135,8 @@ def _check_still_yours(session: Session, assignment: Assignment) -> None:
     store that follows are one step."""
     lock_task(session, assignment.task_id)
     task = session.execute(select(Task.status, Task.assignments_wanted).where(Task.id == assignment.task_id)).one()
-    now = dt.datetime.now(dt.timezone.utc)
-    given_at = assignment.given_at if assignment.given_at.tzinfo else assignment.given_at.replace(tzinfo=dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
+    given_at = assignment.given_at if assignment.given_at.tzinfo else assignment.given_at.replace(tzinfo=dt.UTC)
     others = session.scalar(_live_assignments(assignment.task_id, now).where(Assignment.id != assignment.id))
     if task.status == "expired":
         raise TaskClosed(f"task {assignment.task_id} was closed by the requester before your answers arrived, so "

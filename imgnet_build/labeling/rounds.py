@@ -38,8 +38,22 @@ from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTabl
 from imgnet_build.labeling.controls import control_pool, pick_controls
 from imgnet_build.labeling.locks import lock_planning
 from imgnet_build.labeling.quality import update_workers
-from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category, CategoryConsensus,
-                                Cluster, Gold, Image, Label, LabelHistory, Task, TaskItem, Vote, Worker)
+from imgnet_build.store import (
+    Assignment,
+    Candidate,
+    CandidateStatus,
+    Category,
+    CategoryConsensus,
+    Cluster,
+    Gold,
+    Image,
+    Label,
+    LabelHistory,
+    Task,
+    TaskItem,
+    Vote,
+    Worker,
+)
 
 __all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "pairs_without_clusters"]
 
@@ -374,7 +388,7 @@ def _apart_from(pool: tuple[list, list], clusters: set[int]) -> tuple[list, list
     shows one cluster twice (a gold answer on a candidate image, two images of one cluster)."""
     seen = set(clusters)
     kept: tuple[list, list] = ([], [])
-    for side, items in zip(kept, pool):
+    for side, items in zip(kept, pool, strict=True):
         for item in items:
             if item[1] is None or item[1] not in seen:
                 seen.add(item[1])
@@ -480,7 +494,7 @@ def _load_votes(workspace, settings: LabelSettings):
 
 def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, settings: LabelSettings) -> None:
     yes, no = votes.counts()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     decided = [i for i in range(len(keys)) if meta["candidate"][i]]
     for chunk in batched(decided, 2000):
         with workspace.session() as session:  # under the lock: concurrent collects never insert one label twice
@@ -524,7 +538,7 @@ def _drop_unsupported(workspace, supported: set[tuple[int, int]]) -> None:
 
 
 def _write_category_state(workspace, votes: VoteTable, meta: dict, result) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         lock_planning(session)
         for category_id, index in meta["categories"].items():

@@ -5,17 +5,16 @@ category (two images of it, before this revision), only the first vote keeps its
 later one stays stored but no longer counts. MTurk sandbox tasks (batch `…-mturk-sandbox`) and
 their votes become test answers.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-26 12:40:00.000000
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
-
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
