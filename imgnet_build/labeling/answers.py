@@ -10,8 +10,9 @@ tasks give test votes, and control answers update the worker's control record.
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import insert_ignore
@@ -44,8 +45,9 @@ def store_answers(session: Session, assignment: Assignment, selected: set[int]) 
         session.execute(update(Assignment).where(Assignment.id == assignment.id, Assignment.status == "given")
                         .values(status="abandoned", feedback=TASK_FULL))
         return False
-    claimed = session.execute(update(Assignment).where(Assignment.id == assignment.id, Assignment.status == "given")
-                              .values(status="submitted", submitted_at=now))
+    claimed = cast(CursorResult, session.execute(
+        update(Assignment).where(Assignment.id == assignment.id, Assignment.status == "given")
+        .values(status="submitted", submitted_at=now)))
     if claimed.rowcount != 1:  # submitted before, or by a concurrent request
         return False
     items = session.execute(select(TaskItem.id, TaskItem.image_sha256, TaskItem.kind, TaskItem.expected,

@@ -182,9 +182,9 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
             if not dry_run:
                 reserve = getattr(chosen, "reserve", None)
                 if reserve is not None:
-                    reserve(session, tasks)  # refuses (and rolls back) what would pass a cost cap
+                    reserve(session, [t.task for t in tasks])  # refuses (and rolls back) what would pass a cost cap
                 if _publishes_in_transaction(chosen):
-                    chosen.publish(session, tasks)
+                    chosen.publish(session, [t.task for t in tasks if t.task is not None])
             wnid = session.scalar(select(Category.wnid).where(Category.id == category_id))
             plan.per_category[wnid] = {"pairs": len(need), "votes": sum(need.values()), "tasks": len(tasks)}
             plan.pairs += len(need)
@@ -199,7 +199,7 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
             with workspace.session() as session:  # committed first: a backend may commit per task (a HIT id)
                 chosen.publish(session, list(session.scalars(select(Task).where(Task.id.in_(made)).order_by(Task.id))))
         if progress:
-            progress(category_id)
+            progress(str(wnid))
     plan.held = dict(held)
     if plan.tasks == 0:
         with workspace.session() as session:
@@ -276,7 +276,7 @@ def _counted_votes(session: Session, category_id: int, include_test: bool = Fals
              .group_by(Image.cluster_id))
     if not include_test:
         query = query.where(Vote.test.is_(False))
-    return dict(session.execute(query).all())
+    return {cluster: count for cluster, count in session.execute(query).all() if cluster is not None}
 
 
 def _pending_votes(session: Session, category_id: int, backend=None) -> dict[int, int]:
@@ -296,7 +296,7 @@ def _pending_votes(session: Session, category_id: int, backend=None) -> dict[int
              .group_by(TaskItem.cluster_id))
     if backend is not None and not _is_test(backend):
         query = query.where(Task.test.is_(False))
-    return {cluster: max(0, int(left)) for cluster, left in session.execute(query).all()}
+    return {cluster: max(0, int(left)) for cluster, left in session.execute(query).all() if cluster is not None}
 
 
 def _needs(session: Session, category_id: int, pairs: dict[int, tuple[str, str]],
@@ -350,11 +350,12 @@ class _NewTask:
     id: int
     assignments_wanted: int
     controls: int
+    task: Task | None = None  # the row made (None in a dry run)
 
 
 def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, str]], need: dict[int, int],
                 settings: LabelSettings, round_: int,
-                backend, dry_run: bool) -> list:
+                backend, dry_run: bool) -> list[_NewTask]:
     per_task = settings.images_per_task - settings.controls
     by_votes: dict[int, list[int]] = defaultdict(list)
     for cluster, wanted in sorted(need.items()):
@@ -362,7 +363,7 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
     controls = control_pool(session, category_id, set(need), set(pairs)) if settings.controls else ([], [])
     rng = random.Random(f"{category_id}:{round_}")
     batch = f"r{round_}" + getattr(backend, "batch_suffix", lambda: "")()
-    made = []
+    made: list[_NewTask] = []
     for wanted, clusters in sorted(by_votes.items()):
         for chunk in _even_chunks(clusters, per_task):
             items = [(pairs[c][0], c, "candidate", None) for c in chunk]
@@ -378,8 +379,7 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
             session.execute(insert(TaskItem), [
                 {"task_id": task.id, "position": position, "image_sha256": sha, "cluster_id": cluster, "kind": kind,
                  "expected": expected} for position, (sha, cluster, kind, expected) in enumerate(items)])
-            task.controls = len(items) - len(chunk)
-            made.append(task)
+            made.append(_NewTask(task.id, wanted, len(items) - len(chunk), task))
     return made
 
 

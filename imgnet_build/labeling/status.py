@@ -35,14 +35,14 @@ def label_status(workspace) -> dict:
         titles = dict(session.execute(select(Category.id, Category.name)).all())
         test_votes = dict(session.execute(select(Vote.category_id, func.count()).where(
             Vote.test.is_(True), Vote.control.is_(False)).group_by(Vote.category_id)).all())
-        labels = defaultdict(lambda: defaultdict(int))
-        votes = defaultdict(int)
+        labels: defaultdict[int, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        votes: defaultdict[int, int] = defaultdict(int)
         for category, status, count, vote_count in session.execute(
                 select(Label.category_id, Label.status, func.count(), func.sum(Label.yes_votes + Label.no_votes))
                 .group_by(Label.category_id, Label.status)):
             labels[category][status] = count
             votes[category] += int(vote_count or 0)
-        controls = defaultdict(lambda: [0, 0])
+        controls: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
         for category, right, total in session.execute(
                 select(Vote.category_id, func.sum(case((Vote.answer == TaskItem.expected, 1), else_=0)), func.count())
                 .join(TaskItem, TaskItem.id == Vote.task_item_id)
@@ -102,7 +102,7 @@ def _mturk_status(session, workspace) -> dict:
         mine = [row for row in rows if is_live(row.batch) == live]
         if not mine:
             continue
-        states = defaultdict(int)
+        states: defaultdict[str, int] = defaultdict(int)
         for row in mine:
             states["unpublished" if row.external_id is None or row.external_id.startswith(PENDING)
                    else row.status] += 1
