@@ -143,7 +143,7 @@ class LocalExecutor(Executor):
 class _LocalBatch(Batch):
     def __init__(self, settings: FetchSettings, blobs: BlobStore) -> None:
         self.tools = Tools(settings, blobs)
-        self.capacity = settings.workers * 2
+        self.capacity = settings.workers * 4  # running, and queued for when a thread frees up
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="imgnet-fetch")
         self.futures: dict[concurrent.futures.Future[Outcome], Item] = {}
 
