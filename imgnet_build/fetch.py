@@ -44,7 +44,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from imgnet_build.claims import LEASE, QUOTA_REASON, Claimed, Claims, Item
+from imgnet_build.claims import LEASE, QUOTA_REASON, Claimed, Claims, Item, Result
 from imgnet_build.download import USER_AGENT
 from imgnet_build.errors import BadInput
 from imgnet_build.executor import Batch, Executor, open_executor, parse_executor
@@ -146,7 +146,7 @@ class _Run:
         self.waiting: dict[str, list[Item]] = defaultdict(list)  # url in flight -> same url, other categories
         self.url_image: dict[str, str] = {}  # url -> sha256 of ok candidates
         self.sha1_image: dict[str, tuple[str, int]] = {}  # source sha1 -> (sha256, category id)
-        self.pending_rows: list[dict] = []
+        self.pending_rows: list[Result] = []
         self.pending_images: list[dict] = []
         self.newly_full: set[int] = set()  # categories this run filled: their unclaimed rows are skipped at once
         self.queued = self.ready = 0  # rows queued; of those, rows whose category has room
@@ -260,10 +260,8 @@ class _Run:
             if len(image) > 1:
                 self.pending_images.append(image)
         reason = redact(outcome.reason) if outcome.reason else None
-        self.pending_rows.append({
-            "row_id": item.id, "new_status": outcome.status, "new_error": reason,
-            "new_attempts": item.attempts + outcome.attempts, "new_image": image["sha256"] if image else None,
-            "new_fetched_at": _now()})
+        self.pending_rows.append(Result(item.id, outcome.status, reason, item.attempts + outcome.attempts,
+                                        image["sha256"] if image else None, _now()))
         setattr(self.summary, outcome.status, getattr(self.summary, outcome.status) + 1)
         if reason:
             self.summary.reasons[reason.split(":")[0] if outcome.status != SKIPPED else reason] += 1
@@ -292,7 +290,7 @@ class _Run:
         if self.progress:
             self.progress(self.done, self.total)
 
-    def _write(self, rows: list[dict], images: list[dict], full: set[int]) -> int:
+    def _write(self, rows: list[Result], images: list[dict], full: set[int]) -> int:
         """In the database thread: the results, then the quota skips; how many rows were skipped."""
         self.claims.write(rows, images)
         return self.claims.skip_full(full)
