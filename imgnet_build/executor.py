@@ -37,6 +37,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import threading
@@ -63,6 +64,7 @@ DEFAULT_EXECUTOR = "local"
 _DASK_LOCAL = re.compile(r"dask-local:(\d+)")
 _DASK_ADDRESS = re.compile(r"dask://([^/\s:]+):(\d+)")
 SHARD_ITEMS = 4  # items per shard, per download thread of the worker
+BLOB_SHARD = 50  # blobs per task of `on_blobs`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +118,14 @@ class Executor:
         """`function(chunk)` for every chunk, results in order (for CPU work such as perceptual hashes)."""
         raise NotImplementedError
 
+    def on_blobs(self, function: Callable[[BlobStore, str], Any], blobs: BlobStore, keys: list[str]) -> list[Any]:
+        """`function(store, key)` for every key, in order: here in threads, or in shards on the workers, which
+        open the same blob store themselves (dedup's perceptual hashes). `function` must be importable."""
+        location, endpoint = _where(blobs, self)
+        chunks = [keys[start:start + BLOB_SHARD] for start in range(0, len(keys), BLOB_SHARD)]
+        return [result for part in self.map(functools.partial(_on_blobs, function, location, endpoint), chunks)
+                for result in part]
+
     def close(self) -> None:
         pass
 
@@ -133,11 +143,15 @@ class LocalExecutor(Executor):
 
     name = "local"
 
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or os.cpu_count() or 1
+
     def fetch(self, settings: FetchSettings, blobs: BlobStore) -> Batch:
         return _LocalBatch(settings, blobs)
 
     def map(self, function: Callable[[Any], Any], chunks: list[Any]) -> Iterator[Any]:
-        return map(function, chunks)
+        with concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="imgnet-map") as pool:
+            yield from pool.map(function, chunks)
 
 
 class _LocalBatch(Batch):
@@ -195,13 +209,35 @@ def _worker_resources(shard: Shard) -> tuple[BlobStore, concurrent.futures.Threa
     """This worker process's blob store, download threads and decode budget, made once and kept."""
     settings = shard.settings
     key = (shard.blobs, shard.s3_endpoint_url, settings.workers, settings.decode_memory)
+    blobs = _worker_blobs(shard.blobs, shard.s3_endpoint_url)
     with _worker_lock:
         if key not in _worker_state:
-            _worker_state[key] = (open_blob_store(shard.blobs, endpoint_url=shard.s3_endpoint_url),
-                                  concurrent.futures.ThreadPoolExecutor(settings.workers,
-                                                                        thread_name_prefix="imgnet-shard"),
+            _worker_state[key] = (blobs, concurrent.futures.ThreadPoolExecutor(settings.workers,
+                                                                               thread_name_prefix="imgnet-shard"),
                                   DecodeBudget(settings.decode_memory))
         return _worker_state[key]
+
+
+def _where(blobs: BlobStore, executor: Executor) -> tuple[str, str | None]:
+    """The blob store's location and endpoint as a worker opens them (a folder as an absolute path)."""
+    location = blobs.location
+    if isinstance(executor, DaskExecutor) and not location.startswith("s3://"):
+        location = os.path.abspath(location)  # a folder: the workers must see the same path
+    return location, getattr(blobs, "endpoint_url", None)
+
+
+def _worker_blobs(location: str, endpoint: str | None) -> BlobStore:
+    with _worker_lock:
+        key = ("blobs", location, endpoint)
+        if key not in _worker_state:
+            _worker_state[key] = open_blob_store(location, endpoint_url=endpoint)
+        return _worker_state[key]
+
+
+def _on_blobs(function: Callable[[BlobStore, str], Any], location: str, endpoint: str | None,
+              keys: list[str]) -> list[Any]:
+    blobs = _worker_blobs(location, endpoint)
+    return [function(blobs, key) for key in keys]
 
 
 def run_shard(shard: Shard) -> ShardResult:
@@ -283,10 +319,7 @@ class _DaskBatch(Batch):
     def __init__(self, executor: DaskExecutor, settings: FetchSettings, blobs: BlobStore) -> None:
         self.executor, self.settings = executor, settings
         self.distributed = _import_distributed()
-        location = blobs.location
-        if executor.spec.kind == "dask" and not location.startswith("s3://"):
-            location = os.path.abspath(location)  # a folder: the workers must see the same path
-        self.blobs, self.endpoint = location, getattr(blobs, "endpoint_url", None)
+        self.blobs, self.endpoint = _where(blobs, executor)
         self.workers = executor.workers()
         self.shard_size = max(8, settings.workers * SHARD_ITEMS)
         self.capacity = self.shard_size * self.workers * 2  # a shard running and one queued per worker
