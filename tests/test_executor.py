@@ -186,3 +186,31 @@ def test_per_host_limit_holds_across_the_cluster(tmp_path):
     assert summary.ok == 60
     assert 1 < state["most"] <= 3
     workspace.close()
+
+
+def test_dedup_hashes_on_a_dask_worker_equal_those_made_here(s3_endpoint, tmp_path, monkeypatch):
+    """dedup with executor dask-local:1 and an S3 store: the worker reads the blobs from S3 itself and its
+    pHashes and dHashes are the ones this process computes; a rerun with nothing to hash starts no cluster."""
+    from imgnet_build import dedup
+
+    monkeypatch.setenv("IMGNET_S3_ENDPOINT_URL", s3_endpoint)
+    server = LoopbackServer()
+    try:
+        urls = {"n00000001": [server.add(f"/{i}.jpg", jpeg_bytes(64, 48, seed=i)) for i in range(12)]}
+        urls["n00000001"].append(server.add("/same.jpg", jpeg_bytes(64, 48, seed=3)))
+        workspace = Workspace.init(tmp_path / "ws", blobs="s3://imgs/dedup")
+        add_candidates(workspace, urls)
+        assert fetch_pending(workspace, FAST).ok == 13
+    finally:
+        server.close()
+    monkeypatch.setenv("IMGNET_EXECUTOR", "dask-local:1")
+    report = dedup.run(workspace)
+    assert report.hashed == 12
+    with workspace.session() as session:
+        stored = {row.blob_key: (row.phash, row.dhash) for row in session.scalars(select(Image))}
+    for key, (phash, dhash) in stored.items():
+        here = dedup.hash_image(workspace.blob_store.get(key))
+        assert (phash % 2**64, dhash % 2**64) == (here[0], here[1])
+    monkeypatch.setenv("IMGNET_EXECUTOR", "dask-local:not-a-number")  # would fail if a cluster were started
+    assert dedup.run(workspace).hashed == 0
+    workspace.close()
