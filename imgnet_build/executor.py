@@ -338,8 +338,9 @@ class _DaskBatch(Batch):
         return len(self.buffer) + sum(len(items) for items, _ in self.futures.values())
 
     def _share(self, host: str, free: int) -> int:
-        """How many of a host's free slots one shard gets: enough to keep a worker busy, not the whole budget."""
-        per_worker = max(1, -(-self.settings.per_host // self.workers))
+        """How many of a host's free slots one shard gets: a share that leaves room for a second shard per
+        worker (queued while the first runs), never the whole budget."""
+        per_worker = max(1, -(-self.settings.per_host // (2 * self.workers)))  # two shards per worker
         return min(free, per_worker, self.settings.workers)
 
     def _dispatch(self) -> None:

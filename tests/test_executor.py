@@ -84,6 +84,15 @@ def test_executor_precedence_is_flag_then_environment_then_file(tmp_path, monkey
         FetchSettings(executor="spark")
 
 
+def test_gather_executor_flag_is_checked_before_anything_runs(runner, workspace):
+    from imgnet_build.cli.main import cli
+
+    result = runner.invoke(cli, ["-w", str(workspace.root), "gather", "--source", "urls:x.csv",
+                                 "--executor", "dask-local:0"])
+    assert (result.exit_code, result.output) == (
+        1, "Error: executor 'dask-local:0': dask-local needs 1 to 512 worker processes\n")
+
+
 def broken_and_good(server: LoopbackServer, count: int) -> dict[str, list[str]]:
     """`count` URLs over two categories: distinct JPEGs, repeated files, and about 6% broken."""
     urls: dict[str, list[str]] = {"n00000001": [], "n00000002": []}
