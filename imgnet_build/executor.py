@@ -278,7 +278,7 @@ class DaskExecutor(Executor):
         if spec.kind == "dask-local":
             self.name = f"dask-local:{spec.workers}"
             self.cluster = distributed.LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
-                                                    dashboard_address=None, silence_logs=40)
+                                                    dashboard_address=None, silence_logs=50)
             self.client = distributed.Client(self.cluster)
         else:
             self.name = f"dask://{spec.address.removeprefix('tcp://')}"
