@@ -243,15 +243,32 @@ def export(workspace, out: str | os.PathLike, options: ExportOptions = ExportOpt
 
 
 def _check_target(workspace, out: Path, overwrite: bool) -> None:
+    """Refuse an OUT that is, holds or lies inside what the workspace keeps, or `/`; and a full OUT."""
     resolved = out.resolve()
-    protected = [workspace.root.resolve()]
-    local_blobs = workspace.blob_store.local_path("")
-    protected += [local_blobs.resolve()] if local_blobs is not None else []
-    for path in protected:
-        if resolved == path or resolved in path.parents:
-            raise BadInput(f"{out} holds the workspace or its blob store; export to another folder")
+    if resolved == Path(resolved.anchor):
+        raise BadInput(f"{out} is the root of the filesystem; export to a new folder")
+    for what, path in _protected(workspace):
+        if resolved == path or resolved in path.parents or (what != "folder" and path in resolved.parents):
+            relation = "is" if resolved == path else "holds" if resolved in path.parents else "is inside"
+            raise BadInput(f"{out} {relation} the workspace's {what} ({path}); export to another folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExportTargetExists(f"{out} exists and is not empty; choose another folder or add --overwrite")
+
+
+def _protected(workspace) -> list[tuple[str, Path]]:
+    """What an export must never replace: the workspace folder itself (OUT may be a new folder
+    in it, as the demo's dataset is), its settings, its database file and its blob store."""
+    root = workspace.root.resolve()
+    found = [("folder", root), ("settings", (root / "imgnet.toml").resolve())]
+    database = workspace._sqlite_path()
+    if database is not None:
+        database = database.resolve()
+        found += [("database", database)] + [("database", database.with_name(database.name + suffix))
+                                             for suffix in ("-wal", "-shm", "-journal")]
+    local_blobs = workspace.blob_store.local_path("")
+    if local_blobs is not None:
+        found.append(("blob store", local_blobs.resolve()))
+    return found
 
 
 def _read(workspace, options: ExportOptions):

@@ -317,3 +317,30 @@ def test_cli_summary_and_json(labeled, tmp_path, runner):
     document = json.loads(result.output)
     assert document["images"] == 17 and document["format"] == "hf"
     assert {move["to"] for move in document["moved"]} <= {"train"}  # val-per-class 2 before, now 10%
+
+
+def test_out_never_replaces_the_workspace_its_database_or_its_blobs(tmp_path, runner):
+    """Before: with the database outside the workspace, `export DBFOLDER --overwrite` replaced the folder
+    holding imgnet.db, and an OUT inside the blob store was accepted (a shard folder of blobs replaced)."""
+    from imgnet_build.workspace import Workspace
+
+    (tmp_path / "db").mkdir()
+    database = tmp_path / "db" / "imgnet.db"
+    workspace = Workspace.init(tmp_path / "ws", database=f"sqlite:///{database}")
+    try:
+        sha = LabeledData(workspace).accepted(DOG, seed=1)
+        blobs = workspace.blob_store.local_path("")
+        shard = workspace.blob_store.local_path(f"{sha[:2]}/{sha[2:4]}/{sha}.jpg").parent
+        for out, what in ((tmp_path / "db", "database"), (database, "database"), (tmp_path, "folder"),
+                          (blobs, "blob store"), (shard, "blob store"), (blobs / "new", "blob store"),
+                          (workspace.root, "folder"), (workspace.root / "imgnet.toml", "settings"), (Path("/"), "")):
+            with pytest.raises(BadInput, match=f"the workspace's {what}" if what else "root of the filesystem"):
+                export(workspace, out, ExportOptions(overwrite=True))
+        result = runner.invoke(cli, ["-w", str(workspace.root), "export", str(tmp_path / "db"), "--overwrite"])
+        assert result.exit_code == 1
+        assert result.output == (f"Error: {tmp_path / 'db'} holds the workspace's database ({database}); "
+                                 "export to another folder\n")
+        assert database.is_file() and len(list(shard.iterdir())) == 1
+        export(workspace, workspace.root / "dataset", ExportOptions())  # a new folder in the workspace is fine
+    finally:
+        workspace.close()
