@@ -28,6 +28,7 @@ __all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV"]
 
 SETTINGS_FILE = "imgnet.toml"
 DATABASE_ENV = "IMGNET_DATABASE_URL"
+EXECUTOR_ENV = "IMGNET_EXECUTOR"
 DEFAULT_DATABASE = "sqlite:///imgnet.db"  # relative to the workspace folder
 DEFAULT_BLOBS = "blobs"
 
@@ -39,12 +40,15 @@ class Settings:
     database: str = DEFAULT_DATABASE
     blobs: str = DEFAULT_BLOBS
     s3_endpoint_url: str | None = None
+    executor: str = "local"  # local | dask-local:N | dask://HOST:PORT (imgnet_build/executor.py)
     mturk: MTurkSettings = MTurkSettings()  # the [mturk] table; labeling/mturk_settings.py
 
     def to_toml(self) -> str:
         lines = ["# imgnet-build workspace settings", f"database = {_quote(self.database)}", f"blobs = {_quote(self.blobs)}"]
         if self.s3_endpoint_url:
             lines.append(f"s3_endpoint_url = {_quote(self.s3_endpoint_url)}")
+        if self.executor != "local":
+            lines.append(f"executor = {_quote(self.executor)}")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -166,6 +170,11 @@ class Workspace:
         if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
             url = prefix + str((self.root / url[len(prefix):]).resolve())
         return url
+
+    @property
+    def executor(self) -> str:
+        """Where fetching and hashing run: IMGNET_EXECUTOR, else `executor` in imgnet.toml, else local."""
+        return os.environ.get(EXECUTOR_ENV) or self.settings.executor
 
     def _sqlite_path(self) -> Path | None:
         """The database file, when the database is SQLite."""
