@@ -30,8 +30,8 @@ representative never moves a cluster.
   in train, and one with none under F puts its smallest draw in val (ILSVRC has 50 per
   class; a class missing from val/ makes torchvision's ImageFolder number val's classes
   differently from train's). Labeling more images moves a cluster only in a class that
-  had fewer than two clusters or all of them on one side of F: its minimum (or keeper)
-  goes back when a new cluster takes that role.
+  had fewer than two clusters or all of them on one side of F (or that shares a cluster
+  with such a class): its minimum (or keeper) goes back when a new cluster takes that role.
 - `val_per_class` N: per category, the N clusters with the smallest u go to val (but at
   most all except one, so a category keeps a train image); a cluster that any of its
   categories puts in val is in val for all of them, so a category that shares clusters
