@@ -33,12 +33,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gather import make_files, serve  # noqa: E402
+from bench_gather import make_files, serve
 
-from imgnet_build.executor import open_executor  # noqa: E402
-from imgnet_build.fetch import FetchSettings, fetch_pending  # noqa: E402
-from imgnet_build.store import Candidate, Category, Image, url_hash  # noqa: E402
-from imgnet_build.workspace import Workspace  # noqa: E402
+from imgnet_build.executor import open_executor
+from imgnet_build.fetch import FetchSettings, fetch_pending
+from imgnet_build.store import Candidate, Category, Image, url_hash
+from imgnet_build.workspace import Workspace
 
 CATEGORIES = 100
 
@@ -73,7 +73,7 @@ def populate(workspace: Workspace, existing: int, new_urls: list[str]) -> None:
             connection.execute(Candidate.__table__.insert(), [
                 {"category_id": ids[i % CATEGORIES], "source": "urls", "url": f"http://old.example/{i}.jpg",
                  "url_hash": url_hash(f"http://old.example/{i}.jpg"), "rank": i // CATEGORIES, "status": "ok",
-                 "attempts": 1, "image_sha256": sha} for i, sha in zip(chunk, shas)])
+                 "attempts": 1, "image_sha256": sha} for i, sha in zip(chunk, shas, strict=True)])
         rows = [{"category_id": ids[i % CATEGORIES], "source": "urls", "url": url, "url_hash": url_hash(url),
                  "rank": existing + i, "status": "pending"} for i, url in enumerate(new_urls)]
         for start in range(0, len(rows), 20_000):

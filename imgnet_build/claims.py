@@ -70,7 +70,7 @@ class Claimed:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _alive(pid: int) -> bool:
@@ -198,7 +198,7 @@ class Claims:
     def skip_full(self, categories: set[int] | None = None) -> int:
         """Mark the unclaimed pending rows of these full categories (None: of every full category, found with
         one aggregate, for the start of a run) skipped with the quota reason; how many."""
-        if self.quota is None or categories is not None and not categories:
+        if self.quota is None or (categories is not None and not categories):
             return 0
         now = _now()
         which = self._full() if categories is None else sorted(categories)

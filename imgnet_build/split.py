@@ -549,7 +549,7 @@ def _items(workspace, candidates: np.ndarray, splits: np.ndarray, wnids: dict[in
         with workspace.session() as session:
             rows = {row.id: row for row in session.execute(query.where(Candidate.id.in_(chunk),
                                                                        Label.status == "accepted"))}
-        for candidate_id, split in zip(chunk, splits[start:start + EXPORT_CHUNK]):
+        for candidate_id, split in zip(chunk, splits[start:start + EXPORT_CHUNK], strict=True):
             row = rows.get(candidate_id)
             if row is None:
                 raise ExportFailed("the workspace changed while it was exported (a label or an image went away); "
@@ -743,7 +743,7 @@ def _record_and_put_in_place(workspace, partial: Path, out: Path, options: Expor
     """Record each cluster's split and the export, and rename `partial` to `out`, as one step: the rows are
     written (taking the database's write lock) before the rename, committed after it, and a failure of
     either puts everything back as it was."""
-    swapped: Path | None | bool = False
+    swapped: Path | bool | None = False
     try:
         with workspace.session() as session:
             for split, ids in changes.items():

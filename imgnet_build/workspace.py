@@ -120,11 +120,11 @@ class Workspace:
                     made.append(folder)
             if "://" not in settings.blobs and not (root / settings.blobs).exists():
                 made.append(root / settings.blobs)
-            workspace.blob_store  # creates the local folder
+            workspace.blob_store  # noqa: B018  (creates the local folder)
             database = workspace._sqlite_path()
             if database is not None and not database.exists():
                 made += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")]
-            workspace.engine  # connect and create the schema
+            workspace.engine  # noqa: B018  (connect and create the schema)
             temporary = root / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
             temporary.write_text(settings.to_toml())
             made.append(temporary)

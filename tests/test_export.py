@@ -9,10 +9,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from exportdata import LabeledData
 from PIL import Image as PILImage
 from sqlalchemy import select, update
 
-from exportdata import LabeledData
 from imgnet_build.cli.main import cli
 from imgnet_build.errors import BadInput, ExportFailed, ExportTargetExists
 from imgnet_build.schemas import load_schema
@@ -430,7 +430,7 @@ def test_a_wnid_that_is_no_wordnet_id_writes_nothing_outside_out(workspace, tmp_
     with workspace.session() as session:
         session.execute(update(Category).where(Category.wnid == DOG).values(wnid="../../escaped"))
     for format_ in ("imagefolder", "hf", "webdataset", "ilsvrc"):
-        with pytest.raises(ExportFailed, match="'../../escaped', which is not a WordNet id"):
+        with pytest.raises(ExportFailed, match=r"'\.\./\.\./escaped', which is not a WordNet id"):
             export(workspace, tmp_path / "deep" / "out", ExportOptions(format=format_))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ws"]  # checked before anything is written
 

@@ -6,10 +6,10 @@ import hashlib
 import json
 import re
 
+from exportdata import LabeledData
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exportdata import LabeledData
 from imgnet_build.errors import BadInput
 from imgnet_build.split import ExportOptions, cap_per_class, choose_val, export, split_draw
 
@@ -57,7 +57,7 @@ def test_a_fraction_split_is_the_draw_and_one_per_class(clusters, seed, fraction
 def test_per_class_counts(clusters, seed, per_class):
     members = by_category(clusters)
     val = choose_val(members, seed, val_per_class=per_class)
-    for wnid, cluster_keys in members.items():
+    for cluster_keys in members.values():
         own = [key for key in cluster_keys if len(clusters[key]) == 1]
         in_val = sum(key in val for key in cluster_keys)
         assert in_val >= min(per_class, len(cluster_keys) - 1)

@@ -151,7 +151,7 @@ class FileWriter:
         """Each item with its bytes, in order, read ahead on a few threads (an S3 store has latency)."""
         with ThreadPoolExecutor(self.workers) as pool:
             for chunk in batched(items, 8 * self.workers):
-                yield from zip(chunk, pool.map(self.read, chunk))
+                yield from zip(chunk, pool.map(self.read, chunk), strict=True)
 
     def _count(self, how: str) -> None:
         with self._lock:
