@@ -26,6 +26,7 @@ import datetime as dt
 import random
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
@@ -590,7 +591,7 @@ def expire(workspace, backend: str | None = None, batch: str | None = None, *, l
     if backend is not None:
         get_backend(backend, workspace, {"live": live})  # an unknown name is refused
         names = [name for name in names if name == backend]
-    result = {"tasks": 0, "hits_expired": 0, "assignments_collected": 0, "per_backend": {}}
+    result: dict[str, Any] = {"tasks": 0, "hits_expired": 0, "assignments_collected": 0, "per_backend": {}}
     for name in sorted(names):
         if name == "mturk":
             from imgnet_build.labeling.mturk import expire as expire_hits
