@@ -57,6 +57,7 @@ __all__ = [
     "CandidateStatus",
     "make_engine",
     "migrate",
+    "analyze",
     "stage_counts",
 ]
 
@@ -118,6 +119,11 @@ ASSIGNMENT_STATUSES = ("given", "submitted", "approved", "rejected", "abandoned"
 LABEL_STATUSES = ("accepted", "rejected", "undecided")
 
 
+ID64 = BigInteger().with_variant(Integer, "sqlite")  # 64-bit ids; SQLite's rowid is 64-bit already
+_PENDING = text("status = 'pending'")  # partial index: the rows a fetch run claims
+_UNHASHED = text("phash IS NULL")  # partial index: the images dedup has still to hash
+
+
 def url_hash(url: str) -> str:
     """The key of a candidate's URL (any length; a btree over the URL itself overflows on PostgreSQL)."""
     return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
@@ -136,7 +142,7 @@ class Candidate(Base):
     """
 
     __tablename__ = "candidate"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID64, primary_key=True)
     category_id: Mapped[int] = mapped_column(ForeignKey("category.id", ondelete="CASCADE"))
     query_id: Mapped[int | None] = mapped_column(ForeignKey("query.id", ondelete="SET NULL"))
     source: Mapped[str] = mapped_column(String(64))
@@ -161,6 +167,9 @@ class Candidate(Base):
         Index("ix_candidate_status", "status"),
         Index("ix_candidate_image", "image_sha256"),
         Index("ix_candidate_lease", "lease_owner"),
+        Index("ix_candidate_pending", "category_id", "rank", "id", sqlite_where=_PENDING, postgresql_where=_PENDING),
+        Index("ix_candidate_source_sha1", "source_sha1"),
+        Index("ix_candidate_category", "category_id", "status", "image_sha256"),
     )
 
 
@@ -177,6 +186,7 @@ class Image(Base):
     pixel_sha256: Mapped[str | None] = mapped_column(String(64))  # hash of decoded RGB pixels
     phash: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit pHash as signed int64
     dhash: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[float | None] = mapped_column(Float)  # grey-level spread of the hashed thumbnail (dedup)
     duplicate_of: Mapped[str | None] = mapped_column(String(64))  # representative's sha256
     dedup_threshold: Mapped[int | None] = mapped_column(Integer)  # of the dedup run that clustered it
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("cluster.id"))  # set by dedup
@@ -185,10 +195,10 @@ class Image(Base):
         Index("ix_image_pixel", "pixel_sha256"),
         Index("ix_image_duplicate_of", "duplicate_of"),
         Index("ix_image_cluster", "cluster_id"),
+        Index("ix_image_unhashed", "sha256", sqlite_where=_UNHASHED, postgresql_where=_UNHASHED),
+        Index("ix_image_dedup_threshold", "dedup_threshold"),
+        Index("ix_image_phash", "phash"),
     )
-
-
-ID64 = BigInteger().with_variant(Integer, "sqlite")  # 64-bit ids; SQLite's rowid is 64-bit already
 
 
 def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
@@ -300,6 +310,7 @@ class Vote(Base):
         UniqueConstraint("worker_id", "image_sha256", "category_id", name="uq_vote"),
         Index("ix_vote_pair", "image_sha256", "category_id"),
         Index("ix_vote_assignment", "assignment_id"),
+        Index("ix_vote_category", "category_id", "image_sha256"),
     )
 
 
@@ -461,6 +472,7 @@ def migrate(engine: Engine) -> None:
                 connection.exec_driver_sql("ROLLBACK")
                 raise
             connection.exec_driver_sql("COMMIT")
+        analyze(engine)
         return
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
@@ -470,6 +482,18 @@ def migrate(engine: Engine) -> None:
         if current != head:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+    analyze(engine)  # new indexes and tables: give the planner statistics now
+
+
+def analyze(engine: Engine) -> None:
+    """Refresh the query planner's statistics (PostgreSQL `ANALYZE`; SQLite `ANALYZE` on a
+    sample of 1,000 rows per index, which takes milliseconds at a million rows). Run after
+    migrations and after a stage wrote many rows: without statistics PostgreSQL plans
+    sequential scans and SQLite may pick a poor index."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA analysis_limit=1000")
+        connection.exec_driver_sql("ANALYZE")
 
 
 def _check_known(script, current: str | None) -> None:
