@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import create_engine, insert, select, text
 
-from imgnet_build.store import Candidate, Category, CategoryEdge, Image
+from imgnet_build.store import Candidate, Category, CategoryEdge, Image, url_hash
 from imgnet_build.workspace import Workspace
 
 POSTGRES_ADMIN_URL = os.environ.get("IMGNET_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -96,7 +96,9 @@ def populate(workspace: Workspace, images: int, seed: int = 0, batch: int = 20_0
                 rows.append(_candidate(next_id, int(category[i]), i, "ok", sha, now))
                 next_id += 1
                 if second[i]:
-                    rows.append(_candidate(next_id, int(leaves[(i * 7919) % len(leaves)]), i, "ok", sha, now))
+                    mirror = _candidate(next_id, int(leaves[(i * 7919) % len(leaves)]), i, "ok", sha, now)
+                    url = mirror["url"].replace(".jpg", "-mirror.jpg")
+                    rows.append({**mirror, "url": url, "url_hash": url_hash(url)})
                     next_id += 1
                 if i % 100 == 0:
                     rows.append(_candidate(next_id, int(category[i]), -i - 1, "pending", None, None))
@@ -113,8 +115,6 @@ def populate(workspace: Workspace, images: int, seed: int = 0, batch: int = 20_0
 
 def _candidate(id_: int, category_id: int, n: int, status: str, sha: str | None, fetched) -> dict:
     url = f"https://img{n % 97}.example.org/{n}.jpg"
-    from imgnet_build.store import url_hash
-
     return {"id": id_, "category_id": category_id, "source": "urls", "url": url, "url_hash": url_hash(url),
             "rank": abs(n) % 500, "status": status, "image_sha256": sha, "attempts": 1 if fetched else 0,
             "fetched_at": fetched, "created_at": fetched or dt.datetime.now(dt.timezone.utc),

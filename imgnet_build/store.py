@@ -515,6 +515,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 def stage_counts(session: Session) -> dict[str, object]:
     """Counts per pipeline stage, the numbers behind `imgnet status`."""
+    from imgnet_build.dedup import duplicate_counts
+
+    duplicates = duplicate_counts(session)
     candidates = dict(session.execute(select(Candidate.status, func.count()).group_by(Candidate.status)).all())
     labels = dict(session.execute(select(Label.status, func.count()).group_by(Label.status)).all())
     count = lambda model: session.scalar(select(func.count()).select_from(model))  # noqa: E731
@@ -524,7 +527,8 @@ def stage_counts(session: Session) -> dict[str, object]:
         "queries": count(Query),
         "candidates": {status: candidates.get(status, 0) for status in ("pending", "ok", "failed", "skipped")},
         "images": count(Image),
-        "duplicates": session.scalar(select(func.count()).where(Image.duplicate_of.is_not(None))),
+        "duplicates": duplicates.duplicates,  # the counts `imgnet dedup` prints (dedup.duplicate_counts)
+        "clusters": duplicates.clusters,
         "tasks": count(Task),
         "votes": count(Vote),
         "labels": {status: labels.get(status, 0) for status in ("accepted", "rejected", "undecided")},
