@@ -81,7 +81,7 @@ def populate(workspace: Workspace, images: int, seed: int = 0, batch: int = 20_0
         dhash[near] = dhash[parent] ^ flip if bits == 0 else dhash[near] ^ flip
     category = leaves[rng.integers(0, len(leaves), size=images)]
     second = rng.random(images) < 0.05
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with workspace.engine.begin() as connection:
         next_id = 1 + (connection.scalar(text("SELECT max(id) FROM candidate")) or 0)
         for start in range(0, images, batch):
@@ -90,9 +90,9 @@ def populate(workspace: Workspace, images: int, seed: int = 0, batch: int = 20_0
             connection.execute(insert(Image), [
                 {"sha256": sha, "width": 640, "height": 480, "format": "JPEG", "bytes": 50_000,
                  "blob_key": f"{sha[:2]}/{sha[2:4]}/{sha}.jpg", "phash": int(phash[i]), "dhash": int(dhash[i]),
-                 "created_at": now} for i, sha in zip(range(start, stop), shas)])
+                 "created_at": now} for i, sha in zip(range(start, stop), shas, strict=True)])
             rows = []
-            for i, sha in zip(range(start, stop), shas):
+            for i, sha in zip(range(start, stop), shas, strict=True):
                 rows.append(_candidate(next_id, int(category[i]), i, "ok", sha, now))
                 next_id += 1
                 if second[i]:
@@ -117,7 +117,7 @@ def _candidate(id_: int, category_id: int, n: int, status: str, sha: str | None,
     url = f"https://img{n % 97}.example.org/{n}.jpg"
     return {"id": id_, "category_id": category_id, "source": "urls", "url": url, "url_hash": url_hash(url),
             "rank": abs(n) % 500, "status": status, "image_sha256": sha, "attempts": 1 if fetched else 0,
-            "fetched_at": fetched, "created_at": fetched or dt.datetime.now(dt.timezone.utc),
+            "fetched_at": fetched, "created_at": fetched or dt.datetime.now(dt.UTC),
             "license": None, "attribution": None, "source_sha1": None, "truth": status == "ok" and n % 5 != 0, "error": None,
             "query_id": None, "lease_owner": None, "lease_until": None}
 

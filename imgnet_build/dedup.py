@@ -86,8 +86,7 @@ from sqlalchemy.orm import Session, aliased
 from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
 from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
-from imgnet_build.store import analyze
-from imgnet_build.store import Candidate, CandidateStatus, Category, Image, Label
+from imgnet_build.store import Candidate, CandidateStatus, Category, Image, Label, analyze
 from imgnet_build.store import Cluster as StoredCluster
 from imgnet_build.workspace import Workspace
 
@@ -365,7 +364,7 @@ def _store(session: Session, rows: _Rows, new_count: int, groups: dict[int, list
             made = session.scalars(insert(StoredCluster).returning(StoredCluster.id, sort_by_parameter_order=True),
                                    [{"key": rows.sha[-1 - group], "representative": rows.sha[-1 - group]}
                                     for group in chunk]).all()
-            ids.update(zip(chunk, made))
+            ids.update(zip(chunk, made, strict=True))
         moves = [{"sha256": rows.sha[row], "cluster_id": ids[group]} for group, members in groups.items()
                  for row in members]
         for chunk in batched(moves, batch_size):
@@ -442,7 +441,7 @@ def _pixel_digests(workspace: Workspace, rows: _Rows, value_of: list[int], near:
         for batch in batched(todo, batch_size):
             results = list(pool.map(lambda row: _try(pixel_digest, workspace, keys[rows.sha[row]]), batch))
             values = []
-            for row, digest in zip(batch, results):
+            for row, digest in zip(batch, results, strict=True):
                 rows.pixel[row] = digest
                 if digest is not None:
                     values.append({"sha256": rows.sha[row], "pixel_sha256": digest})
@@ -535,7 +534,7 @@ def assign_clusters(session: Session, rows, wanted: dict[str, str], batch_size: 
     for chunk in batched(founders, batch_size):
         ids = session.scalars(insert(StoredCluster).returning(StoredCluster.id, sort_by_parameter_order=True),
                               [{"key": rep, "representative": rep} for rep, _ in chunk]).all()
-        moves += [{"sha256": r.sha256, "cluster_id": id_} for id_, (_, members) in zip(ids, chunk) for r in members]
+        moves += [{"sha256": r.sha256, "cluster_id": id_} for id_, (_, members) in zip(ids, chunk, strict=True) for r in members]
     for chunk in batched(moves, batch_size):
         session.execute(update(Image), chunk)
 
@@ -572,7 +571,7 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
             results = list(pool.map(lambda row: _try(hash_image, workspace, row.blob_key), batch))
             values = [{"sha256": row.sha256, "phash": to_signed(result[0]), "dhash": to_signed(result[1]),
                        "detail": getattr(result, "detail", None)}
-                      for row, result in zip(batch, results) if result is not None]
+                      for row, result in zip(batch, results, strict=True) if result is not None]
             if values:
                 with workspace.session() as session:
                     session.execute(update(Image), values)

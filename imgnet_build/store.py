@@ -63,7 +63,7 @@ __all__ = [
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Base(DeclarativeBase):
@@ -120,7 +120,6 @@ LABEL_STATUSES = ("accepted", "rejected", "undecided")
 
 
 ID64 = BigInteger().with_variant(Integer, "sqlite")  # 64-bit ids; SQLite's rowid is 64-bit already
-_PENDING = text("status = 'pending'")  # partial index: the rows a fetch run claims
 _UNHASHED = text("phash IS NULL")  # partial index: the images dedup has still to hash
 
 
@@ -167,9 +166,11 @@ class Candidate(Base):
         Index("ix_candidate_status", "status"),
         Index("ix_candidate_image", "image_sha256"),
         Index("ix_candidate_lease", "lease_owner"),
-        Index("ix_candidate_pending", "category_id", "rank", "id", sqlite_where=_PENDING, postgresql_where=_PENDING),
+        # fetch claims pending rows in this order (imgnet_build/claims.py); "already stored?" by source SHA-1
+        Index("ix_candidate_pending", "category_id", "rank", "id", sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
         Index("ix_candidate_source_sha1", "source_sha1"),
-        Index("ix_candidate_category", "category_id", "status", "image_sha256"),
+        Index("ix_candidate_category", "category_id", "status", "image_sha256"),  # ok pairs per category
     )
 
 

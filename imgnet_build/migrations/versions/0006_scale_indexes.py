@@ -1,35 +1,29 @@
 """scale: indexes for the hot queries at a million rows, 64-bit candidate ids on PostgreSQL
 
-- candidate: pending rows in claim order (partial), "already stored?" by source_sha1,
-  ok pairs per category (covering);
+- candidate: ok pairs per category (covering);
 - vote: votes per pair per category;
 - image: rows not hashed yet (partial), rows per dedup threshold (what a rerun must look at),
   rows by pHash; `detail`, the grey-level spread dedup measures to set near-constant images apart.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-26 12:40:00.000000
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
-
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
-PENDING = sa.text("status = 'pending'")
 UNHASHED = sa.text("phash IS NULL")
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == 'postgresql':
         op.alter_column('candidate', 'id', existing_type=sa.Integer(), type_=sa.BigInteger())
-    op.create_index('ix_candidate_pending', 'candidate', ['category_id', 'rank', 'id'],
-                    sqlite_where=PENDING, postgresql_where=PENDING)
-    op.create_index('ix_candidate_source_sha1', 'candidate', ['source_sha1'])
     op.create_index('ix_candidate_category', 'candidate', ['category_id', 'status', 'image_sha256'])
     op.create_index('ix_vote_category', 'vote', ['category_id', 'image_sha256'])
     op.create_index('ix_image_unhashed', 'image', ['sha256'], sqlite_where=UNHASHED, postgresql_where=UNHASHED)
@@ -41,9 +35,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('image', schema=None) as batch_op:
         batch_op.drop_column('detail')
-    for table, name in (('image', 'ix_image_phash'), ('image', 'ix_image_dedup_threshold'), ('image', 'ix_image_unhashed'),
-                        ('vote', 'ix_vote_category'), ('candidate', 'ix_candidate_category'),
-                        ('candidate', 'ix_candidate_source_sha1'), ('candidate', 'ix_candidate_pending')):
+    for table, name in (('image', 'ix_image_phash'), ('image', 'ix_image_dedup_threshold'),
+                        ('image', 'ix_image_unhashed'), ('vote', 'ix_vote_category'),
+                        ('candidate', 'ix_candidate_category')):
         op.drop_index(name, table_name=table)
     if op.get_bind().dialect.name == 'postgresql':
         op.alter_column('candidate', 'id', existing_type=sa.BigInteger(), type_=sa.Integer())
