@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import create_engine, insert, select, text
 
-from imgnet_build.store import Candidate, Category, CategoryEdge, Image, url_hash
+from imgnet_build.store import Candidate, Category, CategoryEdge, Image, analyze, url_hash
 from imgnet_build.workspace import Workspace
 
 POSTGRES_ADMIN_URL = os.environ.get("IMGNET_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -108,9 +108,19 @@ def populate(workspace: Workspace, images: int, seed: int = 0, batch: int = 20_0
                     rows.append({**failed, "error": "HTTP 404"})
                     next_id += 1
             connection.execute(insert(Candidate), rows)
-    if workspace.engine.dialect.name == "postgresql":
-        with workspace.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.exec_driver_sql("ANALYZE")
+    analyze(workspace.engine)
+
+
+def mark_clustered(workspace: Workspace, threshold: int = 10) -> None:
+    """Every image its own cluster, as a dedup run at `threshold` that found no duplicate
+    leaves it (SQL, for the rerun rows at sizes where the first run is not measured)."""
+    with workspace.engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO cluster (key, representative, created_at) "
+                                   "SELECT sha256, sha256, created_at FROM image WHERE cluster_id IS NULL")
+        connection.exec_driver_sql("UPDATE image SET cluster_id = cluster.id, dedup_threshold = ? "
+                                   "FROM cluster WHERE cluster.key = image.sha256 AND image.cluster_id IS NULL"
+                                   .replace("?", str(int(threshold))))
+    analyze(workspace.engine)
 
 
 def _candidate(id_: int, category_id: int, n: int, status: str, sha: str | None, fetched) -> dict:
@@ -169,6 +179,8 @@ def main() -> None:
                 workspace = Workspace.init(base / "ws", database=url)
                 started = time.perf_counter()
                 populate(workspace, size)
+                if "dedup" not in commands:  # the rerun rows need a clustered workspace: made in SQL
+                    mark_clustered(workspace)
                 print(f"{database:10} {size:>8} {'(populate)':18} {time.perf_counter() - started:9.1f} "
                       f"{'':>8}  library inserts, not a gather", flush=True)
                 for name in commands:

@@ -121,6 +121,7 @@ LABEL_STATUSES = ("accepted", "rejected", "undecided")
 
 ID64 = BigInteger().with_variant(Integer, "sqlite")  # 64-bit ids; SQLite's rowid is 64-bit already
 _UNHASHED = text("phash IS NULL")  # partial index: the images dedup has still to hash
+_HASHED = text("phash IS NOT NULL")  # (a "phash IS NULL" lookup must take the index above, in sha256 order)
 
 
 def url_hash(url: str) -> str:
@@ -197,8 +198,8 @@ class Image(Base):
         Index("ix_image_duplicate_of", "duplicate_of"),
         Index("ix_image_cluster", "cluster_id"),
         Index("ix_image_unhashed", "sha256", sqlite_where=_UNHASHED, postgresql_where=_UNHASHED),
-        Index("ix_image_dedup_threshold", "dedup_threshold"),
-        Index("ix_image_phash", "phash"),
+        Index("ix_image_dedup_threshold", "dedup_threshold", "phash"),  # what a dedup rerun reads
+        Index("ix_image_phash", "phash", sqlite_where=_HASHED, postgresql_where=_HASHED),
     )
 
 

@@ -704,3 +704,32 @@ def test_index_load_then_add_finds_only_pairs_with_the_new_hashes(blocked, monke
     index.load(hashes[:1000])
     assert {(a, b) for a, b, _ in index.add(hashes[1000:]).tolist()} == expected
     assert len(index) == 1500 and index.add([]).shape == (0, 3)
+
+
+def test_hot_queries_use_their_indexes(any_workspace):
+    """EXPLAIN of the lookups that must not walk a table at a million rows: what a dedup rerun
+    reads to see what changed, the images still to hash, a category's ok pairs and its votes.
+    On PostgreSQL, with sequential scans switched off, some index must serve each; which one
+    the planner takes on an empty table is its choice."""
+    from imgnet_build.store import Vote
+
+    queries = {
+        "ix_image_dedup_threshold": select(Image.sha256).where(Image.dedup_threshold.is_(None),
+                                                               Image.phash.is_not(None)).limit(1),
+        "ix_image_unhashed": select(Image.sha256).where(Image.phash.is_(None), Image.sha256 > "").order_by(
+            Image.sha256).limit(200),
+        "ix_candidate_category": select(Candidate.image_sha256).where(Candidate.category_id == 1,
+                                                                      Candidate.status == "ok"),
+        "ix_vote_category": select(Vote.image_sha256).where(Vote.category_id == 1),
+        "ix_image_phash": select(Image.sha256).where(Image.phash.in_([1, 2, 3])),
+    }
+    with any_workspace.engine.connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        if postgres:
+            connection.exec_driver_sql("SET enable_seqscan = off")
+        for index, query in queries.items():
+            sql = str(query.compile(connection, compile_kwargs={"literal_binds": True}))
+            plan = " ".join(str(row[-1]) for row in connection.exec_driver_sql(
+                ("EXPLAIN " if postgres else "EXPLAIN QUERY PLAN ") + sql))
+            assert "Seq Scan" not in plan and "TEMP B-TREE" not in plan, (index, plan)
+            assert index in plan or (postgres and "Index" in plan), (index, plan)  # PostgreSQL: by its statistics

@@ -6,13 +6,13 @@ from collections import defaultdict
 
 from sqlalchemy import case, func, select
 
-from imgnet_build.labeling.rounds import category_pairs
 from imgnet_build.store import (
     Assignment,
     Candidate,
     CandidateStatus,
     Category,
     CategoryConsensus,
+    Image,
     Label,
     Task,
     TaskItem,
@@ -43,9 +43,14 @@ def label_status(workspace) -> dict:
                 .where(Vote.control.is_(True), TaskItem.expected.is_not(None)).group_by(Vote.category_id)):
             controls[category] = [int(right or 0), int(total)]
         states = {row.category_id: row for row in session.scalars(select(CategoryConsensus))}
+        pairs_of = dict(session.execute(  # one aggregate, not one pairs query per category
+            select(Candidate.category_id, func.count(func.distinct(Image.cluster_id)))
+            .join(Image, Image.sha256 == Candidate.image_sha256)
+            .where(Candidate.status == CandidateStatus.OK, Image.cluster_id.is_not(None))
+            .group_by(Candidate.category_id)).all())
         categories = []
         for category in category_ids:
-            pairs = len(category_pairs(session, category))
+            pairs = pairs_of.get(category, 0)
             counts = labels[category]
             decided = counts["accepted"] + counts["rejected"]
             voted = decided + counts["undecided"]

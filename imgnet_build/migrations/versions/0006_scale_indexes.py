@@ -19,6 +19,7 @@ branch_labels = None
 depends_on = None
 
 UNHASHED = sa.text("phash IS NULL")
+HASHED = sa.text("phash IS NOT NULL")
 
 
 def upgrade() -> None:
@@ -27,8 +28,8 @@ def upgrade() -> None:
     op.create_index('ix_candidate_category', 'candidate', ['category_id', 'status', 'image_sha256'])
     op.create_index('ix_vote_category', 'vote', ['category_id', 'image_sha256'])
     op.create_index('ix_image_unhashed', 'image', ['sha256'], sqlite_where=UNHASHED, postgresql_where=UNHASHED)
-    op.create_index('ix_image_dedup_threshold', 'image', ['dedup_threshold'])
-    op.create_index('ix_image_phash', 'image', ['phash'])
+    op.create_index('ix_image_dedup_threshold', 'image', ['dedup_threshold', 'phash'])
+    op.create_index('ix_image_phash', 'image', ['phash'], sqlite_where=HASHED, postgresql_where=HASHED)
     op.add_column('image', sa.Column('detail', sa.Float(), nullable=True))
 
 
