@@ -118,6 +118,9 @@ class Hashes(tuple):
         hashes.detail = detail
         return hashes
 
+    def __getnewargs__(self) -> tuple[int, int, float | None]:  # pickled to and from Dask workers
+        return self[0], self[1], self.detail
+
 
 def hash_image(source: bytes | Path) -> Hashes:
     """(pHash, dHash) of an image file or its bytes, with its `detail`."""
@@ -559,7 +562,7 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
         total = session.scalar(select(func.count()).select_from(Image).where(Image.phash.is_(None))) or 0
     hashed = unreadable = 0
     after = ""
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, _Hasher(workspace, pool) as hasher:
         while True:
             with workspace.session() as session:
                 batch = session.execute(select(Image.sha256, Image.blob_key).where(Image.phash.is_(None),
@@ -568,7 +571,7 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
             if not batch:
                 break
             after = batch[-1].sha256
-            results = list(pool.map(lambda row: _try(hash_image, workspace, row.blob_key), batch))
+            results = hasher(batch)
             values = [{"sha256": row.sha256, "phash": to_signed(result[0]), "dhash": to_signed(result[1]),
                        "detail": getattr(result, "detail", None)}
                       for row, result in zip(batch, results, strict=True) if result is not None]
@@ -580,6 +583,39 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
             if progress:
                 progress(hashed + unreadable, max(total, hashed + unreadable))
     return hashed, unreadable
+
+
+class _Hasher:
+    """Hashes of a batch of image rows: in this process's threads, or in shards on the Dask workers when the
+    workspace's executor says so (started at the first batch, so a rerun with nothing to hash starts nothing)."""
+
+    def __init__(self, workspace: Workspace, pool: ThreadPoolExecutor) -> None:
+        self.workspace, self.pool, self.executor = workspace, pool, None
+
+    def __call__(self, batch) -> list:
+        if self.workspace.executor == "local":
+            return list(self.pool.map(lambda row: _try(hash_image, self.workspace, row.blob_key), batch))
+        if self.executor is None:
+            from imgnet_build.executor import open_executor
+
+            self.executor = open_executor(self.workspace.executor)
+        return self.executor.on_blobs(hash_blob, self.workspace.blob_store, [row.blob_key for row in batch])
+
+    def __enter__(self) -> _Hasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.executor is not None:
+            self.executor.close()
+
+
+def hash_blob(blobs, blob_key: str):
+    """`hash_image` of a stored blob; None when it is missing or not a decodable image (runs on Dask workers)."""
+    try:
+        path = blobs.local_path(blob_key)
+        return hash_image(path if path is not None else blobs.get(blob_key))
+    except _UNREADABLE:
+        return None
 
 
 def _try(function, workspace: Workspace, blob_key: str):
