@@ -186,31 +186,48 @@ def test_simulated_crowd_refuses_pairs_without_truth(workspace):
         assert session.scalar(select(func.count()).select_from(Task)) == 0
 
 
-def test_a_worker_who_says_yes_to_everything_is_caught_by_controls(workspace, tmp_path):
-    world = build_world(workspace, categories=1, images=12)
-    images = list(world["n00000001"])
-    gold = tmp_path / "gold.csv"
-    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if world['n00000001'][sha] else 'no'}\n"
-                                                     for sha in images[:6]))
-    from imgnet_build.labeling.gold import load_gold
-
-    assert load_gold(workspace, gold)["stored"] == 6
-    rounds.submit(workspace, "local", LabelSettings(seed_images=0, images_per_task=12, controls=6))
+def _answer_all(workspace, name: str, answer) -> None:
+    """A local worker `name` answers every task once: answer(item) -> True for yes."""
     with workspace.session() as session:
-        worker = Worker(backend="local", external_id="yes-man")
+        worker = Worker(backend="local", external_id=name)
         session.add(worker)
         session.flush()
         for task in session.scalars(select(Task)):
             assignment = Assignment(task_id=task.id, worker_id=worker.id, status="given")
             session.add(assignment)
             session.flush()
-            store_answers(session, assignment, set(session.scalars(select(TaskItem.id)
-                                                                   .where(TaskItem.task_id == task.id))))
-    rounds.collect(workspace, LabelSettings(block_after_controls=6))
+            items = session.scalars(select(TaskItem).where(TaskItem.task_id == task.id)).all()
+            store_answers(session, assignment, {item.id for item in items if answer(item)})
+
+
+def test_a_worker_who_says_yes_to_everything_is_caught_by_controls(workspace, tmp_path):
+    # three honest workers and one who says yes to everything answer every task; gold gives
+    # controls of both kinds. Blocking needs confidence: the yes-man's specificity is 0 on
+    # about 20 known or agreed negatives, so its whole interval lies under the bar.
+    world = build_world(workspace, categories=1, images=30)
+    truth = world["n00000001"]
+    images = list(truth)
+    gold = tmp_path / "gold.csv"
+    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if truth[sha] else 'no'}\n"
+                                                     for sha in images[:12]))
+    from imgnet_build.labeling.gold import load_gold
+
+    assert load_gold(workspace, gold)["stored"] == 12
+    rounds.submit(workspace, "local", LabelSettings(seed_images=0, images_per_task=12, controls=6))
+    for name in ("honest-1", "honest-2", "honest-3"):
+        _answer_all(workspace, name, lambda item: item.expected if item.kind != "candidate"
+                    else truth[item.image_sha256])
+    _answer_all(workspace, "yes-man", lambda item: True)
+    rounds.collect(workspace, LabelSettings(seed_images=0))
     with workspace.session() as session:
         worker = session.scalars(select(Worker).where(Worker.external_id == "yes-man")).one()
         assert worker.blocked and worker.control_correct < worker.control_answers
-        assert session.scalar(select(func.count()).select_from(Label)) == 0  # its votes do not count
+        assert worker.accuracy_high < 0.6 and worker.specificity < 0.3
+        honest = session.scalars(select(Worker).where(Worker.external_id.like("honest-%"))).all()
+        assert not any(w.blocked for w in honest) and all(w.accuracy_low > 0.6 for w in honest)
+        labels = {session.get(Cluster, label.cluster_id).representative: label.status
+                  for label in session.scalars(select(Label))}
+    assert labels and all(status == ("accepted" if truth[sha] else "rejected") for sha, status in labels.items())
 
 
 def test_labels_follow_their_cluster_when_dedup_picks_a_new_representative(workspace):

@@ -59,9 +59,9 @@ class LabelSettings:
     reject: float = 0.01
     seed_images: int = 10  # per category, dynamic consensus
     seed_votes: int = 10
-    block_below: float = 0.75  # workers under this accuracy are blocked and their votes discounted
-    block_after_controls: int = 6  # control answers before control accuracy can block
-    block_after_votes: int = 30  # votes before agreement (no controls yet) can block
+    block_below: float = 0.6  # workers surely under this balanced accuracy are blocked (labeling/quality.py)
+    prefer_above: float = 0.75  # workers surely under this are set aside while the crowd can spare them
+
     categories: tuple[str, ...] = ()  # wnids; empty: every category
 
     def __post_init__(self) -> None:
@@ -78,6 +78,13 @@ class LabelSettings:
         self.consensus()  # checks the thresholds
         if not 0 <= self.block_below <= 1:
             raise BadInput(f"--block-below must be between 0 and 1, not {self.block_below}")
+        if not self.block_below <= self.prefer_above <= 1:
+            raise BadInput(f"--prefer-above must be between --block-below and 1, not {self.prefer_above}")
+
+    @property
+    def reserve(self) -> int:
+        """Workers estimated at `prefer_above` or better before weaker ones are set aside."""
+        return 2 * self.max_votes
 
     @property
     def seeded(self) -> bool:
@@ -316,7 +323,7 @@ def decide(workspace, settings: LabelSettings = LabelSettings()) -> dict:
     for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
         votes, keys, meta, workers = _load_votes(workspace, settings)
         result = settings.consensus().fit(votes)
-        newly_blocked = update_workers(workspace, workers, result.worker_accuracy, votes, settings)
+        newly_blocked = update_workers(workspace, workers, result.workers, settings)
         if not newly_blocked:
             break
     _write_labels(workspace, votes, keys, meta, result, settings)
@@ -366,7 +373,7 @@ def _load_votes(workspace, settings: LabelSettings):
     counts = np.bincount(p_arr, minlength=len(pairs))
     seed = np.asarray([candidate[i] and counts[i] >= settings.seed_votes for i in range(len(pairs))], dtype=bool)
     table = VoteTable.build(p_arr, w, a, [categories[category] for _, category in pairs],
-                            known, seed if settings.seeded else None, len(worker_index))
+                            known, seed if settings.seeded else None, len(worker_index), candidate)
     meta = {"candidate": np.asarray(candidate, bool), "simulated": np.asarray(simulated, bool),
             "categories": categories}
     return table, pairs, meta, list(worker_index)
