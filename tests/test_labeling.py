@@ -316,7 +316,7 @@ def test_kill_9_mid_run_loses_nothing(tmp_path):
     result = subprocess.run([sys.executable, "-c", "from imgnet_build.cli.main import main; main()", *command[3:],
                              "--json"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["undecided"] <= 8
+    assert json.loads(result.stdout)["undecided"] <= 16  # 10%: a few pairs stay honestly undecided under the cap
     with workspace.session() as session:
         over = session.execute(select(Task.id).join(Assignment, Assignment.task_id == Task.id)
                                .group_by(Task.id, Task.assignments_wanted)
