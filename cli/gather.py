@@ -29,10 +29,14 @@ DEFAULTS = FetchSettings()
 @click.option("--retry-failed", is_flag=True, help="Download failed candidates again (after a network outage).")
 @click.option("--allow-loopback", is_flag=True,
               help="Allow URLs on this machine (127.0.0.1, localhost): tests and local mirrors.")
+@click.option("--executor", metavar="EXECUTOR",
+              help="Where downloads run: local (threads here), dask-local:N (N worker processes) or "
+                   "dask://HOST:PORT (a Dask cluster). Default: IMGNET_EXECUTOR, then imgnet.toml, then local.")
 @json_option
 @pass_workspace
 def gather(workspace: Workspace, source_spec: str, per_category: int | None, languages: str, workers: int,
-           per_host: int, host_rate: float, retry_failed: bool, allow_loopback: bool, as_json: bool) -> None:
+           per_host: int, host_rate: float, retry_failed: bool, allow_loopback: bool, executor: str | None,
+           as_json: bool) -> None:
     """Propose candidate images for every category and download the valid ones.
 
     Each candidate ends ok, failed or skipped with a reason (imgnet status groups the
@@ -45,7 +49,7 @@ def gather(workspace: Workspace, source_spec: str, per_category: int | None, lan
         imgnet gather --source urls:candidates.csv --per-category 200
     """
     settings = FetchSettings(workers=workers, per_host=per_host, host_rate=host_rate, allow_loopback=allow_loopback,
-                             retry_failed=retry_failed)
+                             retry_failed=retry_failed, executor=executor)
     progress = ProgressBar("fetching") if show_progress() and not as_json else None
     try:
         summary = run_gather(workspace, source_spec, per_category=per_category,

@@ -37,8 +37,22 @@ from imgnet_build.labeling.backends import get_backend
 from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTable, seed_table
 from imgnet_build.labeling.controls import control_pool, pick_controls
 from imgnet_build.labeling.quality import update_workers
-from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category, CategoryConsensus,
-                                Cluster, Gold, Image, Label, LabelHistory, Task, TaskItem, Vote, Worker)
+from imgnet_build.store import (
+    Assignment,
+    Candidate,
+    CandidateStatus,
+    Category,
+    CategoryConsensus,
+    Cluster,
+    Gold,
+    Image,
+    Label,
+    LabelHistory,
+    Task,
+    TaskItem,
+    Vote,
+    Worker,
+)
 
 __all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "pairs_without_clusters"]
 
@@ -381,7 +395,7 @@ def _load_votes(workspace, settings: LabelSettings):
 
 def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, settings: LabelSettings) -> None:
     yes, no = votes.counts()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         round_ = session.scalar(select(func.max(Task.round))) or 0
         for chunk in batched([i for i in range(len(keys)) if meta["candidate"][i]], 2000):
@@ -409,7 +423,7 @@ def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, s
 
 
 def _write_category_state(workspace, votes: VoteTable, meta: dict, result) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         for category_id, index in meta["categories"].items():
             seeded = votes.seed & (votes.pair_category == index)
