@@ -31,9 +31,9 @@ import tempfile
 import time
 
 import numpy as np
+from crowdsim import SimSettings, Simulation, score
 from sqlalchemy import select
 
-from crowdsim import Simulation, SimSettings, score
 from imgnet_build import dedup
 from imgnet_build.labeling import rounds
 from imgnet_build.labeling.consensus import VoteTable

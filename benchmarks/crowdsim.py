@@ -25,7 +25,6 @@ import random
 import numpy as np
 
 from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTable
-
 from imgnet_build.labeling.quality import to_block
 
 CONTROL_CONFIDENCE = 0.99

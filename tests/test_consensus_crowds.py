@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from labelkit import build_world
 from sqlalchemy import select
 
-from labelkit import build_world
 from imgnet_build.cli.main import cli
 from imgnet_build.labeling.consensus import ConsensusSettings, Dynamic, VoteTable
 from imgnet_build.labeling.simulated import Crowd
@@ -25,7 +25,7 @@ def test_a_worker_who_says_no_to_everything_carries_no_weight():
     good = {0, 1, 20, 21}
     known = [-1] * 20 + [1, 1] + [0] * 8
     votes = [(pair, worker, pair in good if worker else False) for pair in range(30) for worker in range(4)]
-    result = Dynamic(ConsensusSettings()).fit(VoteTable.build(*zip(*votes), [0] * 30, known))
+    result = Dynamic(ConsensusSettings()).fit(VoteTable.build(*zip(*votes, strict=False), [0] * 30, known))
     quality = result.workers
     assert quality.sensitivity[0] == pytest.approx(4 / 9, abs=0.02)
     assert quality.specificity[0] == pytest.approx(30 / 31, abs=0.02)
@@ -39,7 +39,7 @@ def test_a_worker_who_says_no_to_everything_carries_no_weight():
 def test_a_handful_of_answers_is_no_proof(tmp_path):
     # a worker right on 2 of 4 pairs could be anyone: the interval is wide, nobody is blocked
     votes = [(p, w, p % 2 == 0 if w else p < 2) for p in range(4) for w in range(3)]
-    quality = Dynamic().fit(VoteTable.build(*zip(*votes), [0] * 4, [1, 0, 1, 0])).workers
+    quality = Dynamic().fit(VoteTable.build(*zip(*votes, strict=False), [0] * 4, [1, 0, 1, 0])).workers
     assert quality.low[0] < 0.5 < 0.75 < quality.high[0]
 
 

@@ -40,7 +40,6 @@ import dataclasses
 from typing import ClassVar, Protocol
 
 import numpy as np
-
 from scipy.stats import beta
 
 from imgnet_build.errors import BadInput
