@@ -217,10 +217,11 @@ def test_a_worker_who_says_yes_to_everything_is_caught_by_controls(workspace, tm
     # about 20 known or agreed negatives, so its whole interval lies under the bar.
     world = build_world(workspace, categories=1, images=30)
     truth = world["n00000001"]
-    images = list(truth)
+    known = [store_picture(workspace, gen.photo(700 + number, size=(64, 48))) for number in range(12)]
+    dedup.run(workspace)  # known answers on pictures that are not candidates: controls never repeat a candidate
     gold = tmp_path / "gold.csv"
-    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if truth[sha] else 'no'}\n"
-                                                     for sha in images[:12]))
+    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if number % 2 else 'no'}\n"
+                                                     for number, sha in enumerate(known)))
     from imgnet_build.labeling.gold import load_gold
 
     assert load_gold(workspace, gold)["stored"] == 12

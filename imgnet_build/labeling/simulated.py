@@ -23,6 +23,7 @@ from imgnet_build.dbutil import insert_ignore
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.backends import register
+from imgnet_build.labeling.locks import lock_task
 from imgnet_build.store import Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote, Worker
 
 __all__ = ["Crowd", "SimulatedBackend"]
@@ -130,10 +131,14 @@ class SimulatedBackend:
         crowds: dict[str, tuple] = {}  # batch -> (crowd, its worker ids, its profiles), made once per collect
         for task_id, batch in tasks:
             with workspace.session() as session:  # one task, one transaction: a kill loses at most this task
+                lock_task(session, task_id)  # a concurrent collect answers it before or after, never beside
+                task = session.get(Task, task_id)
+                if task is None or task.status != "open":
+                    continue
                 if batch not in crowds:
                     crowd = Crowd.from_batch(batch)
                     crowds[batch] = (crowd, _workers(session, crowd), crowd.profiles())
-                stored += _answer_task(session, session.get(Task, task_id), *crowds[batch])
+                stored += _answer_task(session, task, *crowds[batch])
         return stored
 
 
@@ -164,7 +169,7 @@ def _answer_task(session, task: Task, crowd: Crowd, workers: dict[int, int],
     blocked = set(session.scalars(select(Worker.id).where(Worker.blocked.is_(True))))
     rng = random.Random(f"{crowd.seed}:{task.id}")
     free = [i for i in range(crowd.workers) if workers[i] not in busy and workers[i] not in blocked]
-    truth = _truth(session, task.category_id, clusters)
+    truth = _truth(session, task.category_id, [item.cluster_id for item in items])
     sensitivity, specificity = profiles
     stored = 0
     if len(free) < wanted:  # the crowd has nobody left for it: what it gets now is all it will get
@@ -175,7 +180,7 @@ def _answer_task(session, task: Task, crowd: Crowd, workers: dict[int, int],
         session.flush()
         selected = set()
         for item in items:
-            good = item.expected if item.kind != "candidate" else truth[item.cluster_id]
+            good = truth.get(item.cluster_id, item.expected)  # a control is answered from its truth when known
             if good:
                 answer = rng.random() < sensitivity[index]
             else:
