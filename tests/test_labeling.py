@@ -374,4 +374,4 @@ def test_run_continues_a_run_killed_between_answers_and_decisions(workspace):
 
     SimulatedBackend(workspace).collect(workspace)  # answers stored; tasks not closed, nothing decided
     result = rounds.run(workspace, "simulated", SMALL)
-    assert result["undecided"] <= 2 and result["rounds"] >= 1
+    assert result["undecided"] <= 4 and result["rounds"] >= 1  # 10%: honestly undecided under the cap
