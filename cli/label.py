@@ -207,25 +207,30 @@ def run_command(workspace: Workspace, backend: str, as_json: bool, **values) -> 
 
 
 @label.command()
+@click.option("--backend", type=click.Choice(["local", "simulated", "mturk"]), default=None,
+              help="Only this backend's tasks; default: every backend.")
 @click.option("--batch", default=None, help="Only this batch (as label status shows it, e.g. r2); default: all.")
 @live_option
 @json_option
 @pass_workspace
-def expire(workspace: Workspace, batch: str | None, live: bool, as_json: bool) -> None:
-    """(mturk) Stop a batch: answers already submitted are collected, then its HITs expire.
+def expire(workspace: Workspace, backend: str | None, batch: str | None, live: bool, as_json: bool) -> None:
+    """Stop open tasks on any backend; answers already in are kept.
+
+    MTurk's submitted answers are collected first and its HITs expire on the marketplace;
+    local and simulated tasks close at once (a late submission is refused).
 
     Example:
 
     \b
+        imgnet label expire --backend local
         imgnet label expire --batch r2
     """
-    from imgnet_build.labeling.mturk import expire as expire_hits
-
-    result = expire_hits(workspace, batch, live=live)
+    result = rounds.expire(workspace, backend, batch, live=live)
     if as_json:
         print_json(result)
     else:
-        click.echo(f"label expire: {result['hits_expired']} HITs expired, {result['tasks']} tasks closed, "
+        per = ", ".join(f"{name} {count}" for name, count in sorted(result["per_backend"].items())) or "none open"
+        click.echo(f"label expire: {result['tasks']} tasks closed ({per}); {result['hits_expired']} HITs expired, "
                    f"{result['assignments_collected']} assignments collected first")
 
 

@@ -55,7 +55,7 @@ from imgnet_build.store import (
     Worker,
 )
 
-__all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "pairs_without_clusters"]
+__all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "expire", "pairs_without_clusters"]
 
 Progress = Callable[[str], None]
 WORK_STATUSES = ("submitted", "approved", "rejected")
@@ -130,6 +130,7 @@ class Plan:
     discarded: int = 0  # never-published tasks of another backend or marketplace, dropped
     held: dict[str, int] = dataclasses.field(default_factory=dict)  # {reason: pairs} that got nothing now
     waiting_on: dict[str, int] = dataclasses.field(default_factory=dict)  # {backend: open tasks} holding votes
+    needs: list[str] = dataclasses.field(default_factory=list)  # (dry run) what a real submit still lacks
 
     def summary(self) -> str:
         verb = "would issue" if self.dry_run else "issued"
@@ -141,6 +142,8 @@ class Plan:
             text += f"; {self.not_clustered} images wait for `imgnet dedup`"
         if self.tasks == 0:
             text += "\n" + self.why_nothing()
+        if self.needs:
+            text += "\na real submit still needs: " + "; ".join(self.needs)
         return text
 
     def why_nothing(self) -> str:
@@ -586,3 +589,33 @@ def run(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, o
         if decided["assignments"] == 0:  # the crowd has nobody left for what is still open
             break
     return {"rounds": rounds, **decided}
+
+
+def expire(workspace, backend: str | None = None, batch: str | None = None, *, live: bool = False) -> dict:
+    """Stop open and unpublished tasks on every backend (or only `backend`; only batch `batch`, as
+    `label status` shows it, e.g. r2): MTurk's answers already submitted are collected first and its
+    HITs expire on the marketplace; the others close at once (a worker's late submission is then
+    refused). Returns {"tasks", "hits_expired", "assignments_collected", "per_backend"}."""
+    with workspace.session() as session:
+        names = list(session.scalars(select(Task.backend).where(Task.status.in_(("new", "open"))).distinct()))
+    if backend is not None:
+        get_backend(backend, workspace, {"live": live})  # an unknown name is refused
+        names = [name for name in names if name == backend]
+    result = {"tasks": 0, "hits_expired": 0, "assignments_collected": 0, "per_backend": {}}
+    for name in sorted(names):
+        if name == "mturk":
+            from imgnet_build.labeling.mturk import expire as expire_hits
+
+            done = expire_hits(workspace, batch, live=live)
+        else:
+            with workspace.session() as session:
+                lock_planning(session)
+                query = update(Task).where(Task.backend == name, Task.status.in_(("new", "open")))
+                if batch:
+                    query = query.where((Task.batch == batch) | Task.batch.like(f"{batch}-%"))
+                done = {"tasks": session.execute(query.values(status="expired")).rowcount, "hits_expired": 0,
+                        "assignments_collected": 0}
+        result["per_backend"][name] = done["tasks"]
+        for key in ("tasks", "hits_expired", "assignments_collected"):
+            result[key] += done[key]
+    return result
