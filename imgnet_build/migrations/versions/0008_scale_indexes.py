@@ -5,16 +5,16 @@
 - image: rows not hashed yet (partial), rows per dedup threshold (what a rerun must look at),
   rows by pHash; `detail`, the grey-level spread dedup measures to set near-constant images apart.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-26 12:40:00.000000
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007'
-down_revision = '0006'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
