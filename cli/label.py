@@ -50,7 +50,10 @@ consensus_options = _with([  # how many votes a pair gets and how they become la
         click.option("--reject", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULTS.reject,
                      show_default=True, help="Posterior at which a pair is rejected."),
         click.option("--block-below", type=click.FloatRange(0, 1), default=DEFAULTS.block_below, show_default=True,
-                     help="Block workers whose control accuracy (or agreement, before controls) is lower."),
+                     help="Block workers whose whole 95% interval of balanced accuracy is lower (no information)."),
+        click.option("--prefer-above", type=click.FloatRange(0, 1), default=DEFAULTS.prefer_above,
+                     show_default=True, help="Set aside workers surely under this while 2 x --max-votes workers "
+                                             "are estimated above it."),
         click.option("--include-test", is_flag=True,
                      help="Count test answers (MTurk sandbox) as evidence; their labels are marked as not human "
                           "and exported only with --include-simulated."),
@@ -72,8 +75,23 @@ simulated_options = _with([
                      help="Simulated crowd: each worker's accuracy, drawn uniformly."),
         click.option("--sim-spammers", type=click.FloatRange(0, 1), default=0.1, show_default=True,
                      help="Simulated crowd: share of workers who answer at random."),
+        click.option("--sim-constant", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                     help="Simulated crowd: share of workers who answer no to everything."),
         click.option("--sim-seed", type=int, default=0, show_default=True, help="Simulated crowd: random seed."),
 ])
+
+
+def worker_line(worker: dict) -> str:
+    """One worker of `label status`: estimate, interval, evidence (controls right/seen on
+    positives and negatives, votes)."""
+    if worker["accuracy"] is None:
+        estimate = "accuracy -"
+    else:
+        low, high = worker["interval"] or (worker["accuracy"], worker["accuracy"])
+        estimate = f"accuracy {worker['accuracy']:.2f} [{low:.2f}-{high:.2f}]"
+    positive, negative = worker["controls"]["positive"], worker["controls"]["negative"]
+    return (f"{worker['name']:<24} {estimate:<27} controls yes {positive[0]}/{positive[1]} no {negative[0]}/{negative[1]}"
+            f"  votes {worker['votes']}" + ("  blocked" if worker["blocked"] else ""))
 
 
 def _settings(**values) -> LabelSettings:
@@ -84,7 +102,7 @@ def _settings(**values) -> LabelSettings:
 
 
 def _sim_options(values: dict) -> dict:
-    return {key: values[key] for key in ("sim_workers", "sim_accuracy", "sim_spammers", "sim_seed") if key in values}
+    return {key: values[key] for key in ("sim_workers", "sim_accuracy", "sim_spammers", "sim_seed", "sim_constant") if key in values}
 
 
 live_option = click.option("--live", is_flag=True,
@@ -285,8 +303,6 @@ def status_command(workspace: Workspace, all_workers: bool, as_json: bool) -> No
                      f"committed ${mturk['committed_usd']}")
     shown = report["workers"] if all_workers else report["workers"][:10]
     for worker in shown:
-        accuracy = "-" if worker["accuracy"] is None else f"{worker['accuracy']:.2f}"
-        click.echo(f"  {worker['name']:<24} accuracy {accuracy}  votes {worker['votes']}"
-                   + ("  blocked" if worker["blocked"] else ""))
+        click.echo("  " + worker_line(worker))
     if len(shown) < len(report["workers"]):
         click.echo(f"  … {len(report['workers']) - len(shown)} more workers (--all lists them)")

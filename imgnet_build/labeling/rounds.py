@@ -75,9 +75,9 @@ class LabelSettings:
     reject: float = 0.01
     seed_images: int = 10  # per category, dynamic consensus
     seed_votes: int = 10
-    block_below: float = 0.75  # workers under this accuracy are blocked and their votes discounted
-    block_after_controls: int = 6  # control answers before control accuracy can block
-    block_after_votes: int = 30  # votes before agreement (no controls yet) can block
+    block_below: float = 0.6  # workers surely under this balanced accuracy are blocked (labeling/quality.py)
+    prefer_above: float = 0.75  # workers surely under this are set aside while the crowd can spare them
+
     categories: tuple[str, ...] = ()  # wnids; empty: every category
     include_test: bool = False  # count test answers (MTurk sandbox) as evidence; their labels are marked
 
@@ -95,6 +95,13 @@ class LabelSettings:
         self.consensus()  # checks the thresholds
         if not 0 <= self.block_below <= 1:
             raise BadInput(f"--block-below must be between 0 and 1, not {self.block_below}")
+        if not self.block_below <= self.prefer_above <= 1:
+            raise BadInput(f"--prefer-above must be between --block-below and 1, not {self.prefer_above}")
+
+    @property
+    def reserve(self) -> int:
+        """Workers estimated at `prefer_above` or better before weaker ones are set aside."""
+        return 2 * self.max_votes
 
     @property
     def seeded(self) -> bool:
@@ -431,7 +438,7 @@ def decide(workspace, settings: LabelSettings = LabelSettings()) -> dict:
     for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
         votes, keys, meta, workers = _load_votes(workspace, settings)
         result = settings.consensus().fit(votes)
-        newly_blocked = update_workers(workspace, workers, result.worker_accuracy, votes, settings)
+        newly_blocked = update_workers(workspace, workers, result.workers, settings)
         if not newly_blocked:
             break
     _write_labels(workspace, votes, keys, meta, result, settings)
@@ -449,6 +456,7 @@ def _load_votes(workspace, settings: LabelSettings):
     candidate: list[bool] = []
     simulated: list[bool] = []
     test: list[bool] = []
+    control_expected: dict[int, int] = {}
     p, w, a = [], [], []
     counted: set[tuple[int, int, int]] = set()  # (worker, cluster, category): a worker counts once per pair
     with workspace.session() as session:
@@ -476,21 +484,24 @@ def _load_votes(workspace, settings: LabelSettings):
                 candidate.append(False)
                 simulated.append(False)
                 test.append(False)
-            if control and expected is not None:
-                known[index] = int(expected)
+            if control and expected is not None and gold.get(key) is None:
+                control_expected[index] = int(expected)
             candidate[index] |= not control
             simulated[index] |= bool(is_simulated) or bool(is_test)
             test[index] |= bool(is_test)
             p.append(index)
             w.append(worker_index.setdefault(worker, len(worker_index)))
             a.append(answer)
+    for index, expected in control_expected.items():
+        if not candidate[index]:  # a control borrowed from elsewhere is a known answer; a candidate of the
+            known[index] = expected  # category serving as a positive control stays open to its votes
     pairs = list(pair_index)
     categories = {category: i for i, category in enumerate(sorted({category for _, category in pairs}))}
     p_arr = np.asarray(p, dtype=np.int64)
     counts = np.bincount(p_arr, minlength=len(pairs))
     seed = np.asarray([candidate[i] and counts[i] >= settings.seed_votes for i in range(len(pairs))], dtype=bool)
     table = VoteTable.build(p_arr, w, a, [categories[category] for _, category in pairs],
-                            known, seed if settings.seeded else None, len(worker_index))
+                            known, seed if settings.seeded else None, len(worker_index), candidate)
     meta = {"candidate": np.asarray(candidate, bool), "simulated": np.asarray(simulated, bool),
             "test": np.asarray(test, bool), "categories": categories}
     return table, pairs, meta, list(worker_index)

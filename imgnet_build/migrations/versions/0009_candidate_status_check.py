@@ -1,14 +1,14 @@
 """candidate.status: a CHECK constraint, as every other status column has
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-26 13:30:00.000000
 """
 
 from alembic import op
 
-revision = '0007'
-down_revision = '0006'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
