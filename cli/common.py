@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -12,17 +13,25 @@ from sqlalchemy.exc import OperationalError
 
 from imgnet_build.errors import BadInput, ImgnetError
 from imgnet_build.store import database_reason
-from imgnet_build.workspace import Workspace
+from imgnet_build.workspace import WORKSPACE_ENV, Workspace
 
-WORKSPACE_ENV = "IMGNET_WORKSPACE"
+SIGPIPE_EXIT = 141  # what a shell reports for a program a closed pipe ended (128 + SIGPIPE)
 
 
 class ImgnetGroup(click.Group):
-    """A group whose commands turn library errors into `Error: …` and exit code 1."""
+    """A group whose commands turn library errors into `Error: …` and exit code 1.
+
+    A mistake on the command line itself (an unknown option, a bad value) is click's usage
+    error: the usage line, a hint and `Error: …`, exit code 2. A closed pipe (`imgnet tree
+    show | head`) ends the command quietly with exit code 141, as it ends `cat`."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            if _stdout_closed():
+                raise SystemExit(SIGPIPE_EXIT) from exc
+            raise click.ClickException(f"{exc.strerror or exc}") from exc
         except ImgnetError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:  # an output file that cannot be written (/dev/full, a read-only folder)
@@ -32,13 +41,39 @@ class ImgnetGroup(click.Group):
             raise click.ClickException(f"database error: {database_reason(exc)}") from exc
 
 
-def pass_workspace(command):
-    """Open the workspace named by -w/--workspace (or IMGNET_WORKSPACE, or the current folder)."""
+def _stdout_closed() -> bool:
+    """True when standard output is a pipe whose reader has gone (the write end then polls POLLERR).
+
+    Standard output is pointed at /dev/null then, so that Python's flush at exit stays quiet too."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLERR)
+        closed = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test's capture)
+        return False
+    if closed:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    return closed
+
+
+def pass_workspace(command=None, *, read_only: bool = False):
+    """Open the workspace named by -w/--workspace (or IMGNET_WORKSPACE, or the current folder).
+
+    `@pass_workspace(read_only=True)` marks a command that only reads: its workspace opens
+    even when the folder is read-only."""
+    if command is None:
+        return lambda command: pass_workspace(command, read_only=read_only)
 
     @click.pass_context
     def wrapper(ctx: click.Context, *args, **kwargs):
         root = ctx.find_root().params.get("workspace") or os.environ.get(WORKSPACE_ENV) or "."
-        workspace = Workspace.open(root)  # its errors reach ImgnetGroup like every other
+        workspace = Workspace.open(root, read_only=read_only)  # its errors reach ImgnetGroup like every other
         ctx.call_on_close(workspace.close)
         return ctx.invoke(command, workspace, *args, **kwargs)
 

@@ -56,9 +56,11 @@ def test_init_output(runner, tmp_path):
 def test_errors_are_one_line_and_exit_1(runner, ws, tmp_path):
     cases = [
         (["-w", str(tmp_path / "nope"), "status"],
-         f"Error: workspace {tmp_path / 'nope'} does not exist; create it with: imgnet init {tmp_path / 'nope'}\n"),
+         f"Error: workspace {tmp_path / 'nope'} does not exist; create it with: imgnet init {tmp_path / 'nope'} "
+         "(or name an existing one with -w DIR or IMGNET_WORKSPACE)\n"),
         (["-w", str(tmp_path), "status"],
-         f"Error: {tmp_path} is not a workspace (no imgnet.toml); create one with: imgnet init {tmp_path}\n"),
+         f"Error: {tmp_path} is not a workspace (no imgnet.toml); create one with: imgnet init {tmp_path} "
+         "(or name an existing one with -w DIR or IMGNET_WORKSPACE)\n"),
         (["-w", ws, "tree", "build", "--root", "run.v.01"],
          "Error: run.v.01 is a verb synset; categories are noun synsets (e.g. dog.n.01)\n"),
         (["-w", ws, "tree", "build", "--root", "happy.a.01"],
