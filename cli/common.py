@@ -80,6 +80,21 @@ def pass_workspace(command=None, *, read_only: bool = False):
     return update_wrapper(wrapper, command)
 
 
+def setting_help(stage: str, name: str, text: str) -> str:
+    """`text` and where the option's default comes from: imgnet.toml's [stage] table, else the
+    settings dataclass (its default, written once there, is shown)."""
+    from imgnet_build.settings import StageSettings
+
+    default = StageSettings().default(stage, name)
+    shown = "none" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+    return f"{text}  [default: imgnet.toml [{stage}] {name}, else {shown}]"
+
+
+def given(values: dict, names: tuple[str, ...] | set[str] | None = None) -> dict:
+    """The options of `values` the user gave (not None), limited to `names`."""
+    return {key: value for key, value in values.items() if value is not None and (names is None or key in names)}
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
 
 
@@ -95,21 +110,29 @@ def show_progress() -> bool:
 class ProgressBar:
     """A click progress bar on stderr, made once the total is known; call it with (done, total)."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, close_when_done: bool = False) -> None:
         self.label = label
+        self.close_when_done = close_when_done
+        self.finished = False
         self.bar = None
         self.shown = 0
 
     def __call__(self, done: int, total: int) -> None:
+        if self.finished:
+            return
         if self.bar is None:
             self.bar = click.progressbar(length=total, label=self.label, file=click.get_text_stream("stderr"))
             self.bar.__enter__()
         self.bar.update(done - self.shown)
         self.shown = done
+        if done >= total and self.close_when_done:
+            self.close()  # the next phase's bar starts on a line of its own
+            self.finished = True
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def check_writable(path: str) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput, NotImageable, UnknownSynset
 from imgnet_build.store import Candidate, Category, CategoryEdge
-from imgnet_build.wordnet import load_wordnet, resolve_synset, wnid
+from imgnet_build.wordnet import WNID, load_wordnet, resolve_synset, wnid
 
 __all__ = ["Rule", "TreeOptions", "Selection", "BuildResult", "TreeNode", "load_rule", "select_categories",
            "build_tree", "why_not_imageable", "load_tree", "descendant_counts", "image_counts", "tree_tops",
@@ -372,16 +372,21 @@ def render_tree(tree: dict[str, TreeNode], roots: list[str], max_depth: int | No
 def find_category(session: Session, spec: str) -> Category:
     """The workspace's category named by SYNSET: a wnid (`n02084071`) or an nltk name (`dog.n.01`).
 
-    UnknownSynset otherwise, saying whether the synset exists at all and, for a bare word
-    (`guitar`), which synsets it could mean."""
+    The one way every command resolves a SYNSET argument. UnknownSynset otherwise, with
+    the synsets a bare word (`guitar`) or a wrong sense number could mean."""
     spec = spec.strip()
     category = session.scalar(select(Category).where((Category.wnid == spec) | (Category.synset == spec)))
     if category is not None:
         return category
-    synset = resolve_synset(spec)  # UnknownSynset / NotImageable with a did-you-mean
+    try:
+        synset = resolve_synset(spec)
+    except UnknownSynset:
+        if WNID.fullmatch(spec):
+            raise UnknownSynset(f"{spec}: not in this workspace's tree (see imgnet tree show)") from None
+        raise
     category = session.scalar(select(Category).where(Category.wnid == wnid(synset)))
     if category is None:
-        raise UnknownSynset(f"{spec} ({wnid(synset)}) is not in this workspace's tree (see imgnet tree show)")
+        raise UnknownSynset(f"{spec} ({wnid(synset)}): not in this workspace's tree (see imgnet tree show)")
     return category
 
 

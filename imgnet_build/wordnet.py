@@ -150,6 +150,7 @@ def wnid(synset) -> str:
 
 
 _WNID = re.compile(r"^([nvasr])(\d{8})$")
+WNID = re.compile(r"n\d{8}")  # a noun's wnid, as categories have
 _NAME = re.compile(r"^.+\.([nvasr])\.\d{2}$")
 
 
