@@ -90,6 +90,7 @@ def revoke_command(workspace: Workspace, name: str, as_json: bool) -> None:
     """
     from imgnet_build.labeling.invites import revoke
 
+    name = name.strip()  # as invite strips it
     revoke(workspace, name)
     if as_json:
         print_json({"name": name, "revoked": True})

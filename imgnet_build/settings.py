@@ -42,31 +42,35 @@ def stage_class(stage: str) -> type:
     return typing.cast(type, getattr(import_module(module), name))
 
 
-def _allowed(annotation: Any) -> tuple[tuple[type, ...], bool, bool] | None:
-    """(scalar types, None allowed, a list of them) for a field's type; None when a file cannot set it."""
-    optional, listed = False, False
+def _allowed(annotation: Any) -> tuple[tuple[type, ...], tuple[type, ...]] | None:
+    """(scalar types, types a list may hold) a field takes; None when a file cannot set it."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        optional = len(members) < len(typing.get_args(annotation))
     else:
         members = [annotation]
     scalars: list[type] = []
+    listed: list[type] = []
     for member in members:
         if typing.get_origin(member) is tuple:
             args = typing.get_args(member)
             if len(args) == 2 and args[1] is Ellipsis and args[0] in _SCALARS:
-                scalars.append(args[0])
-                listed = True
+                listed.append(args[0])
                 continue
             return None
         if member not in _SCALARS:
             return None
         scalars.append(member)
-    return tuple(scalars), optional, listed
+    return tuple(scalars), tuple(listed)
 
 
-def _type_name(scalar: type) -> str:
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string in quotes"}[scalar]
+_NAMES = {bool: ("true or false", "true or false values"), int: ("a whole number", "whole numbers"),
+          float: ("a number", "numbers"), str: ("a string in quotes", "strings in quotes")}
+
+
+def _wanted(scalars: tuple[type, ...], listed: tuple[type, ...]) -> str:
+    names = [_NAMES[scalar][0] for scalar in scalars]
+    names += [f"a list of {_NAMES[scalar][1]}" for scalar in listed]
+    return " or ".join(names)
 
 
 def _fits(value: object, scalars: tuple[type, ...]) -> bool:
@@ -92,14 +96,11 @@ def check_table(cls: type, table: object, where: str, path: Path | str, skip: se
         raise BadInput(f"{path}: unknown [{where}] setting(s) {', '.join(unknown)}; known: {', '.join(sorted(settable))}")
     values: dict[str, Any] = {}
     for name, value in table.items():
-        scalars, _optional, listed = settable[name]
-        wanted = " or ".join(_type_name(scalar) for scalar in scalars)
-        if listed:
-            if not isinstance(value, list) or not all(_fits(item, scalars) for item in value):
-                raise BadInput(f"{path}: [{where}] {name} must be a list of {wanted}s, not {value!r}")
+        scalars, listed = settable[name]
+        if isinstance(value, list) and listed and all(_fits(item, listed) for item in value):
             value = tuple(value)
-        elif not _fits(value, scalars):
-            raise BadInput(f"{path}: [{where}] {name} must be {wanted}, not {value!r}")
+        elif isinstance(value, list) or not _fits(value, scalars):
+            raise BadInput(f"{path}: [{where}] {name} must be {_wanted(scalars, listed)}, not {value!r}")
         elif float in scalars and int not in scalars and isinstance(value, int):
             value = float(value)
         values[name] = value
