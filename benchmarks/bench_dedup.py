@@ -29,13 +29,13 @@ import numpy as np
 from PIL import Image as PILImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import imagegen as gen  # noqa: E402
+import imagegen as gen
 
-from imgnet_build import dedup  # noqa: E402
-from imgnet_build.blobs import blob_key  # noqa: E402
-from imgnet_build.hamming import HammingIndex  # noqa: E402
-from imgnet_build.store import Candidate, Category, Image  # noqa: E402
-from imgnet_build.workspace import Workspace  # noqa: E402
+from imgnet_build import dedup
+from imgnet_build.blobs import blob_key
+from imgnet_build.hamming import HammingIndex
+from imgnet_build.store import Candidate, Category, Image
+from imgnet_build.workspace import Workspace
 
 EDITS = {  # name -> (edit of a decoded photo and its JPEG bytes, inside the default's scope)
     "jpeg q50": (lambda image, data: gen.reencode(data, 50), True),
@@ -71,7 +71,7 @@ def throughput(count: int) -> None:
     rows.append(("ours (draft, pHash+dHash), 1 thread", lambda: [dedup.hash_image(p) for p in paths]))
     rows.append(("ours, 2 threads (as dedup.run)", lambda: list(ThreadPoolExecutor(2).map(dedup.hash_image, paths))))
     try:
-        from imagededup.methods import PHash  # noqa: F401  (pulls torch)
+        from imagededup.methods import PHash
 
         rows.append(("imagededup PHash.encode_images", lambda: PHash(verbose=False).encode_images(str(folder))))
     except Exception as exc:  # not installed, or torch missing
@@ -177,7 +177,7 @@ def search(count: int, planted: int, threshold: int, subset: int) -> None:
     hashes = rng.integers(0, 2**64 - 1, count, dtype=np.uint64, endpoint=True)
     sources = rng.choice(count, planted * 2, replace=False)
     pairs = set()
-    for source, target in zip(sources[:planted], sources[planted:]):
+    for source, target in zip(sources[:planted], sources[planted:], strict=True):
         bits = rng.choice(64, size=int(rng.integers(1, threshold + 1)), replace=False)
         hashes[target] = hashes[source] ^ np.uint64(sum(1 << int(bit) for bit in bits))
         pairs.add((min(int(source), int(target)), max(int(source), int(target))))

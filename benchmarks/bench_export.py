@@ -25,12 +25,12 @@ from pathlib import Path
 from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import imagegen as gen  # noqa: E402
+import imagegen as gen
 
-from imgnet_build.blobs import blob_key  # noqa: E402
-from imgnet_build.split import ExportOptions, export  # noqa: E402
-from imgnet_build.store import Candidate, Category, Cluster, Image, Label  # noqa: E402
-from imgnet_build.workspace import Workspace  # noqa: E402
+from imgnet_build.blobs import blob_key
+from imgnet_build.split import ExportOptions, export
+from imgnet_build.store import Candidate, Category, Cluster, Image, Label
+from imgnet_build.workspace import Workspace
 
 FORMATS = {  # name -> options
     "imagefolder (hard links)": ExportOptions(format="imagefolder"),

@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from webcrowd import HttpWorker, make_tasks, running_app  # noqa: E402
+from sqlalchemy import func, select
+from webcrowd import HttpWorker, make_tasks, running_app
 
-from sqlalchemy import func, select  # noqa: E402
-
-from imgnet_build.labeling.invites import invite  # noqa: E402
-from imgnet_build.store import Vote  # noqa: E402
-from imgnet_build.workspace import Workspace  # noqa: E402
+from imgnet_build.labeling.invites import invite
+from imgnet_build.store import Vote
+from imgnet_build.workspace import Workspace
 
 
 def run(ws: Workspace, args) -> dict[str, float]:

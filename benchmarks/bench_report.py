@@ -20,14 +20,14 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import imagegen as gen  # noqa: E402
+import imagegen as gen
 
-from imgnet_build import dedup  # noqa: E402
-from imgnet_build.blobs import blob_key  # noqa: E402
-from imgnet_build.labeling import rounds  # noqa: E402
-from imgnet_build.report import write_report  # noqa: E402
-from imgnet_build.store import Candidate, Category, CategoryEdge, Image  # noqa: E402
-from imgnet_build.workspace import Workspace  # noqa: E402
+from imgnet_build import dedup
+from imgnet_build.blobs import blob_key
+from imgnet_build.labeling import rounds
+from imgnet_build.report import write_report
+from imgnet_build.store import Candidate, Category, CategoryEdge, Image
+from imgnet_build.workspace import Workspace
 
 
 def build(workspace: Workspace, categories: int, images: int, size: tuple[int, int]) -> None:

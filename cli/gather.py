@@ -29,6 +29,9 @@ from imgnet_build.workspace import Workspace
               help="Download failed candidates again (after a network outage).")
 @click.option("--allow-loopback", is_flag=True, default=None,
               help="Allow URLs on this machine (127.0.0.1, localhost): tests and local mirrors.")
+@click.option("--executor", metavar="EXECUTOR",
+              help="Where downloads run: local (threads here), dask-local:N (N worker processes) or "
+                   "dask://HOST:PORT (a Dask cluster). Default: IMGNET_EXECUTOR, then imgnet.toml, then local.")
 @json_option
 @pass_workspace
 def gather(workspace: Workspace, source_spec: str, categories: tuple[str, ...], per_category: int | None,

@@ -36,7 +36,7 @@ def serve_command(workspace: Workspace, host: str, port: int, threads: int) -> N
     """
     from imgnet_build.labeling.web import ADMIN_TOKEN_ENV, make_server
 
-    workspace.engine  # refuse a database it cannot serve (newer schema, unreachable) now, not with 503s later
+    _ = workspace.engine  # refuse a database it cannot serve (newer schema, unreachable) now, not with 503s later
     admin_token = os.environ.get(ADMIN_TOKEN_ENV) or secrets.token_urlsafe(24)
     server = make_server(workspace, host, port, admin_token, threads)
     base = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{server.effective_port}"

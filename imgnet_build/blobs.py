@@ -86,6 +86,7 @@ class S3BlobStore:
             raise BadInput(f"blob store {url!r} names no bucket; use s3://bucket/prefix")
         self.bucket, self.prefix, self.location = bucket, prefix.strip("/"), url
         endpoint_url = endpoint_url or os.environ.get("IMGNET_S3_ENDPOINT_URL") or None
+        self.endpoint_url = endpoint_url  # what a worker elsewhere needs to open the same store
         self.client = boto3.client("s3", endpoint_url=endpoint_url)
 
     def _key(self, key: str) -> str:

@@ -262,7 +262,7 @@ def assign_clusters(session: Session, rows, wanted: dict[str, str], batch_size: 
     for chunk in batched(founders, batch_size):
         ids = session.scalars(insert(StoredCluster).returning(StoredCluster.id, sort_by_parameter_order=True),
                               [{"key": rep, "representative": rep} for rep, _ in chunk]).all()
-        moves += [{"sha256": r.sha256, "cluster_id": id_} for id_, (_, members) in zip(ids, chunk) for r in members]
+        moves += [{"sha256": r.sha256, "cluster_id": id_} for id_, (_, members) in zip(ids, chunk, strict=True) for r in members]
     for chunk in batched(moves, batch_size):
         session.execute(update(Image), chunk)
 
@@ -289,7 +289,7 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
         for batch in batched(todo, batch_size):
             results = list(pool.map(lambda row: _try(hash_image, workspace, row.blob_key), batch))
             values = [{"sha256": row.sha256, "phash": to_signed(result[0]), "dhash": to_signed(result[1])}
-                      for row, result in zip(batch, results) if result is not None]
+                      for row, result in zip(batch, results, strict=True) if result is not None]
             if values:
                 with workspace.session() as session:
                     session.execute(update(Image), values)
@@ -326,7 +326,7 @@ def _pixel_digests(workspace: Workspace, rows, close: np.ndarray, batch_size: in
         for batch in batched(needed, batch_size):
             results = list(pool.map(lambda i: _try(pixel_digest, workspace, keys[rows[i].sha256]), batch))
             values = []
-            for i, digest in zip(batch, results):
+            for i, digest in zip(batch, results, strict=True):
                 digests[i] = digest
                 if digest is not None:
                     values.append({"sha256": rows[i].sha256, "pixel_sha256": digest})

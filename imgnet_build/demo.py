@@ -22,9 +22,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from imgnet_build import dedup
 from imgnet_build.errors import NotAWorkspace, WorkspaceExists
-from imgnet_build.labeling import rounds
 from imgnet_build.fetch import FetchSettings
 from imgnet_build.gather import gather
+from imgnet_build.labeling import rounds
 from imgnet_build.taxonomy import TreeOptions, build_tree
 from imgnet_build.wordnet import resolve_synset, wnid
 from imgnet_build.workspace import Workspace

@@ -29,8 +29,8 @@ from sqlalchemy.exc import DBAPIError
 from imgnet_build.dbutil import batched, insert_ignore
 from imgnet_build.errors import BadInput, SourceUnreachable
 from imgnet_build.fetch import FetchSettings, FetchSummary, fetch_pending
-from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
 from imgnet_build.netguard import redact
+from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
 from imgnet_build.store import Candidate, CandidateStatus, Category, database_reason, url_hash
 
 __all__ = ["gather", "GatherSummary", "propose_candidates", "list_candidates", "failure_reasons", "DEFAULT_PROPOSALS"]
@@ -286,7 +286,7 @@ def list_candidates(session, status: str | None = None, wnid: str | None = None,
     if limit:
         query = query.limit(limit)
     for row in session.execute(query).yield_per(1000):
-        values = dict(zip(CANDIDATE_FIELDS, row))
+        values = dict(zip(CANDIDATE_FIELDS, row, strict=True))
         values["url"] = redact(values["url"])
         values["reason"] = redact(values["reason"]) if values["reason"] else None
         yield values

@@ -252,7 +252,7 @@ def _blocks(hashes: np.ndarray, band: Band) -> tuple[np.ndarray, dict[int, tuple
     ordered = values[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else np.empty(0, dtype=int)
     stops = np.r_[starts[1:], len(ordered)]
-    return order, {int(ordered[start]): (int(start), int(stop)) for start, stop in zip(starts, stops)}
+    return order, {int(ordered[start]): (int(start), int(stop)) for start, stop in zip(starts, stops, strict=False)}
 
 
 def _pairs_across(sorted_keys: np.ndarray, sorted_hashes: np.ndarray, keys: np.ndarray, hashes: np.ndarray,

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 
 from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
@@ -37,7 +38,7 @@ from urllib3.util import connection as urllib3_connection
 from imgnet_build import __version__
 from imgnet_build.errors import ImgnetError
 
-__all__ = ["redact", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
+__all__ = ["redact", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "guarded_pool_manager", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
            "retry_after"]
 
 USER_AGENT = os.environ.get("IMGNET_USER_AGENT") or (
@@ -210,7 +211,7 @@ class _Guarded:
                 return urllib3_connection.create_connection(
                     (address, self.port), self.timeout, source_address=self.source_address,
                     socket_options=self.socket_options)
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 error = ConnectTimeoutError(self, f"Connection to {self.host} timed out")
                 error.__cause__ = exc
             except OSError as exc:
@@ -237,6 +238,13 @@ def _pool_classes(allow_loopback: bool) -> dict[str, type]:
 _POOLS = {flag: _pool_classes(flag) for flag in (False, True)}
 
 
+def guarded_pool_manager(allow_loopback: bool = False, **kwargs) -> PoolManager:
+    """A urllib3 PoolManager whose connections pass the SSRF guard (for clients that skip requests)."""
+    manager = PoolManager(**kwargs)
+    manager.pool_classes_by_scheme = _POOLS[allow_loopback]
+    return manager
+
+
 class GuardedAdapter(HTTPAdapter):
     """A requests adapter whose connections pass the SSRF guard (mount it for http and https)."""
 
@@ -254,19 +262,26 @@ class GuardedAdapter(HTTPAdapter):
 class HostLimiter:
     """At most `concurrency` requests in flight and `rate` requests per second per host (0: no rate cap)."""
 
-    def __init__(self, concurrency: int, rate: float, stopping: threading.Event | None = None) -> None:
+    def __init__(self, concurrency: int, rate: float, stopping: threading.Event | None = None,
+                 shares: dict[str, tuple[int, float]] | None = None) -> None:
+        """`shares`: host -> (concurrency, rate) for hosts whose limits differ (a Dask shard's share of a host)."""
         self.concurrency, self.rate = concurrency, rate
         self.stopping = stopping or threading.Event()  # once set, waiting for a turn raises Abandoned
         self._lock = threading.Lock()
+        self._shares = dict(shares or {})
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._next: dict[str, float] = {}
+
+    def _limits(self, host: str) -> tuple[int, float]:
+        return self._shares.get(host, (self.concurrency, self.rate))
 
     @contextlib.contextmanager
     def slot(self, host: str) -> Iterator[None]:
         """Wait for a turn at `host`; the wait is added to the current thread's deadline."""
         waited = time.monotonic()
+        concurrency, rate = self._limits(host)
         with self._lock:
-            semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(self.concurrency))
+            semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(concurrency))
         while not semaphore.acquire(timeout=0.25):
             if self.stopping.is_set():
                 raise Abandoned("abandoned: the run is stopping")
@@ -274,7 +289,7 @@ class HostLimiter:
             with self._lock:
                 now = time.monotonic()
                 start = max(now, self._next.get(host, now))
-                self._next[host] = start + (1.0 / self.rate if self.rate > 0 else 0.0)
+                self._next[host] = start + (1.0 / rate if rate > 0 else 0.0)
             if start > now and self.stopping.wait(start - now):
                 raise Abandoned("abandoned: the run is stopping")
             _extend(time.monotonic() - waited)
@@ -282,10 +297,16 @@ class HostLimiter:
                 yield
             except AddressRefused:  # nothing was sent: give the turn back
                 with self._lock:
-                    self._next[host] = max(time.monotonic(), self._next[host] - (1.0 / self.rate if self.rate else 0.0))
+                    self._next[host] = max(time.monotonic(), self._next[host] - (1.0 / rate if rate else 0.0))
                 raise
         finally:
             semaphore.release()
+
+    def paused(self) -> dict[str, float]:
+        """Hosts that may not be asked before some time from now (a Retry-After): host -> seconds left."""
+        now = time.monotonic()
+        with self._lock:
+            return {host: when - now for host, when in self._next.items() if when - now > 1.0}
 
     def pause(self, host: str, seconds: float) -> None:
         """Send nothing more to `host` for `seconds` (a 429 with Retry-After)."""

@@ -34,7 +34,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "report": ("imgnet_build.report", "ReportOptions"),
 }
 _SCALARS = (bool, int, float, str)
-_NOT_IN_FILE = {"fetch": {"local_sources"}, "label": {"categories"}, "export": {"overwrite"}}
+_NOT_IN_FILE = {"fetch": {"local_sources", "executor"},  # executor: the file's top-level `executor`
+                "label": {"categories"}, "export": {"overwrite"}}
 
 
 def stage_class(stage: str) -> type:

@@ -222,7 +222,7 @@ def export(workspace, out: str | os.PathLike, options: ExportOptions = ExportOpt
                             jpeg=options.jpeg, copy=options.copy)
         files = exporter.write(items, classes, partial, writer)
         manifest = "".join(json.dumps(manifest_row(item, file), sort_keys=True, ensure_ascii=False) + "\n"
-                           for item, file in zip(items, files)).encode()
+                           for item, file in zip(items, files, strict=True)).encode()
         (partial / "manifest.jsonl").write_bytes(manifest)
         document = dataset_document(items, classes, options.parameters(), digest, hashlib.sha256(manifest).hexdigest(),
                                     left_out, unknown, mismatch, simulated_left_out)

@@ -62,7 +62,7 @@ __all__ = [
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Base(DeclarativeBase):
@@ -161,6 +161,10 @@ class Candidate(Base):
         Index("ix_candidate_status", "status"),
         Index("ix_candidate_image", "image_sha256"),
         Index("ix_candidate_lease", "lease_owner"),
+        # fetch claims pending rows in this order (imgnet_build/claims.py); "already stored?" by source SHA-1
+        Index("ix_candidate_pending", "category_id", "rank", "id", sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
+        Index("ix_candidate_source_sha1", "source_sha1"),
     )
 
 

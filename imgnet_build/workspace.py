@@ -32,6 +32,7 @@ SETTINGS_FILE = "imgnet.toml"
 DATABASE_ENV = "IMGNET_DATABASE_URL"
 S3_ENDPOINT_ENV = "IMGNET_S3_ENDPOINT_URL"
 WORKSPACE_ENV = "IMGNET_WORKSPACE"
+EXECUTOR_ENV = "IMGNET_EXECUTOR"
 DEFAULT_DATABASE = "sqlite:///imgnet.db"  # relative to the workspace folder
 DEFAULT_BLOBS = "blobs"
 
@@ -47,6 +48,7 @@ class Settings:
     database: str = DEFAULT_DATABASE
     blobs: str = DEFAULT_BLOBS
     s3_endpoint_url: str | None = None
+    executor: str = "local"  # local | dask-local:N | dask://HOST:PORT (imgnet_build/executor.py)
     mturk: MTurkSettings = MTurkSettings()  # the [mturk] table; labeling/mturk_settings.py
     stages: StageSettings = StageSettings()  # the [fetch], [label], [export] and [report] tables; settings.py
 
@@ -54,6 +56,8 @@ class Settings:
         lines = ["# imgnet-build workspace settings", f"database = {_quote(self.database)}", f"blobs = {_quote(self.blobs)}"]
         if self.s3_endpoint_url:
             lines.append(f"s3_endpoint_url = {_quote(self.s3_endpoint_url)}")
+        if self.executor != "local":
+            lines.append(f"executor = {_quote(self.executor)}")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -142,11 +146,11 @@ class Workspace:
                     made.append(folder)
             if "://" not in settings.blobs and not (root / settings.blobs).exists():
                 made.append(root / settings.blobs)
-            workspace.blob_store  # creates the local folder
+            workspace.blob_store  # noqa: B018  (creates the local folder)
             database = workspace._sqlite_path()
             if database is not None and not database.exists():
                 made += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")]
-            workspace.engine  # connect and create the schema
+            workspace.engine  # noqa: B018  (connect and create the schema)
             temporary = root / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
             temporary.write_text(settings.to_toml())
             made.append(temporary)
@@ -196,6 +200,11 @@ class Workspace:
         if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
             url = prefix + str((self.root / url[len(prefix):]).resolve())
         return url
+
+    @property
+    def executor(self) -> str:
+        """Where fetching and hashing run: IMGNET_EXECUTOR, else `executor` in imgnet.toml, else local."""
+        return os.environ.get(EXECUTOR_ENV) or self.settings.executor
 
     def _sqlite_path(self) -> Path | None:
         """The database file, when the database is SQLite."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 __all__ = ["load_schema", "validate"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     """The schema `schemas/<name>.schema.json`."""
     return json.loads(resources.files("imgnet_build.schemas").joinpath(f"{name}.schema.json").read_text())

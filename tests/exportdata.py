@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 
+import imagegen as gen
 from sqlalchemy import select
 
-import imagegen as gen
 from imgnet_build.blobs import blob_key
 from imgnet_build.store import Candidate, Category, Cluster, Image, Label
 

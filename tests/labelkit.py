@@ -8,6 +8,7 @@ import io
 import random
 
 import imagegen as gen
+
 from imgnet_build import dedup
 from imgnet_build.blobs import blob_key
 from imgnet_build.store import Candidate, Category, CategoryEdge, Image

@@ -209,7 +209,7 @@ def test_a_server_that_answered_before_may_drop_a_query_then_the_source_stops(se
     server.httpd.server_close()  # the port refuses from now on
     failed = next(proposals)
     assert failed.url == "" and failed.error.endswith("connection refused after 1 tries")
-    with pytest.raises(SourceUnreachable, match="cannot reach 127.0.0.1"):
+    with pytest.raises(SourceUnreachable, match=r"cannot reach 127\.0\.0\.1"):
         next(proposals)
 
 

@@ -101,7 +101,7 @@ def test_a_broken_blob_store_stops_the_run_and_blames_no_candidate(s3_endpoint, 
     server = LoopbackServer()
     try:
         _one_candidate(workspace, server.add("/a.jpg", jpeg_bytes(40, 40)))
-        with pytest.raises(BlobStoreFailed, match="cannot write to the blob store s3://no-such-bucket/ws: .*NoSuchBucket"):
+        with pytest.raises(BlobStoreFailed, match=r"cannot write to the blob store s3://no-such-bucket/ws: .*NoSuchBucket"):
             fetch_pending(workspace, FetchSettings(allow_loopback=True, workers=2))
         with workspace.session() as session:
             assert session.scalars(select(Candidate.status)).one() == "pending"

@@ -149,7 +149,7 @@ def _corgi_images(ws: str) -> None:
     workspace = Workspace.open(ws)
     with workspace.session() as session:
         ids = {category.wnid: category.id for category in session.query(Category)}
-        for number, sha in enumerate(("a" * 64, "b" * 64, "c" * 64)):
+        for sha in ("a" * 64, "b" * 64, "c" * 64):
             session.add(Image(sha256=sha, width=64, height=64, format="JPEG", bytes=10, blob_key=f"{sha}.jpg"))
         session.flush()
         for wnid, sha in (("n02112826", "a"), ("n02113186", "b"), ("n02113186", "c"), ("n02113023", "c")):

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import imagegen as gen
 import imagehash
 import jsonschema
 import numpy as np
@@ -20,7 +21,6 @@ from PIL import Image as PILImage
 from PIL import PngImagePlugin
 from sqlalchemy import select
 
-import imagegen as gen
 from imgnet_build import dedup, hamming
 from imgnet_build.blobs import blob_key
 from imgnet_build.cli.main import cli
@@ -134,7 +134,7 @@ def test_known_relations(any_workspace, photos):
     with any_workspace.session() as session:
         groups = dedup.cluster_of(session)
         hashed = session.execute(select(Image.phash, Image.dhash)).all()
-    assert {groups[shas[name]] for name in DUPLICATES + ["original"]} == {shas["original"]}
+    assert {groups[shas[name]] for name in [*DUPLICATES, "original"]} == {shas["original"]}
     assert groups[shas["other"]] == shas["other"] == groups[shas["other_q60"]]
     assert all(phash is not None and dhash is not None for phash, dhash in hashed)
 
@@ -191,7 +191,7 @@ def test_representative_policy(workspace, photos):
         session.execute(Candidate.__table__.update().values(rank=7))
     dedup.run(workspace)
     full_size = sorted([big, *same_size])
-    assert all(duplicate_of(workspace)[sha] == full_size[0] for sha in full_size[1:] + [half])
+    assert all(duplicate_of(workspace)[sha] == full_size[0] for sha in [*full_size[1:], half])
 
 
 def cluster_ids(workspace) -> dict[str, int | None]:
@@ -368,7 +368,7 @@ def test_cli_errors(runner, workspace, tmp_path):
 def brute_force(hashes: np.ndarray, threshold: int) -> set[tuple[int, int]]:
     distances = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
     first, second = np.nonzero(np.triu(distances <= threshold, 1))
-    return set(zip(first.tolist(), second.tolist()))
+    return set(zip(first.tolist(), second.tolist(), strict=True))
 
 
 @pytest.mark.parametrize("threshold", [0, 3, 10, 16])

@@ -68,8 +68,8 @@ def test_blobs_pointing_at_a_file(runner, ws, tmp_path):
     (tmp_path / "afile").write_text("x")
     (ws / "imgnet.toml").write_text(f'blobs = "{tmp_path / "afile"}"\n')
     Workspace.open(ws).close()  # opening does not touch the blob store
-    with pytest.raises(Exception, match="cannot use .*afile as the blob store folder"):
-        Workspace.open(ws).blob_store
+    with pytest.raises(Exception, match=r"cannot use .*afile as the blob store folder"):
+        _ = Workspace.open(ws).blob_store
     one_error(invoke(runner, "init", tmp_path / "new", "--blobs", tmp_path / "afile"),
               f"cannot use {tmp_path / 'afile'} as the blob store folder")
     assert not (tmp_path / "new").exists()  # init is all or nothing
@@ -105,12 +105,12 @@ def test_database_locked_and_database_full_are_error_lines(ws):
                  lambda dbapi, _: dbapi.execute("PRAGMA max_page_count = 60") and None)
     event.listen(workspace.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout = 0") and None)
     workspace.engine.dispose()
-    with pytest.raises(DatabaseUnavailable, match="^database error: database or disk is full$"):
+    with pytest.raises(DatabaseUnavailable, match=r"^database error: database or disk is full$"):
         _fill(workspace, 5000)
     blocker = Workspace.open(ws)
     with blocker.engine.connect() as connection:
         connection.exec_driver_sql("BEGIN EXCLUSIVE")
-        with pytest.raises(DatabaseUnavailable, match="^database error: database is locked$"):
+        with pytest.raises(DatabaseUnavailable, match=r"^database error: database is locked$"):
             _fill(workspace, 1)
         connection.exec_driver_sql("ROLLBACK")
     blocker.close()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from exportdata import LabeledData
 from PIL import Image as PILImage
 from sqlalchemy import select, update
 
-from exportdata import LabeledData
 from imgnet_build.cli.main import cli
 from imgnet_build.errors import BadInput, ExportFailed, ExportTargetExists
 from imgnet_build.schemas import load_schema

@@ -78,7 +78,7 @@ def test_the_budget_holds_decodes_back_but_never_blocks_an_image_larger_than_its
     budget = DecodeBudget(1000)
     with budget.hold(600):
         entered = threading.Event()
-        waiter = threading.Thread(target=lambda: budget.hold(600).__enter__() and None or entered.set())
+        waiter = threading.Thread(target=lambda: (budget.hold(600).__enter__() and None) or entered.set())
         waiter.start()
         assert not entered.wait(0.2)  # 600 + 600 do not fit: waits
     waiter.join(5)
@@ -129,7 +129,7 @@ def test_refused_addresses_take_no_turn_at_the_host(monkeypatch):
                         ("10.9.8.7", 80))] if host == "intranet.test" else real(host, *a, **k))
     downloader = Downloader(FetchSettings(host_rate=0.001))  # one request per 1000 s
     for url in ("http://10.1.2.3/a.jpg", "http://10.1.2.3/b.jpg", "http://[fd00::1]/c.jpg"):
-        with pytest.raises(ItemFailed, match="refused: .* is a private address"):
+        with pytest.raises(ItemFailed, match=r"refused: .* is a private address"):
             downloader.get(url)
     assert downloader.hosts._next == {}  # an address is refused before any turn is taken
     for _ in range(2):
@@ -165,7 +165,7 @@ def tls_server(tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                    .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
                    .sign(key, hashes.SHA256()))
@@ -221,7 +221,7 @@ def test_passwords_in_urls_are_redacted_from_reasons_and_warnings(workspace, ser
 def test_a_claim_left_by_a_dead_process_elsewhere_is_taken_once_it_expires(workspace, server):
     url = server.add("/a.jpg", jpeg_bytes())
     add_candidates(workspace, [url, server.add("/b.jpg", jpeg_bytes(seed=2))])
-    past, future = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=m) for m in (-1, 9))
+    past, future = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=m) for m in (-1, 9))
     with workspace.session() as session:
         for candidate in session.scalars(select(Candidate)):
             candidate.lease_owner = "1:otherhost:abcdef01"

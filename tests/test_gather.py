@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote
 
 import pytest
@@ -202,7 +203,7 @@ def test_kill_9_mid_run_then_rerun_finishes_without_refetching(workspace, tmp_pa
         stored_before = _ok_urls(workspace.database_url)
         server.gate.set()
 
-        rerun = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=120)
+        rerun = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=120)
     finally:
         server.gate.set()
         server.close()
@@ -235,7 +236,7 @@ def test_a_searching_source_gets_expanded_queries_and_candidates_keep_their_quer
     class FakeSearch:
         local = False
         searches = True
-        seen: list = []
+        seen: ClassVar[list] = []
 
         def __init__(self, argument: str, **settings):
             pass
@@ -243,7 +244,7 @@ def test_a_searching_source_gets_expanded_queries_and_candidates_keep_their_quer
         def propose(self, categories, per_category):
             for category in categories:
                 FakeSearch.seen.append((category, per_category))
-                query_id, text, language = category.queries[0]
+                query_id, _text, _language = category.queries[0]
                 yield Proposal(wnid=category.wnid, url=image, rank=1, query_id=query_id, license="cc-by")
 
     add_categories(workspace, DOG)

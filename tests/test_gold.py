@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from labelkit import build_world
 from sqlalchemy import select
 
 from imgnet_build.cli.main import cli
 from imgnet_build.store import Gold
-from labelkit import build_world
 
 
 def gold_cli(runner, workspace, path):

@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 
+import imagegen as gen
 import pytest
+from labelkit import build_world, store_picture
 from sqlalchemy import func, select
 
-import imagegen as gen
-from labelkit import build_world, store_picture
 from imgnet_build import dedup
 from imgnet_build.cli.main import cli
 from imgnet_build.errors import BadInput
@@ -21,14 +21,25 @@ from imgnet_build.labeling import rounds
 from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.consensus import ConsensusSettings, DawidSkene, Dynamic, Majority, VoteTable, seed_table
 from imgnet_build.labeling.rounds import LabelSettings
-from imgnet_build.store import (Assignment, Candidate, Category, Cluster, Image, Label, LabelHistory, Task,
-                                TaskItem, Vote, Worker)
+from imgnet_build.store import (
+    Assignment,
+    Candidate,
+    Category,
+    Cluster,
+    Image,
+    Label,
+    LabelHistory,
+    Task,
+    TaskItem,
+    Vote,
+    Worker,
+)
 
 SMALL = LabelSettings(seed_images=4)
 
 
 def table(votes: list[tuple[int, int, bool]], pairs: int, known=None) -> VoteTable:
-    p, w, a = zip(*votes)
+    p, w, a = zip(*votes, strict=True)
     return VoteTable.build(p, w, a, [0] * pairs, known)
 
 
@@ -60,10 +71,10 @@ def test_dawid_skene_uses_controls_to_discount_yes_sayers():
 def test_dynamic_needs_more_votes_from_weak_workers():
     strong = [(0, w, True) for w in range(3)]  # three accurate workers agree
     settings = ConsensusSettings(min_votes=3)
-    result = Dynamic(settings).fit(VoteTable.build(*zip(*strong), [0]))
+    result = Dynamic(settings).fit(VoteTable.build(*zip(*strong, strict=True), [0]))
     assert result.status[0] == "accepted"  # only the prior opposes them
     split = [(0, 0, True), (0, 1, True), (0, 2, False)]
-    result = Dynamic(settings).fit(VoteTable.build(*zip(*split), [0]))
+    result = Dynamic(settings).fit(VoteTable.build(*zip(*split, strict=True), [0]))
     assert result.status[0] == "undecided" and 0.5 < result.posterior[0] < 0.99
 
 
@@ -320,7 +331,7 @@ def test_dynamic_flags_a_category_whose_seed_never_reaches_a_clear_majority():
         votes += [(pair, worker, truth if worker < agree else not truth) for worker in range(10)]
         categories.append(category)
         seed.append(True)
-    table = VoteTable.build(*zip(*votes), categories, seed=seed)
+    table = VoteTable.build(*zip(*votes, strict=True), categories, seed=seed)
     result = Dynamic(ConsensusSettings(seed_votes=10)).fit(table)
     assert list(result.hard) == [False, True]
     assert set(result.status[4:]) == {"undecided"}  # the hard category's seed decides nothing

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import func, select, update
+from webcrowd import HttpWorker, make_category, make_tasks, parse_task_page, running_app
 
 from imgnet_build.labeling.invites import hash_token, invite, revoke
 from imgnet_build.labeling.page import ItemView, TaskView, render_task_page
 from imgnet_build.store import Assignment, Category, TaskItem, Vote, Worker
-from webcrowd import HttpWorker, make_category, make_tasks, parse_task_page, running_app
 
 
 def votes(ws) -> list[tuple]:
@@ -94,7 +94,7 @@ def test_missing_token_gets_no_task(workspace):
 
 
 def test_revoked_worker_loses_link_and_session(workspace):
-    [task_id] = make_tasks(workspace)
+    [_task_id] = make_tasks(workspace)
     link = invite(workspace, "alice")
     with running_app(workspace) as base_url:
         worker = HttpWorker(base_url, link.path)
@@ -165,7 +165,7 @@ def test_an_abandoned_task_frees_its_slot(workspace):
         bob = HttpWorker(base_url, invite(workspace, "bob").path)
         assert bob.next_task() is None
         with workspace.session() as session:
-            session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)))
+            session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)))
         assert bob.next_task().task_id == task_id
         assert alice.next_task().task_id == task_id  # alice may still finish what she holds
 
@@ -185,7 +185,7 @@ def test_workers_racing_for_the_last_slots(any_workspace, workers):
             return client.get(link).url.endswith(f"/t/{task_id}")
 
         with ThreadPoolExecutor(workers) as pool:
-            got = list(pool.map(join, zip(clients, links)))
+            got = list(pool.map(join, zip(clients, links, strict=True)))
     assert sum(got) == 3
     with ws.session() as session:
         assert session.scalar(select(func.count()).select_from(Assignment)) == 3
@@ -206,7 +206,7 @@ def test_a_submission_stores_one_vote_per_image(workspace):
 
 
 def test_the_same_submission_twice_is_stored_once(workspace):
-    [task_id] = make_tasks(workspace, tasks=1)
+    [_task_id] = make_tasks(workspace, tasks=1)
     with running_app(workspace) as base_url:
         alice = HttpWorker(base_url, invite(workspace, "alice").path)
         page = parse_task_page(alice.last.text)
@@ -291,7 +291,7 @@ def test_twenty_workers_submitting_at_once_on_sqlite(workspace):
             return client.submit(page, page.positions[::3]).status_code
 
         with ThreadPoolExecutor(workers) as pool:
-            statuses = list(pool.map(submit, zip(clients, pages)))
+            statuses = list(pool.map(submit, zip(clients, pages, strict=True)))
     assert statuses == [200] * workers
     assert sorted(page.task_id for page in pages) == sorted(task_ids * 2)
     stored = votes(workspace)
@@ -384,8 +384,8 @@ def test_the_requester_page_needs_the_admin_token(workspace):
         admin = HttpWorker(base_url, "/admin?token=s3cret")
     assert admin.last.status_code == 200 and admin.last.url == f"{base_url}/admin"
     row = re.search(r"<tr><td>n00000001 thing 1</td>(.*?)</tr>", admin.last.text).group(1)
-    assert re.findall(r"<td>([^<]*)</td>", row) == ["6", "1", "0", "0", "0", "0", "6", "–", "–"]
-    assert re.search(r"<tr><td>alice</td><td>local</td><td>6</td><td>0</td><td>–</td><td>–</td><td>active</td>",
+    assert re.findall(r"<td>([^<]*)</td>", row) == ["6", "1", "0", "0", "0", "0", "6", "–", "–"]  # noqa: RUF001  (the page shows an en dash)
+    assert re.search(r"<tr><td>alice</td><td>local</td><td>6</td><td>0</td><td>–</td><td>–</td><td>active</td>",  # noqa: RUF001
                      admin.last.text)
 
 

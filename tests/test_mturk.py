@@ -20,7 +20,7 @@ from imgnet_build.labeling.rounds import LabelSettings
 from imgnet_build.store import Assignment, Candidate, Category, Cluster, Gold, Image, Task, TaskItem, Vote, Worker
 from imgnet_build.workspace import Workspace
 
-NOW = dt.datetime(2026, 1, 5, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 5, 12, 0, tzinfo=dt.UTC)
 HIT_TYPE = "3HYP8T6TP5Y3Q0EXAMPLEHITTYPE1"
 SETTINGS = LabelSettings(votes=2, images_per_task=6, controls=2, max_votes=6, method="majority")
 TOML = '\n[mturk]\npublic_base_url = "https://images.example.org/blobs"\nreject_min_controls = 2\n'
@@ -392,7 +392,7 @@ HOSTILE = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol
      "the submission selects images that are not in the task (positions [77])"),
 ])
 def test_unreadable_answers_store_nothing_and_reject_no_one(ws, stub, answer, reason):
-    task_id, hit_id = published(ws, stub)
+    _task_id, hit_id = published(ws, stub)
     stub.add_response("list_assignments_for_hit", {"NumResults": 1, "Assignments": [
         assignment("3ASSIGNMENTBAD1", "AWORKER9", hit_id, answer)]}, {"HITId": hit_id, "MaxResults": 100})
     stub.add_response("get_hit", {"HIT": hit(hit_id, "t", 2, available=1)}, {"HITId": hit_id})
@@ -451,7 +451,7 @@ def test_undecided_pairs_extend_the_hit_with_additional_assignments(ws, stub):
 
 
 def test_label_status_shows_hits_by_state_pending_review_spent_and_committed(ws, stub, runner):
-    task_id, hit_id = published(ws, stub)
+    task_id, _hit_id = published(ws, stub)
     with ws.session() as session:  # a stored assignment whose review has not happened yet
         session.add(Worker(id=50, backend="mturk", external_id="AWORKER1"))
         session.flush()
@@ -482,7 +482,7 @@ class _StandIn:
         self.html = ""
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body, kind = (image, "image/jpeg") if self.path.startswith("/img") else (stand_in.html.encode(), "text/html")
                 self.send_response(200)
                 self.send_header("Content-Type", kind)
@@ -490,7 +490,7 @@ class _StandIn:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers["Content-Length"])
                 posts.append((self.path, parse_qs(self.rfile.read(length).decode(), keep_blank_values=True)))
                 self.send_response(200)

@@ -23,7 +23,7 @@ def tls_server(tmp_path):
     """An HTTPS server on 127.0.0.1 with a self-signed certificate for the name `localhost`."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
             .not_valid_after(now + dt.timedelta(hours=1))
@@ -36,7 +36,7 @@ def tls_server(tmp_path):
     body = jpeg_bytes()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -65,7 +65,7 @@ def session(allow_loopback: bool) -> requests.Session:
 def test_tls_through_the_guard_verifies_the_host_name(tls_server):
     port, ca, body = tls_server
     assert session(True).get(f"https://localhost:{port}/", verify=ca, timeout=5).content == body
-    with pytest.raises(requests.exceptions.SSLError, match="certificate is not valid for '127.0.0.1'"):
+    with pytest.raises(requests.exceptions.SSLError, match=r"certificate is not valid for '127.0.0.1'"):
         session(True).get(f"https://127.0.0.1:{port}/", verify=ca, timeout=5)  # the name, not the address, counts
     with pytest.raises(AddressRefused, match=r"refused: localhost \(127.0.0.1\) is a loopback address"):
         session(False).get(f"https://localhost:{port}/", verify=ca, timeout=5)

@@ -127,7 +127,7 @@ def omw_fixture(tmp_path, monkeypatch, fresh_omw):
         folder.mkdir(parents=True)
         (folder / f"wn-data-{language}.tab").write_text(f"# test\t{language}\thttp://example.test\tCC BY\n"
                                                        + "\n".join(lines) + "\n", encoding="utf-8")
-    monkeypatch.setattr(nltk.data, "path", [str(root)] + list(nltk.data.path))
+    monkeypatch.setattr(nltk.data, "path", [str(root), *list(nltk.data.path)])
     return fresh_omw
 
 

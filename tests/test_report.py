@@ -13,10 +13,15 @@ import shutil
 from decimal import Decimal
 from pathlib import Path
 
+import imagegen
 import pytest
+from labelkit import build_world
+from sqlalchemy import select
 
 from imgnet_build.blobs import blob_key
 from imgnet_build.cli.main import cli
+from imgnet_build.labeling import rounds
+from imgnet_build.labeling.rounds import LabelSettings
 from imgnet_build.report import ReportOptions, write_report
 from imgnet_build.report.facts import gather_facts
 from imgnet_build.schemas import validate
@@ -35,12 +40,6 @@ from imgnet_build.store import (
     Vote,
     Worker,
 )
-import imagegen
-from labelkit import build_world
-from sqlalchemy import select
-
-from imgnet_build.labeling import rounds
-from imgnet_build.labeling.rounds import LabelSettings
 
 CHROMIUM = "/usr/bin/chromium"
 EVIL_GLOSS = "a dog <script>alert('gloss')</script> & friends"
@@ -121,7 +120,7 @@ def build_workspace(workspace) -> dict:
         candidate(whippet, broken, True, url="http://127.0.0.1/broken.jpg")
         s.add(Label(cluster_id=broken_cluster.id, category_id=whippet.id, status="rejected", confidence=0.3,
                     yes_votes=1, no_votes=2, method="dynamic", round=1))
-        for number, (url, status, error, source) in enumerate([
+        for _number, (url, status, error, source) in enumerate([
                 ("http://127.0.0.1/a.jpg", "failed", "HTTP 404 Not Found", "urls"),
                 ("http://127.0.0.1/b.jpg", "failed", "HTTP 404 Not Found", "urls"),
                 ("http://127.0.0.1/c.jpg", "failed", "not an image: cannot identify image file", "urls"),
@@ -147,7 +146,7 @@ def build_workspace(workspace) -> dict:
         s.add_all([mturk, mturk_big, simulated, sandbox])
         s.flush()
         items = {mturk.id: [], mturk_big.id: [], simulated.id: [], sandbox.id: []}
-        for position, (category, image, truth, status) in enumerate(pairs):
+        for position, (category, image, _truth, _status) in enumerate(pairs):
             task = mturk if category is whippet else mturk_big
             items[task.id].append(TaskItem(task_id=task.id, position=position, image_sha256=image.sha256,
                                            cluster_id=image.cluster_id, kind="candidate"))
@@ -177,12 +176,12 @@ def build_workspace(workspace) -> dict:
                 s.add(Vote(assignment_id=assignment.id, worker_id=worker.id, task_item_id=item.id,
                            image_sha256=item.image_sha256, category_id=category.id, answer=answer,
                            control=item.kind != "candidate", simulated=worker.simulated))
-        for number, (category, image, truth, status) in enumerate(pairs):
+        for _number, (category, image, _truth, status) in enumerate(pairs):
             confidence = {"accepted": 0.97, "rejected": 0.05, "undecided": 0.6}[status]
             s.add(Label(cluster_id=image.cluster_id, category_id=category.id, status=status, confidence=confidence,
                         yes_votes=2 if status != "rejected" else 0, no_votes=0 if status != "rejected" else 2,
                         method="dynamic", round=1, simulated=category is poodle))
-        for number, (category, image, truth, status) in enumerate(p for p in pairs if p[3] == "accepted"):
+        for number, (_category, image, _truth, _status) in enumerate(p for p in pairs if p[3] == "accepted"):
             s.get(Cluster, image.cluster_id).split = "val" if number % 4 == 3 else "train"
     return {"whippet": whippet.wnid, "poodle": poodle.wnid, "dog": dog.wnid}
 
@@ -352,5 +351,5 @@ def test_thumbnails_are_upright():
     assert (width, height) == (72, 96)
     shown = PILImage.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
     expected = upright.resize((72, 96))
-    difference = sum(abs(a - b) for a, b in zip(shown.tobytes(), expected.tobytes())) / (72 * 96 * 3)
+    difference = sum(abs(a - b) for a, b in zip(shown.tobytes(), expected.tobytes(), strict=True)) / (72 * 96 * 3)
     assert difference < 20  # mean per channel; turned the wrong way it is about 70

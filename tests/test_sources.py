@@ -150,9 +150,9 @@ def test_unusable_file_is_bad_input(tmp_path, make):
 
 
 def test_urls_needs_a_file_and_unknown_source():
-    with pytest.raises(BadInput, match="urls:candidates.csv"):
+    with pytest.raises(BadInput, match=r"urls:candidates.csv"):
         open_source("urls")
-    with pytest.raises(UnknownSource, match="unknown source .bing.; choose from dir, "):
+    with pytest.raises(UnknownSource, match=r"unknown source .bing.; choose from dir, "):
         open_source("bing")
 
 
@@ -209,11 +209,11 @@ def test_dir_missing_is_bad_input(tmp_path):
 def test_hostile_url_lists_end_in_clear_errors(tmp_path):
     """Before: RecursionError, a csv field-limit traceback, and unbounded memory on an endless line."""
     deep = tmp_path / "deep.jsonl"
-    deep.write_text('{"url": "http://img.test/a.jpg", "wnid": "%s"}\n%s\n' % (WHIPPET, "[" * 100_000))
+    deep.write_text('{{"url": "http://img.test/a.jpg", "wnid": "{}"}}\n{}\n'.format(WHIPPET, "[" * 100_000))
     assert errors(propose(f"urls:{deep}")) == ["line 2: malformed JSON (nested too deep)"]
 
     wide = tmp_path / "wide.csv"
-    wide.write_text("url,wnid," + "x" * 140_000 + "\nhttp://img.test/a.jpg,%s,\n" % WHIPPET)
+    wide.write_text("url,wnid," + "x" * 140_000 + f"\nhttp://img.test/a.jpg,{WHIPPET},\n")
     with pytest.raises(BadInput, match=r"wide.csv, line 1: unreadable header \(field larger than field limit"):
         propose(f"urls:{wide}")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+from exportdata import LabeledData
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exportdata import LabeledData
 from imgnet_build.split import ExportOptions, cap_per_class, choose_val, export, split_draw
 
 WNIDS = [f"n{number:08d}" for number in range(1, 6)]
@@ -41,7 +41,7 @@ def test_a_fraction_split_depends_on_the_cluster_alone(clusters, seed, fraction)
 def test_per_class_counts(clusters, seed, per_class):
     members = by_category(clusters)
     val = choose_val(members, seed, val_per_class=per_class)
-    for wnid, cluster_keys in members.items():
+    for _wnid, cluster_keys in members.items():
         own = [key for key in cluster_keys if len(clusters[key]) == 1]
         in_val = sum(key in val for key in cluster_keys)
         assert in_val >= min(per_class, len(cluster_keys) - 1)

@@ -54,5 +54,5 @@ def test_refused_with_a_reason(data, reason):
 
 def test_truncated_jpeg_is_refused_after_a_full_decode():
     data = jpeg_bytes(200, 200, quality=95)
-    with pytest.raises(ImageRejected, match="^truncated or corrupt JPEG: image file is truncated"):
+    with pytest.raises(ImageRejected, match=r"^truncated or corrupt JPEG: image file is truncated"):
         check_image(data[: len(data) - 200])

@@ -31,7 +31,7 @@ def test_unknown_synsets(spec, message):
 
 
 def test_verbs_and_adjectives_are_refused():
-    with pytest.raises(NotImageable, match="run.v.01 is a verb synset"):
+    with pytest.raises(NotImageable, match=r"run.v.01 is a verb synset"):
         wordnet.resolve_synset("run.v.01")
     with pytest.raises(NotImageable, match="is an adjective synset"):
         wordnet.resolve_synset("red.s.01")

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from html import unescape
 
 import requests
+from loopback import jpeg_bytes
 
 from imgnet_build.blobs import blob_key
 from imgnet_build.labeling.web import make_server
 from imgnet_build.store import Category, Image, Task, TaskItem
 from imgnet_build.workspace import Workspace
-from loopback import jpeg_bytes
 
 
 def make_category(ws: Workspace, wnid: str = "n02091244", name: str = "Ibizan hound",

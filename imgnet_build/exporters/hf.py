@@ -25,13 +25,13 @@ class HuggingFace:
 
     def write(self, items: Sequence[Item], classes: Sequence[ClassInfo], out: Path, writer: FileWriter) -> list[str]:
         names = [f"{item.wnid}/{item.sha256}.{writer.extension(item)}" for item in items]
-        files = [f"{SPLIT_FOLDERS[item.split]}/{name}" for item, name in zip(items, names)]
+        files = [f"{SPLIT_FOLDERS[item.split]}/{name}" for item, name in zip(items, names, strict=True)]
         for folder in sorted({os.path.dirname(file) for file in files}):
             (out / folder).mkdir(parents=True)
         root = str(out)
-        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files))
+        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files, strict=True))
         for split, folder in SPLIT_FOLDERS.items():
-            rows = [_metadata(item, name) for item, name in zip(items, names) if item.split == split]
+            rows = [_metadata(item, name) for item, name in zip(items, names, strict=True) if item.split == split]
             if rows:
                 (out / folder / "metadata.jsonl").write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
         return files

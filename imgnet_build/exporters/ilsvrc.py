@@ -48,5 +48,5 @@ class Ilsvrc:
         (out / GROUND_TRUTH).write_text("".join(f"{class_id[items[p].wnid]}\n" for p in val))
         (out / SYNSET_MAPPING).write_text("".join(f"{info.wnid} {', '.join(info.lemmas) or info.name}\n" for info in classes))
         root = str(out)
-        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files))
+        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files, strict=True))
         return files

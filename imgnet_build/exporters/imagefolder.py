@@ -26,5 +26,5 @@ class ImageFolder:
         for folder in sorted({os.path.dirname(file) for file in files}):
             (out / folder).mkdir(parents=True)
         root = str(out)
-        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files))
+        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files, strict=True))
         return files

@@ -39,7 +39,7 @@ class WebDataset:
             order = sorted((p for p, item in enumerate(items) if item.split == split),
                            key=lambda p: (items[p].sha256, items[p].wnid))
             tar = None
-            for count, (position, data) in enumerate(zip(order, writer.read_all(items[p] for p in order))):
+            for count, (position, data) in enumerate(zip(order, writer.read_all(items[p] for p in order), strict=True)):
                 if count % self.shard_size == 0:
                     if tar is not None:
                         tar.close()

@@ -25,7 +25,7 @@ def store_answers(session: Session, assignment: Assignment, selected: set[int]) 
     Returns False, writing nothing, when the assignment was already submitted (a retried
     request, a second collect). The caller validates that `selected` belongs to the task.
     """
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     claimed = session.execute(update(Assignment).where(Assignment.id == assignment.id, Assignment.status == "given")
                               .values(status="submitted", submitted_at=now))
     if claimed.rowcount != 1:  # submitted before, or by a concurrent request

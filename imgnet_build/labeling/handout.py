@@ -76,7 +76,7 @@ def next_assignment(session: Session, worker_id: int) -> Assignment | None:
     held = held_assignment(session, worker_id)
     if held is not None:
         return held
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     passed_over: list[int] = []
     skip_locked = True  # first the tasks nobody is taking right now, then wait for the others
     for _ in range(_ATTEMPTS):

@@ -111,7 +111,7 @@ def call(client, operation: str, **params) -> dict:
             return getattr(client, operation)(**params)
         except NoCredentialsError:
             raise MissingCredentials("no AWS credentials for Mechanical Turk: set AWS_PROFILE, or "
-                                     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (never stored in the workspace)")
+                                     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (never stored in the workspace)") from None
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "")
@@ -436,7 +436,7 @@ def expire(workspace, batch: str | None = None, *, live: bool = False) -> dict:
             hit_id = backend.find_hit(hit_id[len(PENDING):])
         if hit_id:
             call(backend.client, "update_expiration_for_hit", HITId=hit_id,
-                 ExpireAt=dt.datetime(2015, 1, 1, tzinfo=dt.timezone.utc))
+                 ExpireAt=dt.datetime(2015, 1, 1, tzinfo=dt.UTC))
             expired += 1
         with workspace.session() as session:
             task = session.get(Task, task_id)

@@ -133,7 +133,7 @@ def _take(backend, task_id: int, mturk: dict) -> int:
 
 
 def _review(backend, assignment_id: int, mturk: dict) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     decided = {"Approved": "approved", "Rejected": "rejected"}.get(mturk.get("AssignmentStatus", ""))
     feedback = None
     if decided is None:
@@ -184,7 +184,7 @@ def _expire_if_exhausted(backend, task_id: int, hit_id: str, wanted: int) -> Non
     if counted >= wanted:
         return  # rounds closes it as done
     hit = call(backend.client, "get_hit", HITId=hit_id)["HIT"]
-    expired = hit.get("Expiration") and hit["Expiration"] <= dt.datetime.now(dt.timezone.utc)
+    expired = hit.get("Expiration") and hit["Expiration"] <= dt.datetime.now(dt.UTC)
     left = hit.get("NumberOfAssignmentsAvailable", 0) + hit.get("NumberOfAssignmentsPending", 0)
     if (expired and hit.get("NumberOfAssignmentsPending", 0) == 0) or (done >= wanted and left == 0):
         with backend.workspace.session() as session:

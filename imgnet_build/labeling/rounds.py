@@ -35,14 +35,28 @@ from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.backends import get_backend
 from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTable, seed_table
-from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category, CategoryConsensus, CategoryEdge,
-                                Cluster, Gold, Image, Label, LabelHistory, Task, TaskItem, Vote, Worker)
+from imgnet_build.labeling.controls import control_pool, pick_controls
+from imgnet_build.labeling.quality import update_workers
+from imgnet_build.store import (
+    Assignment,
+    Candidate,
+    CandidateStatus,
+    Category,
+    CategoryConsensus,
+    Cluster,
+    Gold,
+    Image,
+    Label,
+    LabelHistory,
+    Task,
+    TaskItem,
+    Vote,
+    Worker,
+)
 
 __all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "pairs_without_clusters"]
 
 Progress = Callable[[str], None]
-CONTROL_CONFIDENCE = 0.99  # accepted labels this sure (the most confident first) become controls
-CONTROL_POOL = 200
 WORK_STATUSES = ("submitted", "approved", "rejected")
 
 
@@ -256,14 +270,14 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
     by_votes: dict[int, list[int]] = defaultdict(list)
     for cluster, wanted in sorted(need.items()):
         by_votes[wanted].append(cluster)
-    controls = _control_pool(session, category_id, set(need), set(pairs)) if settings.controls else ([], [])
+    controls = control_pool(session, category_id, set(need), set(pairs)) if settings.controls else ([], [])
     rng = random.Random(f"{category_id}:{round_}")
     batch = f"r{round_}" + getattr(backend, "batch_suffix", lambda: "")()
     made = []
     for wanted, clusters in sorted(by_votes.items()):
         for chunk in _even_chunks(clusters, per_task):
             items = [(pairs[c][0], c, "candidate", None) for c in chunk]
-            items += _pick_controls(controls, settings.controls, rng)
+            items += pick_controls(controls, settings.controls, rng)
             rng.shuffle(items)
             if dry_run:
                 made.append(_NewTask(0, wanted, len(items) - len(chunk)))
@@ -285,47 +299,6 @@ def _even_chunks(items: list, size: int) -> list[list]:
     count = max(1, -(-len(items) // size))
     step = len(items) / count
     return [items[round(i * step):round((i + 1) * step)] for i in range(count)]
-
-
-def _control_pool(session: Session, category_id: int, asked: set[int], own: set[int]) -> tuple[list, list]:
-    """(positives, negatives) as (sha256, cluster id, kind, expected) items for the category.
-
-    Positives: the user's gold and the category's most confidently accepted pairs. Negatives: gold
-    no's, then images accepted for the most similar categories (siblings in the tree,
-    else any other category), never a cluster that is a candidate of this category."""
-    gold = session.execute(select(Gold.image_sha256, Image.cluster_id, Gold.answer).join(
-        Image, Image.sha256 == Gold.image_sha256).where(Gold.category_id == category_id)).all()
-    positives = [(sha, cluster, "positive", True) for sha, cluster, answer in gold if answer and cluster not in asked]
-    negatives = [(sha, cluster, "negative", False) for sha, cluster, answer in gold if not answer]
-    accepted = session.execute(select(Cluster.representative, Cluster.id).join(Label, Label.cluster_id == Cluster.id)
-                               .where(Label.category_id == category_id, Label.status == "accepted",
-                                      Label.confidence >= CONTROL_CONFIDENCE)
-                               .order_by(Label.confidence.desc(), Cluster.id).limit(CONTROL_POOL)).all()
-    positives += [(sha, cluster, "positive", True) for sha, cluster in accepted if cluster not in asked]
-    for similar in (_siblings(session, category_id), None):
-        query = (select(Cluster.representative, Cluster.id).join(Label, Label.cluster_id == Cluster.id)
-                 .where(Label.status == "accepted", Label.category_id != category_id,
-                        Label.confidence >= CONTROL_CONFIDENCE)
-                 .order_by(Label.confidence.desc(), Cluster.id).limit(CONTROL_POOL))
-        if similar is not None:
-            query = query.where(Label.category_id.in_(similar))
-        negatives += [(sha, cluster, "negative", False) for sha, cluster in session.execute(query)
-                      if cluster not in own]
-        if len(negatives) >= 50:
-            break
-    return positives, list(dict.fromkeys(negatives))
-
-
-def _siblings(session: Session, category_id: int) -> list[int]:
-    parents = select(CategoryEdge.parent_id).where(CategoryEdge.child_id == category_id)
-    return list(session.scalars(select(CategoryEdge.child_id).where(CategoryEdge.parent_id.in_(parents),
-                                                                     CategoryEdge.child_id != category_id)))
-
-
-def _pick_controls(pool: tuple[list, list], count: int, rng: random.Random) -> list:
-    positives, negatives = pool
-    chosen = rng.sample(positives, min(count // 2, len(positives)))
-    return chosen + rng.sample(negatives, min(count - len(chosen), len(negatives)))
 
 
 def collect(workspace, settings: LabelSettings = LabelSettings(), *, options: dict | None = None) -> dict:
@@ -352,7 +325,7 @@ def decide(workspace, settings: LabelSettings = LabelSettings()) -> dict:
     for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
         votes, keys, meta, workers = _load_votes(workspace, settings)
         result = settings.consensus().fit(votes)
-        newly_blocked = _update_workers(workspace, workers, result.worker_accuracy, votes, settings)
+        newly_blocked = update_workers(workspace, workers, result.worker_accuracy, votes, settings)
         if not newly_blocked:
             break
     _write_labels(workspace, votes, keys, meta, result, settings)
@@ -408,28 +381,9 @@ def _load_votes(workspace, settings: LabelSettings):
     return table, pairs, meta, list(worker_index)
 
 
-def _update_workers(workspace, workers: list[int], accuracy: np.ndarray, votes: VoteTable,
-                    settings: LabelSettings) -> int:
-    counts = np.bincount(votes.worker, minlength=len(workers))
-    newly = 0
-    with workspace.session() as session:
-        rows = {row.id: row for row in session.scalars(select(Worker).where(Worker.id.in_(workers)))} if workers else {}
-        for index, worker_id in enumerate(workers):
-            row = rows[worker_id]
-            row.accuracy = None if np.isnan(accuracy[index]) else round(float(accuracy[index]), 4)
-            if row.control_answers >= settings.block_after_controls:
-                low = row.control_correct / row.control_answers < settings.block_below
-            else:
-                low = counts[index] >= settings.block_after_votes and (row.accuracy or 1) < settings.block_below
-            if low and not row.blocked:
-                row.blocked = True
-                newly += 1
-    return newly
-
-
 def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, settings: LabelSettings) -> None:
     yes, no = votes.counts()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         round_ = session.scalar(select(func.max(Task.round))) or 0
         for chunk in batched([i for i in range(len(keys)) if meta["candidate"][i]], 2000):
@@ -457,7 +411,7 @@ def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, s
 
 
 def _write_category_state(workspace, votes: VoteTable, meta: dict, result) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         for category_id, index in meta["categories"].items():
             seeded = votes.seed & (votes.pair_category == index)

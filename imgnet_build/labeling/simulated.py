@@ -22,8 +22,7 @@ from imgnet_build.dbutil import insert_ignore
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.backends import register
-from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote,
-                                Worker)
+from imgnet_build.store import Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote, Worker
 
 __all__ = ["Crowd", "SimulatedBackend"]
 

@@ -7,8 +7,18 @@ from collections import defaultdict
 from sqlalchemy import case, func, select
 
 from imgnet_build.labeling.rounds import category_pairs
-from imgnet_build.store import (Assignment, Candidate, CandidateStatus, Category, CategoryConsensus, Label, Task,
-                                TaskItem, Vote, Worker)
+from imgnet_build.store import (
+    Assignment,
+    Candidate,
+    CandidateStatus,
+    Category,
+    CategoryConsensus,
+    Label,
+    Task,
+    TaskItem,
+    Vote,
+    Worker,
+)
 
 __all__ = ["label_status"]
 

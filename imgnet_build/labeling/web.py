@@ -26,7 +26,8 @@ import secrets
 from collections.abc import Callable
 
 import jsonschema
-from flask import Flask, Response, abort, redirect, request, session as cookie
+from flask import Flask, Response, abort, redirect, request
+from flask import session as cookie
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session

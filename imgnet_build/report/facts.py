@@ -258,7 +258,7 @@ def gather_facts(session: Session) -> Facts:
 def _tree_order(nodes: dict[str, taxonomy.TreeNode], wanted: set[str] | None, limit: int) -> Iterator[tuple[int, str]]:
     """(level, wnid) depth first from the tops, only through `wanted` (None: all); a category
     with several parents shows under each."""
-    keep = (lambda wnid: True) if wanted is None else wanted.__contains__  # noqa: E731
+    keep = (lambda wnid: True) if wanted is None else wanted.__contains__
     stack = [(root, 0) for root in reversed(taxonomy.tree_tops(nodes)) if keep(root)]
     shown = 0
     while stack and shown < limit:

@@ -44,7 +44,7 @@ def candidates_by_source(sources: dict[str, Counter]) -> str | None:
         values = [sources[name].get(status, 0) for name in names]
         if any(values):
             axes.barh(names, values, left=left, color=colour, label=status)
-            left = [a + b for a, b in zip(left, values)]
+            left = [a + b for a, b in zip(left, values, strict=True)]
     axes.invert_yaxis()
     axes.set_xlabel("candidates")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")

@@ -218,7 +218,7 @@ class UrlList:
             if len(values) > len(header):
                 yield reader.line_num, f"{len(values)} fields, the header has {len(header)}"
                 continue
-            yield reader.line_num, dict(zip(header, values))
+            yield reader.line_num, dict(zip(header, values, strict=True))
 
     def _json_rows(self) -> Iterator[tuple[int, dict | str]]:
         for number, text in self._decoded():

@@ -8,9 +8,8 @@ Revises: 0002
 Create Date: 2026-11-21 16:58:50.057665
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003'
 down_revision = '0002'

@@ -7,9 +7,8 @@ Create Date: 2026-11-21 17:30:00.000000
 
 import hashlib
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0004'
 down_revision = '0003'
