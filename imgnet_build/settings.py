@@ -82,7 +82,8 @@ def _fits(value: object, scalars: tuple[type, ...]) -> bool:
     return any(isinstance(value, scalar) and scalar is not bool for scalar in scalars)
 
 
-def check_table(cls: type, table: object, where: str, path: Path | str, skip: set[str] = frozenset()) -> dict[str, Any]:
+def check_table(cls: type, table: object, where: str, path: Path | str,
+                skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """The table's values, checked against `cls`'s field types (BadInput naming the setting otherwise)."""
     if not isinstance(table, dict):
         raise BadInput(f"{path}: {where} must be a table ([{where}]), not {table!r}")

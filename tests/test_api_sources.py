@@ -378,3 +378,53 @@ def test_flickr_rejected_key_stops_the_command(serve, monkeypatch):
     source = open_source("flickr", **settings(serve(flickr_answer([]))))
     with pytest.raises(MissingCredentials, match="Flickr rejected the key in FLICKR_API_KEY: Invalid API Key"):
         list(source.propose([CategoryQueries(WHIPPET, ((3, "whippet", "en"),))], 4))
+
+
+# -- gather against an API (issue 14 item 13) ---------------------------------------------
+
+
+def corgi_workspace(workspace):
+    from imgnet_build import taxonomy
+
+    with workspace.session() as session:
+        taxonomy.build_tree(session, taxonomy.TreeOptions(roots=("corgi.n.01",)))
+    return workspace
+
+
+def test_gather_shows_search_progress_and_a_rerun_asks_only_unanswered_queries(serve, workspace):
+    """The old gather asked every query again on each run and showed nothing while searching."""
+    from imgnet_build.gather import gather
+
+    def answer(path, params):  # one hit per query, on a loopback URL the fetcher refuses without --allow-loopback
+        key, page = commons_page(1, 1, params["gsrsearch"].replace(" ", "_") + ".jpg")
+        page["imageinfo"][0]["url"] = page["imageinfo"][0]["url"].replace("https://upload.test", "http://127.0.0.1:9")
+        return 200, {}, commons([(key, page)])
+
+    server = serve(answer)
+    corgi_workspace(workspace)
+    session = requests.Session()
+    session.trust_env = False
+    seen: list[tuple[int, int]] = []
+    summary = gather(workspace, f"wikimedia:{server.url}/w/api.php", per_category=1,
+                     source_settings={"session": session, "min_interval": 0}, search_progress=lambda *p: seen.append(p))
+    asked = len(server.calls)
+    assert seen[0] == (0, 3) and seen[-1] == (3, 3) and summary.new_candidates == asked == 9
+    again = gather(workspace, f"wikimedia:{server.url}/w/api.php", per_category=1,
+                   source_settings={"session": session, "min_interval": 0})
+    assert len(server.calls) == asked  # every category has its candidate: nothing to ask
+    assert again.new_candidates == 0
+
+
+def test_gather_from_an_unreachable_api_is_one_error_line(runner, workspace):
+    """`gather --source wikimedia` offline printed nothing for 9+ minutes and made 0 candidates."""
+    from imgnet_build.cli.main import cli
+
+    corgi_workspace(workspace)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = runner.invoke(cli, ["-w", str(workspace.root), "gather", "--source",
+                                 f"wikimedia:http://127.0.0.1:{port}/w/api.php"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert result.output == (f"Error: cannot reach 127.0.0.1:{port}: connection refused after 2 tries; check the "
+                             "network (or the source's address) and run the same command again\n")

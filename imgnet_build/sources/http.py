@@ -112,6 +112,7 @@ class PoliteClient:
         headers = {"User-Agent": self.settings.user_agent, **(headers or {})}
         timeout = (self.settings.connect_timeout, self.settings.timeout)
         attempt = connect_failures = 0
+        reason: str | None = None
         while True:
             self._pace()
             wait = None
