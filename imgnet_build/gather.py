@@ -52,6 +52,7 @@ class GatherSummary:
     proposed: int = 0
     new_candidates: int = 0
     invalid: int = 0  # new proposals with an error, recorded as failed candidate rows
+    outside: int = 0  # proposals for categories that --category left out (not stored)
     rejected: Counter = dataclasses.field(default_factory=Counter)  # reason -> count, not attached
     examples: list[str] = dataclasses.field(default_factory=list)  # a few rejected proposals, verbatim
     fetch: FetchSummary = dataclasses.field(default_factory=FetchSummary)
@@ -84,6 +85,7 @@ class GatherSummary:
     def to_dict(self) -> dict:
         return {"source": self.source, "proposed": self.proposed, "new_candidates": self.new_candidates,
                 "ok": self.ok, "failed": self.failed, "skipped": self.skipped, "invalid": self.invalid,
+                "outside_categories": self.outside,
                 "rejected": sum(self.rejected.values()), "rejected_reasons": dict(self.rejected.most_common(20)),
                 "rejected_examples": self.examples, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.ok / self.seconds, 1) if self.seconds > 0 else 0.0,
@@ -115,8 +117,10 @@ def gather(workspace, source_spec: str, per_category: int | None = None, languag
 
 
 def _category_queries(workspace, languages: Iterable[str], source: Source, only: Iterable[str] = ()
-                      ) -> tuple[list[CategoryQueries], dict[str, int]]:
-    """What the source is asked about, and every category's id by wnid.
+                      ) -> tuple[list[CategoryQueries], dict[str, int], set[str] | None]:
+    """What the source is asked about, every category's id by wnid, and the wnids `only`
+    selects (None: all). A search source is asked about the selected categories only; a list
+    or folder source is read whole and its rows for other categories are left out later.
 
     For a search source, queries it already answered in an earlier run (queries that
     brought it candidates) are left out, and each category says how many URLs it already
@@ -129,16 +133,18 @@ def _category_queries(workspace, languages: Iterable[str], source: Source, only:
             raise BadInput("the workspace has no categories yet; build the tree first: imgnet tree build --root SYNSET")
         ids = {category.wnid: category.id for category in categories}
         only = list(only)
+        chosen: set[str] | None = None
         if only:
             tree = load_tree(session)
-            chosen: set[str] = set()
+            chosen = set()
             stack = [find_category(session, spec).wnid for spec in only]
             while stack:
                 node = stack.pop()
                 if node not in chosen:
                     chosen.add(node)
                     stack.extend(tree[node].children)
-            categories = [category for category in categories if category.wnid in chosen]
+            if source.searches:
+                categories = [category for category in categories if category.wnid in chosen]
         queries: dict = {}
         answered: set[int] = set()
         have: dict[int, int] = {}
@@ -155,7 +161,7 @@ def _category_queries(workspace, languages: Iterable[str], source: Source, only:
                                                 if q.id not in answered),
                                   have=have.get(category.id, 0))
                   for category in categories]
-        return wanted, ids
+        return wanted, ids, chosen
 
 
 def propose_candidates(workspace, source: Source, per_category: int | None, languages: Iterable[str],
@@ -164,7 +170,7 @@ def propose_candidates(workspace, source: Source, per_category: int | None, lang
     """Insert the source's proposals as candidate rows (idempotent); count what cannot be attached.
 
     A search source reports `progress(categories searched, categories)` as it goes."""
-    wanted, ids = _category_queries(workspace, languages, source, categories)
+    wanted, ids, chosen = _category_queries(workspace, languages, source, categories)
     if source.searches:
         wanted = [category for category in wanted if category.queries]  # the others were answered before
     stopped: list[SourceUnreachable] = []
@@ -173,6 +179,10 @@ def propose_candidates(workspace, source: Source, per_category: int | None, lang
                                    stopped)
     for batch in batched(proposals, BATCH):
         rows: dict[tuple[int, str], dict] = {}
+        if chosen is not None:
+            kept = [p for p in batch if p.wnid not in ids or p.wnid in chosen]
+            summary.outside += len(batch) - len(kept)
+            batch = kept
         for row in filter(None, (_row(proposal, source.name, ids, summary) for proposal in batch)):
             rows.setdefault((row["category_id"], row["url_hash"]), row)  # the first proposal of a URL wins
         try:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from imgnet_build import store
 from imgnet_build.errors import BadInput, DatabaseUnavailable, NotAWorkspace, ReadOnlyWorkspace, WorkspaceExists
 from imgnet_build.labeling.mturk_settings import MTurkSettings
-from imgnet_build.settings import StageSettings, check_table
+from imgnet_build.settings import StageSettings
 
 __all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV", "S3_ENDPOINT_ENV", "WORKSPACE_ENV"]
 
@@ -66,10 +66,7 @@ class Settings:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise BadInput(f"{path} is not valid TOML: {exc}") from exc
-        mturk_table = data.pop("mturk", {})
-        if isinstance(mturk_table, dict):
-            check_table(MTurkSettings, mturk_table, "mturk", path)
-        mturk = MTurkSettings.from_table(mturk_table, path)
+        mturk = MTurkSettings.from_table(data.pop("mturk", {}), path)  # checks its own types
         stages = StageSettings.from_tables(data, path)
         known = {field.name for field in dataclasses.fields(cls)} - {"mturk", "stages"}
         unknown = sorted(set(data) - known)

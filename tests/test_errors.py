@@ -200,8 +200,8 @@ def test_a_settings_file_with_a_byte_order_mark_is_read(runner, ws):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("[mturk]\nreject_below = true\n", "reject_below must be a number, not True"),
-    ("[mturk]\nmin_approved = 1.5\n", "min_approved must be a whole number, not 1.5"),
+    ("[mturk]\nreject_below = true\n", "[mturk] reject_below must be a share between 0 and 1, not True"),
+    ("[mturk]\nmin_approved = 1.5\n", "[mturk] min_approved must be a whole number between 0 and 1000000000, not 1.5"),
     ("[fetch]\nworkers = true\n", "[fetch] workers must be a whole number, not True"),
     ("[fetch]\nworkers = \"8\"\n", "[fetch] workers must be a whole number, not '8'"),
     ("[fetch]\nconnect_timeout = false\n", "[fetch] connect_timeout must be a number, not False"),
