@@ -4,6 +4,7 @@ submissions, images, the requester page, bad input, concurrency, and a real brow
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -13,12 +14,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from loopback import jpeg_bytes
 from sqlalchemy import func, select, update
-from webcrowd import HttpWorker, make_category, make_tasks, parse_task_page, running_app
+from webcrowd import HttpWorker, add_image, make_cardigan, make_category, make_tasks, parse_task_page, running_app
 
 from imgnet_build.labeling.invites import hash_token, invite, revoke
 from imgnet_build.labeling.page import ItemView, TaskView, render_task_page
-from imgnet_build.store import Assignment, Category, TaskItem, Vote, Worker
+from imgnet_build.store import Assignment, Category, Image, TaskItem, Vote, Worker
 
 
 def votes(ws) -> list[tuple]:
@@ -168,6 +170,30 @@ def test_an_abandoned_task_frees_its_slot(workspace):
             session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)))
         assert bob.next_task().task_id == task_id
         assert alice.next_task().task_id == task_id  # alice may still finish what she holds
+
+
+def test_a_late_submission_for_a_freed_slot_gets_a_clear_refusal(any_workspace):
+    """Alice held the task over an hour, so her place went to Bob, who submitted: her answers are refused
+    with a page that says so, and the task keeps the one answer it wanted."""
+    ws = any_workspace
+    [task_id] = make_tasks(ws, assignments_wanted=1)
+    with running_app(ws) as base_url:
+        alice = HttpWorker(base_url, invite(ws, "alice").path)
+        page = parse_task_page(alice.last.text)
+        with ws.session() as session:
+            session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)))
+        bob = HttpWorker(base_url, invite(ws, "bob").path)
+        assert bob.submit(parse_task_page(bob.last.text), [0]).status_code == 200
+        response = alice.submit(page, [1, 2])
+        assert response.status_code == 409 and "<h1>Task closed</h1>" in response.text
+        assert f"task {task_id}" in response.text.lower() and "another worker" in response.text
+        assert "these answers were not stored" in response.text and 'href="/task"' in response.text
+        assert alice.submit(page, [1, 2]).status_code in (403, 409)  # and again: still refused
+    with ws.session() as session:
+        submitted = session.scalars(select(Worker.external_id).join(Assignment, Assignment.worker_id == Worker.id)
+                                    .where(Assignment.status == "submitted")).all()
+        voters = set(session.scalars(select(Worker.external_id).join(Vote, Vote.worker_id == Worker.id)))
+    assert submitted == ["bob"] and voters == {"bob"}
 
 
 @pytest.mark.parametrize("workers", [20])
@@ -438,6 +464,70 @@ def test_label_serve_runs_the_app_on_waitress(workspace):
         process.wait(timeout=10)
 
 
+# --- the page names the sense ----------------------------------------------------------
+
+def add_gold_examples(ws, category_id: int, task_id: int, count: int = 2) -> list[str]:
+    """Gold "yes" images of the category outside the task, and a gold "yes" that is one of the task's images."""
+    from imgnet_build.store import Gold
+
+    with ws.session() as session:
+        shas = [add_image(ws, session, jpeg_bytes(640, 480, seed=900 + n)) for n in range(count)]
+        in_task = session.scalar(select(TaskItem.image_sha256).where(TaskItem.task_id == task_id).limit(1))
+        session.add_all([Gold(image_sha256=sha, category_id=category_id, answer=True) for sha in [*shas, in_task]])
+        session.add(Gold(image_sha256=add_image(ws, session, jpeg_bytes(64, 48, seed=999)), category_id=category_id,
+                         answer=False))
+    return shas
+
+
+def test_the_page_names_the_sense_not_the_word(workspace):
+    cardigan = make_cardigan(workspace)
+    [task_id] = make_tasks(workspace, category_id=cardigan)
+    examples = add_gold_examples(workspace, cardigan, task_id)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        html = alice.last.text
+        pictures = [alice.get(f"/t/{task_id}/example/{n}") for n in range(3)]
+    assert '<h1 id="sense">Cardigan — a corgi, a kind of dog</h1>' in html
+    assert "at least one <em>Cardigan</em> (the corgi)" in html
+    assert '<dd id="lemmas">Cardigan Welsh corgi</dd>' in html
+    assert 'href="https://en.wikipedia.org/w/index.php?search=Cardigan%20corgi"' in html
+    assert html.count(f'src="/t/{task_id}/example/') == 2  # the gold image inside the task is not an example
+    assert [p.status_code for p in pictures] == [200, 200, 404]
+    sent = {hashlib.sha256(p.content).hexdigest() for p in pictures[:2]}
+    assert sent == set(examples)
+
+
+def test_a_category_at_the_top_of_the_tree_takes_its_wordnet_parents(workspace):
+    """No parent in the workspace's tree: the hypernyms come from WordNet's data (kettle the drum, not the pot)."""
+    kettle = make_category(workspace, "n03612965", "kettle", ("kettle", "kettledrum", "tympanum", "tympani", "timpani"),
+                           "a large hemispherical brass or copper percussion instrument with a drumhead")
+    [task_id] = make_tasks(workspace, category_id=kettle)
+    with running_app(workspace) as base_url:
+        html = HttpWorker(base_url, invite(workspace, "alice").path).last.text
+    assert f'data-task="{task_id}"' in html
+    assert '<h1 id="sense">Kettle — a percussion instrument, a kind of musical instrument</h1>' in html
+    assert "search=kettle%20instrument" in html and "kettledrum, tympanum" in html
+
+
+def test_the_mturk_question_with_examples_stays_under_the_limit(workspace):
+    """48 images and 3 examples behind 700-character presigned URLs, a long gloss: under 65,535 bytes."""
+    from imgnet_build.labeling.mturk import QUESTION_LIMIT, question_xml
+    from imgnet_build.labeling.page import load_task_view
+
+    cardigan = make_cardigan(workspace)
+    with workspace.session() as session:
+        session.execute(update(Category).where(Category.id == cardigan).values(gloss="slightly bowlegged " * 40))
+    [task_id] = make_tasks(workspace, category_id=cardigan, items=48, controls=6)
+    add_gold_examples(workspace, cardigan, task_id, count=3)
+    with workspace.session() as session:
+        view = load_task_view(session, task_id)
+    url = "https://imgs.s3.amazonaws.com/ab/{}.jpg?X-Amz-Signature=" + "f" * 640
+    xml = question_xml(view, "https://www.mturk.com/mturk/externalSubmit", lambda item: url.format(item.position),
+                       lambda example: url.format(f"example{example.index}"))
+    assert len(view.examples) == 3 and xml.count("example") >= 3 and 'id="lightbox"' in xml
+    assert len(xml.encode()) < QUESTION_LIMIT
+
+
 # --- a real browser --------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
@@ -516,3 +606,224 @@ def test_answers_given_in_the_app_become_labels(workspace):
         labels = dict(session.execute(select(Cluster.representative, Label.status)
                                       .join(Label, Label.cluster_id == Cluster.id)).all())
     assert labels == {sha: "accepted" if good else "rejected" for sha, good in truth.items()}
+
+
+# --- odd input: a 4xx, never a 500 -----------------------------------------------------
+
+@pytest.mark.parametrize("body", ["[" * 5000, '{"task": 1, "selected": ' + "[" * 3000 + "]" * 3000 + "}",
+                                  '{"task": ' + "{" * 10 + "}" * 10 + ', "selected": []}'])
+def test_deeply_nested_json_is_refused_before_parsing(workspace, body):
+    make_tasks(workspace)
+    with running_app(workspace) as base_url:
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        response = alice.post_submission(body, parse_task_page(alice.last.text).csrf_token)
+    assert response.status_code == 400 and "not a valid submission (nested more than 8 deep)" in response.text
+    assert votes(workspace) == []
+
+
+def test_ids_beyond_the_databases_integers_are_a_4xx(any_workspace):
+    [task_id] = make_tasks(any_workspace)
+    huge = [2**31, 2**63 - 1, 2**63, 2**64, 10**30]
+    with running_app(any_workspace) as base_url:
+        alice = HttpWorker(base_url, invite(any_workspace, "alice").path)
+        csrf = parse_task_page(alice.last.text).csrf_token
+        statuses = {}
+        for number in huge:
+            statuses[f"task {number}"] = alice.post_submission(json.dumps({"task": number, "selected": []}), csrf)
+            statuses[f"position {number}"] = alice.post_submission(
+                json.dumps({"task": task_id, "selected": [number]}), csrf)
+            statuses[f"/t/{number}"] = alice.get(f"/t/{number}")
+            statuses[f"/t/{number}/img/0"] = alice.get(f"/t/{number}/img/0")
+            statuses[f"/t/{task_id}/img/{number}"] = alice.get(f"/t/{task_id}/img/{number}")
+        assert alice.get(f"/t/{task_id}/img/0").status_code == 200  # the server still works
+    codes = {what: response.status_code for what, response in statuses.items()}
+    assert all(code < 500 for code in codes.values()), codes
+    assert codes[f"task {2**63}"] == 400 and "greater than the maximum of 9223372036854775807" in statuses[f"task {2**63}"].text
+    assert codes[f"task {2**63 - 1}"] == 403  # in range: simply not this worker's task
+    assert codes[f"/t/{2**63}"] == codes[f"/t/{task_id}/img/{2**31}"] == 404
+    assert votes(any_workspace) == []
+
+
+def test_a_missing_blob_is_a_404_logged_once(workspace, caplog):
+    [task_id] = make_tasks(workspace)
+    with workspace.session() as session:
+        key = session.scalar(select(Image.blob_key).join(TaskItem, TaskItem.image_sha256 == Image.sha256)
+                             .where(TaskItem.task_id == task_id, TaskItem.position == 3))
+    (workspace.blob_store.root / key).unlink()
+    with running_app(workspace) as base_url, caplog.at_level("ERROR"):
+        alice = HttpWorker(base_url, invite(workspace, "alice").path)
+        codes = [alice.get(f"/t/{task_id}/img/{position}").status_code for position in (3, 3, 2, 3)]
+    assert codes == [404, 404, 200, 404]
+    logged = [record.getMessage() for record in caplog.records if key in record.getMessage()]
+    assert len(logged) == 1 and "missing from the blob store" in logged[0]
+
+
+def test_slow_connections_do_not_lock_workers_out(workspace):
+    """105 connections that never finish a request (waitress' old limit was 100): a worker still gets a page."""
+    import socket
+
+    make_tasks(workspace)
+    link = invite(workspace, "alice")
+    with running_app(workspace) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        slow = []
+        try:
+            for i in range(105):
+                connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+                if i % 2:  # half say nothing, half stop in the middle of their headers
+                    connection.sendall(b"GET /task HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                slow.append(connection)
+            worker = HttpWorker(base_url, link.path)  # gives up after 30 s; the old server answered after ~120
+            assert worker.last.status_code == 200 and parse_task_page(worker.last.text).positions
+        finally:
+            for connection in slow:
+                connection.close()
+
+
+def test_the_servers_connection_limits(workspace):
+    from imgnet_build.labeling.web import ServerLimits, _open_file_budget, make_server
+
+    server = make_server(workspace, "127.0.0.1", 0)
+    limit = min(1000, _open_file_budget())  # 1000 unless `ulimit -n` is lower
+    assert (server.adj.connection_limit, server.adj.channel_timeout, server.adj.asyncore_use_poll) == (limit, 30, True)
+    assert (server.adj.max_request_body_size, server.adj.max_request_header_size) == (1024 * 1024, 32 * 1024)
+    server.close()
+    server = make_server(workspace, "127.0.0.1", 0, limits=ServerLimits(connection_limit=200, channel_timeout=60))
+    assert (server.adj.connection_limit, server.adj.channel_timeout) == (min(200, limit), 60)
+    server.close()
+
+
+def test_an_empty_admin_token_is_refused_at_start(workspace):
+    env = {**os.environ, "IMGNET_WORKSPACE": str(workspace.root), "IMGNET_ADMIN_TOKEN": ""}
+    command = [sys.executable, "-c", "from imgnet_build.cli.main import main; main()", "label", "serve", "--port", "0"]
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=workspace.root, timeout=60)
+    except subprocess.TimeoutExpired as exc:  # the old command served with a token nobody knew
+        pytest.fail(f"label serve started with an empty IMGNET_ADMIN_TOKEN: {exc.stdout!r}")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == ("Error: IMGNET_ADMIN_TOKEN is set but empty: set it to a long random string, or unset it "
+                             "and imgnet label serve prints a new token\n")
+
+
+def _chromium(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"])
+
+
+def _watch(page, problems: list[str]) -> None:
+    page.on("console", lambda message: message.type in ("error", "warning") and problems.append(message.text))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+
+
+def _screenshot(page, tmp_path, name: str) -> None:
+    """Into tmp_path, and into $IMGNET_SCREENSHOTS when set (for a person to look at)."""
+    page.screenshot(path=str(tmp_path / name))
+    if os.environ.get("IMGNET_SCREENSHOTS"):
+        page.screenshot(path=os.path.join(os.environ["IMGNET_SCREENSHOTS"], name))
+
+
+def _active_position(page) -> str | None:
+    return page.evaluate("document.activeElement.classList.contains('item') ? document.activeElement.dataset.position"
+                         " : null")
+
+
+def test_the_task_page_by_keyboard_in_chromium(workspace, tmp_path):
+    """Desktop (1280x800), keyboard only: focus on load, Space, Z enlarges, Enter from anywhere, and the next
+    page says the answers were saved and how many tasks are done."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    cardigan = make_cardigan(workspace)
+    first, second = make_tasks(workspace, category_id=cardigan, tasks=2, items=12, controls=2, image_size=(640, 480))
+    add_gold_examples(workspace, cardigan, first)
+    link = invite(workspace, "alice")
+    problems: list[str] = []
+    with running_app(workspace) as base_url, playwright.sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            _watch(page, problems)
+            page.goto(base_url + link.path)
+            assert page.url == f"{base_url}/t/{first}"
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            assert page.inner_text("h1") == "Cardigan — a corgi, a kind of dog"
+            assert page.locator(".examples img").count() == 2
+            order = page.evaluate("Array.from(document.querySelectorAll('.item'), e => e.dataset.position)")
+            assert _active_position(page) == order[0]  # focus on load, nothing clicked
+            tile = page.locator(".item").nth(0).bounding_box()
+            assert tile["width"] > 177 and tile["height"] > 133  # larger than the old 177x133 tiles
+            _screenshot(page, tmp_path, "label-task-desktop.png")
+            page.keyboard.press("Space")
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("z")  # enlarge the second image
+            lightbox = page.locator("#lightbox")
+            assert lightbox.is_visible()
+            page.wait_for_function("() => document.getElementById('lightbox-image').naturalWidth > 0")
+            large = page.locator("#lightbox-image").bounding_box()
+            assert large["width"] > 2 * tile["width"] and large["height"] > 2 * tile["height"]
+            page.keyboard.press("Space")  # select it from the lightbox
+            assert page.inner_text("#lightbox-state") == "selected"
+            _screenshot(page, tmp_path, "label-lightbox-desktop.png")
+            page.keyboard.press("ArrowRight")
+            assert page.inner_text("#lightbox-caption") == "Image 3 of 12"
+            page.keyboard.press("Escape")
+            assert not lightbox.is_visible() and _active_position(page) == order[2]
+            page.keyboard.press("Space")
+            page.keyboard.press("z")
+            page.keyboard.press("z")  # Z closes it too
+            assert not lightbox.is_visible() and _active_position(page) == order[2]
+            assert page.inner_text("#selected-count") == "3"
+            page.evaluate("document.activeElement.blur()")  # focus on the page itself, not in the grid
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
+            assert page.url == f"{base_url}/t/{second}"
+            assert page.inner_text("#notice") == f"Saved: your answers to task {first} are stored. You have done 1 task."
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            assert _active_position(page) is not None
+            _screenshot(page, tmp_path, "label-saved-desktop.png")
+            with page.expect_navigation():
+                page.keyboard.press("Enter")  # nothing selected: all no
+            assert "nothing left for you" in page.inner_text("body")
+            assert page.inner_text("#notice") == f"Saved: your answers to task {second} are stored. You have done 2 tasks."
+        finally:
+            browser.close()
+    assert problems == []
+    items_at = items_by_position(workspace, first)
+    stored = {item_id: answer for _, item_id, answer, _ in votes(workspace) if item_id in
+              {item.id for item in items_at.values()}}
+    assert stored == {item.id: str(position) in order[:3] for position, item in items_at.items()}
+
+
+def test_the_task_page_on_a_phone_in_chromium(workspace, tmp_path):
+    """390x844: two columns, no sideways scrolling, a tap on a magnifier shows the image large."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    cardigan = make_cardigan(workspace)
+    [task_id] = make_tasks(workspace, category_id=cardigan, items=12, controls=2, image_size=(640, 480))
+    add_gold_examples(workspace, cardigan, task_id)
+    link = invite(workspace, "alice")
+    problems: list[str] = []
+    with running_app(workspace) as base_url, playwright.sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                    has_touch=True)
+            _watch(page, problems)
+            page.goto(base_url + link.path)
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            columns = page.evaluate("(() => { const xs = Array.from(document.querySelectorAll('.item'))"
+                                    ".map(e => e.offsetTop); return xs.filter(y => y === xs[0]).length; })()")
+            assert columns == 2
+            _screenshot(page, tmp_path, "label-task-phone.png")
+            page.locator(".item .zoom").nth(3).tap()
+            assert page.locator("#lightbox").is_visible() and page.inner_text("#lightbox-caption") == "Image 4 of 12"
+            page.wait_for_function("() => document.getElementById('lightbox-image').naturalWidth > 0")
+            assert page.locator("#lightbox-image").bounding_box()["width"] > 300
+            page.locator("#lightbox-toggle").tap()
+            _screenshot(page, tmp_path, "label-lightbox-phone.png")
+            page.locator("#lightbox-close").tap()
+            assert not page.locator("#lightbox").is_visible()
+            assert page.inner_text("#selected-count") == "1"
+            assert page.locator(".item").nth(3).get_attribute("aria-checked") == "true"
+        finally:
+            browser.close()
+    assert problems == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import re
 import threading
 from collections.abc import Iterator
@@ -19,10 +20,11 @@ from html import unescape
 
 import requests
 from loopback import jpeg_bytes
+from PIL import Image as PILImage
 
 from imgnet_build.blobs import blob_key
 from imgnet_build.labeling.web import make_server
-from imgnet_build.store import Category, Image, Task, TaskItem
+from imgnet_build.store import Category, CategoryEdge, Image, Task, TaskItem
 from imgnet_build.workspace import Workspace
 
 
@@ -38,9 +40,10 @@ def make_category(ws: Workspace, wnid: str = "n02091244", name: str = "Ibizan ho
 
 
 def make_tasks(ws: Workspace, category_id: int | None = None, tasks: int = 1, items: int = 8, controls: int = 2,
-               assignments_wanted: int = 3, seed: int = 0) -> list[int]:
+               assignments_wanted: int = 3, seed: int = 0, image_size: tuple[int, int] = (48, 36)) -> list[int]:
     """Open local tasks of `items` images each (the last `controls` of them positive/negative
     controls, at shuffled positions), their images in the blob store. Returns the task ids."""
+    width, height = image_size
     category_id = category_id or make_category(ws)
     task_ids = []
     with ws.session() as session:
@@ -52,19 +55,37 @@ def make_tasks(ws: Workspace, category_id: int | None = None, tasks: int = 1, it
             positions = list(range(items))
             positions = positions[seed + t:] + positions[:seed + t]  # controls not always last
             for index, position in enumerate(positions):
-                data = jpeg_bytes(48, 36, seed=seed * 100_000 + t * 1000 + index)
-                sha = hashlib.sha256(data).hexdigest()
-                if session.get(Image, sha) is None:
-                    ws.blob_store.put(blob_key(sha, "jpg"), data)
-                    session.add(Image(sha256=sha, width=48, height=36, format="JPEG", bytes=len(data),
-                                      blob_key=blob_key(sha, "jpg")))
-                    session.flush()
+                sha = add_image(ws, session, jpeg_bytes(width, height, seed=seed * 100_000 + t * 1000 + index))
                 control = index - (items - controls)
                 kind = "candidate" if control < 0 else ("positive" if control % 2 == 0 else "negative")
                 session.add(TaskItem(task_id=task.id, position=position, image_sha256=sha, kind=kind,
                                      expected=None if kind == "candidate" else kind == "positive"))
             task_ids.append(task.id)
     return task_ids
+
+
+def add_image(ws: Workspace, session, data: bytes) -> str:
+    """Store a JPEG's bytes as an image (blob and row) unless it is there; returns its SHA-256."""
+    sha = hashlib.sha256(data).hexdigest()
+    if session.get(Image, sha) is None:
+        ws.blob_store.put(blob_key(sha, "jpg"), data)
+        width, height = PILImage.open(io.BytesIO(data)).size
+        session.add(Image(sha256=sha, width=width, height=height, format="JPEG", bytes=len(data),
+                          blob_key=blob_key(sha, "jpg")))
+        session.flush()
+    return sha
+
+
+def make_cardigan(ws: Workspace) -> int:
+    """Cardigan (the corgi, n02113186) under corgi under dog, as a tree build makes them; returns its id."""
+    ids = [make_category(ws, wnid, name, lemmas, gloss) for wnid, name, lemmas, gloss in (
+        ("n02084071", "dog", ("dog", "domestic dog", "Canis familiaris"), "a member of the genus Canis"),
+        ("n02112826", "corgi", ("corgi", "Welsh corgi"), "either of two Welsh breeds of long-bodied short-legged dogs"),
+        ("n02113186", "Cardigan", ("Cardigan", "Cardigan Welsh corgi"),
+         "slightly bowlegged variety of corgi having rounded ears and a long tail"))]
+    with ws.session() as session:
+        session.add_all([CategoryEdge(parent_id=ids[0], child_id=ids[1]), CategoryEdge(parent_id=ids[1], child_id=ids[2])])
+    return ids[2]
 
 
 @contextlib.contextmanager

@@ -299,7 +299,8 @@ class MTurkBackend:
         view = load_task_view(session, task.id)
         keys = dict(session.execute(select(Image.sha256, Image.blob_key).join(
             TaskItem, TaskItem.image_sha256 == Image.sha256).where(TaskItem.task_id == task.id)).all())
-        return question_xml(view, self.submit_url, lambda item: self._image_url(keys[item.image_sha256]))
+        return question_xml(view, self.submit_url, lambda item: self._image_url(keys[item.image_sha256]),
+                            lambda example: self._image_url(example.blob_key))
 
     def _image_url(self, key: str) -> str:
         if self.settings.public_base_url:
@@ -375,15 +376,20 @@ class MTurkBackend:
         return collect_hits(self)
 
 
-def question_xml(task_view, submit_url: str, image_url) -> str:
+def question_xml(task_view, submit_url: str, image_url, example_url=None) -> str:
     """The HTMLQuestion of one task: the shared task page, posting to `submit_url` with the
-    worker's assignmentId. BadInput when it exceeds MTurk's 65,535 bytes."""
+    worker's assignmentId (with the category's example images when they fit). BadInput when
+    it exceeds MTurk's 65,535 bytes."""
     from imgnet_build.labeling.page import render_task_page
 
-    html = render_task_page(task_view, submit_url, {"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE"}, image_url)
-    html = html.replace("</body>", ASSIGNMENT_SCRIPT + "</body>", 1).replace("]]>", "]]]]><![CDATA[>")
-    xml = HTML_QUESTION.format(html=html)
-    size = len(xml.encode("utf-8"))
+    for examples_url in ((example_url, None) if example_url is not None else (None,)):
+        html = render_task_page(task_view, submit_url, {"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE"}, image_url,
+                                examples_url)
+        html = html.replace("</body>", ASSIGNMENT_SCRIPT + "</body>", 1).replace("]]>", "]]]]><![CDATA[>")
+        xml = HTML_QUESTION.format(html=html)
+        size = len(xml.encode("utf-8"))
+        if size <= QUESTION_LIMIT:
+            break
     if size > QUESTION_LIMIT:
         raise BadInput(f"the HTMLQuestion of task {task_view.task_id} is {size} bytes, over MTurk's {QUESTION_LIMIT}; "
                        f"use fewer --images-per-task or a shorter public_base_url")
