@@ -52,6 +52,9 @@ consensus_options = _with([  # how many votes a pair gets and how they become la
                      help=setting_help("label", "reject", "Posterior at which a pair is rejected.")),
         click.option("--block-below", type=click.FloatRange(0, 1),
                      help=setting_help("label", "block_below", "Block workers whose control accuracy (or agreement, before controls) is lower.")),
+        click.option("--include-test", is_flag=True, default=None,
+                     help="Count test answers (MTurk sandbox) as evidence; their labels are marked as not human "
+                          "and exported only with --include-simulated."),
 ])
 
 task_options = _with([
@@ -236,15 +239,16 @@ def gold(workspace: Workspace, path: str, as_json: bool) -> None:
 
 
 @label.command("status")
+@click.option("--all", "all_workers", is_flag=True, help="List every worker (default: the first 10).")
 @json_option
 @pass_workspace(read_only=True)
-def status_command(workspace: Workspace, as_json: bool) -> None:
-    """Labels per category, workers by estimated accuracy, tasks and cost.
+def status_command(workspace: Workspace, all_workers: bool, as_json: bool) -> None:
+    """Labels per category, votes waiting for a decision, workers, tasks and cost.
 
     Example:
 
     \b
-        imgnet label status --json
+        imgnet label status --all
     """
     from imgnet_build.labeling.status import label_status
 
@@ -252,23 +256,37 @@ def status_command(workspace: Workspace, as_json: bool) -> None:
     if as_json:
         print_json(report)
         return
-    click.echo(f"{'wnid':<11} {'pairs':>6} {'accepted':>8} {'rejected':>8} {'undecided':>9} {'unvoted':>7} "
-               f"{'votes/pair':>10} {'controls':>8}")
+    click.echo(f"{'wnid':<11} {'name':<20} {'pairs':>6} {'accepted':>8} {'rejected':>8} {'undecided':>9} "
+               f"{'unvoted':>7} {'waiting':>7} {'votes/pair':>10} {'controls':>8}")
     for row in report["categories"]:
         controls = "-" if row["control_accuracy"] is None else f"{row['control_accuracy']:.0%}"
         per_pair = "-" if row["votes_per_pair"] is None else f"{row['votes_per_pair']:.1f}"
         flag = "  hard to illustrate" if row["hard_to_illustrate"] else ""
-        click.echo(f"{row['wnid']:<11} {row['pairs']:>6} {row['accepted']:>8} {row['rejected']:>8} "
-                   f"{row['undecided']:>9} {row['unvoted']:>7} {per_pair:>10} {controls:>8}{flag}")
+        click.echo(f"{row['wnid']:<11} {row['name'][:20]:<20} {row['pairs']:>6} {row['accepted']:>8} "
+                   f"{row['rejected']:>8} {row['undecided']:>9} {row['unvoted']:>7} {row['waiting_votes']:>7} "
+                   f"{per_pair:>10} {controls:>8}{flag}")
+    if report["waiting_votes"]:
+        click.echo(f"{report['waiting_votes']} votes waiting: run imgnet label collect")
+    if report["test_votes"]:
+        click.echo(f"{report['test_votes']} test answers (MTurk sandbox) stored; they decide nothing "
+                   f"(label collect --include-test counts them, marked as not human)")
     blocked = sum(worker["blocked"] for worker in report["workers"])
+    cost = report["cost"]
     click.echo(f"workers: {len(report['workers'])} ({blocked} blocked); tasks: "
                + ", ".join(f"{k} {v}" for k, v in sorted(report["tasks"].items()))
-               + f"; reward spent: ${report['cost']['reward_spent_usd']:.2f}")
+               + f"; spent ${cost['spent_usd']}, committed ${cost['committed_usd']} (real money)")
+    for market in cost["marketplaces"]:
+        money = "real money" if market["paid"] else "no real money"
+        click.echo(f"  {market['marketplace']}: spent ${market['spent_usd']}, committed ${market['committed_usd']} "
+                   f"({money})")
     for endpoint, mturk in report.get("mturk", {}).items():
         click.echo(f"mturk {endpoint}: HITs " + ", ".join(f"{k} {v}" for k, v in sorted(mturk["hits"].items()))
                    + f"; {mturk['pending_review']} assignments pending review; spent ${mturk['spent_usd']}, "
                      f"committed ${mturk['committed_usd']}")
-    for worker in report["workers"][:10]:
+    shown = report["workers"] if all_workers else report["workers"][:10]
+    for worker in shown:
         accuracy = "-" if worker["accuracy"] is None else f"{worker['accuracy']:.2f}"
         click.echo(f"  {worker['name']:<24} accuracy {accuracy}  votes {worker['votes']}"
                    + ("  blocked" if worker["blocked"] else ""))
+    if len(shown) < len(report["workers"]):
+        click.echo(f"  … {len(report['workers']) - len(shown)} more workers (--all lists them)")

@@ -246,6 +246,7 @@ class Task(Base):
     status: Mapped[str] = mapped_column(String(16), default="new")
     assignments_wanted: Mapped[int] = mapped_column(Integer)
     reward: Mapped[str | None] = mapped_column(String(16))
+    test: Mapped[bool] = mapped_column(Boolean, default=False)  # a non-paying test (MTurk sandbox): not evidence
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (Index("ix_task_status", "status"), Index("ix_task_category", "category_id"),
                       _one_of("status", TASK_STATUSES, "ck_task_status"))
@@ -287,7 +288,10 @@ class Assignment(Base):
 
 
 class Vote(Base):
-    """One yes/no by one worker on one (image, category) pair; a worker votes on a pair once."""
+    """One yes/no by one worker on one (cluster, category) pair, through one image of the cluster;
+    a worker votes on a pair once. `cluster_id` is the image's cluster when the vote was stored
+    (a later dedup may merge it into another: consensus counts a worker once per current cluster).
+    `test` votes come from a non-paying test (the MTurk sandbox): stored and shown, not evidence."""
 
     __tablename__ = "vote"
     id: Mapped[int] = mapped_column(ID64, primary_key=True)
@@ -299,10 +303,14 @@ class Vote(Base):
     answer: Mapped[bool] = mapped_column(Boolean)
     control: Mapped[bool] = mapped_column(Boolean, default=False)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("cluster.id"))
+    test: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (
         UniqueConstraint("worker_id", "image_sha256", "category_id", name="uq_vote"),
+        UniqueConstraint("worker_id", "cluster_id", "category_id", name="uq_vote_cluster"),
         Index("ix_vote_pair", "image_sha256", "category_id"),
+        Index("ix_vote_cluster", "cluster_id", "category_id"),
         Index("ix_vote_assignment", "assignment_id"),
     )
 
@@ -320,7 +328,8 @@ class Label(Base):
     no_votes: Mapped[int] = mapped_column(Integer, default=0)
     method: Mapped[str] = mapped_column(String(32))
     round: Mapped[int] = mapped_column(Integer)
-    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)  # not decided by people alone (simulated or test votes)
+    test: Mapped[bool] = mapped_column(Boolean, default=False)  # test (sandbox) votes counted, on request
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (UniqueConstraint("cluster_id", "category_id", name="uq_label"),
                       Index("ix_label_category", "category_id", "status"),

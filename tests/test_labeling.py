@@ -198,11 +198,12 @@ def test_simulated_crowd_refuses_pairs_without_truth(workspace):
 
 
 def test_a_worker_who_says_yes_to_everything_is_caught_by_controls(workspace, tmp_path):
-    world = build_world(workspace, categories=1, images=12)
-    images = list(world["n00000001"])
+    build_world(workspace, categories=1, images=12)
+    known = [store_picture(workspace, gen.photo(700 + number, size=(64, 48))) for number in range(6)]
+    dedup.run(workspace)  # known answers on pictures that are not candidates: controls never repeat a candidate
     gold = tmp_path / "gold.csv"
-    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if world['n00000001'][sha] else 'no'}\n"
-                                                     for sha in images[:6]))
+    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if number % 2 else 'no'}\n"
+                                                     for number, sha in enumerate(known)))
     from imgnet_build.labeling.gold import load_gold
 
     assert load_gold(workspace, gold)["stored"] == 6

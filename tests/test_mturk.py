@@ -3,6 +3,7 @@ response shaped as the MTurk API reference documents it (no test reaches AWS).""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from decimal import Decimal
@@ -23,6 +24,7 @@ from imgnet_build.workspace import Workspace
 NOW = dt.datetime(2026, 1, 5, 12, 0, tzinfo=dt.UTC)
 HIT_TYPE = "3HYP8T6TP5Y3Q0EXAMPLEHITTYPE1"
 SETTINGS = LabelSettings(votes=2, images_per_task=6, controls=2, max_votes=6, method="majority")
+TESTING = dataclasses.replace(SETTINGS, include_test=True)  # sandbox answers count only when asked for
 TOML = '\n[mturk]\npublic_base_url = "https://images.example.org/blobs"\nreject_min_controls = 2\n'
 QFA = ('<?xml version="1.0" encoding="ASCII"?><QuestionFormAnswers xmlns="http://mechanicalturk.amazonaws.com/'
        'AWSMechanicalTurkDataSchemas/2005-10-01/QuestionFormAnswers.xsd">{}</QuestionFormAnswers>')
@@ -284,7 +286,7 @@ def test_hit_already_exists_is_resolved_to_the_existing_hit(ws, stub, monkeypatc
     # a task as rounds makes it, whose create call went out carrying its token; the reply was lost
     with ws.session() as session:
         task = Task(category_id=1, round=1, batch="r1-mturk-sandbox", backend="mturk", status="new",
-                    assignments_wanted=2)
+                    assignments_wanted=2, test=True)
         session.add(task)
         session.flush()
         for position, sha in enumerate(session.scalars(select(Candidate.image_sha256).order_by(Candidate.id))):
@@ -334,7 +336,7 @@ def test_collect_pages_assignments_retries_a_throttled_page_and_approves_once(ws
         {"HITId": hit_id, "MaxResults": 100, "NextToken": "p2"})
     stub.add_response("approve_assignment", {}, {"AssignmentId": "3ASSIGNMENT0001"})
     stub.add_response("approve_assignment", {}, {"AssignmentId": "3ASSIGNMENT0002"})
-    result = rounds.collect(ws, SETTINGS)
+    result = rounds.collect(ws, TESTING)
     assert result["assignments"] == 2 and result["accepted"] == 4
     assert ("slept", 0.5) in stub.made
     with ws.session() as session:
@@ -421,12 +423,12 @@ def test_worker_below_the_control_threshold_is_rejected_with_feedback_and_discou
     feedback = ("0 of the 2 images with a known answer in this task were answered correctly (0%); we approve work "
                 "from 50% up. Please read the definition and select every image that shows the object.")
     stub.add_response("reject_assignment", {}, {"AssignmentId": "3ASSIGNMENT0002", "RequesterFeedback": feedback})
-    result = rounds.collect(ws, SETTINGS)
+    result = rounds.collect(ws, TESTING)
     assert result["accepted"] == 0 and result["undecided"] == 4  # the rejected no's do not count
     with ws.session() as session:
         rejected = session.scalar(select(Assignment).where(Assignment.external_id == "3ASSIGNMENT0002"))
         assert (rejected.status, rejected.feedback) == ("rejected", feedback)
-        assert rounds._counted_votes(session, 1) == {1: 1, 2: 1, 3: 1, 4: 1}
+        assert rounds._counted_votes(session, 1, include_test=True) == {1: 1, 2: 1, 3: 1, 4: 1}
 
 
 def test_undecided_pairs_extend_the_hit_with_additional_assignments(ws, stub):
@@ -438,7 +440,7 @@ def test_undecided_pairs_extend_the_hit_with_additional_assignments(ws, stub):
         {"HITId": hit_id, "MaxResults": 100})
     stub.add_response("approve_assignment", {}, {"AssignmentId": "3ASSIGNMENT0001"})
     stub.add_response("approve_assignment", {}, {"AssignmentId": "3ASSIGNMENT0002"})
-    assert rounds.collect(ws, SETTINGS)["undecided"] == 4  # 1 yes, 1 no each
+    assert rounds.collect(ws, TESTING)["undecided"] == 4  # 1 yes, 1 no each
     token = mturk.MTurkBackend(ws).token(task_id) + "-a3"
     stub.add_response("get_account_balance", {"AvailableBalance": "10000.00"})
     stub.add_response("get_hit", {"HIT": hit(hit_id, "t", 2, status="Reviewable", available=0)}, {"HITId": hit_id})

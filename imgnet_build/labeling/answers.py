@@ -1,43 +1,72 @@
 """Storing one worker's answers to one task: the one way votes get into the database.
 
 Every backend (the local web app, the simulated crowd, Mechanical Turk) ends here, so the
-rules hold everywhere: one vote per item of the task, a worker votes on a pair once,
-a submission counts once, and control answers update the worker's control record.
+rules hold everywhere: one vote per item of the task, a worker votes on a (cluster, category)
+pair once (whichever image of the cluster they were shown, before or after a dedup merged
+clusters), a submission counts once, a task never takes more submissions than it wants, test
+tasks give test votes, and control answers update the worker's control record.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import insert_ignore
-from imgnet_build.store import Assignment, Task, TaskItem, Vote, Worker
+from imgnet_build.labeling.locks import lock_task
+from imgnet_build.store import Assignment, Image, Task, TaskItem, Vote, Worker
 
-__all__ = ["store_answers"]
+__all__ = ["store_answers", "WORK_STATUSES", "TASK_FULL"]
+
+WORK_STATUSES = ("submitted", "approved", "rejected")  # assignments that used one of the task's slots
+TASK_FULL = "not stored: the task already had every answer it wanted"
 
 
 def store_answers(session: Session, assignment: Assignment, selected: set[int]) -> bool:
     """Store `assignment`'s answers: `selected` holds the ids of the task items the worker
     marked as showing the category; every other item of the task is a no.
 
-    Returns False, writing nothing, when the assignment was already submitted (a retried
-    request, a second collect). The caller validates that `selected` belongs to the task.
+    Returns False, writing no vote, when the assignment was already submitted (a retried
+    request, a second collect) or when the task already has all the submissions it wants (the
+    assignment is then `abandoned` with that reason). Runs under the task's lock. The caller
+    validates that `selected` belongs to the task.
     """
     now = dt.datetime.now(dt.UTC)
+    lock_task(session, assignment.task_id)
+    task = session.execute(select(Task.category_id, Task.test, Task.assignments_wanted)
+                           .where(Task.id == assignment.task_id)).one()
+    used = session.scalar(select(func.count()).where(Assignment.task_id == assignment.task_id,
+                                                     Assignment.id != assignment.id,
+                                                     Assignment.status.in_(WORK_STATUSES)))
+    if used >= task.assignments_wanted:
+        session.execute(update(Assignment).where(Assignment.id == assignment.id, Assignment.status == "given")
+                        .values(status="abandoned", feedback=TASK_FULL))
+        return False
     claimed = session.execute(update(Assignment).where(Assignment.id == assignment.id, Assignment.status == "given")
                               .values(status="submitted", submitted_at=now))
     if claimed.rowcount != 1:  # submitted before, or by a concurrent request
         return False
-    category_id = session.scalar(select(Task.category_id).where(Task.id == assignment.task_id))
-    items = session.execute(select(TaskItem.id, TaskItem.image_sha256, TaskItem.kind, TaskItem.expected)
-                            .where(TaskItem.task_id == assignment.task_id)).all()
-    votes = [{"assignment_id": assignment.id, "worker_id": assignment.worker_id, "task_item_id": item.id,
-              "image_sha256": item.image_sha256, "category_id": category_id, "answer": item.id in selected,
-              "control": item.kind != "candidate", "simulated": assignment.simulated, "created_at": now}
-             for item in items]
-    insert_ignore(session, Vote, votes)  # a pair this worker already voted on keeps its first vote
+    items = session.execute(select(TaskItem.id, TaskItem.image_sha256, TaskItem.kind, TaskItem.expected,
+                                   Image.cluster_id).join(Image, Image.sha256 == TaskItem.image_sha256)
+                            .where(TaskItem.task_id == assignment.task_id).order_by(TaskItem.position)).all()
+    clusters = {item.cluster_id for item in items if item.cluster_id is not None}
+    seen = set(session.scalars(select(Image.cluster_id).join(Vote, Vote.image_sha256 == Image.sha256).where(
+        Vote.worker_id == assignment.worker_id, Vote.category_id == task.category_id,
+        Image.cluster_id.in_(clusters)))) if clusters else set()
+    votes = []
+    for item in items:
+        if item.cluster_id is not None:
+            if item.cluster_id in seen:  # this worker's first vote on the pair stands
+                continue
+            seen.add(item.cluster_id)
+        votes.append({"assignment_id": assignment.id, "worker_id": assignment.worker_id, "task_item_id": item.id,
+                      "image_sha256": item.image_sha256, "cluster_id": item.cluster_id,
+                      "category_id": task.category_id, "answer": item.id in selected,
+                      "control": item.kind != "candidate", "simulated": assignment.simulated, "test": task.test,
+                      "created_at": now})
+    insert_ignore(session, Vote, votes)
     controls = [item for item in items if item.kind != "candidate" and item.expected is not None]
     if controls:
         correct = sum((item.id in selected) == item.expected for item in controls)

@@ -11,15 +11,31 @@ themselves (`simulated`) can be driven by `imgnet label run`.
 
 from __future__ import annotations
 
+import dataclasses
+from decimal import Decimal
 from typing import Protocol
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.errors import BadInput
 from imgnet_build.store import Task
 
-__all__ = ["Backend", "LocalBackend", "register", "get_backend", "BACKENDS"]
+__all__ = ["Backend", "LocalBackend", "Spend", "register", "get_backend", "workspace_spend", "BACKENDS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spend:
+    """What labeling on one marketplace cost: `paid` says whether it is real money."""
+
+    marketplace: str
+    paid: bool
+    spent_usd: Decimal = Decimal("0.00")  # work submitted or approved, fees included
+    committed_usd: Decimal = Decimal("0.00")  # what open tasks may still cost
+
+    def as_dict(self) -> dict:
+        return {"marketplace": self.marketplace, "paid": self.paid, "spent_usd": str(self.spent_usd),
+                "committed_usd": str(self.committed_usd)}
 
 
 class Backend(Protocol):
@@ -37,6 +53,10 @@ class Backend(Protocol):
     def check_pairs(self, session: Session, pairs: list[tuple[int, int]]) -> None:
         """Refuse (BadInput) pairs this backend cannot ask about, before any task is made."""
         ...
+
+    # Optional: `test` (its answers are not evidence), `reserve(session, tasks)` (refuse tasks over a cost cap,
+    # under the planning lock), `publish_in_transaction` (False: publish committed tasks afterwards),
+    # `spend(session, workspace) -> list[Spend]` (a classmethod; a backend without it costs nothing).
 
 
 class LocalBackend:
@@ -69,6 +89,17 @@ def register(backend: type) -> type:
 
 
 register(LocalBackend)
+
+
+def workspace_spend(session: Session, workspace) -> list[Spend]:
+    """What labeling cost, per marketplace, each backend computing its own: the one computation
+    of cost that `label status` and the report show."""
+    _load_optional()
+    spends: list[Spend] = []
+    for name in sorted(set(session.scalars(select(Task.backend).distinct()))):
+        spend = getattr(BACKENDS.get(name), "spend", None)
+        spends += spend(session, workspace) if spend is not None else [Spend(name, paid=False)]
+    return spends
 
 
 def get_backend(name: str, workspace, options: dict | None = None):

@@ -12,14 +12,15 @@ import datetime as dt
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.invites import BACKEND
-from imgnet_build.store import Assignment, Task, TaskItem, Vote, Worker
+from imgnet_build.labeling.locks import lock_task
+from imgnet_build.store import Assignment, Image, Task, TaskItem, Vote, Worker
 
-__all__ = ["ABANDONED_AFTER", "SubmissionRejected", "NotYourTask", "next_assignment", "check_submission",
-           "held_assignment", "lock_for_writing"]
+__all__ = ["ABANDONED_AFTER", "SubmissionRejected", "NotYourTask", "TaskClosed", "next_assignment",
+           "check_submission", "held_assignment", "lock_for_writing"]
 
 ABANDONED_AFTER = dt.timedelta(hours=1)  # a task given this long ago and not submitted frees its slot
 _ATTEMPTS = 20  # tasks filled by others while we looked, tried one after another
@@ -33,6 +34,10 @@ class NotYourTask(SubmissionRejected):
     "A submission for a task that was not given to this worker"
 
 
+class TaskClosed(NotYourTask):
+    "A late submission: the worker's slot was freed and taken by another, or the task was closed"
+
+
 def _live_assignments(task_id, now: dt.datetime):
     """Assignments that hold a slot of the task: submitted or reviewed, or given recently."""
     return (select(func.count()).select_from(Assignment)
@@ -43,9 +48,16 @@ def _live_assignments(task_id, now: dt.datetime):
 
 def _open_tasks_for(worker_id: int, now: dt.datetime):
     has_assignment = exists().where(Assignment.task_id == Task.id, Assignment.worker_id == worker_id)
-    voted_on_a_pair = exists(select(TaskItem.id).join(Vote, and_(Vote.image_sha256 == TaskItem.image_sha256,
-                                                                  Vote.category_id == Task.category_id))
-                             .where(TaskItem.task_id == Task.id, Vote.worker_id == worker_id))
+    voted_on_the_image = exists(select(TaskItem.id).join(Vote, and_(Vote.image_sha256 == TaskItem.image_sha256,
+                                                                     Vote.category_id == Task.category_id))
+                                .where(TaskItem.task_id == Task.id, Vote.worker_id == worker_id))
+    shown, voted = aliased(Image), aliased(Image)  # the pair is the cluster: any image of it, as clustered now
+    voted_on_the_cluster = exists(select(TaskItem.id).join(shown, shown.sha256 == TaskItem.image_sha256)
+                                  .join(voted, voted.cluster_id == shown.cluster_id)
+                                  .join(Vote, and_(Vote.image_sha256 == voted.sha256,
+                                                   Vote.category_id == Task.category_id))
+                                  .where(TaskItem.task_id == Task.id, Vote.worker_id == worker_id))
+    voted_on_a_pair = voted_on_the_image | voted_on_the_cluster
     return (select(Task.id, Task.assignments_wanted)
             .where(Task.status == "open", Task.backend == BACKEND, ~has_assignment, ~voted_on_a_pair,
                    _live_assignments(Task.id, now).scalar_subquery() < Task.assignments_wanted)
@@ -107,9 +119,28 @@ def check_submission(session: Session, worker_id: int, document: dict) -> tuple[
                                                          Assignment.worker_id == worker_id))
     if assignment is None or assignment.status in ("rejected", "abandoned"):
         raise NotYourTask(f"task {task_id} was not given to you; open the next task from the start page")
+    if assignment.status == "given":
+        _check_still_yours(session, assignment)
     ids_by_position = dict(session.execute(select(TaskItem.position, TaskItem.id)
                                            .where(TaskItem.task_id == task_id)).all())
     unknown = sorted(set(document["selected"]) - set(ids_by_position))
     if unknown:
         raise SubmissionRejected(f"task {task_id} has no image at position(s) {', '.join(map(str, unknown[:10]))}")
     return assignment, {ids_by_position[position] for position in document["selected"]}
+
+
+def _check_still_yours(session: Session, assignment: Assignment) -> None:
+    """A given assignment may still be submitted unless its task was closed, or its hour ran out
+    and others now hold every slot (TaskClosed). Takes the task's lock, so that the check and the
+    store that follows are one step."""
+    lock_task(session, assignment.task_id)
+    task = session.execute(select(Task.status, Task.assignments_wanted).where(Task.id == assignment.task_id)).one()
+    now = dt.datetime.now(dt.UTC)
+    given_at = assignment.given_at if assignment.given_at.tzinfo else assignment.given_at.replace(tzinfo=dt.UTC)
+    others = session.scalar(_live_assignments(assignment.task_id, now).where(Assignment.id != assignment.id))
+    if task.status == "expired":
+        raise TaskClosed(f"task {assignment.task_id} was closed by the requester before your answers arrived, so "
+                         f"they were not stored; open the next task from the start page")
+    if others >= task.assignments_wanted and (given_at <= now - ABANDONED_AFTER or task.status != "open"):
+        raise TaskClosed(f"your time for task {assignment.task_id} ran out (an hour) and another worker took your "
+                         f"place, so these answers were not stored; open the next task from the start page")

@@ -128,10 +128,10 @@ def is_live(batch: str) -> bool:
 
 
 def workspace_cost(session: Session, live: bool, exclude: tuple[int, ...] = (), *,
-                   reward: Decimal = MTurkSettings().reward_usd) -> dict[str, Price]:
+                   reward: Decimal = MTurkSettings().reward_usd, only: tuple[int, ...] | None = None) -> dict[str, Price]:
     """{"spent": work submitted or approved, "committed": assignments HITs may still bring}
-    on one endpoint, rewards and fees included; tasks in `exclude` are left out, tasks not
-    yet published are priced at `reward`."""
+    on one endpoint, rewards and fees included; tasks in `exclude` are left out (with `only`,
+    every other task is), tasks not yet published are priced at `reward`."""
     used = (select(Assignment.task_id, func.count().label("used"),
                    func.sum(func.cast(Assignment.status.in_(("submitted", "approved")), _int())).label("paid"))
             .where(Assignment.status != "given").group_by(Assignment.task_id).subquery())
@@ -140,7 +140,7 @@ def workspace_cost(session: Session, live: bool, exclude: tuple[int, ...] = (), 
                            .outerjoin(used, used.c.task_id == Task.id).where(Task.backend == MTurkBackend.name))
     spent, committed = Price(), Price()
     for task_id, status, task_reward, wanted, batch, used_count, paid in rows:
-        if is_live(batch) != live or task_id in exclude:
+        if is_live(batch) != live or task_id in exclude or (only is not None and task_id not in only):
             continue
         task_reward = Decimal(task_reward) if task_reward else reward
         spent += price(task_reward, wanted, int(paid), tasks=1)
@@ -176,6 +176,7 @@ class MTurkBackend:
     simulated = False
     answers_itself = False
     costs_money = True
+    publish_in_transaction = False  # HITs are made after the tasks are committed, one by one
 
     def __init__(self, workspace, options: dict | None = None) -> None:
         options = options or {}
@@ -185,6 +186,42 @@ class MTurkBackend:
         self.max_cost = None if options.get("max_cost") is None else Decimal(str(options["max_cost"]))
         self._client = None
         self._hit_type: str | None = None
+
+    @classmethod
+    def spend(cls, session: Session, workspace) -> list:
+        """Per marketplace with tasks: the live one in real money, the sandbox in its free test money."""
+        from imgnet_build.labeling.backends import Spend
+
+        reward = (getattr(workspace.settings, "mturk", None) or MTurkSettings()).reward_usd
+        spends = []
+        for live in (True, False):
+            if not any(is_live(batch) == live for batch in session.scalars(
+                    select(Task.batch).where(Task.backend == cls.name).distinct())):
+                continue
+            cost = workspace_cost(session, live, reward=reward)
+            spends.append(Spend("mturk live" if live else "mturk sandbox", paid=live,
+                                spent_usd=cost["spent"].total_usd, committed_usd=cost["committed"].total_usd))
+        return spends
+
+    @property
+    def test(self) -> bool:
+        """Sandbox answers are a test of the task, not evidence."""
+        return not self.live
+
+    def reserve(self, session: Session, tasks: list) -> None:
+        """Refuse (CostCapExceeded) tasks that would take spending past --max-cost. Runs in the
+        transaction that made them (flushed, not committed), under the labeling lock: the tasks
+        themselves are the reservation, so concurrent submits share one cap."""
+        if self.max_cost is None or not tasks:
+            return
+        cost = workspace_cost(session, self.live, reward=self.settings.reward_usd)
+        total = cost["spent"].total_usd + cost["committed"].total_usd
+        if total > self.max_cost:
+            mine = workspace_cost(session, self.live, reward=self.settings.reward_usd,
+                                  only=tuple(task.id for task in tasks))["committed"].total_usd
+            raise CostCapExceeded(f"these tasks cost ${mine}; with what is already spent and committed the workspace "
+                                  f"would reach ${total}, over --max-cost ${self.max_cost}; raise the cap or submit "
+                                  f"fewer tasks (--category)")
 
     @property
     def client(self):
@@ -261,8 +298,8 @@ class MTurkBackend:
 
     def _prepare(self, session: Session, task_id: int) -> _Work | None:
         task = session.get(Task, task_id)
-        if task is None or task.status != "new":
-            return None  # published meanwhile
+        if task is None or task.status != "new" or task.test != self.test:
+            return None  # published meanwhile, or made for the other marketplace
         if task.external_id and task.external_id.startswith(PENDING):
             return _Work(task_id, task.assignments_wanted, task.external_id[len(PENDING):],
                          self._question(session, task), pending=True)

@@ -60,6 +60,8 @@ def parse_answer(answer: str | None, task_id: int, positions: dict[int, int]) ->
         submission = json.loads(fields["submission"])
     except ValueError:
         raise AnswerInvalid("the submission field is not JSON") from None
+    except RecursionError:
+        raise AnswerInvalid("the submission field is JSON nested too deeply") from None
     if not isinstance(submission, dict) or set(submission) != {"task", "selected"}:
         raise AnswerInvalid("the submission must hold exactly task and selected")
     if submission["task"] != task_id:
@@ -122,8 +124,9 @@ def _take(backend, task_id: int, mturk: dict) -> int:
                                              .where(TaskItem.task_id == task_id)).all())
             try:
                 selected = parse_answer(mturk.get("Answer"), task_id, positions)
-            except AnswerInvalid as exc:
-                row.status, row.feedback = "abandoned", f"unreadable answer, left to auto-approval: {exc}"
+            except Exception as exc:  # one bad answer is recorded with its reason; the collect goes on
+                reason = str(exc) if isinstance(exc, AnswerInvalid) else f"{type(exc).__name__}: {exc}"[:500]
+                row.status, row.feedback = "abandoned", f"unreadable answer, left to auto-approval: {reason}"
             else:
                 stored = int(store_answers(session, row, selected))
         assignment_id, status = row.id, row.status

@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import batched
@@ -36,6 +36,7 @@ from imgnet_build.errors import BadInput
 from imgnet_build.labeling.backends import get_backend
 from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTable, seed_table
 from imgnet_build.labeling.controls import control_pool, pick_controls
+from imgnet_build.labeling.locks import lock_planning
 from imgnet_build.labeling.quality import update_workers
 from imgnet_build.store import (
     Assignment,
@@ -77,6 +78,7 @@ class LabelSettings:
     block_after_controls: int = 6  # control answers before control accuracy can block
     block_after_votes: int = 30  # votes before agreement (no controls yet) can block
     categories: tuple[str, ...] = ()  # wnids; empty: every category
+    include_test: bool = False  # count test answers (MTurk sandbox) as evidence; their labels are marked
 
     def __post_init__(self) -> None:
         if self.votes < 1:
@@ -104,7 +106,7 @@ class LabelSettings:
 
 @dataclasses.dataclass
 class Plan:
-    """What one submit issued (or, with dry_run, would issue)."""
+    """What one submit issued (or, with dry_run, would issue), and why pairs got nothing."""
 
     round: int
     backend: str
@@ -117,39 +119,72 @@ class Plan:
     dry_run: bool = False
     not_clustered: int = 0  # ok images that `imgnet dedup` has not clustered yet
     task_sizes: dict[int, int] = dataclasses.field(default_factory=dict)  # {assignments per task: tasks} (pricing)
+    published: int = 0  # tasks an earlier, interrupted submit made and this one published
+    discarded: int = 0  # never-published tasks of another backend or marketplace, dropped
+    held: dict[str, int] = dataclasses.field(default_factory=dict)  # {reason: pairs} that got nothing now
+    waiting_on: dict[str, int] = dataclasses.field(default_factory=dict)  # {backend: open tasks} holding votes
 
     def summary(self) -> str:
         verb = "would issue" if self.dry_run else "issued"
         text = (f"label submit ({self.backend}, round {self.round}): {verb} {self.tasks} tasks, {self.assignments} "
                 f"assignments, {self.votes} votes on {self.pairs} pairs in {len(self.per_category)} categories")
+        if self.published or self.discarded:
+            text += f"; {self.published} tasks of an earlier submit published, {self.discarded} never-published discarded"
         if self.not_clustered:
             text += f"; {self.not_clustered} images wait for `imgnet dedup`"
+        if self.tasks == 0:
+            text += "\n" + self.why_nothing()
+        return text
+
+    def why_nothing(self) -> str:
+        """One line on why nothing was issued."""
+        reasons = [f"{count} pairs {reason}" for reason, count in sorted(self.held.items()) if count]
+        if not reasons and not self.not_clustered:
+            return "nothing to ask: no labeled pairs yet (gather candidates, then run imgnet dedup)"
+        text = "nothing to ask: " + ("; ".join(reasons) if reasons else "no clustered candidates yet")
+        if self.waiting_on:
+            open_tasks = ", ".join(f"{count} {backend}" for backend, count in sorted(self.waiting_on.items()))
+            text += (f" (open tasks: {open_tasks}; run imgnet label collect, or imgnet label expire --backend NAME "
+                     f"to stop them and ask elsewhere)")
         return text
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "why_nothing": self.why_nothing() if self.tasks == 0 else None}
 
 
 def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, dry_run: bool = False,
            options: dict | None = None, progress: Progress | None = None) -> Plan:
-    """Issue the tasks needed now; tasks an earlier submit made but did not publish go first."""
+    """Issue the tasks needed now; tasks an earlier submit made but did not publish go first.
+
+    Each category is planned and its tasks made under the labeling lock, in one transaction,
+    so concurrent submits (any processes, SQLite or PostgreSQL) never issue a vote twice;
+    a backend that costs money reserves what the tasks cost there too (`reserve`).
+    """
     chosen = get_backend(backend, workspace, options)
     with workspace.session() as session:
         round_ = (session.scalar(select(func.max(Task.round))) or 0) + 1
         category_ids = _category_ids(session, settings.categories)
         plan = Plan(round_, backend, dry_run=dry_run, not_clustered=pairs_without_clusters(session))
     if not dry_run:
-        with workspace.session() as session:
-            _publish_new(session, chosen)
+        plan.discarded, plan.published = settle_unpublished(workspace, chosen)
+    held: dict[str, int] = defaultdict(int)
     for category_id in category_ids:
         made: list[int] = []
         with workspace.session() as session:
+            if not dry_run:
+                lock_planning(session)
             pairs = category_pairs(session, category_id)
-            need = _needs(session, category_id, pairs, settings)
+            need = _needs(session, category_id, pairs, settings, chosen, held)
             if not need:
                 continue
             chosen.check_pairs(session, [(cluster, category_id) for cluster in need])
             tasks = _make_tasks(session, category_id, pairs, need, settings, round_, chosen, dry_run)
+            if not dry_run:
+                reserve = getattr(chosen, "reserve", None)
+                if reserve is not None:
+                    reserve(session, tasks)  # refuses (and rolls back) what would pass a cost cap
+                if _publishes_in_transaction(chosen):
+                    chosen.publish(session, tasks)
             wnid = session.scalar(select(Category.wnid).where(Category.id == category_id))
             plan.per_category[wnid] = {"pairs": len(need), "votes": sum(need.values()), "tasks": len(tasks)}
             plan.pairs += len(need)
@@ -160,13 +195,46 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
             for task in tasks:
                 plan.task_sizes[task.assignments_wanted] = plan.task_sizes.get(task.assignments_wanted, 0) + 1
             made = [task.id for task in tasks]
-        if made and not dry_run:  # the tasks are committed: a backend may commit per task (a HIT id the moment it exists)
-            with workspace.session() as session:
+        if made and not dry_run and not _publishes_in_transaction(chosen):
+            with workspace.session() as session:  # committed first: a backend may commit per task (a HIT id)
                 chosen.publish(session, list(session.scalars(select(Task).where(Task.id.in_(made)).order_by(Task.id))))
         if progress:
             progress(category_id)
+    plan.held = dict(held)
+    if plan.tasks == 0:
+        with workspace.session() as session:
+            plan.waiting_on = dict(session.execute(select(Task.backend, func.count()).where(
+                Task.status.in_(("new", "open"))).group_by(Task.backend)).all())
     return plan
 
+
+def _publishes_in_transaction(backend) -> bool:
+    """Backends whose publish is a database update (local, simulated) open their tasks in the
+    transaction that makes them; remote ones (MTurk) publish committed tasks afterwards."""
+    return getattr(backend, "publish_in_transaction", True)
+
+
+def _is_test(backend) -> bool:
+    return bool(getattr(backend, "test", False))
+
+
+def settle_unpublished(workspace, backend) -> tuple[int, int]:
+    """Tasks left unpublished (status `new`) by an earlier submit: those of another backend or
+    marketplace that never reached it are discarded (they asked nobody), this backend's are
+    published. Returns (discarded, published)."""
+    with workspace.session() as session:
+        lock_planning(session)
+        mine = (Task.backend == backend.name) & (Task.test.is_(_is_test(backend)))
+        stale = list(session.scalars(select(Task.id).where(Task.status == "new", Task.external_id.is_(None), ~mine)))
+        for chunk in batched(stale, 1000):
+            session.execute(delete(TaskItem).where(TaskItem.task_id.in_(chunk)))
+            session.execute(delete(Task).where(Task.id.in_(chunk)))
+    with workspace.session() as session:
+        waiting = list(session.scalars(select(Task).where(Task.status == "new", Task.backend == backend.name,
+                                                         Task.test.is_(_is_test(backend))).order_by(Task.id)))
+        if waiting:
+            backend.publish(session, waiting)
+    return len(stale), len(waiting)
 
 def pairs_without_clusters(session: Session) -> int:
     return session.scalar(select(func.count(func.distinct(Image.sha256))).join(
@@ -183,12 +251,6 @@ def _category_ids(session: Session, wnids: tuple[str, ...]) -> list[int]:
     return [find_category(session, spec).id for spec in wnids]
 
 
-def _publish_new(session: Session, backend) -> None:
-    waiting = list(session.scalars(select(Task).where(Task.status == "new", Task.backend == backend.name)))
-    if waiting:
-        backend.publish(session, waiting)
-
-
 def category_pairs(session: Session, category_id: int) -> dict[int, tuple[str, str]]:
     """{cluster id: (representative sha256, cluster key)} of the category's candidate pairs."""
     rows = session.execute(select(Cluster.id, Cluster.representative, Cluster.key).join(
@@ -197,38 +259,54 @@ def category_pairs(session: Session, category_id: int) -> dict[int, tuple[str, s
     return {row.id: (row.representative, row.key) for row in rows}
 
 
-def _counted_votes(session: Session, category_id: int) -> dict[int, int]:
-    """{cluster id: votes that count} on the category's candidate pairs."""
-    rows = session.execute(select(Image.cluster_id, func.count()).select_from(Vote)
-                           .join(Image, Image.sha256 == Vote.image_sha256)
-                           .join(Worker, Worker.id == Vote.worker_id)
-                           .join(Assignment, Assignment.id == Vote.assignment_id)
-                           .where(Vote.category_id == category_id, Vote.control.is_(False),
-                                  Worker.blocked.is_(False), Assignment.status != "rejected")
-                           .group_by(Image.cluster_id))
-    return dict(rows.all())
+def _counted_votes(session: Session, category_id: int, include_test: bool = False) -> dict[int, int]:
+    """{cluster id: workers whose vote counts} on the category's candidate pairs (test answers only
+    when `include_test`)."""
+    query = (select(Image.cluster_id, func.count(func.distinct(Vote.worker_id))).select_from(Vote)
+             .join(Image, Image.sha256 == Vote.image_sha256)
+             .join(Worker, Worker.id == Vote.worker_id)
+             .join(Assignment, Assignment.id == Vote.assignment_id)
+             .where(Vote.category_id == category_id, Vote.control.is_(False),
+                    Worker.blocked.is_(False), Assignment.status != "rejected")
+             .group_by(Image.cluster_id))
+    if not include_test:
+        query = query.where(Vote.test.is_(False))
+    return dict(session.execute(query).all())
 
 
-def _pending_votes(session: Session, category_id: int) -> dict[int, int]:
-    """{cluster id: votes that open (or not yet published) tasks will still bring}."""
+def _pending_votes(session: Session, category_id: int, backend=None) -> dict[int, int]:
+    """{cluster id: votes that open tasks will still bring}. Tasks not yet published count only
+    when this submit (on `backend`) would publish them; test tasks only for a test backend."""
     done = (select(Assignment.task_id, func.count().label("done")).where(Assignment.status.in_(WORK_STATUSES))
             .group_by(Assignment.task_id).subquery())
-    rows = session.execute(select(TaskItem.cluster_id, func.sum(Task.assignments_wanted - func.coalesce(done.c.done, 0)))
-                           .join(Task, Task.id == TaskItem.task_id).outerjoin(done, done.c.task_id == Task.id)
-                           .where(Task.category_id == category_id, Task.status.in_(("new", "open")),
-                                  TaskItem.kind == "candidate").group_by(TaskItem.cluster_id))
-    return {cluster: max(0, int(left)) for cluster, left in rows.all()}
+    live = Task.status == "open"
+    if backend is None:
+        live = Task.status.in_(("new", "open"))
+    else:
+        mine = (Task.backend == backend.name) & Task.test.is_(_is_test(backend))
+        live = live | ((Task.status == "new") & (mine | Task.external_id.is_not(None)))
+    query = (select(TaskItem.cluster_id, func.sum(Task.assignments_wanted - func.coalesce(done.c.done, 0)))
+             .join(Task, Task.id == TaskItem.task_id).outerjoin(done, done.c.task_id == Task.id)
+             .where(Task.category_id == category_id, live, TaskItem.kind == "candidate")
+             .group_by(TaskItem.cluster_id))
+    if backend is not None and not _is_test(backend):
+        query = query.where(Task.test.is_(False))
+    return {cluster: max(0, int(left)) for cluster, left in session.execute(query).all()}
 
 
 def _needs(session: Session, category_id: int, pairs: dict[int, tuple[str, str]],
-           settings: LabelSettings) -> dict[int, int]:
-    """{cluster id: votes to ask for now} for the category."""
-    have, pending = _counted_votes(session, category_id), _pending_votes(session, category_id)
+           settings: LabelSettings, backend=None, held: dict[str, int] | None = None) -> dict[int, int]:
+    """{cluster id: votes to ask for now} for the category; `held` counts the pairs that get
+    nothing, by reason."""
+    have = _counted_votes(session, category_id, include_test=settings.include_test or _is_test(backend))
+    pending = _pending_votes(session, category_id, backend)
     labels = dict(session.execute(select(Label.cluster_id, Label.status).where(Label.category_id == category_id)).all())
     seed = _seed(pairs, have, pending, labels, settings) if settings.seeded else set()
+    held = held if held is not None else defaultdict(int)
     need = {}
     for cluster in pairs:
         if labels.get(cluster) in ("accepted", "rejected"):
+            held["are decided"] += 1
             continue
         total = have.get(cluster, 0) + pending.get(cluster, 0)
         target = settings.seed_votes if cluster in seed else settings.votes
@@ -241,6 +319,12 @@ def _needs(session: Session, category_id: int, pairs: dict[int, tuple[str, str]]
         wanted = min(wanted, settings.max_votes - total)
         if wanted > 0:
             need[cluster] = wanted
+        elif pending.get(cluster, 0):
+            held["wait for answers of open tasks"] += 1
+        elif total >= settings.max_votes:
+            held["reached --max-votes undecided"] += 1
+        else:
+            held["wait for label collect to decide them"] += 1
     return need
 
 
@@ -277,13 +361,13 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
     for wanted, clusters in sorted(by_votes.items()):
         for chunk in _even_chunks(clusters, per_task):
             items = [(pairs[c][0], c, "candidate", None) for c in chunk]
-            items += pick_controls(controls, settings.controls, rng)
+            items += pick_controls(_apart_from(controls, set(chunk)), settings.controls, rng)
             rng.shuffle(items)
             if dry_run:
                 made.append(_NewTask(0, wanted, len(items) - len(chunk)))
                 continue
             task = Task(category_id=category_id, round=round_, batch=batch, backend=backend.name,
-                        status="new", assignments_wanted=wanted)
+                        status="new", assignments_wanted=wanted, test=_is_test(backend))
             session.add(task)
             session.flush()
             session.execute(insert(TaskItem), [
@@ -292,6 +376,19 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
             task.controls = len(items) - len(chunk)
             made.append(task)
     return made
+
+
+def _apart_from(pool: tuple[list, list], clusters: set[int]) -> tuple[list, list]:
+    """The control pool without the task's own candidates, one control per cluster: a task never
+    shows one cluster twice (a gold answer on a candidate image, two images of one cluster)."""
+    seen = set(clusters)
+    kept: tuple[list, list] = ([], [])
+    for side, items in zip(kept, pool, strict=True):
+        for item in items:
+            if item[1] is None or item[1] not in seen:
+                seen.add(item[1])
+                side.append(item)
+    return kept
 
 
 def _even_chunks(items: list, size: int) -> list[list]:
@@ -342,19 +439,26 @@ def _load_votes(workspace, settings: LabelSettings):
     known: list[int] = []
     candidate: list[bool] = []
     simulated: list[bool] = []
+    test: list[bool] = []
     p, w, a = [], [], []
+    counted: set[tuple[int, int, int]] = set()  # (worker, cluster, category): a worker counts once per pair
     with workspace.session() as session:
         gold = {(c, cat): answer for c, cat, answer in session.execute(
             select(Image.cluster_id, Gold.category_id, Gold.answer).join(Image, Image.sha256 == Gold.image_sha256))}
-        rows = session.execute(select(Image.cluster_id, Vote.category_id, Vote.worker_id, Vote.answer, Vote.control,
-                                      TaskItem.expected, Vote.simulated)
-                               .join(Image, Image.sha256 == Vote.image_sha256)
-                               .join(TaskItem, TaskItem.id == Vote.task_item_id)
-                               .join(Worker, Worker.id == Vote.worker_id)
-                               .join(Assignment, Assignment.id == Vote.assignment_id)
-                               .where(Worker.blocked.is_(False), Assignment.status != "rejected")
-                               .execution_options(yield_per=10_000))
-        for cluster, category, worker, answer, control, expected, is_simulated in rows:
+        query = (select(Image.cluster_id, Vote.category_id, Vote.worker_id, Vote.answer, Vote.control,
+                        TaskItem.expected, Vote.simulated, Vote.test)
+                 .join(Image, Image.sha256 == Vote.image_sha256)
+                 .join(TaskItem, TaskItem.id == Vote.task_item_id)
+                 .join(Worker, Worker.id == Vote.worker_id)
+                 .join(Assignment, Assignment.id == Vote.assignment_id)
+                 .where(Worker.blocked.is_(False), Assignment.status != "rejected")
+                 .order_by(Vote.id).execution_options(yield_per=10_000))
+        if not settings.include_test:
+            query = query.where(Vote.test.is_(False))
+        for cluster, category, worker, answer, control, expected, is_simulated, is_test in session.execute(query):
+            if (worker, cluster, category) in counted:  # two images of one cluster (a dedup merged them)
+                continue
+            counted.add((worker, cluster, category))
             key = (cluster, category)
             index = pair_index.get(key)
             if index is None:
@@ -362,10 +466,12 @@ def _load_votes(workspace, settings: LabelSettings):
                 known.append(-1 if gold.get(key) is None else int(gold[key]))
                 candidate.append(False)
                 simulated.append(False)
+                test.append(False)
             if control and expected is not None:
                 known[index] = int(expected)
             candidate[index] |= not control
-            simulated[index] |= bool(is_simulated)
+            simulated[index] |= bool(is_simulated) or bool(is_test)
+            test[index] |= bool(is_test)
             p.append(index)
             w.append(worker_index.setdefault(worker, len(worker_index)))
             a.append(answer)
@@ -377,42 +483,59 @@ def _load_votes(workspace, settings: LabelSettings):
     table = VoteTable.build(p_arr, w, a, [categories[category] for _, category in pairs],
                             known, seed if settings.seeded else None, len(worker_index))
     meta = {"candidate": np.asarray(candidate, bool), "simulated": np.asarray(simulated, bool),
-            "categories": categories}
+            "test": np.asarray(test, bool), "categories": categories}
     return table, pairs, meta, list(worker_index)
 
 
 def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, settings: LabelSettings) -> None:
     yes, no = votes.counts()
     now = dt.datetime.now(dt.UTC)
-    with workspace.session() as session:
-        round_ = session.scalar(select(func.max(Task.round))) or 0
-        for chunk in batched([i for i in range(len(keys)) if meta["candidate"][i]], 2000):
+    decided = [i for i in range(len(keys)) if meta["candidate"][i]]
+    for chunk in batched(decided, 2000):
+        with workspace.session() as session:  # under the lock: concurrent collects never insert one label twice
+            lock_planning(session)
+            round_ = session.scalar(select(func.max(Task.round))) or 0
             clusters = {keys[i] for i in chunk}
             existing = {(row.cluster_id, row.category_id): row for row in session.scalars(
                 select(Label).where(Label.cluster_id.in_({c for c, _ in clusters})))}
             history = []
             for i in chunk:
                 values = {"status": str(result.status[i]), "confidence": round(float(result.posterior[i]), 6),
-                          "yes_votes": int(yes[i]), "no_votes": int(no[i]), "method": settings.method}
+                          "yes_votes": int(yes[i]), "no_votes": int(no[i]), "method": settings.method,
+                          "simulated": bool(meta["simulated"][i]), "test": bool(meta["test"][i])}
                 row = existing.get(keys[i])
                 if row is not None and all(getattr(row, k) == v for k, v in values.items()):
                     continue
                 if row is None:
-                    session.add(Label(cluster_id=keys[i][0], category_id=keys[i][1], round=round_,
-                                      simulated=bool(meta["simulated"][i]), updated_at=now, **values))
+                    session.add(Label(cluster_id=keys[i][0], category_id=keys[i][1], round=round_, updated_at=now,
+                                      **values))
                 else:
                     for k, v in values.items():
                         setattr(row, k, v)
-                    row.round, row.updated_at, row.simulated = round_, now, bool(meta["simulated"][i])
+                    row.round, row.updated_at = round_, now
                 history.append({"cluster_id": keys[i][0], "category_id": keys[i][1], "round": round_,
-                                "created_at": now, **values})
+                                "created_at": now, **{k: v for k, v in values.items() if k not in ("simulated", "test")}})
             if history:
                 session.execute(insert(LabelHistory), history)
+    _drop_unsupported(workspace, {keys[i] for i in decided})
+
+
+def _drop_unsupported(workspace, supported: set[tuple[int, int]]) -> None:
+    """Labels no counted vote supports any more (their votes were test answers, or their workers
+    were blocked) are removed: their pairs are asked again."""
+    with workspace.session() as session:
+        lock_planning(session)
+        stale = [(cluster, category) for cluster, category in session.execute(select(Label.cluster_id,
+                                                                                      Label.category_id))
+                 if (cluster, category) not in supported]
+        for cluster, category in stale:
+            session.execute(delete(Label).where(Label.cluster_id == cluster, Label.category_id == category))
 
 
 def _write_category_state(workspace, votes: VoteTable, meta: dict, result) -> None:
     now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
+        lock_planning(session)
         for category_id, index in meta["categories"].items():
             seeded = votes.seed & (votes.pair_category == index)
             state = session.get(CategoryConsensus, category_id) or CategoryConsensus(category_id=category_id)

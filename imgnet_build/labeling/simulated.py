@@ -22,6 +22,7 @@ from imgnet_build.dbutil import insert_ignore
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.backends import register
+from imgnet_build.labeling.locks import lock_task
 from imgnet_build.store import Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote, Worker
 
 __all__ = ["Crowd", "SimulatedBackend"]
@@ -117,10 +118,14 @@ class SimulatedBackend:
         crowds: dict[str, tuple] = {}  # batch -> (crowd, its worker ids, its profiles), made once per collect
         for task_id, batch in tasks:
             with workspace.session() as session:  # one task, one transaction: a kill loses at most this task
+                lock_task(session, task_id)  # a concurrent collect answers it before or after, never beside
+                task = session.get(Task, task_id)
+                if task is None or task.status != "open":
+                    continue
                 if batch not in crowds:
                     crowd = Crowd.from_batch(batch)
                     crowds[batch] = (crowd, _workers(session, crowd), crowd.profiles())
-                stored += _answer_task(session, session.get(Task, task_id), *crowds[batch])
+                stored += _answer_task(session, task, *crowds[batch])
         return stored
 
 

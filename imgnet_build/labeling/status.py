@@ -1,11 +1,14 @@
-"""`imgnet label status`: labels per category, workers by quality, money spent."""
+"""`imgnet label status`: labels per category (votes waiting for a decision, test answers apart),
+workers by quality, money spent per marketplace (each backend computes its own)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from decimal import Decimal
 
 from sqlalchemy import case, func, select
 
+from imgnet_build.labeling.backends import workspace_spend
 from imgnet_build.labeling.rounds import category_pairs
 from imgnet_build.store import (
     Assignment,
@@ -29,6 +32,9 @@ def label_status(workspace) -> dict:
         category_ids = list(session.scalars(select(Candidate.category_id).where(Candidate.status == CandidateStatus.OK)
                                             .distinct().order_by(Candidate.category_id)))
         names = dict(session.execute(select(Category.id, Category.wnid)).all())
+        titles = dict(session.execute(select(Category.id, Category.name)).all())
+        test_votes = dict(session.execute(select(Vote.category_id, func.count()).where(
+            Vote.test.is_(True), Vote.control.is_(False)).group_by(Vote.category_id)).all())
         labels = defaultdict(lambda: defaultdict(int))
         votes = defaultdict(int)
         for category, status, count, vote_count in session.execute(
@@ -46,13 +52,15 @@ def label_status(workspace) -> dict:
         categories = []
         for category in category_ids:
             pairs = len(category_pairs(session, category))
+            waiting = _waiting_votes(session, category)
             counts = labels[category]
             decided = counts["accepted"] + counts["rejected"]
             voted = decided + counts["undecided"]
             right, total = controls[category]
             state = states.get(category)
             categories.append({
-                "wnid": names[category], "pairs": pairs, "decided": decided, "accepted": counts["accepted"],
+                "wnid": names[category], "name": titles[category], "pairs": pairs, "waiting_votes": waiting,
+                "test_votes": int(test_votes.get(category, 0)), "decided": decided, "accepted": counts["accepted"],
                 "rejected": counts["rejected"], "undecided": counts["undecided"], "unvoted": max(0, pairs - voted),
                 "votes_per_pair": round(votes[category] / voted, 2) if voted else None,
                 "control_accuracy": round(right / total, 3) if total else None,
@@ -67,12 +75,14 @@ def label_status(workspace) -> dict:
                                                .order_by(Worker.accuracy.desc().nulls_last(), Worker.id))]
         tasks = dict(session.execute(select(Task.status, func.count()).group_by(Task.status)).all())
         assignments = dict(session.execute(select(Assignment.status, func.count()).group_by(Assignment.status)).all())
-        spent = session.scalar(select(func.coalesce(func.sum(func.cast(Task.reward, _numeric())), 0))
-                               .join(Assignment, Assignment.task_id == Task.id)
-                               .where(Assignment.status.in_(("submitted", "approved")), Task.reward.is_not(None)))
+        spends = workspace_spend(session, workspace)
         mturk = _mturk_status(session, workspace)
     report = {"categories": categories, "workers": workers, "tasks": tasks, "assignments": assignments,
-              "cost": {"reward_spent_usd": float(spent or 0)}}
+              "waiting_votes": sum(row["waiting_votes"] for row in categories),
+              "test_votes": sum(row["test_votes"] for row in categories),
+              "cost": {"spent_usd": str(sum((x.spent_usd for x in spends if x.paid), Decimal("0.00"))),
+                       "committed_usd": str(sum((x.committed_usd for x in spends if x.paid), Decimal("0.00"))),
+                       "marketplaces": [x.as_dict() for x in spends]}}
     if mturk:
         report["mturk"] = mturk
     return report
@@ -103,7 +113,13 @@ def _mturk_status(session, workspace) -> dict:
     return report
 
 
-def _numeric():
-    from sqlalchemy import Numeric
 
-    return Numeric(12, 2)
+def _waiting_votes(session, category_id: int) -> int:
+    """Votes that count and arrived after their pair was last decided (`label collect` decides them):
+    per pair, the workers who voted minus the votes its label was decided from."""
+    from imgnet_build.labeling.rounds import _counted_votes
+
+    counted = _counted_votes(session, category_id)
+    decided = dict(session.execute(select(Label.cluster_id, Label.yes_votes + Label.no_votes)
+                                   .where(Label.category_id == category_id)).all())
+    return sum(max(0, votes - (decided.get(cluster) or 0)) for cluster, votes in counted.items())

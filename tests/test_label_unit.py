@@ -1,0 +1,155 @@
+"""The vote unit is the (cluster, category) pair: handout, uniqueness, consensus input and the
+controls of a task; a late submission for a freed slot is refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import imagegen as gen
+import pytest
+from labelkit import build_world, store_picture
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from imgnet_build import dedup
+from imgnet_build.labeling import handout, rounds
+from imgnet_build.labeling.answers import store_answers
+from imgnet_build.labeling.gold import load_gold
+from imgnet_build.labeling.rounds import LabelSettings
+from imgnet_build.store import Assignment, Candidate, Cluster, Image, Task, TaskItem, Vote, Worker
+
+ONE_PER_TASK = LabelSettings(seed_images=0, images_per_task=12, controls=0, votes=1, max_votes=3)
+
+
+def _worker(session, name: str) -> int:
+    worker = Worker(backend="local", external_id=name, name=name)
+    session.add(worker)
+    session.flush()
+    return worker.id
+
+
+def _answer(workspace, worker_id: int, task_id: int, yes: bool = True) -> bool:
+    with workspace.session() as session:
+        assignment = Assignment(task_id=task_id, worker_id=worker_id, status="given")
+        session.add(assignment)
+        session.flush()
+        items = set(session.scalars(select(TaskItem.id).where(TaskItem.task_id == task_id))) if yes else set()
+        return store_answers(session, assignment, items)
+
+
+def _grow_representative(workspace, category_id: int, sha: str, number: int) -> str:
+    """A bigger copy of generated photo `number` (image `sha`) as a new candidate; dedup makes it the
+    representative of the same cluster."""
+    bigger = store_picture(workspace, gen.photo(number, size=(128, 96)))
+    with workspace.session() as session:
+        session.add(Candidate(category_id=category_id, source="test", url=f"https://example.org/big-{number}.jpg",
+                              status="ok", image_sha256=bigger, truth=True))
+    dedup.run(workspace)
+    with workspace.session() as session:
+        assert session.get(Image, bigger).cluster_id == session.get(Image, sha).cluster_id
+    return bigger
+
+
+def test_a_worker_never_votes_twice_on_one_cluster_after_dedup_picks_a_new_representative(any_workspace):
+    workspace = any_workspace
+    build_world(workspace, categories=1, images=3, positives=1.0)
+    rounds.submit(workspace, "local", ONE_PER_TASK)
+    with workspace.session() as session:
+        [task_id] = session.scalars(select(Task.id)).all()
+        category_id = session.scalar(select(Task.category_id))
+        first = session.scalar(select(Candidate.image_sha256).order_by(Candidate.id).limit(1))
+        ann = _worker(session, "ann")
+    assert _answer(workspace, ann, task_id)
+    rounds.collect(workspace, ONE_PER_TASK)  # one vote each: undecided, more votes wanted
+    bigger = _grow_representative(workspace, category_id, first, 1)
+    plan = rounds.submit(workspace, "local", ONE_PER_TASK)
+    assert plan.tasks == 1
+    with workspace.session() as session:
+        new_task = session.scalar(select(Task.id).where(Task.id != task_id))
+        shown = set(session.scalars(select(TaskItem.image_sha256).where(TaskItem.task_id == new_task)))
+        assert bigger in shown and first not in shown  # the cluster, through its new representative
+        assert handout.next_assignment(session, ann) is None  # ann voted on every cluster of it already
+    assert _answer(workspace, ann, new_task)  # stored through another backend's path: votes on seen pairs are not
+    with workspace.session() as session:
+        cluster = session.get(Image, first).cluster_id
+        votes = session.scalar(select(func.count()).select_from(Vote).join(Image, Image.sha256 == Vote.image_sha256)
+                               .where(Vote.worker_id == ann, Image.cluster_id == cluster))
+        assert votes == 1
+        assert rounds._counted_votes(session, category_id)[cluster] == 1
+        with pytest.raises(IntegrityError), session.begin_nested():  # the database refuses a second vote too
+            vote = session.scalars(select(Vote).where(Vote.worker_id == ann, Vote.cluster_id == cluster)).one()
+            session.add(Vote(assignment_id=vote.assignment_id, worker_id=ann, task_item_id=vote.task_item_id,
+                             image_sha256=bigger, cluster_id=cluster, category_id=category_id, answer=False))
+
+
+def test_consensus_counts_a_worker_once_per_cluster_after_clusters_merge(workspace):
+    build_world(workspace, categories=1, images=2, positives=1.0)
+    rounds.submit(workspace, "local", ONE_PER_TASK)
+    with workspace.session() as session:
+        [task_id] = session.scalars(select(Task.id)).all()
+        shas = list(session.scalars(select(Candidate.image_sha256).order_by(Candidate.id)))
+        ann = _worker(session, "ann")
+    assert _answer(workspace, ann, task_id)
+    with workspace.session() as session:  # dedup merges the two clusters (as a lower threshold run would)
+        keep, gone = (session.get(Image, sha).cluster_id for sha in shas)
+        session.execute(update(Cluster).where(Cluster.id == gone).values(merged_into=keep))
+        session.execute(update(Image).where(Image.sha256 == shas[1]).values(cluster_id=keep))
+    result = rounds.collect(workspace, LabelSettings(method="majority", votes=1, seed_images=0))
+    with workspace.session() as session:
+        from imgnet_build.store import Label
+
+        label = session.scalars(select(Label).where(Label.cluster_id == keep)).one()
+        assert (label.yes_votes, label.no_votes) == (1, 0)  # one worker, one pair: one vote, not two
+    assert result["accepted"] == 1
+
+
+def test_controls_never_repeat_a_candidate_of_the_task(workspace, tmp_path):
+    world = build_world(workspace, categories=1, images=6, positives=0.5)
+    gold = tmp_path / "gold.csv"  # known answers on the very images that are asked about
+    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if truth else 'no'}\n"
+                                                     for sha, truth in world["n00000001"].items()))
+    load_gold(workspace, gold)
+    rounds.submit(workspace, "local", LabelSettings(seed_images=0, images_per_task=12, controls=6))
+    with workspace.session() as session:
+        repeated = session.execute(select(TaskItem.task_id, Image.cluster_id)
+                                   .join(Image, Image.sha256 == TaskItem.image_sha256)
+                                   .group_by(TaskItem.task_id, Image.cluster_id).having(func.count() > 1)).all()
+    assert repeated == []
+
+
+def test_a_late_submission_for_a_freed_slot_is_refused(workspace):
+    build_world(workspace, categories=1, images=3)
+    rounds.submit(workspace, "local", ONE_PER_TASK)
+    with workspace.session() as session:
+        [task_id] = session.scalars(select(Task.id)).all()
+        late, fresh = _worker(session, "late"), _worker(session, "fresh")
+    with workspace.session() as session:
+        assert handout.next_assignment(session, late).task_id == task_id
+        session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)))
+    with workspace.session() as session:
+        assert handout.next_assignment(session, fresh).task_id == task_id  # the hour ran out: the slot is free
+    with workspace.session() as session, pytest.raises(handout.TaskClosed, match="another worker took your place"):
+        handout.check_submission(session, late, {"task": task_id, "selected": []})
+    with workspace.session() as session:
+        assignment, selected = handout.check_submission(session, fresh, {"task": task_id, "selected": [0]})
+        assert store_answers(session, assignment, selected)
+    with workspace.session() as session:  # however the late answers reach the store, the task takes 1 of 1
+        late_assignment = session.scalars(select(Assignment).where(Assignment.worker_id == late)).one()
+        assert not store_answers(session, late_assignment, set())
+    with workspace.session() as session:
+        statuses = dict(session.execute(select(Assignment.worker_id, Assignment.status)).all())
+        assert statuses == {late: "abandoned", fresh: "submitted"}
+        assert session.scalar(select(func.count()).select_from(Vote).where(Vote.worker_id == late)) == 0
+
+
+def test_a_late_submission_is_stored_when_nobody_took_the_slot(workspace):
+    build_world(workspace, categories=1, images=3)
+    rounds.submit(workspace, "local", ONE_PER_TASK)
+    with workspace.session() as session:
+        [task_id] = session.scalars(select(Task.id)).all()
+        slow = _worker(session, "slow")
+        assert handout.next_assignment(session, slow).task_id == task_id
+        session.execute(update(Assignment).values(given_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)))
+    with workspace.session() as session:
+        assignment, selected = handout.check_submission(session, slow, {"task": task_id, "selected": []})
+        assert store_answers(session, assignment, selected)
