@@ -17,13 +17,17 @@ from imgnet_build.workspace import Workspace
               help=setting_help("export", "format", "Layout: imagefolder (torchvision), ilsvrc, webdataset (tar "
                                 "shards), hf (Hugging Face imagefolder)."))
 @click.option("--val-fraction", type=float, metavar="F",
-              help=f"Put clusters whose hash falls under F in val (default {DEFAULT_VAL_FRACTION}).")
+              help=f"Put clusters whose hash falls under F in val, and at least one per class (default "
+                   f"{DEFAULT_VAL_FRACTION}; 0: no val).")
 @click.option("--val-per-class", type=int, metavar="N", help="Put the N clusters per class with the smallest hash in val.")
 @click.option("--seed", type=int, help=setting_help("export", "seed", "Key of the split hash."))
 @click.option("--min-per-class", type=int, metavar="N",
-              help=setting_help("export", "min_per_class", "Leave out (and list) categories with fewer images."))
+              help=setting_help("export", "min_per_class", "Leave out (and list) categories with fewer images (a "
+                                "class needs one for train and one for val)."))
 @click.option("--max-per-class", type=int, metavar="N", help="Keep at most N images per category.")
-@click.option("--license", "license_spec", metavar="SPEC", help="Keep only these licences, e.g. cc0,cc-by,cc-by-sa.")
+@click.option("--license", "license_spec", metavar="SPEC",
+              help="Keep only these licence codes, e.g. cc0,cc-by,cc-by-sa (also: cc-by-nc, cc-by-nd, cc-by-nc-sa, "
+                   "cc-by-nc-nd, pdm, unknown).")
 @click.option("--include-simulated", is_flag=True, default=None, help="Also export labels decided by the simulated crowd.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it is not empty.")
 @click.option("--resize", type=int, metavar="SHORT_SIDE", help="Scale larger images down to this short side (re-encodes).")
@@ -40,8 +44,10 @@ def export(workspace: Workspace, out: str, format_: str, val_fraction: float | N
     """Write the accepted images as a train/val split, with a manifest and a dataset card.
 
     A whole duplicate cluster goes to one split, by a keyed hash of its identity, so
-    labeling more images later does not move the images already placed. OUT is written
-    under a temporary name and renamed when complete.
+    labeling more images later does not move the images already placed; every class has
+    images in both splits, and classes.txt holds the one class index. OUT is written under
+    a temporary name, checked, and renamed when complete, together with its record in the
+    workspace.
 
     Example:
 
@@ -61,8 +67,8 @@ def export(workspace: Workspace, out: str, format_: str, val_fraction: float | N
     for move in result.moved[:10]:
         how = f" (merged into {move['merged_into'][:12]})" if move["merged_into"] else ""
         click.echo(f"moved: cluster {move['cluster'][:12]} {move['from']} -> {move['to']}{how}")
-    if len(result.moved) > 10:
-        click.echo(f"moved: … and {len(result.moved) - 10} more (--json lists them all)")
+    if result.moved_count > 10:
+        click.echo(f"moved: … and {result.moved_count - 10} more (--json lists the first {len(result.moved)})")
     if result.left_out_categories:
         click.echo("left out (under --min-per-class): " + ", ".join(
             f"{wnid} ({n})" for wnid, n in result.left_out_categories.items()))

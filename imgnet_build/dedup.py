@@ -285,9 +285,9 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
         todo = session.execute(select(Image.sha256, Image.blob_key).where(Image.phash.is_(None))
                                .order_by(Image.sha256)).all()
     hashed = unreadable = 0
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, _Hasher(workspace, pool) as hasher:
         for batch in batched(todo, batch_size):
-            results = list(pool.map(lambda row: _try(hash_image, workspace, row.blob_key), batch))
+            results = hasher(batch)
             values = [{"sha256": row.sha256, "phash": to_signed(result[0]), "dhash": to_signed(result[1])}
                       for row, result in zip(batch, results, strict=True) if result is not None]
             if values:
@@ -298,6 +298,39 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
             if progress:
                 progress(hashed + unreadable, len(todo))
     return hashed, unreadable
+
+
+class _Hasher:
+    """Hashes of a batch of image rows: in this process's threads, or in shards on the Dask workers when the
+    workspace's executor says so (started at the first batch, so a rerun with nothing to hash starts nothing)."""
+
+    def __init__(self, workspace: Workspace, pool: ThreadPoolExecutor) -> None:
+        self.workspace, self.pool, self.executor = workspace, pool, None
+
+    def __call__(self, batch) -> list:
+        if self.workspace.executor == "local":
+            return list(self.pool.map(lambda row: _try(hash_image, self.workspace, row.blob_key), batch))
+        if self.executor is None:
+            from imgnet_build.executor import open_executor
+
+            self.executor = open_executor(self.workspace.executor)
+        return self.executor.on_blobs(hash_blob, self.workspace.blob_store, [row.blob_key for row in batch])
+
+    def __enter__(self) -> _Hasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.executor is not None:
+            self.executor.close()
+
+
+def hash_blob(blobs, blob_key: str):
+    """`hash_image` of a stored blob; None when it is missing or not a decodable image (runs on Dask workers)."""
+    try:
+        path = blobs.local_path(blob_key)
+        return hash_image(path if path is not None else blobs.get(blob_key))
+    except _UNREADABLE:
+        return None
 
 
 def _try(function, workspace: Workspace, blob_key: str):

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import http.server
 import io
+import os
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ DEMO_ROOT = "dog.n.01"
 DEMO_MARKER = ".imgnet-demo"  # a workspace the demo made (and may rebuild)
 DEMO_CATEGORIES = ("pembroke.n.01", "cardigan.n.02", "toy_poodle.n.01", "standard_poodle.n.01", "whippet.n.01")
 IMAGES_PER_CATEGORY = 12
+DEMO_PORT = 28613  # the local mirror's port when free (see _ports)
 OFF_CATEGORY = 4  # pictures of something else in each category's list: the crowd should reject them
 
 
@@ -102,11 +104,15 @@ def _local_mirror(folder: Path) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     handler = partial(_QuietHandler, directory=str(folder))
     port_file = folder / "port"  # a rerun serves the same URLs, so it continues instead of starting over
-    try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", int(port_file.read_text())), handler)
-    except (OSError, ValueError):
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        port_file.write_text(str(server.server_port))
+    server = None
+    for port in _ports(port_file):
+        try:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+            break
+        except OSError:
+            continue
+    assert server is not None  # port 0 always binds
+    port_file.write_text(str(server.server_port))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -114,6 +120,20 @@ def _local_mirror(folder: Path) -> Iterator[Path]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _ports(port_file: Path) -> list[int]:
+    """Ports to try for the mirror: the one a previous run used, the fixed demo port, then any.
+
+    The port is part of every candidate's URL, and so of the manifest: a fixed port (below
+    Linux's ephemeral range, so other programs' port-0 servers never take it) makes two
+    demos give byte-identical manifests. `IMGNET_DEMO_PORT` picks another."""
+    ports = []
+    try:
+        ports.append(int(port_file.read_text()))
+    except (OSError, ValueError):
+        pass
+    return [*ports, int(os.environ.get("IMGNET_DEMO_PORT") or DEMO_PORT), 0]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

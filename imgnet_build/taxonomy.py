@@ -230,7 +230,7 @@ def build_tree(session: Session, options: TreeOptions) -> BuildResult:
     for batch in batched(sorted(removed), BATCH):
         session.execute(delete(Category).where(Category.wnid.in_(batch)))
 
-    new_rows = [_row(s, selection.depth[w]) for w, s in selection.synsets.items() if w not in existing]
+    new_rows = [_row(s, selection.depth[w]) for w, s in sorted(selection.synsets.items()) if w not in existing]  # ids in wnid order: reproducible
     for batch in batched(new_rows, BATCH):
         session.execute(insert(Category), batch)
     depth_updates = [{"id": existing[w], "depth": d} for w, d in selection.depth.items() if w in existing]

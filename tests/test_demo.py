@@ -1,11 +1,28 @@
-"""`imgnet demo` runs every stage for real, offline, and a rerun continues."""
+"""`imgnet demo` runs every stage for real, offline, a rerun continues, and another run gives the same dataset.
+
+The second run is its own process with another PYTHONHASHSEED: set and dict orders of
+strings differ between processes, and so did the tree's category ids (and with them task
+ids, the crowd's draws and the labels) before the tree was inserted in wnid order.
+"""
 
 from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
 
 from imgnet_build.cli.main import cli
 
 
-def test_demo_end_to_end_and_rerun(runner, tmp_path):
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_demo_end_to_end_rerun_and_reproducible(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGNET_DEMO_PORT", str(_free_port()))  # the mirror's port is in every source URL
     directory = tmp_path / "demo"
     first = runner.invoke(cli, ["demo", str(directory)], catch_exceptions=False)
     assert first.exit_code == 0, first.output
@@ -18,6 +35,7 @@ def test_demo_end_to_end_and_rerun(runner, tmp_path):
     assert precision >= 0.9 and recall >= 0.9
     assert "(simulated labels included)" in lines[6] and (directory / "dataset" / "manifest.jsonl").is_file()
     assert lines[7].startswith(f"report: {directory / 'report.html'}") and (directory / "report.html").stat().st_size
+    documents = {name: (directory / "dataset" / name).read_bytes() for name in ("manifest.jsonl", "dataset.json", "README.md")}
     again = runner.invoke(cli, ["demo", str(directory)], catch_exceptions=False)
     assert again.exit_code == 0
     assert again.output.splitlines()[2].startswith("gathered: 0 ok, 0 failed, 0 skipped")
@@ -29,3 +47,12 @@ def test_demo_end_to_end_and_rerun(runner, tmp_path):
                             "  large poodle (n02113892): 0 below, 0 images here, 0 in the subtree\n")
     status = runner.invoke(cli, ["-w", str(directory), "status", "--json"])
     assert '"ok": 90' in status.output and '"failed": 7' in status.output
+
+    other = tmp_path / "other"
+    hash_seed = str(int(os.environ.get("PYTHONHASHSEED") or "0") + 1)  # not this process's string order
+    done = subprocess.run([sys.executable, "-c", "from imgnet_build.cli.main import main; main()", "demo", str(other)],
+                          env=os.environ | {"PYTHONHASHSEED": hash_seed}, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[4:6] == lines[4:6]  # rounds, labels, precision and recall
+    assert {name: (other / "dataset" / name).read_bytes() for name in documents} == documents

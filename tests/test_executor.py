@@ -84,6 +84,15 @@ def test_executor_precedence_is_flag_then_environment_then_file(tmp_path, monkey
         FetchSettings(executor="spark")
 
 
+def test_gather_executor_flag_is_checked_before_anything_runs(runner, workspace):
+    from imgnet_build.cli.main import cli
+
+    result = runner.invoke(cli, ["-w", str(workspace.root), "gather", "--source", "urls:x.csv",
+                                 "--executor", "dask-local:0"])
+    assert (result.exit_code, result.output) == (
+        1, "Error: executor 'dask-local:0': dask-local needs 1 to 512 worker processes\n")
+
+
 def broken_and_good(server: LoopbackServer, count: int) -> dict[str, list[str]]:
     """`count` URLs over two categories: distinct JPEGs, repeated files, and about 6% broken."""
     urls: dict[str, list[str]] = {"n00000001": [], "n00000002": []}
@@ -185,4 +194,32 @@ def test_per_host_limit_holds_across_the_cluster(tmp_path):
         server.close()
     assert summary.ok == 60
     assert 1 < state["most"] <= 3
+    workspace.close()
+
+
+def test_dedup_hashes_on_a_dask_worker_equal_those_made_here(s3_endpoint, tmp_path, monkeypatch):
+    """dedup with executor dask-local:1 and an S3 store: the worker reads the blobs from S3 itself and its
+    pHashes and dHashes are the ones this process computes; a rerun with nothing to hash starts no cluster."""
+    from imgnet_build import dedup
+
+    monkeypatch.setenv("IMGNET_S3_ENDPOINT_URL", s3_endpoint)
+    server = LoopbackServer()
+    try:
+        urls = {"n00000001": [server.add(f"/{i}.jpg", jpeg_bytes(64, 48, seed=i)) for i in range(12)]}
+        urls["n00000001"].append(server.add("/same.jpg", jpeg_bytes(64, 48, seed=3)))
+        workspace = Workspace.init(tmp_path / "ws", blobs="s3://imgs/dedup")
+        add_candidates(workspace, urls)
+        assert fetch_pending(workspace, FAST).ok == 13
+    finally:
+        server.close()
+    monkeypatch.setenv("IMGNET_EXECUTOR", "dask-local:1")
+    report = dedup.run(workspace)
+    assert report.hashed == 12
+    with workspace.session() as session:
+        stored = {row.blob_key: (row.phash, row.dhash) for row in session.scalars(select(Image))}
+    for key, (phash, dhash) in stored.items():
+        here = dedup.hash_image(workspace.blob_store.get(key))
+        assert (phash % 2**64, dhash % 2**64) == (here[0], here[1])
+    monkeypatch.setenv("IMGNET_EXECUTOR", "dask-local:not-a-number")  # would fail if a cluster were started
+    assert dedup.run(workspace).hashed == 0
     workspace.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import jsonschema
@@ -84,11 +85,12 @@ def test_imagefolder_is_what_torchvision_reads(labeled_anywhere, tmp_path):
     result = export(workspace, tmp_path / "out", ExportOptions(val_per_class=2))
     rows = check_documents(tmp_path / "out")
     exported = {(row["sha256"], row["wnid"]) for row in rows}
-    assert {sha for sha, _ in exported} == set(shas["dogs"] + shas["cats"] + shas["horse"] + [shas["unlicensed"]])
+    assert {sha for sha, _ in exported} == set(shas["dogs"] + shas["cats"] + [shas["unlicensed"]])
     assert (shas["shared"], CAT) in exported and (shas["shared"], DOG) in exported
-    assert result.simulated_left_out == 1 and result.license_unknown == 1 and result.images == 17
-    assert {wnid: sum(counts.values()) for wnid, counts in result.classes.items()} == {CAT: 8, DOG: 8, HORSE: 1}
-    assert result.classes[HORSE]["val"] == 0 and result.classes[DOG]["val"] >= 2 and result.classes[CAT]["val"] >= 2
+    assert result.simulated_left_out == 1 and result.license_unknown == 1 and result.images == 16
+    assert result.left_out_categories == {HORSE: 1}  # one image cannot be in train and val: under --min-per-class 2
+    assert {wnid: sum(counts.values()) for wnid, counts in result.classes.items()} == {CAT: 8, DOG: 8}
+    assert result.classes[DOG]["val"] >= 2 and result.classes[CAT]["val"] >= 2
     for split in ("train", "val"):
         classes, samples = torchvision_image_folder(tmp_path / "out" / split)
         expected = sorted({row["wnid"] for row in rows if row["split"] == split})
@@ -101,7 +103,7 @@ def test_imagefolder_is_what_torchvision_reads(labeled_anywhere, tmp_path):
     blob = workspace.blob_store.local_path(next(row for row in rows if row["sha256"] == shas["dogs"][2])["file"] and
                                            f"{shas['dogs'][2][:2]}/{shas['dogs'][2][2:4]}/{shas['dogs'][2]}.jpg")
     linked = tmp_path / "out" / next(row["file"] for row in rows if row["sha256"] == shas["dogs"][2])
-    assert linked.stat().st_ino == blob.stat().st_ino and result.files["linked"] == 17
+    assert linked.stat().st_ino == blob.stat().st_ino and result.files["linked"] == 16
 
 
 def test_the_split_is_recorded_and_the_export_remembered(labeled_anywhere, tmp_path):
@@ -127,7 +129,7 @@ def test_ilsvrc_layout_and_ground_truth(labeled, tmp_path):
     out = tmp_path / "out"
     rows = check_documents(out)
     mapping = (out / "LOC_synset_mapping.txt").read_text().splitlines()
-    assert mapping == [f"{DOG} dog, domestic dog", f"{CAT} domestic cat, house cat", f"{HORSE} horse, Equus caballus"]
+    assert mapping == [f"{DOG} dog, domestic dog", f"{CAT} domestic cat, house cat"]  # one horse: under --min-per-class
     val = sorted((row for row in rows if row["split"] == "val"), key=lambda row: row["file"])
     assert [row["file"] for row in val] == [f"val/ILSVRC2012_val_{n:08d}.JPEG" for n in range(1, len(val) + 1)]
     truth = [int(line) for line in (out / "ILSVRC2012_validation_ground_truth.txt").read_text().split()]
@@ -210,13 +212,14 @@ def test_resize_and_jpeg_reencode_only_when_asked(labeled, tmp_path):
 def test_license_filter_and_class_limits(labeled, tmp_path):
     workspace, data = labeled["workspace"], labeled["data"]
     data.accepted(CAT, seed=70, license="CC BY-SA 2.0")
+    data.accepted(CAT, seed=71, license="CC BY-SA 4.0")
     result = export(workspace, tmp_path / "a", ExportOptions(licenses="cc-by-sa"))
-    assert [row["license"] for row in manifest(tmp_path / "a")] == ["CC BY-SA 2.0"]
+    assert sorted(row["license"] for row in manifest(tmp_path / "a")) == ["CC BY-SA 2.0", "CC BY-SA 4.0"]
     assert result.license_mismatch == 17 and result.license_unknown == 1
     result = export(workspace, tmp_path / "b", ExportOptions(min_per_class=2, max_per_class=5))
     assert result.left_out_categories == {HORSE: 1}
     assert {wnid: sum(c.values()) for wnid, c in result.classes.items()} == {CAT: 5, DOG: 5}
-    assert result.capped == 3 + 4  # dogs 8, cats 9
+    assert result.capped == 3 + 5  # dogs 8, cats 10
 
 
 def test_include_simulated(labeled, tmp_path):
@@ -315,5 +318,229 @@ def test_cli_summary_and_json(labeled, tmp_path, runner):
     assert result.output.splitlines()[1] == f"left out (under --min-per-class): {HORSE} (1)"
     result = runner.invoke(cli, ["-w", root, "export", str(tmp_path / "b"), "--format", "hf", "--json"])
     document = json.loads(result.output)
-    assert document["images"] == 17 and document["format"] == "hf"
+    assert document["images"] == 16 and document["format"] == "hf"
     assert {move["to"] for move in document["moved"]} <= {"train"}  # val-per-class 2 before, now 10%
+
+
+def test_out_never_replaces_the_workspace_its_database_or_its_blobs(tmp_path, runner):
+    """Before: with the database outside the workspace, `export DBFOLDER --overwrite` replaced the folder
+    holding imgnet.db, and an OUT inside the blob store was accepted (a shard folder of blobs replaced)."""
+    from imgnet_build.workspace import Workspace
+
+    (tmp_path / "db").mkdir()
+    database = tmp_path / "db" / "imgnet.db"
+    workspace = Workspace.init(tmp_path / "ws", database=f"sqlite:///{database}")
+    try:
+        data = LabeledData(workspace)
+        sha = data.accepted(DOG, seed=1)
+        data.accepted(DOG, seed=2)
+        blobs = workspace.blob_store.local_path("")
+        shard = workspace.blob_store.local_path(f"{sha[:2]}/{sha[2:4]}/{sha}.jpg").parent
+        for out, what in ((tmp_path / "db", "database"), (database, "database"), (tmp_path, "folder"),
+                          (blobs, "blob store"), (shard, "blob store"), (blobs / "new", "blob store"),
+                          (workspace.root, "folder"), (workspace.root / "imgnet.toml", "settings"), (Path("/"), "")):
+            with pytest.raises(BadInput, match=f"the workspace's {what}" if what else "root of the filesystem"):
+                export(workspace, out, ExportOptions(overwrite=True))
+        result = runner.invoke(cli, ["-w", str(workspace.root), "export", str(tmp_path / "db"), "--overwrite"])
+        assert result.exit_code == 1
+        assert result.output == (f"Error: {tmp_path / 'db'} holds the workspace's database ({database}); "
+                                 "export to another folder\n")
+        assert database.is_file() and (shard / f"{sha}.jpg").is_file()
+        export(workspace, workspace.root / "dataset", ExportOptions())  # a new folder in the workspace is fine
+    finally:
+        workspace.close()
+
+
+def class_to_idx(root: Path) -> dict[str, int]:
+    """torchvision's ImageFolder.find_classes: the sorted class folders, numbered from 0."""
+    classes, _ = torchvision_image_folder(root)
+    return {name: index for index, name in enumerate(classes)}
+
+
+def test_val_numbers_the_classes_as_train_does(workspace, tmp_path):
+    """Before: with the default split, small classes got no val image, val/ lacked their folders and
+    ImageFolder numbered val's classes differently from train's: every val accuracy silently wrong."""
+    data = LabeledData(workspace, size=(40, 30))
+    wnids = [f"n0211{n}000" for n in range(6)]
+    for number, wnid in enumerate(wnids):
+        for image in range(3):
+            data.accepted(wnid, seed=10 * number + image)
+    result = export(workspace, tmp_path / "out", ExportOptions())
+    train, val = class_to_idx(tmp_path / "out" / "train"), class_to_idx(tmp_path / "out" / "val")
+    assert train == val and sorted(train) == wnids
+    assert all(counts["val"] >= 1 and counts["train"] >= 1 for counts in result.classes.values())
+    document = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert {c["wnid"]: c["index"] for c in document["classes"]} == train
+    assert (tmp_path / "out" / "classes.txt").read_text().splitlines() == wnids
+
+
+def test_a_class_that_cannot_be_in_both_splits_is_refused_by_name(workspace, tmp_path):
+    data = LabeledData(workspace, size=(40, 30))
+    for n in range(4):
+        data.accepted(DOG, seed=n)
+    data.accepted(HORSE, seed=9)
+    with pytest.raises(BadInput, match=rf"cannot place 1 classes in both train and val: {HORSE} \(horse: 1 images"):
+        export(workspace, tmp_path / "out", ExportOptions(min_per_class=1))
+    assert not (tmp_path / "out").exists()
+    result = export(workspace, tmp_path / "out", ExportOptions())  # the default leaves it out, and says so
+    assert result.left_out_categories == {HORSE: 1} and list(result.classes) == [DOG]
+    export(workspace, tmp_path / "no-val", ExportOptions(min_per_class=1, val_fraction=0.0))  # no val asked: fine
+
+
+def test_exporting_nothing_says_why(workspace, tmp_path, runner):
+    """Before: no accepted label (or only simulated ones) exported "0 images" with exit 0, and the retry
+    then failed on the non-empty OUT."""
+    root = str(workspace.root)
+    result = runner.invoke(cli, ["-w", root, "export", str(tmp_path / "out")])
+    assert result.exit_code == 1 and result.output.startswith("Error: nothing to export: no image has an accepted label")
+    data = LabeledData(workspace, size=(40, 30))
+    for n in range(3):
+        data.accepted(DOG, seed=n, simulated=True)
+    result = runner.invoke(cli, ["-w", root, "export", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output == ("Error: nothing to export: all 3 accepted labels come from the simulated crowd; "
+                             "add --include-simulated to export them (the dataset card says so)\n")
+    assert not (tmp_path / "out").exists()
+    result = runner.invoke(cli, ["-w", root, "export", str(tmp_path / "out"), "--include-simulated", "--license", "cc0"])
+    assert result.exit_code == 1 and "--license cc0 keeps none of the 3 accepted images (their licences: cc-by)" \
+        in result.output
+    assert runner.invoke(cli, ["-w", root, "export", str(tmp_path / "out"), "--include-simulated"]).exit_code == 0
+
+
+def test_unknown_licence_codes_are_refused_with_the_known_ones(labeled, tmp_path, runner):
+    """Before: `--license mit` was taken as a code and silently matched nothing."""
+    result = runner.invoke(cli, ["-w", str(labeled["workspace"].root), "export", str(tmp_path / "o"), "--license",
+                                 "cc-by,mit"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: --license mit: unknown licence code; known codes: cc-by, cc-by-nc, cc-by-nc-nd, "
+                             "cc-by-nc-sa, cc-by-nd, cc-by-sa, cc0, pdm, unknown\n")
+    labeled["data"].accepted(CAT, seed=80, license="All Rights Reserved")
+    labeled["data"].accepted(CAT, seed=81, license="All Rights Reserved")
+    result = export(labeled["workspace"], tmp_path / "arr", ExportOptions(licenses="all-rights-reserved"))
+    assert result.images == 2  # a code that this workspace's images carry is known too
+
+
+def test_a_wnid_that_is_no_wordnet_id_writes_nothing_outside_out(workspace, tmp_path):
+    """Before: a wnid of `../../escaped` (only reachable by writing the database) made folders outside OUT."""
+    from imgnet_build.store import Category
+
+    data = LabeledData(workspace, size=(40, 30))
+    for n in range(3):
+        data.accepted(DOG, seed=n)
+    with workspace.session() as session:
+        session.execute(update(Category).where(Category.wnid == DOG).values(wnid="../../escaped"))
+    for format_ in ("imagefolder", "hf", "webdataset", "ilsvrc"):
+        with pytest.raises(ExportFailed, match=r"'\.\./\.\./escaped', which is not a WordNet id"):
+            export(workspace, tmp_path / "deep" / "out", ExportOptions(format=format_))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ws"]  # checked before anything is written
+
+
+def test_every_path_component_under_out_is_checked(workspace, tmp_path):
+    from imgnet_build.exporters.files import FileWriter
+
+    writer = FileWriter(workspace.blob_store, frozenset({"JPEG"}), "JPEG", root=tmp_path / "partial", shown=tmp_path / "out")
+    assert writer.path("train/n02084071/a.jpg") == str(tmp_path / "partial" / "train" / "n02084071" / "a.jpg")
+    for bad in ("../x.jpg", "train/../../x", "/etc/passwd", "train//x", "train/./x", "a\\b", ""):
+        with pytest.raises(ExportFailed, match="not a plain path inside"):
+            writer.path(bad)
+
+
+def test_hf_labels_are_a_class_label(labeled, tmp_path, monkeypatch):
+    """Before: load_dataset gave the wnid strings as labels, with no ClassLabel feature."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    import datasets
+
+    export(labeled["workspace"], tmp_path / "out", ExportOptions(format="hf", val_per_class=2))
+    rows = check_documents(tmp_path / "out")
+    loaded = datasets.load_dataset(str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    names = (tmp_path / "out" / "classes.txt").read_text().splitlines()
+    assert sorted(loaded) == ["train", "validation"] and names == sorted([DOG, CAT])
+    for split, name in (("train", "train"), ("val", "validation")):
+        label = loaded[name].features["label"]
+        assert isinstance(label, datasets.ClassLabel) and label.names == names
+        got = sorted((record["sha256"], record["label"]) for record in loaded[name])
+        assert got == sorted((row["sha256"], names.index(row["wnid"])) for row in rows if row["split"] == split)
+
+
+def test_an_export_that_cannot_be_recorded_leaves_out_as_it_was(workspace, tmp_path):
+    """Before: with the database locked, the export put a complete OUT in place, then failed to record it:
+    no export row, no recorded split, and the rerun refused the non-empty OUT."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    data = LabeledData(workspace, size=(40, 30))
+    for n in range(4):
+        data.accepted(DOG, seed=n)
+    event.listen(workspace.engine, "connect", lambda connection, _: connection.execute("PRAGMA busy_timeout=200"))
+    workspace.engine.dispose()
+    out = tmp_path / "out"
+    blocker = sqlite3.connect(workspace._sqlite_path(), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+    try:
+        with pytest.raises(ExportFailed, match=f"could not be recorded .*database is locked.*{out} is as it was"):
+            export(workspace, out, ExportOptions())
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["ws"]
+    finally:
+        blocker.execute("ROLLBACK")
+    first = export(workspace, out, ExportOptions())  # the rerun just works
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(ExportFailed, match="could not be recorded"):
+            export(workspace, out, ExportOptions(overwrite=True, seed=5))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert json.loads((out / "dataset.json").read_text())["manifest_sha256"] == first.manifest_sha256
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "ws"]
+    with workspace.session() as session:
+        assert len(session.scalars(select(Export)).all()) == 1
+        assert set(session.scalars(select(Cluster.split))) == {"train", "val"}
+
+
+def test_unfinished_exports_beside_out_are_removed_and_reported(labeled, tmp_path, runner):
+    """Before: hidden .OUT.partial-* folders of killed exports stayed forever."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for name in (f".out.partial-{gone.pid}-abc", ".out.partial-x1y2", f".out.old-{gone.pid}-q",
+                 f".out.partial-{os.getppid()}-live", ".other.partial-1-z"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.jsonl").write_text("")
+    result = runner.invoke(cli, ["-w", str(labeled["workspace"].root), "export", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert (f"removed 3 unfinished exports left beside it by killed runs; left .out.partial-{os.getppid()}-live "
+            "alone: its export is still running") in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [".other.partial-1-z", f".out.partial-{os.getppid()}-live", "out", "ws"])
+
+
+@pytest.mark.parametrize("format_", ["imagefolder", "webdataset"])
+def test_a_write_that_fails_names_the_file_in_out(workspace, tmp_path, format_):
+    """Before: a full disk named the source blob (blobs/88/67/….jpg), and webdataset no path at all. A file
+    size limit (RLIMIT_FSIZE, no root needed) makes the writes fail as a full disk does."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    data = LabeledData(workspace, size=(320, 240))
+    for n in range(3):
+        data.accepted(DOG, seed=n)
+        data.accepted(CAT, seed=10 + n)
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death, as ENOSPC would come
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", "from imgnet_build.cli.main import main; main()", "-w",
+                           str(workspace.root), "export", str(out), "--copy", "--format", format_],
+                          preexec_fn=limit, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    where = rf"{out}/(train|val)/n\d+/[0-9a-f]{{64}}\.jpg" if format_ == "imagefolder" else rf"{out}/(train|val)-000000\.tar"
+    assert re.fullmatch(rf"Error: cannot write {where}: File too large; nothing was exported\n", done.stderr)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ws"]

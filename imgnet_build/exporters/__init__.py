@@ -1,19 +1,25 @@
 """The layouts an export is written in: one small class each, found in one registry.
 
     exporter = get_exporter("webdataset")
-    files = exporter.write(items, classes, out_folder, writer)   # one relative path per item
+    for item, file in exporter.write(items, classes, out_folder, writer):   # file: relative to out_folder
+        ...
 
 An exporter only lays files out. What is exported, in which split, the manifest,
 `dataset.json` and the dataset card are decided and written by `imgnet_build.split`, the
 same for every layout. `writer` (`exporters.files.FileWriter`) places or reads each image:
 a hard link from the local blob store, a copy, or a re-encoding when asked for or when the
 layout cannot hold the image's format (`formats`; the others become `fallback`).
+
+Items stream: `items` is an iterator (train first, then val), never a list, and `write`
+yields each item with its file once it is written, so an export of a million images holds
+a chunk of them at a time. Within a split the items come in class order (wnid, then
+sha256), or in sha256 order (then wnid) for the splits named in `sha256_order`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -61,10 +67,11 @@ class Exporter(Protocol):
     name: ClassVar[str]
     formats: ClassVar[frozenset[str]]  # Pillow formats written as they are stored
     fallback: ClassVar[str]  # what other formats are re-encoded to
+    sha256_order: ClassVar[frozenset[str]]  # splits whose items come in sha256 order (the others: class order)
 
-    def write(self, items: Sequence[Item], classes: Sequence[ClassInfo], out: Path,
-              writer: FileWriter) -> list[str]:
-        """Write every item under `out`; return each item's file, relative to `out`, in order."""
+    def write(self, items: Iterable[Item], classes: Sequence[ClassInfo], out: Path,
+              writer: FileWriter) -> Iterator[tuple[Item, str]]:
+        """Write every item under `out`; yield each item with its file (relative to `out`), in order."""
         ...
 
 

@@ -1,6 +1,8 @@
 """The documents every export carries, whatever its layout: a manifest line per image,
-`dataset.json` (schemas/manifest.schema.json, schemas/dataset.schema.json) and README.md,
-the dataset card. None of them holds a timestamp: the same input gives the same bytes.
+`dataset.json` (schemas/manifest.schema.json, schemas/dataset.schema.json), `classes.txt`
+(the class index: line n + 1 holds the wnid of class n, as every layout numbers them) and
+README.md, the dataset card. None of them holds a timestamp: the same input gives the same
+bytes. The counts come from a `Tally` the items pass through as they are written.
 """
 
 from __future__ import annotations
@@ -12,7 +14,27 @@ from imgnet_build import __version__
 from imgnet_build.exporters import ClassInfo, Item
 from imgnet_build.licenses import UNKNOWN, license_code
 
-__all__ = ["manifest_row", "dataset_document", "render_card"]
+__all__ = ["manifest_row", "Tally", "dataset_document", "classes_text", "render_card"]
+
+
+class Tally:
+    """Counts of the written items, by class and split, licence, labeler and method (small: per class)."""
+
+    def __init__(self) -> None:
+        self.per_class: Counter = Counter()
+        self.splits: Counter = Counter()
+        self.licenses: Counter = Counter()
+        self.methods: Counter = Counter()
+        self.simulated = 0
+        self.images = 0
+
+    def add(self, item: Item) -> None:
+        self.per_class[item.wnid, item.split] += 1
+        self.splits[item.split] += 1
+        self.licenses[license_code(item.license) or UNKNOWN] += 1
+        self.methods[item.method] += 1
+        self.simulated += item.simulated
+        self.images += 1
 
 
 def manifest_row(item: Item, file: str) -> dict:
@@ -22,11 +44,9 @@ def manifest_row(item: Item, file: str) -> dict:
             "no_votes": item.no_votes, "labeled_by": "simulated" if item.simulated else "human"}
 
 
-def dataset_document(items: Sequence[Item], classes: Sequence[ClassInfo], parameters: dict, workspace_digest: str,
-                     manifest_sha256: str, left_out: dict[str, int], license_unknown: int, license_mismatch: int,
-                     simulated_left_out: int) -> dict:
-    per_class = Counter((item.wnid, item.split) for item in items)
-    splits = Counter(item.split for item in items)
+def dataset_document(tally: Tally, clusters: int, classes: Sequence[ClassInfo], parameters: dict,
+                     workspace_digest: str, manifest_sha256: str, left_out: dict[str, int], license_unknown: int,
+                     license_mismatch: int, simulated_left_out: int) -> dict:
     return {
         "version": 1,
         "tool": {"name": "imgnet-build", "version": __version__},
@@ -34,23 +54,31 @@ def dataset_document(items: Sequence[Item], classes: Sequence[ClassInfo], parame
         "parameters": parameters,
         "workspace_digest": workspace_digest,
         "manifest_sha256": manifest_sha256,
-        "counts": {"images": len(items), "clusters": len({item.cluster for item in items}), "classes": len(classes),
-                   "splits": {"train": splits["train"], "val": splits["val"]}},
-        "classes": [{"wnid": info.wnid, "name": info.name, "index": info.index, "train": per_class[info.wnid, "train"],
-                     "val": per_class[info.wnid, "val"]} for info in classes],
-        "licenses": dict(sorted(Counter(license_code(item.license) or UNKNOWN for item in items).items())),
-        "labels": {"human": sum(not item.simulated for item in items), "simulated": sum(item.simulated for item in items),
-                   "methods": dict(sorted(Counter(item.method for item in items).items()))},
+        "counts": {"images": tally.images, "clusters": clusters, "classes": len(classes),
+                   "splits": {"train": tally.splits["train"], "val": tally.splits["val"]}},
+        "classes": [{"wnid": info.wnid, "name": info.name, "index": info.index,
+                     "train": tally.per_class[info.wnid, "train"], "val": tally.per_class[info.wnid, "val"]}
+                    for info in classes],
+        "licenses": dict(sorted(tally.licenses.items())),
+        "labels": {"human": tally.images - tally.simulated, "simulated": tally.simulated,
+                   "methods": dict(sorted(tally.methods.items()))},
         "left_out": {"categories_under_min": left_out, "license_mismatch": license_mismatch,
                      "license_unknown": license_unknown, "simulated_labels": simulated_left_out},
     }
 
 
-def render_card(document: dict) -> str:
-    """README.md: what the dataset is, how it was made, its counts, licences and known limits."""
+def classes_text(classes: Sequence[ClassInfo]) -> str:
+    """classes.txt: one wnid per line, line n + 1 for class index n."""
+    return "".join(f"{info.wnid}\n" for info in sorted(classes, key=lambda info: info.index))
+
+
+def render_card(document: dict, header: str = "") -> str:
+    """README.md: what the dataset is, how it was made, its counts, licences and known limits;
+    `header` goes first (the hf layout's YAML front matter)."""
     counts, parameters, labels = document["counts"], document["parameters"], document["labels"]
     rule = (f"the {parameters['val_per_class']} clusters per class with the smallest hash" if parameters["val_per_class"]
-            is not None else f"clusters whose hash falls under {parameters['val_fraction']}")
+            is not None else f"clusters whose hash falls under {parameters['val_fraction']} (and at least one per class, "
+            "while each class keeps one for train)")
     lines = [
         "# Image classification dataset (imgnet-build)", "",
         f"{counts['images']} images in {counts['classes']} WordNet noun classes: {counts['splits']['train']} train, "
@@ -66,7 +94,8 @@ def render_card(document: dict) -> str:
         f"- Labels: {labels['human']} by people, {labels['simulated']} by a simulated crowd; methods: "
         + ", ".join(f"{method} ({n})" for method, n in labels["methods"].items()) + ".",
         "- `manifest.jsonl`: one line per image (sha256, split, wnid, file, source URL, licence, attribution, "
-        "label method, confidence, yes/no votes, labeled by); `dataset.json`: parameters and counts.", "",
+        "label method, confidence, yes/no votes, labeled by); `dataset.json`: parameters and counts; "
+        "`classes.txt`: the class index (line n + 1 is class n, in every layout and both splits).", "",
         "## Classes", "", "| index | wnid | name | train | val |", "|---:|---|---|---:|---:|",
         *(f"| {c['index']} | {c['wnid']} | {c['name']} | {c['train']} | {c['val']} |" for c in document["classes"]),
         "", "## Licences", "", "| licence | images |", "|---|---:|",
@@ -91,4 +120,4 @@ def render_card(document: dict) -> str:
                "photo can remain, also across splits.",
                "Images come from web searches: what is in them reflects what those sources show for each word."]
     lines += [f"- {limit}" for limit in limits]
-    return "\n".join(lines) + "\n"
+    return header + "\n".join(lines) + "\n"

@@ -8,15 +8,21 @@ orientation is applied to the pixels, since the metadata does not survive.
 
 Hard links share their bytes with the blob store: edit exported files by writing new
 ones (as image tools do), never in place.
+
+Every path written under the export folder goes through `FileWriter.path`, which refuses
+a component that is empty, `.`, `..`, absolute or holds a separator, so no name taken from
+the database can place a file outside it. A write that fails (a full disk, a quota) is an
+`ExportFailed` naming the file in OUT that could not be written, not the blob it came from.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +30,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 
 from imgnet_build.dbutil import batched
+from imgnet_build.errors import ExportFailed
 from imgnet_build.exporters import Item
 
 __all__ = ["FileWriter", "EXTENSIONS", "JPEG_QUALITY"]
@@ -31,13 +38,17 @@ __all__ = ["FileWriter", "EXTENSIONS", "JPEG_QUALITY"]
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
               "TIFF": "tif", "AVIF": "avif"}
 JPEG_QUALITY = 90
+DESTINATION_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})  # always the written side
 
 
 class FileWriter:
     """Places and reads items' files for one export; counts how each one was made."""
 
-    def __init__(self, blob_store, formats: frozenset[str], fallback: str, *, resize: int | None = None,
-                 jpeg: bool = False, copy: bool = False, workers: int = 4):
+    def __init__(self, blob_store, formats: frozenset[str], fallback: str, *, root: str | os.PathLike,
+                 shown: str | os.PathLike | None = None, resize: int | None = None, jpeg: bool = False,
+                 copy: bool = False, workers: int = 4):
+        """`root`: the folder being written; `shown`: what to call it in messages (OUT, not its temporary name)."""
+        self.root, self.shown = str(root), Path(shown if shown is not None else root)
         self.blob_store = blob_store
         self.formats, self.fallback = formats, fallback
         self.resize, self.jpeg, self.copy = resize, jpeg, copy
@@ -59,22 +70,56 @@ class FileWriter:
     def extension(self, item: Item) -> str:
         return EXTENSIONS[self.target_format(item) or item.format]
 
-    def place(self, item: Item, destination: str | Path) -> None:
-        """Write `item`'s file at `destination` (its folder exists)."""
+    def path(self, relative: str) -> str:
+        """The absolute path of `relative` under the export folder; ExportFailed for a name that would leave it."""
+        parts = relative.split("/")
+        if any(part in ("", ".", "..") or "\\" in part or "\0" in part for part in parts):
+            raise ExportFailed(f"refusing to write {relative!r}: not a plain path inside {self.shown}; nothing was exported")
+        return os.path.join(self.root, *parts)
+
+    def folder(self, relative: str) -> None:
+        """Make the folder `relative` (and its parents) under the export folder."""
+        try:
+            os.makedirs(self.path(relative), exist_ok=True)
+        except OSError as exc:
+            raise self.failed(relative, exc) from exc
+
+    def failed(self, relative: str, exc: OSError) -> ExportFailed:
+        """The error for a file of the export that could not be written."""
+        return ExportFailed(f"cannot write {self.shown / relative}: {exc.strerror or exc}; nothing was exported")
+
+    def place(self, item: Item, relative: str) -> None:
+        """Write `item`'s file at `relative` (its folder exists)."""
+        destination = self.path(relative)
+        try:
+            self._place(item, destination)
+        except OSError as exc:
+            if exc.errno in DESTINATION_ERRORS or destination in (exc.filename, exc.filename2):
+                Path(destination).unlink(missing_ok=True)
+                raise self.failed(relative, exc) from exc
+            raise
+
+    def _place(self, item: Item, destination: str) -> None:
         target = self.target_format(item)
         if target is not None:
-            Path(destination).write_bytes(self._encode(self.blob_store.get(item.blob_key), target))
+            data = self._encode(self.blob_store.get(item.blob_key), target)
+            with open(destination, "wb") as handle:
+                handle.write(data)
             self._count("reencoded")
             return
         local = os.path.join(self.local_root, item.blob_key) if self.local_root is not None else None
         if local is None:
-            Path(destination).write_bytes(self.blob_store.get(item.blob_key))
+            data = self.blob_store.get(item.blob_key)
+            with open(destination, "wb") as handle:
+                handle.write(data)
         elif not self.copy:
             try:
                 os.link(local, destination)
                 self._count("linked")
                 return
-            except OSError:  # another filesystem, or one without hard links
+            except OSError as exc:  # another filesystem, or one without hard links
+                if exc.errno == errno.ENOENT:
+                    raise
                 shutil.copyfile(local, destination)
         else:
             shutil.copyfile(local, destination)
@@ -90,27 +135,27 @@ class FileWriter:
         self._count("reencoded")
         return self._encode(data, target)
 
-    def place_all(self, pairs: Iterable[tuple[Item, str | Path]]) -> None:
-        self._run(lambda pair: self.place(*pair), pairs)
+    def place_all(self, pairs: Iterable[tuple[Item, str]]) -> Iterator[tuple[Item, str]]:
+        """Place each (item, relative file) and yield it once written, in order."""
+        if self.resize is None and not self.jpeg and self.local_root is not None:
+            for item, relative in pairs:  # links and copies: threads would cost more than they save
+                self.place(item, relative)
+                yield item, relative
+            return
+        with ThreadPoolExecutor(self.workers) as pool:
+            for chunk in batched(pairs, 8 * self.workers):
+                list(pool.map(lambda pair: self.place(*pair), chunk))
+                yield from chunk
 
-    def read_all(self, items: Iterable[Item]) -> Iterator[bytes]:
-        """Bytes of each item in order, read ahead on a few threads (an S3 store has latency)."""
+    def read_all(self, items: Iterable[Item]) -> Iterator[tuple[Item, bytes]]:
+        """Each item with its bytes, in order, read ahead on a few threads (an S3 store has latency)."""
         with ThreadPoolExecutor(self.workers) as pool:
             for chunk in batched(items, 8 * self.workers):
-                yield from pool.map(self.read, chunk)
+                yield from zip(chunk, pool.map(self.read, chunk), strict=True)
 
     def _count(self, how: str) -> None:
         with self._lock:
             self.counts[how] += 1
-
-    def _run(self, work: Callable, things: Iterable) -> None:
-        if self.resize is None and not self.jpeg and self.local_root is not None:
-            for thing in things:  # links and copies: threads would cost more than they save
-                work(thing)
-            return
-        with ThreadPoolExecutor(self.workers) as pool:
-            for chunk in batched(things, 8 * self.workers):
-                list(pool.map(work, chunk))
 
     def _encode(self, data: bytes, target: str) -> bytes:
         with PILImage.open(io.BytesIO(data)) as opened:

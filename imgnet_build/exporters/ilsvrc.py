@@ -12,9 +12,7 @@ Every file is JPEG: other formats are re-encoded.
 
 from __future__ import annotations
 
-import os
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from imgnet_build.exporters import ClassInfo, Item, register
@@ -29,24 +27,41 @@ class Ilsvrc:
     name = "ilsvrc"
     formats = frozenset({"JPEG", "MPO"})
     fallback = "JPEG"
+    sha256_order = frozenset({"val"})  # train comes class by class, in sha256 order within each
 
-    def write(self, items: Sequence[Item], classes: Sequence[ClassInfo], out: Path, writer: FileWriter) -> list[str]:
-        files: list[str] = [""] * len(items)
-        train: dict[str, list[int]] = defaultdict(list)
-        val: list[int] = []
-        for position, item in enumerate(items):
-            (train[item.wnid] if item.split == "train" else val).append(position)
-        for wnid, positions in train.items():
-            (out / "train" / wnid).mkdir(parents=True)
-            for n, position in enumerate(sorted(positions, key=lambda p: items[p].sha256), start=1):
-                files[position] = f"train/{wnid}/{wnid}_{n}.JPEG"
-        val.sort(key=lambda p: (items[p].sha256, items[p].wnid))
-        (out / "val").mkdir()
+    def write(self, items: Iterable[Item], classes: Sequence[ClassInfo], out: Path,
+              writer: FileWriter) -> Iterator[tuple[Item, str]]:
         class_id = {info.wnid: info.index + 1 for info in classes}
-        for n, position in enumerate(val, start=1):
-            files[position] = f"val/ILSVRC2012_val_{n:08d}.JPEG"
-        (out / GROUND_TRUTH).write_text("".join(f"{class_id[items[p].wnid]}\n" for p in val))
-        (out / SYNSET_MAPPING).write_text("".join(f"{info.wnid} {', '.join(info.lemmas) or info.name}\n" for info in classes))
-        root = str(out)
-        writer.place_all((item, os.path.join(root, file)) for item, file in zip(items, files, strict=True))
-        return files
+        _write_text(writer, SYNSET_MAPPING,
+                    "".join(f"{info.wnid} {', '.join(info.lemmas) or info.name}\n" for info in classes))
+        writer.folder("val")
+        with open(writer.path(GROUND_TRUTH), "w", encoding="utf-8") as truth:
+            for item, file in writer.place_all(_files(items, writer)):
+                if item.split == "val":
+                    try:
+                        truth.write(f"{class_id[item.wnid]}\n")
+                    except OSError as exc:
+                        raise writer.failed(GROUND_TRUTH, exc) from exc
+                yield item, file
+
+
+def _files(items: Iterable[Item], writer: FileWriter) -> Iterator[tuple[Item, str]]:
+    per_class: dict[str, int] = {}
+    val = 0
+    for item in items:
+        if item.split == "train":
+            if item.wnid not in per_class:
+                writer.folder(f"train/{item.wnid}")
+            per_class[item.wnid] = n = per_class.get(item.wnid, 0) + 1
+            yield item, f"train/{item.wnid}/{item.wnid}_{n}.JPEG"
+        else:
+            val += 1
+            yield item, f"val/ILSVRC2012_val_{val:08d}.JPEG"
+
+
+def _write_text(writer: FileWriter, relative: str, text: str) -> None:
+    try:
+        with open(writer.path(relative), "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise writer.failed(relative, exc) from exc

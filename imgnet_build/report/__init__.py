@@ -13,8 +13,9 @@ and a Content-Security-Policy lets the page load nothing else and run no script.
 value from the data is HTML-escaped (Jinja2 autoescape). Numbers come from aggregate
 queries (`facts.py`); thumbnails are made one category at a time while the page is
 written, with a cap per category and on the number of categories, so memory and file
-size stay bounded however large the workspace is. The file is written to a temporary
-name and renamed, so an interrupted run leaves the previous report whole.
+size stay bounded however large the workspace is. A regular file is written to a temporary
+name and renamed, so an interrupted run leaves the previous report whole; a FIFO or a
+device (`-o /dev/stdout`) is written in place, never replaced.
 
 Measured (benchmarks/bench_report.py, 60 categories x 40 labeled 480x360 JPEGs, 2 shared
 cores): a 2.5 MB page (958 thumbnails of 2.2 kB: 83% of it) in 3.1 s, with 5 MB peak
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import stat
 import tempfile
 from decimal import Decimal
 from functools import cache
@@ -123,31 +125,53 @@ def write_report(workspace: Workspace, path: str | os.PathLike,
             "sheet": sheet, "sheet_left_out": max(0, len(with_pictures) - options.sheet_categories),
             "per_side": options.thumbnails_per_side, "thumb_size": options.thumbnail_size,
         }
-        _write_atomically(path, _template().generate(**context))
-    return _summary(path, facts, sheet)
+        written = _write_atomically(path, _template().generate(**context))
+    return _summary(path, written, facts, sheet)
 
 
 def _shallow(facts: Facts) -> dict[str, object]:
     return {field.name: getattr(facts, field.name) for field in dataclasses.fields(facts)}
 
 
-def _write_atomically(path: Path, chunks) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _write_atomically(path: Path, chunks) -> int:
+    """Write `chunks` to `path`. A regular file (or a new path) is written under a temporary name
+    and renamed, so an interrupted run leaves the previous report whole; a symbolic link keeps
+    pointing where it did. Anything else (a FIFO, a character device such as /dev/null or
+    /dev/stdout) is written in place: renaming over it would replace the node itself."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        with open(path, "wb") as handle:
+            return _write_chunks(handle, chunks)
+    target = path.resolve() if mode is not None else path
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            written = _write_chunks(handle, chunks)
         os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+        os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return written
 
 
-def _summary(path: Path, facts: Facts, sheet: ContactSheet) -> ReportSummary:
+def _write_chunks(handle, chunks) -> int:
+    """Write text chunks as UTF-8; returns the bytes written."""
+    written = 0
+    for chunk in chunks:
+        data = chunk.encode("utf-8")
+        handle.write(data)
+        written += len(data)
+    return written
+
+
+def _summary(path: Path, written: int, facts: Facts, sheet: ContactSheet) -> ReportSummary:
     labels = facts.stages["labels"]
     return ReportSummary(
-        path=str(path), bytes=path.stat().st_size, categories=facts.stages["categories"], images=facts.stages["images"],
+        path=str(path), bytes=written, categories=facts.stages["categories"], images=facts.stages["images"],
         accepted=labels["accepted"], rejected=labels["rejected"], undecided=labels["undecided"],
         truth_labels=facts.truth.labels, precision=facts.truth.precision, recall=facts.truth.recall,
         control_accuracy=facts.controls.accuracy, cost=f"{facts.total_cost:.2f}",
