@@ -1,32 +1,54 @@
-"""Consensus quality and cost: our dynamic consensus against fixed-vote baselines and crowd-kit.
+"""Consensus quality and cost across crowds: `dynamic` against an oracle and crowd-kit.
 
-    python benchmarks/bench_consensus.py [--categories 20] [--pairs 500] [--positives 0.3] [--seed 0]
+    python benchmarks/bench_consensus.py              # the representative subset (minutes on 2 cores)
+    python benchmarks/bench_consensus.py --full       # the whole grid (486 mixes; hours)
+    python benchmarks/bench_consensus.py --db         # plus one row through the real label run on SQLite
 
-One run, one simulated crowd (imgnet's default: 60 workers, accuracy uniform in
-0.6-0.95, 10% spammers): precision and recall of the accepted labels against the truth,
-and votes per pair, for 3- and 5-vote majority, crowd-kit's Dawid-Skene and GLAD on 5
-and 7 fixed votes (`pip install '.[bench]'`), and our `dynamic` driven through the real
-labeling rounds (`imgnet label run --backend simulated`) on a workspace in a temporary
-folder. Targets for dynamic: precision >= 0.99, recall >= 0.95, <= 6 votes per pair.
+A mix is an accuracy range (low ends 0.55, 0.6, 0.7; high ends 0.8, 0.9, 0.95), a share of
+spammers (0, 10%, 25%), of workers who say no to everything (0, 5%), a pool (20, 60, 200
+workers) and a share of true pairs (5%, 30%, 60%). For each: precision, recall and votes
+per pair (candidate votes asked, controls not counted) of
+
+- `dynamic`: the labeling rounds simulated in memory (benchmarks/crowdsim.py: the same
+  consensus and blocking code, tasks, controls and caps as `imgnet label run`, without the
+  database, which makes the grid affordable);
+- `oracle`: the same rounds, thresholds and cap, but every posterior from the workers' true
+  coins and the true share of positives, and the blocking rule applied to true accuracies;
+- crowd-kit's Dawid-Skene on 5 and 7 fixed votes per pair (`pip install '.[bench]'`).
+
+Target on every mix where the oracle reaches 0.99 precision: dynamic precision >= 0.99,
+recall within 0.02 of the oracle's, votes per pair at most 1.2x the oracle's. `--db` adds
+the default crowd driven through `imgnet label run --backend simulated` (SQLite).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import sys
 import tempfile
 import time
 
 import numpy as np
+from crowdsim import SimSettings, Simulation, score
 from sqlalchemy import select
 
 from imgnet_build import dedup
 from imgnet_build.labeling import rounds
-from imgnet_build.labeling.consensus import Majority, VoteTable
+from imgnet_build.labeling.consensus import VoteTable
 from imgnet_build.labeling.simulated import Crowd
 from imgnet_build.store import Candidate, Category, CategoryEdge, Cluster, Image, Label, Vote
 from imgnet_build.workspace import Workspace
+
+LOWS, HIGHS = (0.55, 0.6, 0.7), (0.8, 0.9, 0.95)
+SPAMMERS, CONSTANT, POOLS, POSITIVES = (0.0, 0.1, 0.25), (0.0, 0.05), (20, 60, 200), (0.05, 0.3, 0.6)
+SUBSET = [  # (low, high, spammers, constant, pool, positives): the default crowd, then each axis moved
+    (0.6, 0.95, 0.1, 0.0, 60, 0.3), (0.55, 0.8, 0.25, 0.0, 60, 0.3), (0.6, 0.9, 0.1, 0.05, 60, 0.3),
+    (0.7, 0.95, 0.0, 0.0, 60, 0.3), (0.6, 0.95, 0.25, 0.05, 60, 0.3), (0.6, 0.95, 0.1, 0.0, 20, 0.3),
+    (0.6, 0.95, 0.1, 0.0, 200, 0.3), (0.6, 0.95, 0.1, 0.0, 60, 0.05), (0.6, 0.95, 0.1, 0.0, 60, 0.6),
+    (0.55, 0.9, 0.1, 0.05, 200, 0.05), (0.7, 0.8, 0.0, 0.05, 20, 0.6), (0.55, 0.95, 0.25, 0.0, 60, 0.6),
+]
 
 
 def build(workspace: Workspace, categories: int, pairs: int, positives: float, rng: np.random.Generator) -> dict:
@@ -60,82 +82,104 @@ def build(workspace: Workspace, categories: int, pairs: int, positives: float, r
     return truth
 
 
-def score(accepted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    hits = np.sum(accepted & truth)
-    return hits / max(accepted.sum(), 1), hits / max(truth.sum(), 1)
-
-
 def fixed_votes(truth: np.ndarray, category: np.ndarray, votes: int, crowd: Crowd, rng) -> VoteTable:
-    accuracy, spammer = crowd.profiles()
+    sensitivity, specificity = crowd.profiles()
     pairs = len(truth)
     workers = np.stack([rng.choice(crowd.workers, votes, replace=False) for _ in range(pairs)])
     pair = np.repeat(np.arange(pairs), votes)
     worker = workers.ravel()
-    right = rng.random(len(pair)) < accuracy[worker]
-    answer = np.where(right, truth[pair], ~truth[pair])
-    answer = np.where(spammer[worker], rng.random(len(pair)) < 0.5, answer)
-    return VoteTable.build(pair, worker, answer, category[: pairs], workers=crowd.workers)
+    u = rng.random(len(pair))
+    answer = np.where(truth[pair], u < sensitivity[worker], u >= specificity[worker])
+    return VoteTable.build(pair, worker, answer, category[:pairs], workers=crowd.workers)
 
 
-def crowd_kit(table: VoteTable, truth: np.ndarray, name: str):
+def crowd_kit(table: VoteTable, truth: np.ndarray):
     try:
         import pandas as pd
-        from crowdkit.aggregation import GLAD, DawidSkene
+        from crowdkit.aggregation import DawidSkene
     except ImportError:
         return None
     frame = pd.DataFrame({"task": table.pair, "worker": table.worker, "label": table.answer.astype(int)})
-    model = DawidSkene(n_iter=100) if name == "ds" else GLAD(n_iter=100)
-    labels = model.fit_predict(frame).sort_index()
+    labels = DawidSkene(n_iter=100).fit_predict(frame).sort_index()
     return score(labels.to_numpy() == 1, truth)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--categories", type=int, default=20)
-    parser.add_argument("--pairs", type=int, default=500)
-    parser.add_argument("--positives", type=float, default=0.3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
-    crowd = Crowd(seed=args.seed)
-    rows = []
+def run_mix(mix: tuple, categories: int, pairs: int, seed: int) -> dict:
+    low, high, spammers, constant, pool, positives = mix
+    rng = np.random.default_rng(seed)
+    crowd = Crowd(pool, (low, high), spammers, seed, constant)
+    truth = rng.random(categories * pairs) < positives
+    category = np.repeat(np.arange(categories), pairs)
+    sensitivity, specificity = crowd.profiles()
+    row = {"mix": mix}
+    for name, oracle in (("dynamic", False), ("oracle", True)):
+        outcome = Simulation(truth, category, sensitivity, specificity, SimSettings(), seed).run(oracle=oracle)
+        row[name] = (outcome.precision, outcome.recall, outcome.votes_per_pair)
+        if not oracle:
+            row["blocked"] = (outcome.blocked, outcome.blocked_honest)
+    for votes in (5, 7):
+        measured = crowd_kit(fixed_votes(truth, category, votes, crowd, rng), truth)
+        row[f"ds{votes}"] = None if measured is None else (*measured, votes)
+    return row
+
+
+def verdict(row: dict) -> str:
+    (p, r, v), (op, orr, ov) = row["dynamic"], row["oracle"]
+    if op < 0.99:
+        return "(oracle < 0.99)"
+    misses = [what for what, bad in (("precision", p < 0.99), ("recall", r < orr - 0.02), ("votes", v > 1.2 * ov))
+              if bad]
+    return "miss: " + ", ".join(misses) if misses else "ok"
+
+
+def print_row(row: dict) -> None:
+    low, high, spammers, constant, pool, positives = row["mix"]
+    cells = [f"{low:.2f}-{high:.2f} {spammers:>4.0%} {constant:>3.0%} {pool:>4} {positives:>4.0%}"]
+    for key in ("dynamic", "oracle", "ds5", "ds7"):
+        cells.append("      -       -     -" if row[key] is None else "{:7.4f} {:7.4f} {:5.2f}".format(*row[key]))
+    print(" | ".join(cells) + f" | {row['blocked'][0]:>3} {row['blocked'][1]:>3} | {verdict(row)}", flush=True)
+
+
+def db_row(categories: int, pairs: int, positives: float, seed: int) -> None:
+    """The default crowd through the real `label run` on SQLite."""
+    rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as folder:
         workspace = Workspace.init(folder + "/ws")
-        truth_by_sha = build(workspace, args.categories, args.pairs, args.positives, rng)
+        truth_by_sha = build(workspace, categories, pairs, positives, rng)
         started = time.perf_counter()
-        result = rounds.run(workspace, "simulated", options={"sim_seed": args.seed})
+        result = rounds.run(workspace, "simulated", options={"sim_seed": seed})
         seconds = time.perf_counter() - started
         with workspace.session() as session:
             accepted = set(session.scalars(select(Cluster.representative).join(Label, Label.cluster_id == Cluster.id)
                                            .where(Label.status == "accepted")))
             votes = session.query(Vote).filter(Vote.control.is_(False)).count()
-            control_votes = session.query(Vote).filter(Vote.control.is_(True)).count()
         workspace.close()
     shas = sorted(truth_by_sha)
     truth = np.array([truth_by_sha[sha] for sha in shas])
-    category = np.repeat(np.arange(args.categories), args.pairs)
-    ours = score(np.array([sha in accepted for sha in shas]), truth)
-    for votes_each in (3, 5):
-        table = fixed_votes(truth, category, votes_each, crowd, rng)
-        rows.append((f"majority, {votes_each} votes", *score(Majority().fit(table).status == "accepted", truth),
-                     votes_each))
-    for votes_each in (5, 7):
-        table = fixed_votes(truth, category, votes_each, crowd, rng)
-        for name, label in (("ds", "crowd-kit Dawid-Skene"), ("glad", "crowd-kit GLAD")):
-            measured = crowd_kit(table, truth, name)
-            if measured is None:
-                print(f"({label}: crowd-kit is not installed; pip install '.[bench]')", file=sys.stderr)
-                continue
-            rows.append((f"{label}, {votes_each} votes", *measured, votes_each))
-    pairs = len(truth)
-    rows.append(("imgnet dynamic (label run)", *ours, votes / pairs))
-    print(f"{args.categories} categories x {args.pairs} pairs, {args.positives:.0%} true; crowd: {crowd.workers} "
-          f"workers, accuracy {crowd.accuracy[0]}-{crowd.accuracy[1]}, {crowd.spammers:.0%} spammers")
-    print(f"{'method':<32} {'precision':>9} {'recall':>7} {'votes/pair':>10}")
-    for name, precision, recall, per_pair in rows:
-        print(f"{name:<32} {precision:>9.4f} {recall:>7.4f} {per_pair:>10.2f}")
-    print(f"dynamic: {result['rounds']} rounds, {result['undecided']} pairs left undecided, "
-          f"{control_votes / pairs:.2f} control votes per pair on top, {seconds:.0f} s through SQLite")
+    precision, recall = score(np.array([sha in accepted for sha in shas]), truth)
+    print(f"label run on SQLite, default crowd, {categories} x {pairs} pairs, {positives:.0%} true: precision "
+          f"{precision:.4f}, recall {recall:.4f}, {votes / len(truth):.2f} votes/pair, {result['rounds']} rounds, "
+          f"{result['undecided']} undecided, {seconds:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--categories", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=200, help="pairs per category")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--full", action="store_true", help="the whole grid (486 mixes)")
+    parser.add_argument("--db", action="store_true", help="also the default crowd through label run on SQLite")
+    args = parser.parse_args()
+    mixes = list(itertools.product(LOWS, HIGHS, SPAMMERS, CONSTANT, POOLS, POSITIVES)) if args.full else SUBSET
+    print(f"{args.categories} categories x {args.pairs} pairs per mix; each method: precision recall votes/pair")
+    print("accuracy  spam const pool true | dynamic               | oracle                | crowd-kit DS, 5 votes "
+          "| crowd-kit DS, 7 votes | blocked (honest) | target")
+    started = time.perf_counter()
+    for mix in mixes:
+        print_row(run_mix(mix, args.categories, args.pairs, args.seed))
+    print(f"{len(mixes)} mixes in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if args.db:
+        db_row(20, 500, 0.3, args.seed)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,11 @@ consensus_options = _with([  # how many votes a pair gets and how they become la
         click.option("--reject", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                      help=setting_help("label", "reject", "Posterior at which a pair is rejected.")),
         click.option("--block-below", type=click.FloatRange(0, 1),
-                     help=setting_help("label", "block_below", "Block workers whose control accuracy (or agreement, before controls) is lower.")),
+                     help=setting_help("label", "block_below", "Block workers whose whole 95% interval of balanced "
+                                       "accuracy is lower (no information).")),
+        click.option("--prefer-above", type=click.FloatRange(0, 1),
+                     help=setting_help("label", "prefer_above", "Set aside workers surely under this while 2 x "
+                                       "--max-votes workers are estimated above it.")),
         click.option("--include-test", is_flag=True, default=None,
                      help="Count test answers (MTurk sandbox) as evidence; their labels are marked as not human "
                           "and exported only with --include-simulated."),
@@ -73,8 +77,23 @@ simulated_options = _with([  # defaults: the simulated crowd's own (labeling/sim
                      f"uniformly.  [default: {CROWD.accuracy[0]:g}-{CROWD.accuracy[1]:g}]"),
         click.option("--sim-spammers", type=click.FloatRange(0, 1),
                      help=f"Simulated crowd: share of workers who answer at random.  [default: {CROWD.spammers:g}]"),
+        click.option("--sim-constant", type=click.FloatRange(0, 1),
+                     help=f"Simulated crowd: share of workers who answer no to everything.  [default: {CROWD.constant:g}]"),
         click.option("--sim-seed", type=int, help=f"Simulated crowd: random seed.  [default: {CROWD.seed}]"),
 ])
+
+
+def worker_line(worker: dict) -> str:
+    """One worker of `label status`: estimate, interval, evidence (controls right/seen on
+    positives and negatives, votes)."""
+    if worker["accuracy"] is None:
+        estimate = "accuracy -"
+    else:
+        low, high = worker["interval"] or (worker["accuracy"], worker["accuracy"])
+        estimate = f"accuracy {worker['accuracy']:.2f} [{low:.2f}-{high:.2f}]"
+    positive, negative = worker["controls"]["positive"], worker["controls"]["negative"]
+    return (f"{worker['name']:<24} {estimate:<27} controls yes {positive[0]}/{positive[1]} no {negative[0]}/{negative[1]}"
+            f"  votes {worker['votes']}" + ("  blocked" if worker["blocked"] else ""))
 
 
 def _settings(workspace: Workspace, **values) -> LabelSettings:
@@ -85,7 +104,7 @@ def _settings(workspace: Workspace, **values) -> LabelSettings:
 
 
 def _sim_options(values: dict) -> dict:
-    return given(values, {"sim_workers", "sim_accuracy", "sim_spammers", "sim_seed"})
+    return given(values, {"sim_workers", "sim_accuracy", "sim_spammers", "sim_seed", "sim_constant"})
 
 
 live_option = click.option("--live", is_flag=True,
@@ -193,25 +212,30 @@ def run_command(workspace: Workspace, backend: str, as_json: bool, **values) -> 
 
 
 @label.command()
+@click.option("--backend", type=click.Choice(["local", "simulated", "mturk"]), default=None,
+              help="Only this backend's tasks; default: every backend.")
 @click.option("--batch", default=None, help="Only this batch (as label status shows it, e.g. r2); default: all.")
 @live_work_option
 @json_option
 @pass_workspace
-def expire(workspace: Workspace, batch: str | None, live: bool, as_json: bool) -> None:
-    """(mturk) Stop a batch: answers already submitted are collected, then its HITs expire.
+def expire(workspace: Workspace, backend: str | None, batch: str | None, live: bool, as_json: bool) -> None:
+    """Stop open tasks on any backend; answers already in are kept.
+
+    MTurk's submitted answers are collected first and its HITs expire on the marketplace;
+    local and simulated tasks close at once (a late submission is refused).
 
     Example:
 
     \b
+        imgnet label expire --backend local
         imgnet label expire --batch r2
     """
-    from imgnet_build.labeling.mturk import expire as expire_hits
-
-    result = expire_hits(workspace, batch, live=live)
+    result = rounds.expire(workspace, backend, batch, live=live)
     if as_json:
         print_json(result)
     else:
-        click.echo(f"label expire: {result['hits_expired']} HITs expired, {result['tasks']} tasks closed, "
+        per = ", ".join(f"{name} {count}" for name, count in sorted(result["per_backend"].items())) or "none open"
+        click.echo(f"label expire: {result['tasks']} tasks closed ({per}); {result['hits_expired']} HITs expired, "
                    f"{result['assignments_collected']} assignments collected first")
 
 
@@ -285,8 +309,6 @@ def status_command(workspace: Workspace, all_workers: bool, as_json: bool) -> No
                      f"committed ${mturk['committed_usd']}")
     shown = report["workers"] if all_workers else report["workers"][:10]
     for worker in shown:
-        accuracy = "-" if worker["accuracy"] is None else f"{worker['accuracy']:.2f}"
-        click.echo(f"  {worker['name']:<24} accuracy {accuracy}  votes {worker['votes']}"
-                   + ("  blocked" if worker["blocked"] else ""))
+        click.echo("  " + worker_line(worker))
     if len(shown) < len(report["workers"]):
         click.echo(f"  … {len(report['workers']) - len(shown)} more workers (--all lists them)")

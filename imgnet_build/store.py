@@ -223,7 +223,11 @@ class Worker(Base):
     external_id: Mapped[str] = mapped_column(String(255))  # invite name, MTurk WorkerId, sim-N
     name: Mapped[str | None] = mapped_column(String(255))
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)  # sha256 of the invite token
-    accuracy: Mapped[float | None] = mapped_column(Float)  # estimated by consensus
+    accuracy: Mapped[float | None] = mapped_column(Float)  # balanced accuracy, estimated by consensus
+    accuracy_low: Mapped[float | None] = mapped_column(Float)  # its 95% interval
+    accuracy_high: Mapped[float | None] = mapped_column(Float)
+    sensitivity: Mapped[float | None] = mapped_column(Float)  # P(yes | the image shows the category)
+    specificity: Mapped[float | None] = mapped_column(Float)  # P(no | it does not)
     control_answers: Mapped[int] = mapped_column(Integer, default=0)
     control_correct: Mapped[int] = mapped_column(Integer, default=0)
     blocked: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -197,32 +197,50 @@ def test_simulated_crowd_refuses_pairs_without_truth(workspace):
         assert session.scalar(select(func.count()).select_from(Task)) == 0
 
 
-def test_a_worker_who_says_yes_to_everything_is_caught_by_controls(workspace, tmp_path):
-    build_world(workspace, categories=1, images=12)
-    known = [store_picture(workspace, gen.photo(700 + number, size=(64, 48))) for number in range(6)]
-    dedup.run(workspace)  # known answers on pictures that are not candidates: controls never repeat a candidate
-    gold = tmp_path / "gold.csv"
-    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if number % 2 else 'no'}\n"
-                                                     for number, sha in enumerate(known)))
-    from imgnet_build.labeling.gold import load_gold
-
-    assert load_gold(workspace, gold)["stored"] == 6
-    rounds.submit(workspace, "local", LabelSettings(seed_images=0, images_per_task=12, controls=6))
+def _answer_all(workspace, name: str, answer) -> None:
+    """A local worker `name` answers every task once: answer(item) -> True for yes."""
     with workspace.session() as session:
-        worker = Worker(backend="local", external_id="yes-man")
+        worker = Worker(backend="local", external_id=name)
         session.add(worker)
         session.flush()
         for task in session.scalars(select(Task)):
             assignment = Assignment(task_id=task.id, worker_id=worker.id, status="given")
             session.add(assignment)
             session.flush()
-            store_answers(session, assignment, set(session.scalars(select(TaskItem.id)
-                                                                   .where(TaskItem.task_id == task.id))))
-    rounds.collect(workspace, LabelSettings(block_after_controls=6))
+            items = session.scalars(select(TaskItem).where(TaskItem.task_id == task.id)).all()
+            store_answers(session, assignment, {item.id for item in items if answer(item)})
+
+
+def test_a_worker_who_says_yes_to_everything_is_caught_by_controls(workspace, tmp_path):
+    # two honest workers and one who says yes to everything answer every task; gold gives
+    # controls of both kinds. Blocking needs confidence: the yes-man's specificity is 0 on
+    # about 20 known or agreed negatives, so its whole interval lies under the bar.
+    world = build_world(workspace, categories=1, images=30)
+    truth = world["n00000001"]
+    known = [store_picture(workspace, gen.photo(700 + number, size=(64, 48))) for number in range(12)]
+    dedup.run(workspace)  # known answers on pictures that are not candidates: controls never repeat a candidate
+    gold = tmp_path / "gold.csv"
+    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if number % 2 else 'no'}\n"
+                                                     for number, sha in enumerate(known)))
+    from imgnet_build.labeling.gold import load_gold
+
+    assert load_gold(workspace, gold)["stored"] == 12
+    rounds.submit(workspace, "local", LabelSettings(seed_images=0, images_per_task=12, controls=6))
+    _answer_all(workspace, "yes-man", lambda item: True)
+    for name in ("honest-1", "honest-2"):  # each task wants three assignments
+        _answer_all(workspace, name, lambda item: item.expected if item.kind != "candidate"
+                    else truth[item.image_sha256])
+    rounds.collect(workspace, LabelSettings(seed_images=0))
     with workspace.session() as session:
         worker = session.scalars(select(Worker).where(Worker.external_id == "yes-man")).one()
         assert worker.blocked and worker.control_correct < worker.control_answers
-        assert session.scalar(select(func.count()).select_from(Label)) == 0  # its votes do not count
+        assert worker.accuracy_high < 0.6 and worker.specificity < 0.3
+        honest = session.scalars(select(Worker).where(Worker.external_id.like("honest-%"))).all()
+        assert not any(w.blocked for w in honest) and all(w.accuracy_low > 0.6 for w in honest)
+        labels = {session.get(Cluster, label.cluster_id).representative: label.status
+                  for label in session.scalars(select(Label))}
+    # its yes votes do not count: nothing is accepted that is not true (two votes left: undecided)
+    assert labels and all(status != ("rejected" if truth[sha] else "accepted") for sha, status in labels.items())
 
 
 def test_labels_follow_their_cluster_when_dedup_picks_a_new_representative(workspace):
@@ -311,7 +329,7 @@ def test_kill_9_mid_run_loses_nothing(tmp_path):
     result = subprocess.run([sys.executable, "-c", "from imgnet_build.cli.main import main; main()", *command[3:],
                              "--json"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["undecided"] <= 8
+    assert json.loads(result.stdout)["undecided"] <= 16  # 10%: a few pairs stay honestly undecided under the cap
     with workspace.session() as session:
         over = session.execute(select(Task.id).join(Assignment, Assignment.task_id == Task.id)
                                .group_by(Task.id, Task.assignments_wanted)
@@ -356,4 +374,4 @@ def test_run_continues_a_run_killed_between_answers_and_decisions(workspace):
 
     SimulatedBackend(workspace).collect(workspace)  # answers stored; tasks not closed, nothing decided
     result = rounds.run(workspace, "simulated", SMALL)
-    assert result["undecided"] <= 2 and result["rounds"] >= 1
+    assert result["undecided"] <= 4 and result["rounds"] >= 1  # 10%: honestly undecided under the cap

@@ -15,11 +15,20 @@ methods:
 - `dynamic` (default): ImageNet's dynamic consensus. A seed sample of each category gets at
   least `seed_votes` votes per image; from it come the category's table
   P(good | yes, no) and its difficulty. Every pair's posterior folds in each voter's
-  estimated accuracy (one coin per worker, EM over all categories with controls as known
-  answers), scaled by how hard the category's seed showed it to be, on top of the
-  category's prior. A pair is decided once the posterior passes `accept` or `reject`;
+  two coins (sensitivity P(yes | good) and specificity P(no | bad), EM over all
+  categories with controls as known answers, each worker measured against the consensus
+  of the *other* voters so no one confirms themselves), scaled by how hard the
+  category's seed showed it to be, on top of the category's prior. Two coins, because one
+  hides a constant answerer: a worker who says "no" to everything agrees with most pairs,
+  yet their "no" carries nothing (sensitivity 0). A pair is decided once the posterior passes `accept` or `reject`;
   otherwise it asks for one more vote, up to `max_votes`. A category whose seed images
   mostly never reach a clear majority (70% of their votes) is flagged hard to illustrate.
+
+Every method also returns `Result.workers` (`WorkerQuality`): per worker both coins, the
+balanced accuracy (sensitivity + specificity) / 2 with a 95% interval, and the evidence
+behind it (known-answer votes on positives and negatives, all votes). A worker whose
+interval lies under a bar (`quality.update_workers`) carries no information or points the
+wrong way, with confidence; everyone else is weighted by their coins.
 
 Posteriors are P(the image shows the category). Indices are positions in the caller's
 lists of pairs and workers; the caller keeps the mapping to database ids.
@@ -31,14 +40,17 @@ import dataclasses
 from typing import ClassVar, Protocol
 
 import numpy as np
+from scipy.stats import beta
 
 from imgnet_build.errors import BadInput
 
-__all__ = ["ConsensusSettings", "VoteTable", "Result", "Method", "Majority", "DawidSkene", "Dynamic", "METHODS",
-           "seed_table"]
+__all__ = ["ConsensusSettings", "VoteTable", "Result", "WorkerQuality", "Method", "Majority", "DawidSkene", "Dynamic",
+           "METHODS", "seed_table", "worker_quality"]
 
 ACCURACY_PRIOR = (4.0, 1.0)  # Beta pseudo-counts (right, wrong) for a worker: a new worker is trusted at 0.8
-ACCURACY_RANGE = (0.5, 0.98)  # below chance is not trusted as inverted evidence; nobody is certain
+COIN_RANGE = (0.02, 0.98)  # nobody is certain either way on one side
+INTERVAL = 0.95  # central interval of each coin (balanced accuracy: both ends of both coins)
+CLEAR = 0.95  # a pair the other voters are this sure of is hard evidence about a worker
 HARDER = 0.6  # a category's seed carries less than this share of the usual evidence: scale it down
 CLEAR_MAJORITY = 0.7  # a seed image "reaches a majority" when this share of its votes agrees
 
@@ -66,16 +78,21 @@ class VoteTable:
     known: np.ndarray  # int8 per pair: -1 unknown, 0 known no (control/gold), 1 known yes
     seed: np.ndarray  # bool per pair: in its category's seed sample
     workers: int
+    candidate: np.ndarray | None = None  # bool per pair: one of its category's candidates (None: all are)
 
     @classmethod
-    def build(cls, pair, worker, answer, pair_category, known=None, seed=None, workers: int | None = None) -> VoteTable:
+    def build(cls, pair, worker, answer, pair_category, known=None, seed=None, workers: int | None = None,
+              candidate=None) -> VoteTable:
+        """`candidate` marks the pairs that are candidates of their category; the others are
+        controls borrowed from other categories and do not count towards its prior."""
         pair_category = np.asarray(pair_category, dtype=np.int64)
         n = len(pair_category)
         worker = np.asarray(worker, dtype=np.int64)
         return cls(np.asarray(pair, dtype=np.int64), worker, np.asarray(answer, dtype=bool), pair_category,
                    np.full(n, -1, np.int8) if known is None else np.asarray(known, dtype=np.int8),
                    np.zeros(n, bool) if seed is None else np.asarray(seed, dtype=bool),
-                   workers if workers is not None else int(worker.max(initial=-1)) + 1)
+                   workers if workers is not None else int(worker.max(initial=-1)) + 1,
+                   None if candidate is None else np.asarray(candidate, dtype=bool))
 
     @property
     def pairs(self) -> int:
@@ -88,12 +105,29 @@ class VoteTable:
 
 
 @dataclasses.dataclass
+class WorkerQuality:
+    """Per worker (nan where a worker has no votes on that side)."""
+
+    sensitivity: np.ndarray  # P(yes | the image shows the category), with the prior
+    specificity: np.ndarray  # P(no | it does not)
+    accuracy: np.ndarray  # balanced: (sensitivity + specificity) / 2
+    low: np.ndarray  # 95% interval of the balanced accuracy (from both coins' intervals)
+    high: np.ndarray
+    positives: np.ndarray  # votes on known-yes pairs (positive controls, gold yes)
+    positives_right: np.ndarray
+    negatives: np.ndarray  # votes on known-no pairs
+    negatives_right: np.ndarray
+    votes: np.ndarray  # all votes
+
+
+@dataclasses.dataclass
 class Result:
     posterior: np.ndarray  # P(good) per pair
     status: np.ndarray  # per pair: "accepted", "rejected", "undecided"
-    worker_accuracy: np.ndarray  # per worker (nan: no votes)
+    worker_accuracy: np.ndarray  # per worker (nan: no votes); balanced accuracy, as workers.accuracy
     category_prior: np.ndarray | None = None
     hard: np.ndarray | None = None  # per category (dynamic only)
+    workers: WorkerQuality | None = None
 
 
 class Method(Protocol):
@@ -109,15 +143,6 @@ def _decide(posterior: np.ndarray, votes: VoteTable, settings: ConsensusSettings
     status[enough & (posterior >= settings.accept)] = "accepted"
     status[enough & (posterior <= settings.reject)] = "rejected"
     return status
-
-
-def _agreement(votes: VoteTable, truth: np.ndarray) -> np.ndarray:
-    """Each worker's (smoothed) share of votes that agree with `truth` (P(good) per pair)."""
-    agree = np.where(votes.answer, truth[votes.pair], 1 - truth[votes.pair])
-    right = np.bincount(votes.worker, weights=agree, minlength=votes.workers)
-    total = np.bincount(votes.worker, minlength=votes.workers)
-    accuracy = (right + ACCURACY_PRIOR[0]) / (total + sum(ACCURACY_PRIOR))
-    return np.where(total > 0, accuracy, np.nan)
 
 
 def _clamp_known(posterior: np.ndarray, votes: VoteTable) -> np.ndarray:
@@ -136,9 +161,104 @@ def _majority_share(votes: VoteTable) -> np.ndarray:
 def _category_prior(votes: VoteTable, truth: np.ndarray) -> np.ndarray:
     categories = int(votes.pair_category.max(initial=-1)) + 1
     voted = np.bincount(votes.pair, minlength=votes.pairs) > 0
+    if votes.candidate is not None:
+        voted &= votes.candidate
     good = np.bincount(votes.pair_category, weights=truth * voted, minlength=categories)
     total = np.bincount(votes.pair_category, weights=voted, minlength=categories)
     return np.clip((good + 1) / (total + 2), 0.02, 0.98)
+
+
+def _coins(votes: VoteTable, good: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(yes on good, good, no on bad, bad) per worker, soft: `good` is P(good) per vote."""
+    said_yes = votes.answer.astype(float)
+    n = votes.workers
+    return (np.bincount(votes.worker, weights=said_yes * good, minlength=n),
+            np.bincount(votes.worker, weights=good, minlength=n),
+            np.bincount(votes.worker, weights=(1 - said_yes) * (1 - good), minlength=n),
+            np.bincount(votes.worker, weights=1 - good, minlength=n))
+
+
+def _coin_estimates(votes: VoteTable, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sensitivity, specificity) per worker: Beta-smoothed soft counts, clipped to COIN_RANGE."""
+    a, b = ACCURACY_PRIOR
+    yes_good, goods, no_bad, bads = _coins(votes, good)
+    return (np.clip((yes_good + a) / (goods + a + b), *COIN_RANGE),
+            np.clip((no_bad + a) / (bads + a + b), *COIN_RANGE))
+
+
+def _coin_weights(sensitivity: np.ndarray, specificity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Log-likelihood ratios of a yes and of a no per worker; zero for a worker at or under
+    chance (se + sp <= 1): their answers are not taken as inverted evidence."""
+    informative = sensitivity + specificity > 1
+    yes = np.where(informative, np.log(sensitivity / (1 - specificity)), 0.0)
+    no = np.where(informative, np.log((1 - sensitivity) / specificity), 0.0)
+    return yes, no
+
+
+def worker_quality(votes: VoteTable, good: np.ndarray) -> WorkerQuality:
+    """Both coins per worker with intervals, measured against `good` (P(good) per *vote*:
+    the pair's posterior, ideally without that vote) and the known answers.
+
+    The estimates use every vote, softly; the intervals count only hard evidence: known
+    answers and pairs the other voters made sure of (P(good) at least CLEAR or at most
+    1 - CLEAR). A vote on a pair nobody else is sure about says little about its voter,
+    and counting it as a full answer would make a weak crowd look sure of its own uselessness."""
+    sensitivity, specificity = _coin_estimates(votes, good)
+    sure = (good >= CLEAR) | (good <= 1 - CLEAR)
+    hard = np.where(sure, np.round(good), np.nan)
+    yes_good, goods, no_bad, bads = _coins(dataclasses.replace(votes, pair=votes.pair[sure],
+                                                               worker=votes.worker[sure], answer=votes.answer[sure]),
+                                           hard[sure])
+    tail = (1 - INTERVAL) / 2
+    se_low = beta.ppf(tail, yes_good + 1, goods - yes_good + 1)
+    se_high = beta.ppf(1 - tail, yes_good + 1, goods - yes_good + 1)
+    sp_low = beta.ppf(tail, no_bad + 1, bads - no_bad + 1)
+    sp_high = beta.ppf(1 - tail, no_bad + 1, bads - no_bad + 1)
+    known = votes.known[votes.pair]
+    n = votes.workers
+    count = np.bincount(votes.worker, minlength=n)
+    has = count > 0
+    return WorkerQuality(
+        np.where(has, sensitivity, np.nan), np.where(has, specificity, np.nan),
+        np.where(has, (sensitivity + specificity) / 2, np.nan),
+        np.where(has, (se_low + sp_low) / 2, np.nan), np.where(has, (se_high + sp_high) / 2, np.nan),
+        np.bincount(votes.worker, weights=known == 1, minlength=n).astype(np.int64),
+        np.bincount(votes.worker, weights=(known == 1) & votes.answer, minlength=n).astype(np.int64),
+        np.bincount(votes.worker, weights=known == 0, minlength=n).astype(np.int64),
+        np.bincount(votes.worker, weights=(known == 0) & ~votes.answer, minlength=n).astype(np.int64),
+        count.astype(np.int64))
+
+
+@dataclasses.dataclass
+class TwoCoinEM:
+    """EM with two coins per worker (Dawid and Skene's) and one prior per category; known
+    answers clamped. Also returns, per vote, the posterior of its pair without that vote:
+    the evidence `worker_quality` judges the voter by, so no one confirms themselves."""
+
+    iterations: int = 50
+    category_weight: np.ndarray | None = None  # per category: scales every worker's evidence
+
+    def run(self, votes: VoteTable, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(posterior per pair, P(good) per vote without that vote, category prior)."""
+        known = votes.known[votes.pair]
+        others = truth[votes.pair]
+        prior = _category_prior(votes, truth)
+        for _ in range(self.iterations):
+            sensitivity, specificity = _coin_estimates(votes, np.where(known >= 0, known, truth[votes.pair]))
+            prior = _category_prior(votes, truth)
+            yes_weight, no_weight = _coin_weights(sensitivity, specificity)
+            evidence = np.where(votes.answer, yes_weight[votes.worker], no_weight[votes.worker])
+            if self.category_weight is not None:
+                evidence = evidence * self.category_weight[votes.pair_category[votes.pair]]
+            log_odds = np.log(prior / (1 - prior))[votes.pair_category] + np.bincount(
+                votes.pair, weights=evidence, minlength=votes.pairs)
+            new = _clamp_known(_sigmoid(log_odds), votes)
+            others = np.where(known >= 0, known, _sigmoid(log_odds[votes.pair] - evidence))
+            converged = np.max(np.abs(new - truth), initial=0) < 1e-6
+            truth = new
+            if converged:
+                break
+        return truth, others, prior
 
 
 @dataclasses.dataclass
@@ -154,31 +274,8 @@ class Majority:
         status[enough & (no > yes)] = "rejected"
         share = np.where(yes + no > 0, yes / np.maximum(yes + no, 1), 0.5)
         truth = _clamp_known(np.where(status == "accepted", 1.0, np.where(status == "rejected", 0.0, share)), votes)
-        return Result(share, status, _agreement(votes, truth))
-
-
-@dataclasses.dataclass
-class OneCoinEM:
-    """EM with one accuracy per worker and one prior per category; known answers clamped."""
-
-    iterations: int = 50
-    category_weight: np.ndarray | None = None  # per category: scales every worker's evidence
-
-    def run(self, votes: VoteTable, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        for _ in range(self.iterations):
-            accuracy = np.clip(np.nan_to_num(_agreement(votes, truth), nan=0.5), *ACCURACY_RANGE)
-            prior = _category_prior(votes, truth)
-            evidence = np.log(accuracy / (1 - accuracy))[votes.worker]
-            if self.category_weight is not None:
-                evidence = evidence * self.category_weight[votes.pair_category[votes.pair]]
-            log_odds = np.log(prior / (1 - prior))[votes.pair_category] + np.bincount(
-                votes.pair, weights=np.where(votes.answer, evidence, -evidence), minlength=votes.pairs)
-            new = _clamp_known(_sigmoid(log_odds), votes)
-            if np.max(np.abs(new - truth), initial=0) < 1e-6:
-                truth = new
-                break
-            truth = new
-        return truth, _agreement(votes, truth), prior
+        workers = worker_quality(votes, truth[votes.pair])
+        return Result(share, status, workers.accuracy, workers=workers)
 
 
 @dataclasses.dataclass
@@ -209,7 +306,8 @@ class DawidSkene:
             truth = new
             if converged:
                 break
-        return Result(truth, _decide(truth, votes, self.settings), _agreement(votes, truth), prior)
+        workers = worker_quality(votes, truth[votes.pair])
+        return Result(truth, _decide(truth, votes, self.settings), workers.accuracy, prior, workers=workers)
 
 
 def seed_table(votes: VoteTable, truth: np.ndarray, category: int, max_votes: int = 5) -> dict[str, float]:
@@ -238,13 +336,14 @@ class Dynamic:
     name: ClassVar[str] = "dynamic"
 
     def fit(self, votes: VoteTable) -> Result:
-        truth, accuracy, prior = OneCoinEM().run(votes, _majority_share(votes))
-        weight, hard = self._difficulty(votes, truth, accuracy)
+        truth, others, prior = TwoCoinEM().run(votes, _majority_share(votes))
+        weight, hard = self._difficulty(votes, truth, others)
         if not np.all(weight == 1):
-            truth, accuracy, prior = OneCoinEM(category_weight=weight).run(votes, truth)
-        return Result(truth, _decide(truth, votes, self.settings), accuracy, prior, hard)
+            truth, others, prior = TwoCoinEM(category_weight=weight).run(votes, truth)
+        workers = worker_quality(votes, others)
+        return Result(truth, _decide(truth, votes, self.settings), workers.accuracy, prior, hard, workers)
 
-    def _difficulty(self, votes: VoteTable, truth: np.ndarray, accuracy: np.ndarray):
+    def _difficulty(self, votes: VoteTable, truth: np.ndarray, others: np.ndarray):
         """Per category: how much of the workers' usual evidence its seed votes carry (at
         most 1: a category as easy as the rest), and whether it is hard to illustrate."""
         categories = int(votes.pair_category.max(initial=-1)) + 1
@@ -255,7 +354,9 @@ class Dynamic:
             return weight, hard
         category = votes.pair_category[votes.pair[seeded]]
         agree = np.where(votes.answer[seeded], truth[votes.pair[seeded]], 1 - truth[votes.pair[seeded]])
-        expected = np.nan_to_num(accuracy, nan=0.5)[votes.worker[seeded]]
+        sensitivity, specificity = _coin_estimates(votes, others)
+        good = truth[votes.pair[seeded]]
+        expected = (good * sensitivity[votes.worker[seeded]] + (1 - good) * specificity[votes.worker[seeded]])
         observed_sum = np.bincount(category, weights=agree, minlength=categories)
         expected_sum = np.bincount(category, weights=expected, minlength=categories)
         has_seed = np.bincount(category, minlength=categories) > 0

@@ -123,6 +123,19 @@ def call(client, operation: str, **params) -> dict:
     raise AssertionError("unreachable")
 
 
+def _credentials_configured() -> bool:
+    """Whether boto3's chain has somewhere to look (environment, profile, credentials file), without asking."""
+    import os
+    from pathlib import Path
+
+    env = os.environ
+    if (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")) or env.get("AWS_PROFILE") \
+            or env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        return True
+    shared = env.get("AWS_SHARED_CREDENTIALS_FILE") or str(Path.home() / ".aws" / "credentials")
+    return Path(shared).is_file()
+
+
 def is_live(batch: str) -> bool:
     return batch.endswith("-mturk-live")
 
@@ -184,6 +197,7 @@ class MTurkBackend:
         self.settings: MTurkSettings = getattr(workspace.settings, "mturk", None) or MTurkSettings()
         self.live = bool(options.get("live"))
         self.max_cost = None if options.get("max_cost") is None else Decimal(str(options["max_cost"]))
+        self.dry_run = bool(options.get("dry_run"))  # pricing only: what is not ready yet is listed, not refused
         self._client = None
         self._hit_type: str | None = None
 
@@ -241,7 +255,24 @@ class MTurkBackend:
         return f"imgnet-{digest[:16]}-{task_id}"
 
     def check_pairs(self, session: Session, pairs: list[tuple[int, int]]) -> None:
-        self._check_ready()
+        if not self.dry_run:
+            self._check_ready()
+
+    def needs(self) -> list[str]:
+        """What a real submit still needs that this workspace and command line lack (no network call)."""
+        missing = []
+        if self.live and self.max_cost is None:
+            missing.append("--max-cost USD together with --live")
+        if self.settings.public_base_url is None and not hasattr(self.workspace.blob_store, "bucket"):
+            missing.append("public_base_url in the [mturk] table of imgnet.toml (a https:// folder that mirrors the "
+                           "blob store), or an s3:// blob store")
+        elif self.settings.public_base_url is None and \
+                self.settings.lifetime + self.settings.assignment_duration > PRESIGNED_URL_MAX:
+            missing.append("[mturk] lifetime + assignment_duration of at most 7 days (presigned S3 URLs), or "
+                           "public_base_url")
+        if not _credentials_configured():
+            missing.append("AWS credentials: AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        return missing
 
     def _check_ready(self) -> None:
         if self.live and self.max_cost is None:
@@ -441,10 +472,11 @@ def submit(workspace, settings, *, live: bool = False, max_cost: Decimal | None 
     what the workspace already spent or committed before any task is made."""
     from imgnet_build.labeling import rounds
 
-    if live and max_cost is None:
+    if live and max_cost is None and not dry_run:
         raise BadInput("the live marketplace costs money: give --max-cost USD together with --live")
     options = {"live": live, "max_cost": max_cost}
-    plan = rounds.submit(workspace, MTurkBackend.name, settings, dry_run=True, options=options)
+    plan = rounds.submit(workspace, MTurkBackend.name, settings, dry_run=True, options={**options, "dry_run": True})
+    plan.needs = MTurkBackend(workspace, options).needs()
     reward = (getattr(workspace.settings, "mturk", None) or MTurkSettings()).reward_usd
     planned = sum((price(reward, size, size * count, tasks=count) for size, count in plan.task_sizes.items()), Price())
     if max_cost is not None and not dry_run:

@@ -55,7 +55,7 @@ from imgnet_build.store import (
     Worker,
 )
 
-__all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "pairs_without_clusters"]
+__all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "expire", "pairs_without_clusters"]
 
 Progress = Callable[[str], None]
 WORK_STATUSES = ("submitted", "approved", "rejected")
@@ -74,9 +74,9 @@ class LabelSettings:
     reject: float = 0.01
     seed_images: int = 10  # per category, dynamic consensus
     seed_votes: int = 10
-    block_below: float = 0.75  # workers under this accuracy are blocked and their votes discounted
-    block_after_controls: int = 6  # control answers before control accuracy can block
-    block_after_votes: int = 30  # votes before agreement (no controls yet) can block
+    block_below: float = 0.6  # workers surely under this balanced accuracy are blocked (labeling/quality.py)
+    prefer_above: float = 0.75  # workers surely under this are set aside while the crowd can spare them
+
     categories: tuple[str, ...] = ()  # wnids; empty: every category
     include_test: bool = False  # count test answers (MTurk sandbox) as evidence; their labels are marked
 
@@ -94,6 +94,13 @@ class LabelSettings:
         self.consensus()  # checks the thresholds
         if not 0 <= self.block_below <= 1:
             raise BadInput(f"--block-below must be between 0 and 1, not {self.block_below}")
+        if not self.block_below <= self.prefer_above <= 1:
+            raise BadInput(f"--prefer-above must be between --block-below and 1, not {self.prefer_above}")
+
+    @property
+    def reserve(self) -> int:
+        """Workers estimated at `prefer_above` or better before weaker ones are set aside."""
+        return 2 * self.max_votes
 
     @property
     def seeded(self) -> bool:
@@ -123,6 +130,7 @@ class Plan:
     discarded: int = 0  # never-published tasks of another backend or marketplace, dropped
     held: dict[str, int] = dataclasses.field(default_factory=dict)  # {reason: pairs} that got nothing now
     waiting_on: dict[str, int] = dataclasses.field(default_factory=dict)  # {backend: open tasks} holding votes
+    needs: list[str] = dataclasses.field(default_factory=list)  # (dry run) what a real submit still lacks
 
     def summary(self) -> str:
         verb = "would issue" if self.dry_run else "issued"
@@ -134,6 +142,8 @@ class Plan:
             text += f"; {self.not_clustered} images wait for `imgnet dedup`"
         if self.tasks == 0:
             text += "\n" + self.why_nothing()
+        if self.needs:
+            text += "\na real submit still needs: " + "; ".join(self.needs)
         return text
 
     def why_nothing(self) -> str:
@@ -422,7 +432,7 @@ def decide(workspace, settings: LabelSettings = LabelSettings()) -> dict:
     for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
         votes, keys, meta, workers = _load_votes(workspace, settings)
         result = settings.consensus().fit(votes)
-        newly_blocked = update_workers(workspace, workers, result.worker_accuracy, votes, settings)
+        newly_blocked = update_workers(workspace, workers, result.workers, settings)
         if not newly_blocked:
             break
     _write_labels(workspace, votes, keys, meta, result, settings)
@@ -440,6 +450,7 @@ def _load_votes(workspace, settings: LabelSettings):
     candidate: list[bool] = []
     simulated: list[bool] = []
     test: list[bool] = []
+    control_expected: dict[int, int] = {}
     p, w, a = [], [], []
     counted: set[tuple[int, int, int]] = set()  # (worker, cluster, category): a worker counts once per pair
     with workspace.session() as session:
@@ -467,21 +478,24 @@ def _load_votes(workspace, settings: LabelSettings):
                 candidate.append(False)
                 simulated.append(False)
                 test.append(False)
-            if control and expected is not None:
-                known[index] = int(expected)
+            if control and expected is not None and gold.get(key) is None:
+                control_expected[index] = int(expected)
             candidate[index] |= not control
             simulated[index] |= bool(is_simulated) or bool(is_test)
             test[index] |= bool(is_test)
             p.append(index)
             w.append(worker_index.setdefault(worker, len(worker_index)))
             a.append(answer)
+    for index, expected in control_expected.items():
+        if not candidate[index]:  # a control borrowed from elsewhere is a known answer; a candidate of the
+            known[index] = expected  # category serving as a positive control stays open to its votes
     pairs = list(pair_index)
     categories = {category: i for i, category in enumerate(sorted({category for _, category in pairs}))}
     p_arr = np.asarray(p, dtype=np.int64)
     counts = np.bincount(p_arr, minlength=len(pairs))
     seed = np.asarray([candidate[i] and counts[i] >= settings.seed_votes for i in range(len(pairs))], dtype=bool)
     table = VoteTable.build(p_arr, w, a, [categories[category] for _, category in pairs],
-                            known, seed if settings.seeded else None, len(worker_index))
+                            known, seed if settings.seeded else None, len(worker_index), candidate)
     meta = {"candidate": np.asarray(candidate, bool), "simulated": np.asarray(simulated, bool),
             "test": np.asarray(test, bool), "categories": categories}
     return table, pairs, meta, list(worker_index)
@@ -570,3 +584,33 @@ def run(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, o
         if decided["assignments"] == 0:  # the crowd has nobody left for what is still open
             break
     return {"rounds": rounds, **decided}
+
+
+def expire(workspace, backend: str | None = None, batch: str | None = None, *, live: bool = False) -> dict:
+    """Stop open and unpublished tasks on every backend (or only `backend`; only batch `batch`, as
+    `label status` shows it, e.g. r2): MTurk's answers already submitted are collected first and its
+    HITs expire on the marketplace; the others close at once (a worker's late submission is then
+    refused). Returns {"tasks", "hits_expired", "assignments_collected", "per_backend"}."""
+    with workspace.session() as session:
+        names = list(session.scalars(select(Task.backend).where(Task.status.in_(("new", "open"))).distinct()))
+    if backend is not None:
+        get_backend(backend, workspace, {"live": live})  # an unknown name is refused
+        names = [name for name in names if name == backend]
+    result = {"tasks": 0, "hits_expired": 0, "assignments_collected": 0, "per_backend": {}}
+    for name in sorted(names):
+        if name == "mturk":
+            from imgnet_build.labeling.mturk import expire as expire_hits
+
+            done = expire_hits(workspace, batch, live=live)
+        else:
+            with workspace.session() as session:
+                lock_planning(session)
+                query = update(Task).where(Task.backend == name, Task.status.in_(("new", "open")))
+                if batch:
+                    query = query.where((Task.batch == batch) | Task.batch.like(f"{batch}-%"))
+                done = {"tasks": session.execute(query.values(status="expired")).rowcount, "hits_expired": 0,
+                        "assignments_collected": 0}
+        result["per_backend"][name] = done["tasks"]
+        for key in ("tasks", "hits_expired", "assignments_collected"):
+            result[key] += done[key]
+    return result

@@ -1,9 +1,10 @@
 """A simulated crowd that answers from the candidates' `truth` (URL lists carry it).
 
-    imgnet label run --backend simulated --sim-workers 60 --sim-accuracy 0.6-0.95 --sim-spammers 0.1
+    imgnet label run --backend simulated --sim-workers 60 --sim-accuracy 0.6-0.95 --sim-spammers 0.1 [--sim-constant 0.05]
 
 Each of `workers` workers has an accuracy drawn uniformly from `accuracy`; a share
-`spammers` of them answers at random. The crowd is seeded, so a rerun gives the same
+`spammers` of them answers at random, and a share `constant` answers "no" to everything
+(the constant answer that is hardest to catch: most pairs are no). The crowd is seeded, so a rerun gives the same
 votes, and it is written into each task's batch name, so `imgnet label collect` answers
 with the crowd the tasks were submitted for. Its votes, assignments and labels are marked
 simulated everywhere. A worker never answers a task twice, nor a pair it voted on.
@@ -34,6 +35,7 @@ class Crowd:
     accuracy: tuple[float, float] = (0.6, 0.95)
     spammers: float = 0.1
     seed: int = 0
+    constant: float = 0.0
 
     def __post_init__(self) -> None:
         low, high = self.accuracy
@@ -43,6 +45,8 @@ class Crowd:
             raise BadInput(f"--sim-accuracy must be LO-HI with 0 <= LO <= HI <= 1, not {low}-{high}")
         if not 0 <= self.spammers <= 1:
             raise BadInput(f"--sim-spammers must be a share between 0 and 1, not {self.spammers}")
+        if not 0 <= self.constant <= 1 - self.spammers:
+            raise BadInput(f"--sim-constant must be a share between 0 and 1 - --sim-spammers, not {self.constant}")
 
     @classmethod
     def from_options(cls, options: dict) -> Crowd:
@@ -55,25 +59,36 @@ class Crowd:
             accuracy = (float(match[1]), float(match[2]))
         pick = lambda name, default: default if options.get(f"sim_{name}") is None else options[f"sim_{name}"]  # noqa: E731
         return cls(int(pick("workers", defaults.workers)), tuple(accuracy),
-                   float(pick("spammers", defaults.spammers)), int(pick("seed", defaults.seed)))
+                   float(pick("spammers", defaults.spammers)), int(pick("seed", defaults.seed)),
+                   float(pick("constant", defaults.constant)))
 
     def batch_suffix(self) -> str:
-        return f"-sim-w{self.workers}-a{self.accuracy[0]:g}-{self.accuracy[1]:g}-p{self.spammers:g}-s{self.seed}"
+        constant = f"-c{self.constant:g}" if self.constant else ""
+        return (f"-sim-w{self.workers}-a{self.accuracy[0]:g}-{self.accuracy[1]:g}-p{self.spammers:g}{constant}"
+                f"-s{self.seed}")
 
     @classmethod
     def from_batch(cls, batch: str) -> Crowd:
-        match = re.search(r"-sim-w(\d+)-a([0-9.]+)-([0-9.]+)-p([0-9.]+)-s(-?\d+)$", batch)
+        match = re.search(r"-sim-w(\d+)-a([0-9.]+)-([0-9.]+)-p([0-9.]+)(?:-c([0-9.]+))?-s(-?\d+)$", batch)
         if not match:
             raise BadInput(f"task batch {batch!r} does not describe a simulated crowd")
-        return cls(int(match[1]), (float(match[2]), float(match[3])), float(match[4]), int(match[5]))
+        return cls(int(match[1]), (float(match[2]), float(match[3])), float(match[4]), int(match[6]),
+                   float(match[5] or 0))
 
     def profiles(self) -> tuple[np.ndarray, np.ndarray]:
-        """(accuracy, is spammer) per worker, the same for the same crowd."""
+        """(sensitivity P(yes | good), specificity P(no | bad)) per worker, the same for the
+        same crowd: an honest worker's accuracy twice, 0.5 for a spammer, (0, 1) for an all-no."""
         rng = np.random.default_rng(self.seed)
         accuracy = rng.uniform(*self.accuracy, self.workers)
-        spammer = np.zeros(self.workers, bool)
-        spammer[rng.choice(self.workers, round(self.spammers * self.workers), replace=False)] = True
-        return accuracy, spammer
+        spammers = round(self.spammers * self.workers)
+        chosen = rng.choice(self.workers, spammers, replace=False)
+        sensitivity, specificity = accuracy.copy(), accuracy.copy()
+        sensitivity[chosen] = specificity[chosen] = 0.5
+        if self.constant:
+            rest = np.setdiff1d(np.arange(self.workers), chosen)
+            constant = rng.choice(rest, min(len(rest), round(self.constant * self.workers)), replace=False)
+            sensitivity[constant], specificity[constant] = 0.0, 1.0
+        return sensitivity, specificity
 
     def external_id(self, index: int) -> str:
         return f"sim-{self.seed}-{index}"
@@ -156,8 +171,8 @@ def _answer_task(session, task: Task, crowd: Crowd, workers: dict[int, int],
     blocked = set(session.scalars(select(Worker.id).where(Worker.blocked.is_(True))))
     rng = random.Random(f"{crowd.seed}:{task.id}")
     free = [i for i in range(crowd.workers) if workers[i] not in busy and workers[i] not in blocked]
-    truth = _truth(session, task.category_id, clusters)
-    accuracy, spammer = profiles
+    truth = _truth(session, task.category_id, [item.cluster_id for item in items])
+    sensitivity, specificity = profiles
     stored = 0
     if len(free) < wanted:  # the crowd has nobody left for it: what it gets now is all it will get
         task.status = "expired"
@@ -167,11 +182,11 @@ def _answer_task(session, task: Task, crowd: Crowd, workers: dict[int, int],
         session.flush()
         selected = set()
         for item in items:
-            right = item.expected if item.kind != "candidate" else truth[item.cluster_id]
-            if spammer[index]:
-                answer = rng.random() < 0.5
+            good = truth.get(item.cluster_id, item.expected)  # a control is answered from its truth when known
+            if good:
+                answer = rng.random() < sensitivity[index]
             else:
-                answer = right if rng.random() < accuracy[index] else not right
+                answer = rng.random() >= specificity[index]
             if answer:
                 selected.add(item.id)
         stored += store_answers(session, assignment, selected)

@@ -66,13 +66,7 @@ def label_status(workspace) -> dict:
                 "control_accuracy": round(right / total, 3) if total else None,
                 "hard_to_illustrate": bool(state and state.hard),
                 "seed_table": state.table if state else None})
-        workers = [{"backend": w.backend, "name": w.name or w.external_id, "accuracy": w.accuracy,
-                    "control_answers": w.control_answers,
-                    "control_accuracy": round(w.control_correct / w.control_answers, 3) if w.control_answers else None,
-                    "votes": n, "blocked": w.blocked, "simulated": w.simulated}
-                   for w, n in session.execute(select(Worker, func.count(Vote.id)).outerjoin(Vote, Vote.worker_id == Worker.id)
-                                               .group_by(Worker.id)
-                                               .order_by(Worker.accuracy.desc().nulls_last(), Worker.id))]
+        workers = _workers(session)
         tasks = dict(session.execute(select(Task.status, func.count()).group_by(Task.status)).all())
         assignments = dict(session.execute(select(Assignment.status, func.count()).group_by(Assignment.status)).all())
         spends = workspace_spend(session, workspace)
@@ -86,6 +80,35 @@ def label_status(workspace) -> dict:
     if mturk:
         report["mturk"] = mturk
     return report
+
+
+def _workers(session) -> list[dict]:
+    """Per worker: the estimate (balanced accuracy), its 95% interval, both coins, and the
+    evidence: control answers on positives and on negatives (right / seen), all votes."""
+    evidence: dict[int, dict[str, int]] = defaultdict(lambda: {"positive": 0, "positive_right": 0, "negative": 0,
+                                                               "negative_right": 0})
+    for worker_id, expected, seen, right in session.execute(
+            select(Vote.worker_id, TaskItem.expected, func.count(),
+                   func.sum(case((Vote.answer == TaskItem.expected, 1), else_=0)))
+            .join(TaskItem, TaskItem.id == Vote.task_item_id)
+            .where(Vote.control.is_(True), TaskItem.expected.is_not(None)).group_by(Vote.worker_id, TaskItem.expected)):
+        side = "positive" if expected else "negative"
+        evidence[worker_id][side] += int(seen)
+        evidence[worker_id][side + "_right"] += int(right or 0)
+    workers = []
+    for w, n in session.execute(select(Worker, func.count(Vote.id)).outerjoin(Vote, Vote.worker_id == Worker.id)
+                                .group_by(Worker.id).order_by(Worker.accuracy.desc().nulls_last(), Worker.id)):
+        controls = evidence[w.id]
+        workers.append({
+            "backend": w.backend, "name": w.name or w.external_id, "accuracy": w.accuracy,
+            "interval": None if w.accuracy_low is None else [w.accuracy_low, w.accuracy_high],
+            "sensitivity": w.sensitivity, "specificity": w.specificity,
+            "controls": {"positive": [controls["positive_right"], controls["positive"]],
+                         "negative": [controls["negative_right"], controls["negative"]]},
+            "control_answers": w.control_answers,
+            "control_accuracy": round(w.control_correct / w.control_answers, 3) if w.control_answers else None,
+            "votes": n, "blocked": w.blocked, "simulated": w.simulated})
+    return workers
 
 
 def _mturk_status(session, workspace) -> dict:
