@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import resource
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
+from math import comb
 from pathlib import Path
 
 import imagehash
@@ -203,6 +205,112 @@ def search(count: int, planted: int, threshold: int, subset: int) -> None:
           f"x{factor:.0f} for {count:,}: ~{brute_time * factor / 60:.0f} min ({brute_time * factor / ours:.0f}x ours)")
 
 
+# measured on bench edits in scope (pHash bits of a copy from its original, dHash bits at that pHash)
+_COPY_PHASH_BITS = [0] * 30 + [2] * 40 + [4] * 12 + [6] * 6 + [8] * 8 + [10] * 4
+_FLAT_PATTERNS = 8  # near-constant pictures: flat or smooth gradients give a handful of exact pHashes
+
+
+def simulate(count: int, threshold: int, seed: int = 11) -> None:
+    """Uniform random pHash/dHash pairs for `count` images, planted duplicate families (2% of
+    the images head one, with 1-4 copies at the measured edit distances, no larger than the
+    original) and 1% near-constant
+    pictures (one of a few exact pHashes, every one a different picture). Clusters by
+    connected components of "pHash within the threshold" (what dedup did) against the rule
+    dedup uses now (`dedup.same_picture`, joined to representatives only)."""
+    print(f"\n== Clusters at scale: {count:,} simulated images (uniform hashes, planted families), "
+          f"threshold {threshold} ==")
+    rng = np.random.default_rng(seed)
+    phash = rng.integers(0, 2**64 - 1, count, dtype=np.uint64, endpoint=True)
+    dhash = rng.integers(0, 2**64 - 1, count, dtype=np.uint64, endpoint=True)
+    family = np.arange(count)
+    area = rng.integers(10_000, 4_000_000, count)
+    flat = np.zeros(count, dtype=bool)
+    order = rng.permutation(count)
+    heads = order[: count // 50]
+    copies_per = rng.integers(1, 5, len(heads))
+    copies = order[count // 50: count // 50 + int(copies_per.sum())]
+    head_of = np.repeat(heads, copies_per)
+    flips = lambda bits: np.array([sum(1 << int(b) for b in rng.choice(64, k, replace=False)) for k in bits],  # noqa: E731
+                                  dtype=np.uint64)
+    pbits = rng.choice(_COPY_PHASH_BITS, len(copies))
+    phash[copies] = phash[head_of] ^ flips(pbits)
+    dhash[copies] = dhash[head_of] ^ flips(np.minimum(rng.integers(0, 10, len(copies)), pbits + 2))
+    family[copies] = family[head_of]
+    area[copies] = area[head_of] * rng.uniform(0.25, 1.0, len(copies))  # copies are resized or cropped, not larger
+    flats = order[len(heads) + len(copies): len(heads) + len(copies) + count // 100]
+    phash[flats] = rng.integers(0, 2**64 - 1, _FLAT_PATTERNS, dtype=np.uint64, endpoint=True)[
+        rng.integers(0, _FLAT_PATTERNS, len(flats))]
+    flat[flats] = True
+    planted = np.stack([head_of, copies], axis=1)
+
+    start = time.perf_counter()
+    values, inverse = np.unique(phash, return_inverse=True)
+    pairs = HammingIndex(threshold).add(values)
+    search_time = time.perf_counter() - start
+    chance = count * (count - 1) / 2 * sum(comb(64, k) for k in range(threshold + 1)) / 2**64
+    print(f"search: {search_time:.1f} s for {len(values):,} distinct pHashes, {len(pairs):,} value pairs within "
+          f"{threshold} bits (uniform chance expects {chance:,.0f} among {count:,} images)")
+
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    start = time.perf_counter()  # before: connected components (same value: joined to its first image)
+    first = np.full(len(values), -1)
+    first[inverse[::-1]] = np.arange(count)[::-1]
+    edges = np.concatenate([np.stack([np.arange(count), first[inverse]], axis=1), first[pairs[:, :2]]])
+    _, components = connected_components(coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])),
+                                                    shape=(count, count)), directed=False)
+    report("connected components (before)", components, family, planted, time.perf_counter() - start)
+
+    start = time.perf_counter()  # now: representatives only, a second hash past 4 bits, flat pictures apart
+    label = np.arange(count)
+    rows_of: dict[int, list[int]] = {}
+    multi = np.flatnonzero(np.bincount(inverse) > 1)
+    involved = np.zeros(len(values), dtype=bool)
+    involved[pairs[:, :2].ravel()] = True
+    involved[multi] = True
+    members = np.flatnonzero(involved[inverse])
+    for row in members.tolist():
+        rows_of.setdefault(int(inverse[row]), []).append(row)
+    near: dict[int, list[tuple[int, int]]] = {}
+    for p, q, bits in pairs.tolist():
+        near.setdefault(p, []).append((q, bits))
+        near.setdefault(q, []).append((p, bits))
+    heads_at: dict[int, list[int]] = {}
+    for row in sorted(members.tolist(), key=lambda r: (-int(area[r]), r)):
+        if flat[row]:
+            continue
+        value = int(inverse[row])
+        best = None
+        for other, bits in [(value, 0), *near.get(value, ())]:
+            for head in heads_at.get(other, ()):
+                second = int(np.bitwise_count(dhash[row] ^ dhash[head]))
+                if bits <= threshold and (bits <= dedup.ALONE_RADIUS or second <= dedup.SECOND_RADIUS):
+                    best = min(best or (bits, head), (bits, head))
+        if best is None:
+            heads_at.setdefault(value, []).append(row)
+        else:
+            label[row] = label[best[1]]
+    report("representatives + dHash + flat (now)", label, family, planted, time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process so far: {peak:,.0f} MB")
+
+
+def report(name: str, labels: np.ndarray, family: np.ndarray, planted: np.ndarray, seconds: float) -> None:
+    """False merges (images in a cluster with another picture), recall of planted pairs, biggest cluster."""
+    count = len(labels)
+    order = np.lexsort((family, labels))
+    lab, fam = labels[order], family[order]
+    starts = np.r_[True, lab[1:] != lab[:-1]]
+    new_family = np.r_[True, (lab[1:] != lab[:-1]) | (fam[1:] != fam[:-1])]
+    families_in = np.add.reduceat(new_family.astype(np.int64), np.flatnonzero(starts))
+    sizes = np.diff(np.r_[np.flatnonzero(starts), count])
+    wrong = int(sizes[families_in > 1].sum())
+    recall = float(np.mean(labels[planted[:, 0]] == labels[planted[:, 1]]))
+    print(f"{name:38} {wrong / count * 1e6:10.1f} images per million in a cluster with another picture; "
+          f"planted pairs recalled {recall:.4f}; biggest cluster {int(sizes.max()):,}; grouping {seconds:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=300, help="photos for the throughput run")
@@ -211,7 +319,9 @@ def main() -> None:
     parser.add_argument("--planted", type=int, default=3000)
     parser.add_argument("--subset", type=int, default=100_000)
     parser.add_argument("--threshold", type=int, default=dedup.DEFAULT_THRESHOLD)
-    parser.add_argument("--only", choices=["throughput", "quality", "search"])
+    parser.add_argument("--only", choices=["throughput", "quality", "search", "simulate"])
+    parser.add_argument("--simulate", type=int, default=1_000_000, metavar="N",
+                        help="simulated images for the cluster-quality run (14,000,000 for ImageNet-21k)")
     args = parser.parse_args()
     if args.only in (None, "throughput"):
         throughput(args.photos)
@@ -219,6 +329,8 @@ def main() -> None:
         quality(args.groups)
     if args.only in (None, "search"):
         search(args.hashes, args.planted, args.threshold, args.subset)
+    if args.only in (None, "simulate"):
+        simulate(args.simulate, args.threshold)
 
 
 if __name__ == "__main__":

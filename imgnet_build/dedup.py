@@ -6,42 +6,48 @@
 
 What it does, in order:
 
-1. Hashes every image once (rows with `phash IS NULL`): a 64-bit pHash and a 64-bit
-   dHash (imagehash), stored as signed int64. JPEGs are decoded with Pillow's `draft()`
-   DCT scaling at 1/2..1/8 of their size, luminance only, since the hash needs 32x32
-   pixels. Hashing is 2.6x faster than imagehash on a fully decoded 1-2 megapixel JPEG
-   on one thread (entropy decoding remains), 4.9x with the two threads `run` uses on a
-   2-core machine; the pHash differs from the full-decode one by 0 bits (about half the
-   images) or 2 bits (the rest), and duplicate recall and precision are the same
-   (benchmarks/bench_dedup.py). Hashes are committed every `batch_size` images, so a
-   killed run loses at most one batch and a rerun goes on from there.
-2. Finds every pair within `threshold` bits of pHash with multi-index hashing
-   (`imgnet_build.hamming`), no all-pairs loop, over the distinct stored hashes. Each image
-   records the threshold of the run that clustered it (`dedup_threshold`); pairs among
-   those images are already in the stored clusters, so a rerun only searches pairs that
-   involve a new hash (`HammingIndex.load` the old ones, `add` the new ones). A run at
-   another threshold starts over from all hashes (14-27 s for a million).
+1. Hashes every image once (rows with `phash IS NULL`, a partial index; `batch_size` at a
+   time in sha256 order): a 64-bit pHash and a 64-bit dHash (imagehash), stored as signed
+   int64, and the image's `detail` (grey-level spread of the 32x32 thumbnail). JPEGs are
+   decoded with Pillow's `draft()` DCT scaling at 1/2..1/8 of their size, luminance only,
+   since the hash needs 32x32 pixels. Hashing is 2.6x faster than imagehash on a fully
+   decoded 1-2 megapixel JPEG on one thread (entropy decoding remains), 4.9x with the two
+   threads `run` uses on a 2-core machine; the pHash differs from the full-decode one by 0
+   bits (about half the images) or 2 bits (the rest) (benchmarks/bench_dedup.py). Hashes
+   are committed every `batch_size` images, so a killed run loses at most one batch.
+2. Reads only what changed since the last run: each image records the threshold of the run
+   that grouped it (`dedup_threshold`, indexed). With no new image at the same threshold a
+   rerun does no search and loads no row; the counts come from SQL aggregates. Otherwise
+   the new images are searched against the old ones with multi-index hashing
+   (`imgnet_build.hamming`, no all-pairs loop): the old distinct pHashes are loaded (8 bytes
+   each), the new ones added, and only the old images whose pHash is near a new one are read
+   back. A run at another threshold groups every image again.
 3. Exact duplicates: two candidates that fetched the same bytes already share one image
    row (the SHA-256 is its key). Identical pixels under other bytes (metadata changed,
    PNG copy of a JPEG) are found by `pixel_sha256` (SHA-256 of the size and the decoded
-   RGB pixels). That needs a full decode, so it is computed only for images that have a
-   neighbour of the same width and height within 4 bits of pHash (identical pixels
-   differ by at most 2 bits, from the draft decode): a few percent of a web crawl. A
-   rerun looks only at images with a new neighbour: twins were found when one was new.
-4. Clusters are the connected components of "near or pixel-identical" (union-find).
-   Each keeps one representative: the largest resolution, then the best source rank
-   (lowest `Candidate.rank`), then the smallest sha256. The others get `duplicate_of`
-   = representative; nothing is deleted. A rerun joins the stored clusters (each
-   `duplicate_of` is an edge) with the new pairs, chooses every representative again
-   (ranks may have changed) and only writes what changed, so it is idempotent and takes
-   new images in. Every image also belongs to a `store.Cluster` row whose identity outlives a
-   change of representative (labels and the split follow it; `assign_clusters`). The
-   changed links, clusters and the marks of this run's new images are written
-   in one transaction: a run killed before its commit leaves the previous clusters and
-   marks, and the rerun searches the new images' pairs again.
+   RGB pixels), computed only for images with a neighbour of the same width and height
+   within 4 bits of pHash (identical pixels differ by at most 2 bits, from the draft decode).
+4. Groups do not chain. New images are taken best first (largest resolution, then best
+   source rank, then smallest sha256); each joins the cluster of an image with the same
+   pixels, else of the nearest *representative* it is the same picture as
+   (`same_picture`), else founds a cluster of its own. Same picture: pHash within the
+   threshold and, past ALONE_RADIUS (4) bits, dHash within SECOND_RADIUS (16) bits too (a
+   second, independent hash agrees). A near-constant image (detail under LOW_DETAIL) is a
+   duplicate only of the same pixels: flat pictures of any colour share one pHash. So a
+   member is never joined through another member, and uniformly spread chance pairs
+   (n^2/2 * 1e-8 at 10 bits: about a million among 14M images) no longer merge into giant
+   clusters (benchmarks/bench_dedup.py --simulate). A new image better than an old
+   cluster's representative replaces it when it is the same picture as every member.
+   Old clusters never merge or split on a rerun at the same threshold; nothing is deleted.
+   Every image belongs to a `store.Cluster` row whose identity outlives a change of
+   representative (labels and the split follow it; `assign_clusters`); `Image.duplicate_of`
+   is a cache of the cluster's representative written in one place (`_write_links`). The
+   clusters, links and the marks of the run's new images are written in one transaction:
+   a run killed before its commit leaves the previous clusters and marks.
 5. A cluster whose candidates come from more than one category is a *conflict*: it is
    flagged, and every (representative, category) pair stays a labeling candidate
    (`candidacy`); the export must keep a whole cluster in one split (`cluster_of`).
+   `duplicate_counts` is the one definition of the counts dedup, status and the report print.
 
 The default threshold, 10 bits of 64 (imagededup's default too), is the smallest at which
 every edit below was caught in benchmarks/bench_dedup.py (60 generated photos x 12 edits,
@@ -53,8 +59,9 @@ another copy in the same cluster). At 8 bits 5% crops fall to 87-93%. It misses 
 bits apart, like unrelated photos) and heavy edits (collages, large overlays, strong colour
 grading). Different photos with the same colour layout stayed at least 16 bits apart; real
 photos with plain backgrounds can come closer, so review the clusters file (--clusters).
-dHash as a second opinion (pHash <= 10 and dHash <= 12) removed no false positive there and
-lost some recall, so it is stored but does not decide.
+dHash as a second opinion: on those edits, true pairs 5-10 pHash bits apart were at most 9
+dHash bits apart, while different photos of one colour layout were 20 or more apart
+(SECOND_RADIUS = 16).
 """
 
 from __future__ import annotations
@@ -73,34 +80,55 @@ import imagehash
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.orm import Session, aliased
 
 from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
 from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
-from imgnet_build.store import Candidate, CandidateStatus, Category, Image, Label
+from imgnet_build.store import Candidate, CandidateStatus, Category, Image, Label, analyze
 from imgnet_build.store import Cluster as StoredCluster
 from imgnet_build.workspace import Workspace
 
-__all__ = ["DEFAULT_THRESHOLD", "PIXEL_RADIUS", "DedupReport", "Member", "Cluster", "hash_image",
-           "pixel_digest", "run", "assign_clusters", "clusters", "cluster_of", "candidacy", "write_clusters"]
+__all__ = ["DEFAULT_THRESHOLD", "PIXEL_RADIUS", "ALONE_RADIUS", "SECOND_RADIUS", "LOW_DETAIL", "DedupReport",
+           "DuplicateCounts", "Hashes", "Member", "Cluster", "hash_image", "pixel_digest", "run", "same_picture",
+           "duplicate_counts", "assign_clusters", "clusters", "cluster_of", "candidacy", "write_clusters"]
 
 DEFAULT_THRESHOLD = 10
 MAX_THRESHOLD = 20
 PIXEL_RADIUS = 4  # identical pixels: pHash within this many bits (draft decode differs by <= 2)
+ALONE_RADIUS = 4  # pHash alone decides up to here (chance pairs: 4e-14 per pair, ~4 among 14M images)
+SECOND_RADIUS = 16  # past ALONE_RADIUS, dHash must agree within this too (edits measured: <= 9)
+LOW_DETAIL = 4.0  # grey-level standard deviation under which a picture is near-constant
+ANALYZE_AFTER = 10_000  # images grouped in a run after which the planner's statistics are refreshed
 _DRAFT_SIZE = (64, 64)
 _UNREADABLE = (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError)
 
 Progress = Callable[[int, int], None]  # (images hashed so far, images to hash in all)
 
 
-def hash_image(source: bytes | Path) -> tuple[int, int]:
-    """(pHash, dHash) of an image file or its bytes, as unsigned 64-bit integers."""
+class Hashes(tuple):
+    """(pHash, dHash) as unsigned 64-bit integers, and `detail`: the standard deviation of
+    the grey levels of the 32x32 thumbnail pHash sees (under LOW_DETAIL: near-constant)."""
+
+    detail: float | None
+
+    def __new__(cls, phash: int, dhash: int, detail: float | None = None) -> Hashes:
+        hashes = super().__new__(cls, (phash, dhash))
+        hashes.detail = detail
+        return hashes
+
+    def __getnewargs__(self) -> tuple[int, int, float | None]:  # pickled to and from Dask workers
+        return self[0], self[1], self.detail
+
+
+def hash_image(source: bytes | Path) -> Hashes:
+    """(pHash, dHash) of an image file or its bytes, with its `detail`."""
     with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         image.draft("L", _DRAFT_SIZE)  # JPEG: DCT-domain downscale; other formats: no-op
         gray = ImageOps.exif_transpose(image).convert("L")  # hash the picture as it is shown
-    return int(str(imagehash.phash(gray)), 16), int(str(imagehash.dhash(gray)), 16)
+    detail = float(np.asarray(gray.resize((32, 32), PILImage.Resampling.LANCZOS), dtype=np.float32).std())
+    return Hashes(int(str(imagehash.phash(gray)), 16), int(str(imagehash.dhash(gray)), 16), detail)
 
 
 def pixel_digest(source: bytes | Path) -> str:
@@ -166,67 +194,314 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
     report = DedupReport(threshold)
     workers = workers or os.cpu_count() or 1
     report.hashed, report.unreadable = _hash_new(workspace, batch_size, workers, progress)
+    with workspace.session() as session:  # two index lookups: what changed since the last run
+        full = session.scalar(select(Image.sha256).where(Image.dedup_threshold.is_not(None),
+                                                         Image.dedup_threshold != threshold).limit(1)) is not None
+        new = session.scalar(select(Image.sha256).where(Image.dedup_threshold.is_(None),
+                                                        Image.phash.is_not(None)).limit(1)) is not None
+    if full or new:
+        written = _group_new(workspace, threshold, full, batch_size, workers)
+        if written >= ANALYZE_AFTER:
+            analyze(workspace.engine)
     with workspace.session() as session:
-        rows = session.execute(select(Image.sha256, Image.phash, Image.width, Image.height, Image.pixel_sha256,
-                                      Image.duplicate_of, Image.dedup_threshold, Image.cluster_id)
-                               .where(Image.phash.is_not(None))
-                               .order_by(Image.sha256)).all()
-    position = {row.sha256: i for i, row in enumerate(rows)}
-    # Old rows were clustered at this threshold: their links stand for the pairs among them.
-    # Marks of another threshold (or a link to an image not hashed any more): start over.
-    full = any(row.dedup_threshold not in (None, threshold) or
-               (row.duplicate_of is not None and row.duplicate_of not in position) for row in rows)
-    new = np.array([full or row.dedup_threshold is None for row in rows], dtype=bool)
-    old_links = [(i, position[row.duplicate_of]) for i, row in enumerate(rows) if not new[i] and row.duplicate_of]
-    # Distinct hashes go into the index (a thousand copies of one placeholder image are one
-    # entry, not half a million pairs); rows with the same hash are joined to its first row.
-    values, first, inverse = np.unique(to_unsigned([row.phash for row in rows]), return_index=True,
-                                       return_inverse=True)
-    known, fresh = np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=bool)
-    known[inverse[~new]] = True  # values of old rows
-    fresh[inverse[new]] = True  # values of new rows
-    pairs = _new_pairs(values, known, max(threshold, PIXEL_RADIUS))
-    near = pairs[pairs[:, 2] <= threshold]
-    close = np.zeros(len(values), dtype=bool)  # values that may hide identical pixels
-    close[pairs[pairs[:, 2] <= PIXEL_RADIUS, :2].ravel()] = True
-    close[fresh & (np.bincount(inverse, minlength=len(values)) > 1)] = True
-    pixels = _pixel_digests(workspace, rows, np.flatnonzero(close[inverse]), batch_size, workers)
-    edges = np.concatenate([np.stack([np.arange(len(rows)), first[inverse]], axis=1).reshape(-1, 2),
-                            first[near[:, :2]].reshape(-1, 2), _same_digest(pixels),
-                            np.array(old_links, dtype=np.int64).reshape(-1, 2)])
-    with workspace.session() as session:
-        ranks = dict(session.execute(select(Candidate.image_sha256, func.min(Candidate.rank))
-                                     .where(Candidate.status == CandidateStatus.OK)
-                                     .group_by(Candidate.image_sha256)).all())
-    wanted = _representatives(rows, edges, ranks)
-    changes = [{"sha256": row.sha256, "duplicate_of": wanted.get(row.sha256)} for row in rows
-               if row.duplicate_of != wanted.get(row.sha256)]
-    with workspace.session() as session:  # one transaction: the links and the marks that vouch for them
-        for chunk in batched(changes, batch_size * 10):
-            session.execute(update(Image), chunk)
-        assign_clusters(session, rows, wanted, batch_size * 10)
-        _mark_clustered(session, [row.sha256 for row in rows if row.dedup_threshold != threshold], threshold,
-                        batch_size * 10)
-    with workspace.session() as session:
-        report.images = session.scalar(select(func.count()).select_from(Image))
-        found = clusters(session)
-    report.clusters = len(found)
-    report.conflicts = sum(cluster.conflict for cluster in found)
-    for member in (member for cluster in found for member in cluster.members):
-        report.exact_files += max(0, len(member.candidates) - 1)
-        report.exact_pixels += member.relation == "pixels"
-        report.near += member.relation == "near"
+        counts = duplicate_counts(session)
+    for field in dataclasses.fields(counts):
+        setattr(report, field.name, getattr(counts, field.name))
     return report
 
 
-def _new_pairs(values: np.ndarray, known: np.ndarray, radius: int) -> np.ndarray:
-    """(i, j, distance) rows of `values` positions within `radius` bits, for the pairs that
-    involve a value not `known`: pairs among known values are not searched."""
-    index = HammingIndex(radius)
-    index.load(values[known])
-    pairs = index.add(values[~known])
-    positions = np.concatenate([np.flatnonzero(known), np.flatnonzero(~known)])
-    return np.column_stack([positions[pairs[:, :2]], pairs[:, 2]])
+_COLUMNS = (Image.sha256, Image.phash, Image.dhash, Image.width, Image.height, Image.pixel_sha256, Image.detail,
+            Image.cluster_id)
+
+
+class _Rows:
+    """Images as columns: the new images of a run first, then the old ones near them."""
+
+    def __init__(self) -> None:
+        self.sha: list[str] = []
+        self.phash = np.empty(0, dtype=np.uint64)
+        self.dhash = np.empty(0, dtype=np.uint64)
+        self.area: list[int] = []
+        self.size: list[tuple[int, int]] = []
+        self.pixel: list[str | None] = []
+        self.flat: list[bool] = []
+        self.cluster: list[int | None] = []
+        self.heads: list[bool] = []  # represents its (old) cluster
+
+    def extend(self, rows) -> None:
+        rows = list(rows)
+        self.sha += [row.sha256 for row in rows]
+        self.phash = np.concatenate([self.phash, to_unsigned([row.phash for row in rows])])
+        self.dhash = np.concatenate([self.dhash, to_unsigned([row.dhash or 0 for row in rows])])
+        self.area += [row.width * row.height for row in rows]
+        self.size += [(row.width, row.height) for row in rows]
+        self.pixel += [row.pixel_sha256 for row in rows]
+        self.flat += [row.detail is not None and row.detail < LOW_DETAIL for row in rows]
+        self.cluster += [row.cluster_id for row in rows]
+        self.heads += [bool(getattr(row, "head", False)) for row in rows]
+
+    def __len__(self) -> int:
+        return len(self.sha)
+
+
+def _group_new(workspace: Workspace, threshold: int, full: bool, batch_size: int, workers: int) -> int:
+    """Group the new images (every image when `full`) and store the groups; returns how many
+    images were grouped. A run that is not `full` holds the new images and 8 bytes per old
+    distinct pHash, and reads back only the old images whose pHash is near a new one."""
+    rows = _Rows()
+    with workspace.session() as session:
+        query = select(*_COLUMNS).where(Image.phash.is_not(None)).order_by(Image.sha256)
+        rows.extend(session.execute(query if full else query.where(Image.dedup_threshold.is_(None))))
+        old_values = np.empty(0, dtype=np.uint64)
+        if not full:
+            stored = session.execute(select(Image.phash).where(Image.dedup_threshold == threshold),
+                                     execution_options={"yield_per": 100_000}).scalars()
+            old_values = np.unique(np.fromiter(stored, dtype=np.int64).view(np.uint64))
+    new_count = len(rows)
+    values, inverse = np.unique(rows.phash, return_inverse=True)
+    index = HammingIndex(max(threshold, PIXEL_RADIUS))
+    index.load(old_values)
+    pairs = index.add(values)  # positions: old values, then new values
+    wanted = np.unique(pairs[:, :2][pairs[:, :2] < len(old_values)])
+    with workspace.session() as session:
+        head = (StoredCluster.representative == Image.sha256).label("head")
+        for chunk in batched(old_values[wanted].view(np.int64).tolist(), 500):
+            rows.extend(session.execute(select(*_COLUMNS, head).outerjoin(StoredCluster, StoredCluster.id == Image.cluster_id)
+                                        .where(Image.phash.in_(chunk), Image.dedup_threshold == threshold)
+                                        .order_by(Image.sha256)))
+    value_of = np.concatenate([inverse.ravel() + len(old_values),
+                               np.searchsorted(old_values, rows.phash[new_count:])]).tolist()
+    near: dict[int, list[tuple[int, int]]] = defaultdict(list)  # value -> [(value, bits)], itself included
+    for p, q, bits in pairs.tolist():
+        near[p].append((q, bits))
+        near[q].append((p, bits))
+    _pixel_digests(workspace, rows, value_of, near, new_count, batch_size, workers)
+    with workspace.session() as session:
+        ranks = _ranks(session, None if full else rows.sha[:new_count])
+        groups = _groups(rows, new_count, value_of, near, threshold, ranks)
+        _store(session, rows, new_count, groups, full, threshold, batch_size * 10, ranks)
+    return new_count
+
+
+def same_picture(rows: _Rows, a: int, b: int, bits: int, threshold: int) -> bool:
+    """Whether two images show one picture: the same pixels; or, both with detail (not
+    near-constant), pHash within `threshold` bits and, past ALONE_RADIUS bits, dHash
+    within SECOND_RADIUS bits too (a second, independent hash agrees)."""
+    if rows.pixel[a] is not None and rows.pixel[a] == rows.pixel[b]:
+        return True
+    if rows.flat[a] or rows.flat[b] or bits > threshold:
+        return False
+    return bits <= ALONE_RADIUS or int(np.bitwise_count(rows.dhash[a] ^ rows.dhash[b])) <= SECOND_RADIUS
+
+
+def _groups(rows: _Rows, new_count: int, value_of: list[int], near: dict[int, list[tuple[int, int]]],
+            threshold: int, ranks: dict[str, int | None]) -> dict[int, list[int]]:
+    """{group: its new rows}: a group is an old cluster id (> 0) or -1 - the row of the new
+    image that represents a new group; the first row of a new group represents it.
+
+    New images are taken best first (largest, best rank, smallest sha256). Each joins the
+    group of an image with the same pixels, else of the nearest representative it is
+    `same_picture` with (an old cluster's, or a new image taken before it), else founds a
+    group of its own. So a group never grows through a chain of members: every member is
+    the same picture as its representative.
+    """
+    key = {row: rows.cluster[row] for row in range(new_count, len(rows))}
+    heads: dict[int, list[int]] = defaultdict(list)  # value -> rows that represent a group
+    by_pixels: dict[str, int] = {}
+    for row in range(new_count, len(rows)):
+        if rows.heads[row] and not rows.flat[row]:
+            heads[value_of[row]].append(row)
+        if rows.pixel[row] is not None and rows.cluster[row] is not None:
+            by_pixels.setdefault(rows.pixel[row], rows.cluster[row])
+    groups: dict[int, list[int]] = defaultdict(list)
+    order = sorted(range(new_count), key=lambda row: (-rows.area[row], _rank(ranks.get(rows.sha[row])), rows.sha[row]))
+    for row in order:
+        group = by_pixels.get(rows.pixel[row]) if rows.pixel[row] is not None else None
+        if group is None and not rows.flat[row]:
+            value = value_of[row]
+            choices = [(bits, head) for other, bits in [(value, 0), *near.get(value, ())] for head in heads.get(other, ())
+                       if same_picture(rows, row, head, bits, threshold)]
+            if choices:
+                group = key[min(choices)[1]]
+        if group is None:
+            group = -1 - row
+            if not rows.flat[row]:
+                heads[value_of[row]].append(row)
+        key[row] = group
+        groups[group].append(row)
+        if rows.pixel[row] is not None:
+            by_pixels.setdefault(rows.pixel[row], group)
+    return groups
+
+
+def _ranks(session: Session, shas: list[str] | None) -> dict[str, int | None]:
+    """{sha256: best (lowest) rank of its ok candidates}, for `shas` or for every image."""
+    query = (select(Candidate.image_sha256, func.min(Candidate.rank)).where(Candidate.status == CandidateStatus.OK)
+             .group_by(Candidate.image_sha256))
+    if shas is None:
+        return dict(session.execute(query).all())
+    ranks: dict[str, int | None] = {}
+    for chunk in batched(shas, 500):
+        ranks.update(session.execute(query.where(Candidate.image_sha256.in_(chunk))).all())
+    return ranks
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    sha256: str
+    cluster_id: int | None
+
+
+def _store(session: Session, rows: _Rows, new_count: int, groups: dict[int, list[int]], full: bool,
+           threshold: int, batch_size: int, ranks: dict[str, int | None]) -> None:
+    """Write the groups as clusters, then the links and marks, in the caller's transaction."""
+    if full:  # every image was grouped again: keep the clusters' identities (assign_clusters)
+        wanted = {rows.sha[row]: rows.sha[members[0]] for members in groups.values() for row in members[1:]}
+        assign_clusters(session, [_Row(rows.sha[row], rows.cluster[row]) for row in range(new_count)], wanted,
+                        batch_size)
+        _write_links(session, None, batch_size)
+    else:
+        ids = {group: group for group in groups if group > 0}
+        founded = [group for group in groups if group < 0]
+        for chunk in batched(founded, batch_size):
+            made = session.scalars(insert(StoredCluster).returning(StoredCluster.id, sort_by_parameter_order=True),
+                                   [{"key": rows.sha[-1 - group], "representative": rows.sha[-1 - group]}
+                                    for group in chunk]).all()
+            ids.update(zip(chunk, made, strict=True))
+        moves = [{"sha256": rows.sha[row], "cluster_id": ids[group]} for group, members in groups.items()
+                 for row in members]
+        for chunk in batched(moves, batch_size):
+            session.execute(update(Image), chunk)
+        for group in [group for group in groups if group > 0]:
+            _reconsider_representative(session, rows, group, groups[group][0], threshold, ranks)
+        _write_links(session, list(ids.values()), batch_size)
+    _mark_clustered(session, rows.sha[:new_count], threshold, batch_size)
+
+
+def _reconsider_representative(session: Session, rows: _Rows, cluster_id: int, best: int, threshold: int,
+                               ranks: dict[str, int | None]) -> None:
+    """Make `best`, the best new member of an old cluster, its representative when it is
+    better than the current one (larger, then better rank, then smaller sha256) and the
+    same picture as every member, so that no member is further than that from it."""
+    current = session.execute(select(Image.sha256, Image.width, Image.height).join(
+        StoredCluster, StoredCluster.representative == Image.sha256).where(StoredCluster.id == cluster_id)).first()
+    if current is not None:
+        rank = _ranks(session, [current.sha256]).get(current.sha256)
+        if (-current.width * current.height, _rank(rank), current.sha256) <= \
+                (-rows.area[best], _rank(ranks.get(rows.sha[best])), rows.sha[best]):
+            return
+    members = _Rows()
+    members.extend(session.execute(select(*_COLUMNS).where(Image.cluster_id == cluster_id, Image.sha256 != rows.sha[best])))
+    members.extend(session.execute(select(*_COLUMNS).where(Image.sha256 == rows.sha[best])))
+    me = len(members) - 1
+    for other in range(me):
+        bits = int(np.bitwise_count(members.phash[me] ^ members.phash[other]))
+        if not same_picture(members, me, other, bits, threshold):
+            return
+    session.execute(update(StoredCluster).where(StoredCluster.id == cluster_id).values(representative=rows.sha[best]))
+
+
+def _write_links(session: Session, cluster_ids: list[int] | None, batch_size: int) -> None:
+    """Derive `Image.duplicate_of` (the representative's sha256, None for the representative)
+    from the clusters: the one place that writes it, for `cluster_ids` or for every image."""
+    representative = StoredCluster.representative
+    link = (select(case((representative == Image.sha256, None), else_=representative))
+            .where(StoredCluster.id == Image.cluster_id).scalar_subquery())
+    statement = update(Image).values(duplicate_of=link).where(Image.duplicate_of.is_distinct_from(link))
+    if cluster_ids is None:
+        session.execute(statement.where(Image.cluster_id.is_not(None)))
+        session.execute(update(Image).where(Image.cluster_id.is_(None), Image.duplicate_of.is_not(None))
+                        .values(duplicate_of=None))
+        return
+    for chunk in batched(sorted(cluster_ids), batch_size):
+        session.execute(statement.where(Image.cluster_id.in_(chunk)))
+
+
+def _pixel_digests(workspace: Workspace, rows: _Rows, value_of: list[int], near: dict[int, list[tuple[int, int]]],
+                   new_count: int, batch_size: int, workers: int) -> None:
+    """Fill `rows.pixel` (and store it) for the images that may hide identical pixels: a
+    neighbour within PIXEL_RADIUS bits (or the same pHash) of the same width and height,
+    one of the two new."""
+    by_value: dict[int, list[int]] = defaultdict(list)
+    for row, value in enumerate(value_of):
+        by_value[value].append(row)
+    needed: set[int] = set()
+    for value in {value_of[row] for row in range(new_count)}:
+        around = [row for other, bits in [(value, 0), *near.get(value, ())] if bits <= PIXEL_RADIUS
+                  for row in by_value.get(other, ())]
+        sizes: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for row in around:
+            sizes[rows.size[row]].append(row)
+        for group in sizes.values():
+            if len(group) > 1 and any(row < new_count for row in group):
+                needed.update(row for row in group if rows.pixel[row] is None)
+    todo = sorted(needed)
+    keys: dict[str, str] = {}
+    with workspace.session() as session:
+        for chunk in batched([rows.sha[row] for row in todo], 500):
+            keys.update(session.execute(select(Image.sha256, Image.blob_key).where(Image.sha256.in_(chunk))).all())
+    with ThreadPoolExecutor(workers) as pool:
+        for batch in batched(todo, batch_size):
+            results = list(pool.map(lambda row: _try(pixel_digest, workspace, keys[rows.sha[row]]), batch))
+            values = []
+            for row, digest in zip(batch, results, strict=True):
+                rows.pixel[row] = digest
+                if digest is not None:
+                    values.append({"sha256": rows.sha[row], "pixel_sha256": digest})
+            if values:
+                with workspace.session() as session:
+                    session.execute(update(Image), values)
+
+
+@dataclasses.dataclass
+class DuplicateCounts:
+    """The one definition of the duplicate counts that `dedup`, `status` and the report print.
+
+    A *duplicate* is an ok candidate whose picture another candidate already shows: the
+    same file fetched again (`exact_files`), an image with the same pixels as another
+    member of its cluster (`exact_pixels`), or a near copy (`near`). A *cluster* (duplicate
+    cluster) is a group of candidates that show one picture, two or more; a *conflict* is a
+    cluster gathered for more than one category."""
+
+    images: int = 0
+    exact_files: int = 0
+    exact_pixels: int = 0
+    near: int = 0
+    clusters: int = 0
+    conflicts: int = 0
+
+    @property
+    def duplicates(self) -> int:
+        return self.exact_files + self.exact_pixels + self.near
+
+
+def duplicate_counts(session: Session) -> DuplicateCounts:
+    """The counts of the stored clusters, computed in SQL (a few index scans, no rows loaded)."""
+    ok = Candidate.status == CandidateStatus.OK
+    counts = DuplicateCounts(images=session.scalar(select(func.count()).select_from(Image)) or 0)
+    shared = (select(Candidate.image_sha256.label("sha256"), func.count().label("files"))
+              .where(ok, Candidate.image_sha256.is_not(None)).group_by(Candidate.image_sha256)
+              .having(func.count() > 1).subquery())
+    counts.exact_files = int(session.scalar(select(func.coalesce(func.sum(shared.c.files - 1), 0))) or 0)
+    duplicates = session.scalar(select(func.count()).select_from(Image).where(Image.duplicate_of.is_not(None))) or 0
+    twin = aliased(Image)
+    counts.exact_pixels = session.scalar(select(func.count()).select_from(Image).where(
+        Image.duplicate_of.is_not(None), Image.pixel_sha256.is_not(None),
+        select(twin.sha256).where(twin.cluster_id == Image.cluster_id, twin.pixel_sha256 == Image.pixel_sha256,
+                                  twin.sha256 != Image.sha256).exists())) or 0
+    counts.near = duplicates - counts.exact_pixels
+    linked = select(Image.duplicate_of).where(Image.duplicate_of.is_not(None))
+    alone = (select(func.count()).select_from(shared).join(Image, Image.sha256 == shared.c.sha256)
+             .where(Image.duplicate_of.is_(None), shared.c.sha256.not_in(linked)))  # shared files, no other image
+    counts.clusters = (session.scalar(select(func.count(func.distinct(Image.duplicate_of)))) or 0) + (
+        session.scalar(alone) or 0)
+    grouped = select(Image.cluster_id).where(Image.duplicate_of.is_not(None))
+    spread = (select(Image.cluster_id).join(Candidate, Candidate.image_sha256 == Image.sha256)
+              .where(ok, Image.cluster_id.is_not(None),
+                     Image.cluster_id.in_(grouped) | Image.sha256.in_(select(shared.c.sha256)))
+              .group_by(Image.cluster_id).having(func.count(func.distinct(Candidate.category_id)) > 1).subquery())
+    counts.conflicts = session.scalar(select(func.count()).select_from(spread)) or 0
+    return counts
 
 
 def assign_clusters(session: Session, rows, wanted: dict[str, str], batch_size: int = 2000) -> None:
@@ -281,14 +556,24 @@ def _mark_clustered(session: Session, shas: list[str], threshold: int, batch_siz
 
 
 def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Progress | None) -> tuple[int, int]:
+    """Hash the images without a pHash, `batch_size` at a time in sha256 order (a partial
+    index holds exactly those rows); returns (hashed, unreadable)."""
     with workspace.session() as session:
-        todo = session.execute(select(Image.sha256, Image.blob_key).where(Image.phash.is_(None))
-                               .order_by(Image.sha256)).all()
+        total = session.scalar(select(func.count()).select_from(Image).where(Image.phash.is_(None))) or 0
     hashed = unreadable = 0
+    after = ""
     with ThreadPoolExecutor(workers) as pool, _Hasher(workspace, pool) as hasher:
-        for batch in batched(todo, batch_size):
+        while True:
+            with workspace.session() as session:
+                batch = session.execute(select(Image.sha256, Image.blob_key).where(Image.phash.is_(None),
+                                                                                    Image.sha256 > after)
+                                        .order_by(Image.sha256).limit(batch_size)).all()
+            if not batch:
+                break
+            after = batch[-1].sha256
             results = hasher(batch)
-            values = [{"sha256": row.sha256, "phash": to_signed(result[0]), "dhash": to_signed(result[1])}
+            values = [{"sha256": row.sha256, "phash": to_signed(result[0]), "dhash": to_signed(result[1]),
+                       "detail": getattr(result, "detail", None)}
                       for row, result in zip(batch, results, strict=True) if result is not None]
             if values:
                 with workspace.session() as session:
@@ -296,7 +581,7 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
             hashed += len(values)
             unreadable += len(batch) - len(values)
             if progress:
-                progress(hashed + unreadable, len(todo))
+                progress(hashed + unreadable, max(total, hashed + unreadable))
     return hashed, unreadable
 
 
@@ -341,61 +626,6 @@ def _try(function, workspace: Workspace, blob_key: str):
         return function(path if path is not None else blobs.get(blob_key))
     except _UNREADABLE:
         return None
-
-
-def _pixel_digests(workspace: Workspace, rows, close: np.ndarray, batch_size: int, workers: int) -> list[str | None]:
-    """pixel_sha256 per row, computed (and stored) for the `close` rows (a neighbour within
-    PIXEL_RADIUS bits) that share their width and height with another close row."""
-    digests = [row.pixel_sha256 for row in rows]
-    sizes = defaultdict(list)
-    for i in close.tolist():
-        sizes[rows[i].width, rows[i].height].append(i)
-    needed = sorted(i for group in sizes.values() if len(group) > 1 for i in group if digests[i] is None)
-    keys: dict[str, str] = {}
-    with workspace.session() as session:
-        for chunk in batched([rows[i].sha256 for i in needed], 500):
-            keys.update(session.execute(select(Image.sha256, Image.blob_key).where(Image.sha256.in_(chunk))).all())
-    with ThreadPoolExecutor(workers) as pool:
-        for batch in batched(needed, batch_size):
-            results = list(pool.map(lambda i: _try(pixel_digest, workspace, keys[rows[i].sha256]), batch))
-            values = []
-            for i, digest in zip(batch, results, strict=True):
-                digests[i] = digest
-                if digest is not None:
-                    values.append({"sha256": rows[i].sha256, "pixel_sha256": digest})
-            if values:
-                with workspace.session() as session:
-                    session.execute(update(Image), values)
-    return digests
-
-
-def _same_digest(digests: list[str | None]) -> np.ndarray:
-    """Edges joining every row to the first row with the same pixel digest."""
-    first: dict[str, int] = {}
-    edges = [(i, first.setdefault(digest, i)) for i, digest in enumerate(digests) if digest is not None]
-    return np.array(edges, dtype=np.int64).reshape(-1, 2)
-
-
-def _representatives(rows, edges: np.ndarray, ranks: dict[str, int | None]) -> dict[str, str]:
-    """{sha256: representative} for every image that is not its cluster's representative;
-    clusters are the connected components of `edges` (row index pairs)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    if not rows:
-        return {}
-    n = len(rows)
-    _, labels = connected_components(coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)),
-                                     directed=False)
-    members: dict[int, list[int]] = defaultdict(list)
-    for node in np.flatnonzero(np.bincount(labels)[labels] > 1).tolist():
-        members[int(labels[node])].append(node)
-    wanted = {}
-    for nodes in members.values():
-        best = min(nodes, key=lambda i: (-rows[i].width * rows[i].height, _rank(ranks.get(rows[i].sha256)),
-                                         rows[i].sha256))
-        wanted.update({rows[i].sha256: rows[best].sha256 for i in nodes if i != best})
-    return wanted
 
 
 def _rank(rank: int | None) -> float:

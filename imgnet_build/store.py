@@ -57,6 +57,7 @@ __all__ = [
     "CandidateStatus",
     "make_engine",
     "migrate",
+    "analyze",
     "stage_counts",
 ]
 
@@ -118,6 +119,11 @@ ASSIGNMENT_STATUSES = ("given", "submitted", "approved", "rejected", "abandoned"
 LABEL_STATUSES = ("accepted", "rejected", "undecided")
 
 
+ID64 = BigInteger().with_variant(Integer, "sqlite")  # 64-bit ids; SQLite's rowid is 64-bit already
+_UNHASHED = text("phash IS NULL")  # partial index: the images dedup has still to hash
+_HASHED = text("phash IS NOT NULL")  # (a "phash IS NULL" lookup must take the index above, in sha256 order)
+
+
 def url_hash(url: str) -> str:
     """The key of a candidate's URL (any length; a btree over the URL itself overflows on PostgreSQL)."""
     return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
@@ -136,7 +142,7 @@ class Candidate(Base):
     """
 
     __tablename__ = "candidate"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID64, primary_key=True)
     category_id: Mapped[int] = mapped_column(ForeignKey("category.id", ondelete="CASCADE"))
     query_id: Mapped[int | None] = mapped_column(ForeignKey("query.id", ondelete="SET NULL"))
     source: Mapped[str] = mapped_column(String(64))
@@ -165,6 +171,7 @@ class Candidate(Base):
         Index("ix_candidate_pending", "category_id", "rank", "id", sqlite_where=text("status = 'pending'"),
               postgresql_where=text("status = 'pending'")),
         Index("ix_candidate_source_sha1", "source_sha1"),
+        Index("ix_candidate_category", "category_id", "status", "image_sha256"),  # ok pairs per category
     )
 
 
@@ -181,6 +188,7 @@ class Image(Base):
     pixel_sha256: Mapped[str | None] = mapped_column(String(64))  # hash of decoded RGB pixels
     phash: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit pHash as signed int64
     dhash: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[float | None] = mapped_column(Float)  # grey-level spread of the hashed thumbnail (dedup)
     duplicate_of: Mapped[str | None] = mapped_column(String(64))  # representative's sha256
     dedup_threshold: Mapped[int | None] = mapped_column(Integer)  # of the dedup run that clustered it
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("cluster.id"))  # set by dedup
@@ -189,10 +197,10 @@ class Image(Base):
         Index("ix_image_pixel", "pixel_sha256"),
         Index("ix_image_duplicate_of", "duplicate_of"),
         Index("ix_image_cluster", "cluster_id"),
+        Index("ix_image_unhashed", "sha256", sqlite_where=_UNHASHED, postgresql_where=_UNHASHED),
+        Index("ix_image_dedup_threshold", "dedup_threshold", "phash"),  # what a dedup rerun reads
+        Index("ix_image_phash", "phash", sqlite_where=_HASHED, postgresql_where=_HASHED),
     )
-
-
-ID64 = BigInteger().with_variant(Integer, "sqlite")  # 64-bit ids; SQLite's rowid is 64-bit already
 
 
 def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
@@ -316,6 +324,7 @@ class Vote(Base):
         Index("ix_vote_pair", "image_sha256", "category_id"),
         Index("ix_vote_cluster", "cluster_id", "category_id"),
         Index("ix_vote_assignment", "assignment_id"),
+        Index("ix_vote_category", "category_id", "image_sha256"),
     )
 
 
@@ -478,6 +487,7 @@ def migrate(engine: Engine) -> None:
                 connection.exec_driver_sql("ROLLBACK")
                 raise
             connection.exec_driver_sql("COMMIT")
+        analyze(engine)
         return
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
@@ -487,6 +497,18 @@ def migrate(engine: Engine) -> None:
         if current != head:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+    analyze(engine)  # new indexes and tables: give the planner statistics now
+
+
+def analyze(engine: Engine) -> None:
+    """Refresh the query planner's statistics (PostgreSQL `ANALYZE`; SQLite `ANALYZE` on a
+    sample of 1,000 rows per index, which takes milliseconds at a million rows). Run after
+    migrations and after a stage wrote many rows: without statistics PostgreSQL plans
+    sequential scans and SQLite may pick a poor index."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA analysis_limit=1000")
+        connection.exec_driver_sql("ANALYZE")
 
 
 def _check_known(script, current: str | None) -> None:
@@ -508,6 +530,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 def stage_counts(session: Session) -> dict[str, object]:
     """Counts per pipeline stage, the numbers behind `imgnet status`."""
+    from imgnet_build.dedup import duplicate_counts
+
+    duplicates = duplicate_counts(session)
     candidates = dict(session.execute(select(Candidate.status, func.count()).group_by(Candidate.status)).all())
     labels = dict(session.execute(select(Label.status, func.count()).group_by(Label.status)).all())
     count = lambda model: session.scalar(select(func.count()).select_from(model))  # noqa: E731
@@ -517,7 +542,8 @@ def stage_counts(session: Session) -> dict[str, object]:
         "queries": count(Query),
         "candidates": {status: candidates.get(status, 0) for status in ("pending", "ok", "failed", "skipped")},
         "images": count(Image),
-        "duplicates": session.scalar(select(func.count()).where(Image.duplicate_of.is_not(None))),
+        "duplicates": duplicates.duplicates,  # the counts `imgnet dedup` prints (dedup.duplicate_counts)
+        "clusters": duplicates.clusters,
         "tasks": count(Task),
         "votes": count(Vote),
         "labels": {status: labels.get(status, 0) for status in ("accepted", "rejected", "undecided")},

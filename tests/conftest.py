@@ -1,4 +1,13 @@
-"""Shared fixtures: workspaces on SQLite and on the PostgreSQL server of this machine."""
+"""Shared fixtures: workspaces on SQLite and on the PostgreSQL server of this machine.
+
+`IMGNET_TEST_DATABASE_URL` selects the database of the `workspace` fixture: unset (or
+`sqlite`), a SQLite file in the workspace; a PostgreSQL URL (any database on the server,
+e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres), a new database on that server
+for each test, dropped afterwards. With PostgreSQL selected, only the tests that use
+`workspace` run (the others do not touch it and already ran on SQLite; `any_workspace`
+runs both databases in every pass), less those marked `sqlite_only`, which say why.
+`.ci/run` runs both passes.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,25 @@ from click.testing import CliRunner
 from imgnet_build.workspace import Workspace
 
 POSTGRES_ADMIN_URL = os.environ.get("IMGNET_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+TEST_DATABASE_URL = os.environ.get("IMGNET_TEST_DATABASE_URL", "")
+ON_POSTGRES = TEST_DATABASE_URL.startswith("postgresql")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): the test needs SQLite itself (left out of the "
+                                       "PostgreSQL pass; the reason says why)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """On the PostgreSQL pass, keep the tests whose `workspace` it changes."""
+    if not ON_POSTGRES:
+        return
+    kept, left = [], []
+    for item in items:
+        uses = "workspace" in getattr(item, "fixturenames", ())
+        (kept if uses and item.get_closest_marker("sqlite_only") is None else left).append(item)
+    items[:] = kept
+    config.hook.pytest_deselected(items=left)
 
 
 @pytest.fixture
@@ -19,9 +47,11 @@ def runner() -> CliRunner:
 
 
 @pytest.fixture
-def workspace(tmp_path) -> Workspace:
-    """A new SQLite workspace in a temporary folder."""
-    ws = Workspace.init(tmp_path / "ws")
+def workspace(tmp_path, request) -> Workspace:
+    """A new workspace in a temporary folder: SQLite, or PostgreSQL when
+    IMGNET_TEST_DATABASE_URL names a server (see the module docstring)."""
+    database = request.getfixturevalue("postgres_url") if ON_POSTGRES else None
+    ws = Workspace.init(tmp_path / "ws", database=database)
     yield ws
     ws.close()
 
@@ -31,14 +61,15 @@ def postgres_url() -> str:
     """The URL of a new, empty PostgreSQL database, dropped afterwards."""
     from sqlalchemy import create_engine, text
 
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    server = TEST_DATABASE_URL if ON_POSTGRES else POSTGRES_ADMIN_URL
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
     name = f"imgnet_test_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
         pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test (.ci/run starts it): {exc}")
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    yield server.rsplit("/", 1)[0] + "/" + name
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

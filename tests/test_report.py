@@ -257,8 +257,8 @@ def test_escapes_everything_from_the_data(built, tmp_path):
     assert EVIL_GLOSS in shown  # the category's title attribute
     assert EVIL_URL in shown  # a thumbnail's title
     assert re.findall(r'(?:src|href)="(?!data:|#)', page) == []  # nothing to fetch
-    assert ("1 of 15 images are duplicates of another, in 1 clusters of two images or more; 1 files were fetched "
-            "by more than one candidate") in page  # the poodle copy; the poodle picture also gathered for whippet
+    assert ("2 duplicates in 1 clusters, as <code>imgnet dedup</code> and <code>imgnet status</code> count them: "
+            "1 candidates fetched a file another candidate fetched") in page  # the poodle copy, also gathered for whippet
 
 
 def test_cli_writes_into_the_workspace_by_default(built, runner):

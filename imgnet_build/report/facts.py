@@ -16,6 +16,7 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from imgnet_build import taxonomy
+from imgnet_build.dedup import duplicate_counts
 from imgnet_build.store import (
     Assignment,
     Candidate,
@@ -97,9 +98,11 @@ class Reason:
 class Duplicates:
     images: int = 0
     unclustered: int = 0  # images dedup has not seen yet
-    duplicate_images: int = 0  # images that point to another as their representative
-    clusters: int = 0  # clusters with two images or more
-    shared_files: int = 0  # images fetched by several candidates (the same file at several URLs)
+    duplicates: int = 0  # dedup.DuplicateCounts: candidates showing a picture another one shows
+    exact_files: int = 0  # the same file fetched again
+    exact_pixels: int = 0  # the same pixels in another file
+    near: int = 0  # near copies
+    clusters: int = 0  # duplicate clusters (as `imgnet dedup` and `imgnet status` count them)
     sizes: dict[int, int] = dataclasses.field(default_factory=dict)  # images in a cluster -> clusters
     conflicts: int = 0  # clusters gathered for more than one category
     conflict_examples: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # representative, wnids
@@ -339,21 +342,20 @@ def _duplicates(session: Session) -> Duplicates:
     found = Duplicates()
     found.images = session.scalar(select(func.count()).select_from(Image)) or 0
     found.unclustered = session.scalar(select(func.count()).select_from(Image).where(Image.cluster_id.is_(None))) or 0
-    found.duplicate_images = session.scalar(select(func.count()).where(Image.duplicate_of.is_not(None))) or 0
+    counts = duplicate_counts(session)  # the one definition dedup and status use too
+    found.duplicates, found.clusters, found.conflicts = counts.duplicates, counts.clusters, counts.conflicts
+    found.exact_files, found.exact_pixels, found.near = counts.exact_files, counts.exact_pixels, counts.near
     sizes = (select(func.count().label("size")).select_from(Image).where(Image.cluster_id.is_not(None))
              .group_by(Image.cluster_id).subquery())
     found.sizes = {size: count for size, count in session.execute(
         select(sizes.c.size, func.count()).where(sizes.c.size > 1).group_by(sizes.c.size).order_by(sizes.c.size))}
-    found.clusters = sum(found.sizes.values())
-    shared = (select(Candidate.image_sha256).where(Candidate.status == CandidateStatus.OK)
-              .group_by(Candidate.image_sha256).having(func.count() > 1).subquery())
-    found.shared_files = session.scalar(select(func.count()).select_from(shared)) or 0
+    if not found.conflicts:
+        return found
     spread = func.count(func.distinct(Candidate.category_id))
     spans = (select(Image.cluster_id.label("cluster_id"), spread.label("categories"))
              .join(Candidate, Candidate.image_sha256 == Image.sha256)
              .where(Candidate.status == CandidateStatus.OK, Image.cluster_id.is_not(None))
              .group_by(Image.cluster_id).having(spread > 1).subquery())
-    found.conflicts = session.scalar(select(func.count()).select_from(spans)) or 0
     examples = session.execute(select(spans.c.cluster_id, Cluster.representative)
                                .join(Cluster, Cluster.id == spans.c.cluster_id)
                                .order_by(spans.c.categories.desc(), spans.c.cluster_id).limit(MAX_CONFLICTS)).all()
