@@ -137,9 +137,8 @@ class Simulation:
                         self._vote(p, w, self.truth[p], rng, voters, vote_p, vote_w, vote_a)
                         asked += 1
                     for kind, p in chosen:
-                        if kind == "positive":
-                            self.known[p] = 1
-                            self._vote(p, w, True, rng, voters, vote_p, vote_w, vote_a)
+                        if kind == "positive":  # an accepted pair, as label run: not clamped, answered from its truth
+                            self._vote(p, w, self.truth[p], rng, voters, vote_p, vote_w, vote_a)
                         else:
                             key = (p, c)
                             if key not in control_pairs:

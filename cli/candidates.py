@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 
 import click
 
 from imgnet_build.cli.common import pass_workspace
 from imgnet_build.gather import CANDIDATE_FIELDS, list_candidates
 from imgnet_build.store import CandidateStatus
+from imgnet_build.taxonomy import find_category
 from imgnet_build.workspace import Workspace
 
 STATUSES = tuple(str(status) for status in CandidateStatus)  # plain strings: click shows an Enum by its names
@@ -23,7 +23,7 @@ STATUSES = tuple(str(status) for status in CandidateStatus)  # plain strings: cl
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N candidates.")
 @click.option("--json", "fmt", flag_value="json", help="JSON lines, one object per candidate.")
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header.")
-@pass_workspace
+@pass_workspace(read_only=True)
 def candidates(workspace: Workspace, status: str | None, category: str | None, reason: str | None,
                limit: int | None, fmt: str | None) -> None:
     """List candidates and why each failed or was skipped (status, wnid, url, reason).
@@ -35,8 +35,8 @@ def candidates(workspace: Workspace, status: str | None, category: str | None, r
     \b
         imgnet candidates --status failed --reason "HTTP 404" --csv > dead-links.csv
     """
-    wnid = _wnid(category) if category else None
     with workspace.session() as session:
+        wnid = find_category(session, category).wnid if category else None
         rows = list_candidates(session, status, wnid, reason, limit)
         if fmt == "csv":
             writer = csv.DictWriter(_Echo(), CANDIDATE_FIELDS, lineterminator="\n")
@@ -55,11 +55,3 @@ class _Echo:
 
     def write(self, text: str) -> None:
         click.echo(text, nl=False)
-
-
-def _wnid(category: str) -> str:
-    if re.fullmatch(r"n\d{8}", category):
-        return category
-    from imgnet_build.wordnet import resolve_synset, wnid
-
-    return wnid(resolve_synset(category))

@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from functools import update_wrapper
-from typing import TYPE_CHECKING
+from typing import Any
 
 import click
 from sqlalchemy.exc import OperationalError
 
 from imgnet_build.errors import BadInput, ImgnetError
 from imgnet_build.store import database_reason
-from imgnet_build.workspace import Workspace
+from imgnet_build.workspace import WORKSPACE_ENV, Workspace
 
-if TYPE_CHECKING:
-    from click._termui_impl import ProgressBar as ClickBar
-
-WORKSPACE_ENV = "IMGNET_WORKSPACE"
+SIGPIPE_EXIT = 141  # what a shell reports for a program a closed pipe ended (128 + SIGPIPE)
 
 
 class ImgnetGroup(click.Group):
-    """A group whose commands turn library errors into `Error: …` and exit code 1."""
+    """A group whose commands turn library errors into `Error: …` and exit code 1.
+
+    A mistake on the command line itself (an unknown option, a bad value) is click's usage
+    error: the usage line, a hint and `Error: …`, exit code 2. A closed pipe (`imgnet tree
+    show | head`) ends the command quietly with exit code 141, as it ends `cat`."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            if _stdout_closed():
+                raise SystemExit(SIGPIPE_EXIT) from exc
+            raise click.ClickException(f"{exc.strerror or exc}") from exc
         except ImgnetError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:  # an output file that cannot be written (/dev/full, a read-only folder)
@@ -36,17 +42,58 @@ class ImgnetGroup(click.Group):
             raise click.ClickException(f"database error: {database_reason(exc)}") from exc
 
 
-def pass_workspace(command):
-    """Open the workspace named by -w/--workspace (or IMGNET_WORKSPACE, or the current folder)."""
+def _stdout_closed() -> bool:
+    """True when standard output is a pipe whose reader has gone (the write end then polls POLLERR).
+
+    Standard output is pointed at /dev/null then, so that Python's flush at exit stays quiet too."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLERR)
+        closed = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test's capture)
+        return False
+    if closed:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    return closed
+
+
+def pass_workspace(command=None, *, read_only: bool = False):
+    """Open the workspace named by -w/--workspace (or IMGNET_WORKSPACE, or the current folder).
+
+    `@pass_workspace(read_only=True)` marks a command that only reads: its workspace opens
+    even when the folder is read-only."""
+    if command is None:
+        return lambda command: pass_workspace(command, read_only=read_only)
 
     @click.pass_context
     def wrapper(ctx: click.Context, *args, **kwargs):
         root = ctx.find_root().params.get("workspace") or os.environ.get(WORKSPACE_ENV) or "."
-        workspace = Workspace.open(root)  # its errors reach ImgnetGroup like every other
+        workspace = Workspace.open(root, read_only=read_only)  # its errors reach ImgnetGroup like every other
         ctx.call_on_close(workspace.close)
         return ctx.invoke(command, workspace, *args, **kwargs)
 
     return update_wrapper(wrapper, command)
+
+
+def setting_help(stage: str, name: str, text: str) -> str:
+    """`text` and where the option's default comes from: imgnet.toml's [stage] table, else the
+    settings dataclass (its default, written once there, is shown)."""
+    from imgnet_build.settings import StageSettings
+
+    default = StageSettings().default(stage, name)
+    shown = "none" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+    return f"{text}  [default: imgnet.toml [{stage}] {name}, else {shown}]"
+
+
+def given(values: dict, names: tuple[str, ...] | set[str] | None = None) -> dict:
+    """The options of `values` the user gave (not None), limited to `names`."""
+    return {key: value for key, value in values.items() if value is not None and (names is None or key in names)}
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
@@ -64,22 +111,30 @@ def show_progress() -> bool:
 class ProgressBar:
     """A click progress bar on stderr, made once the total is known; call it with (done, total)."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, close_when_done: bool = False) -> None:
         self.label = label
-        self.bar: ClickBar[int] | None = None
+        self.close_when_done = close_when_done
+        self.finished = False
+        self.bar: Any = None  # click's progress bar, made at the first call
         self.shown = 0
 
     def __call__(self, done: int, total: int) -> None:
+        if self.finished:
+            return
         if self.bar is None:
             stderr = click.get_text_stream("stderr")  # type: ignore[operator]  # click 8.5 types it as an object
             self.bar = click.progressbar(length=total, label=self.label, file=stderr)
             self.bar.__enter__()
         self.bar.update(done - self.shown)
         self.shown = done
+        if done >= total and self.close_when_done:
+            self.close()  # the next phase's bar starts on a line of its own
+            self.finished = True
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def check_writable(path: str) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from imgnet_build.cli.common import json_option, pass_workspace, print_json
+from imgnet_build.cli.common import given, json_option, pass_workspace, print_json, setting_help
 from imgnet_build.cli.label_web import invite_command, revoke_command, serve_command
 from imgnet_build.labeling import rounds
 from imgnet_build.labeling.rounds import LabelSettings
+from imgnet_build.labeling.simulated import Crowd
 from imgnet_build.workspace import Workspace
 
-DEFAULTS = LabelSettings()
+CROWD = Crowd()
 
 
 @click.group()
@@ -39,45 +40,46 @@ def _with(options: list):
 
 
 consensus_options = _with([  # how many votes a pair gets and how they become labels
-        click.option("--votes", type=click.IntRange(1), default=DEFAULTS.votes, show_default=True,
-                     help="Votes every new pair gets (the baseline)."),
-        click.option("--max-votes", type=click.IntRange(1), default=DEFAULTS.max_votes, show_default=True,
-                     help="Most votes a pair may get before it stays undecided."),
-        click.option("--method", type=click.Choice(["dynamic", "dawid-skene", "majority"]), default=DEFAULTS.method,
-                     show_default=True, help="Consensus method."),
-        click.option("--accept", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULTS.accept,
-                     show_default=True, help="Posterior at which a pair is accepted."),
-        click.option("--reject", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULTS.reject,
-                     show_default=True, help="Posterior at which a pair is rejected."),
-        click.option("--block-below", type=click.FloatRange(0, 1), default=DEFAULTS.block_below, show_default=True,
-                     help="Block workers whose whole 95% interval of balanced accuracy is lower (no information)."),
-        click.option("--prefer-above", type=click.FloatRange(0, 1), default=DEFAULTS.prefer_above,
-                     show_default=True, help="Set aside workers surely under this while 2 x --max-votes workers "
-                                             "are estimated above it."),
-        click.option("--include-test", is_flag=True,
+        click.option("--votes", type=click.IntRange(1),
+                     help=setting_help("label", "votes", "Votes every new pair gets (the baseline).")),
+        click.option("--max-votes", type=click.IntRange(1),
+                     help=setting_help("label", "max_votes", "Most votes a pair may get before it stays undecided.")),
+        click.option("--method", type=click.Choice(["dynamic", "dawid-skene", "majority"]),
+                     help=setting_help("label", "method", "Consensus method.")),
+        click.option("--accept", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help=setting_help("label", "accept", "Posterior at which a pair is accepted.")),
+        click.option("--reject", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help=setting_help("label", "reject", "Posterior at which a pair is rejected.")),
+        click.option("--block-below", type=click.FloatRange(0, 1),
+                     help=setting_help("label", "block_below", "Block workers whose whole 95% interval of balanced "
+                                       "accuracy is lower (no information).")),
+        click.option("--prefer-above", type=click.FloatRange(0, 1),
+                     help=setting_help("label", "prefer_above", "Set aside workers surely under this while 2 x "
+                                       "--max-votes workers are estimated above it.")),
+        click.option("--include-test", is_flag=True, default=None,
                      help="Count test answers (MTurk sandbox) as evidence; their labels are marked as not human "
                           "and exported only with --include-simulated."),
 ])
 
 task_options = _with([
-        click.option("--images-per-task", type=click.IntRange(2, 500), default=DEFAULTS.images_per_task,
-                     show_default=True, help="Images in one task, controls included."),
-        click.option("--controls", type=click.IntRange(0), default=DEFAULTS.controls, show_default=True,
-                     help="Controls per task (half positive, half negative when there are positives)."),
+        click.option("--images-per-task", type=click.IntRange(2, 500),
+                     help=setting_help("label", "images_per_task", "Images in one task, controls included.")),
+        click.option("--controls", type=click.IntRange(0),
+                     help=setting_help("label", "controls", "Controls per task (half positive, half negative when there are positives).")),
         click.option("--category", "categories", multiple=True, metavar="SYNSET",
                      help="Only this category (wnid or nltk name); repeatable."),
 ])
 
-simulated_options = _with([
-        click.option("--sim-workers", type=click.IntRange(1), default=60, show_default=True,
-                     help="Simulated crowd: number of workers."),
-        click.option("--sim-accuracy", default="0.6-0.95", show_default=True, metavar="LO-HI",
-                     help="Simulated crowd: each worker's accuracy, drawn uniformly."),
-        click.option("--sim-spammers", type=click.FloatRange(0, 1), default=0.1, show_default=True,
-                     help="Simulated crowd: share of workers who answer at random."),
-        click.option("--sim-constant", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                     help="Simulated crowd: share of workers who answer no to everything."),
-        click.option("--sim-seed", type=int, default=0, show_default=True, help="Simulated crowd: random seed."),
+simulated_options = _with([  # defaults: the simulated crowd's own (labeling/simulated.py Crowd)
+        click.option("--sim-workers", type=click.IntRange(1),
+                     help=f"Simulated crowd: number of workers.  [default: {CROWD.workers}]"),
+        click.option("--sim-accuracy", metavar="LO-HI", help="Simulated crowd: each worker's accuracy, drawn "
+                     f"uniformly.  [default: {CROWD.accuracy[0]:g}-{CROWD.accuracy[1]:g}]"),
+        click.option("--sim-spammers", type=click.FloatRange(0, 1),
+                     help=f"Simulated crowd: share of workers who answer at random.  [default: {CROWD.spammers:g}]"),
+        click.option("--sim-constant", type=click.FloatRange(0, 1),
+                     help=f"Simulated crowd: share of workers who answer no to everything.  [default: {CROWD.constant:g}]"),
+        click.option("--sim-seed", type=int, help=f"Simulated crowd: random seed.  [default: {CROWD.seed}]"),
 ])
 
 
@@ -94,19 +96,21 @@ def worker_line(worker: dict) -> str:
             f"  votes {worker['votes']}" + ("  blocked" if worker["blocked"] else ""))
 
 
-def _settings(**values) -> LabelSettings:
-    fields = {name for name in LabelSettings.__dataclass_fields__}
-    settings = {key: value for key, value in values.items() if key in fields}
+def _settings(workspace: Workspace, **values) -> LabelSettings:
+    """The options given, over imgnet.toml's [label] table, over LabelSettings' defaults."""
+    settings = given(values, set(LabelSettings.__dataclass_fields__))
     settings["categories"] = tuple(values.get("categories") or ())
-    return LabelSettings(**settings)
+    return workspace.settings.stages.make("label", **settings)
 
 
 def _sim_options(values: dict) -> dict:
-    return {key: values[key] for key in ("sim_workers", "sim_accuracy", "sim_spammers", "sim_seed", "sim_constant") if key in values}
+    return given(values, {"sim_workers", "sim_accuracy", "sim_spammers", "sim_seed", "sim_constant"})
 
 
 live_option = click.option("--live", is_flag=True,
                            help="(mturk) The real marketplace, real money; needs --max-cost. Default: the sandbox.")
+live_work_option = click.option("--live", is_flag=True,
+                                help="(mturk) HITs on the real marketplace. Default: the sandbox's.")
 
 
 @label.command()
@@ -137,7 +141,8 @@ def submit(workspace: Workspace, backend: str, live: bool, max_cost: float | Non
     if backend != "mturk":
         if live or max_cost is not None:
             raise click.ClickException("--live and --max-cost are for --backend mturk")
-        plan = rounds.submit(workspace, backend, _settings(**values), dry_run=dry_run, options=_sim_options(values))
+        plan = rounds.submit(workspace, backend, _settings(workspace, **values), dry_run=dry_run,
+                             options=_sim_options(values))
         print_json(plan.as_dict()) if as_json else click.echo(plan.summary())
         return
     from decimal import Decimal
@@ -145,7 +150,7 @@ def submit(workspace: Workspace, backend: str, live: bool, max_cost: float | Non
     from imgnet_build.labeling import mturk
 
     cap = None if max_cost is None else Decimal(str(max_cost)).quantize(Decimal("0.01"))
-    plan, price = mturk.submit(workspace, _settings(**values), live=live, max_cost=cap, dry_run=dry_run)
+    plan, price = mturk.submit(workspace, _settings(workspace, **values), live=live, max_cost=cap, dry_run=dry_run)
     endpoint = "live" if live else "sandbox"
     if as_json:
         print_json({**plan.as_dict(), "endpoint": endpoint, "price": price.as_dict(),
@@ -157,7 +162,7 @@ def submit(workspace: Workspace, backend: str, live: bool, max_cost: float | Non
 
 @label.command()
 @consensus_options
-@live_option
+@live_work_option
 @json_option
 @pass_workspace
 def collect(workspace: Workspace, live: bool, as_json: bool, **values) -> None:
@@ -171,7 +176,7 @@ def collect(workspace: Workspace, live: bool, as_json: bool, **values) -> None:
     \b
         imgnet label collect --method dynamic
     """
-    result = rounds.collect(workspace, _settings(**values), options={"live": live})
+    result = rounds.collect(workspace, _settings(workspace, **values), options={"live": live})
     if as_json:
         print_json(result)
     else:
@@ -198,7 +203,7 @@ def run_command(workspace: Workspace, backend: str, as_json: bool, **values) -> 
         imgnet label run --backend simulated --sim-workers 60 --sim-accuracy 0.6-0.95
     """
     say = None if as_json else click.echo
-    result = rounds.run(workspace, backend, _settings(**values), options=_sim_options(values), say=say)
+    result = rounds.run(workspace, backend, _settings(workspace, **values), options=_sim_options(values), say=say)
     if as_json:
         print_json(result)
     else:
@@ -210,7 +215,7 @@ def run_command(workspace: Workspace, backend: str, as_json: bool, **values) -> 
 @click.option("--backend", type=click.Choice(["local", "simulated", "mturk"]), default=None,
               help="Only this backend's tasks; default: every backend.")
 @click.option("--batch", default=None, help="Only this batch (as label status shows it, e.g. r2); default: all.")
-@live_option
+@live_work_option
 @json_option
 @pass_workspace
 def expire(workspace: Workspace, backend: str | None, batch: str | None, live: bool, as_json: bool) -> None:
@@ -252,14 +257,15 @@ def gold(workspace: Workspace, path: str, as_json: bool) -> None:
     if as_json:
         print_json(counts)
     else:
-        click.echo(f"label gold: {counts['stored']} known answers stored; {counts['unknown_image']} rows name no "
-                   f"image of this workspace, {counts['unknown_category']} no category")
+        replaced = f" ({counts['replaced']} replace earlier answers)" if counts["replaced"] else ""
+        click.echo(f"label gold: {counts['stored']} known answers stored{replaced}; {counts['unknown_image']} rows "
+                   f"name no image of this workspace, {counts['unknown_category']} no category")
 
 
 @label.command("status")
 @click.option("--all", "all_workers", is_flag=True, help="List every worker (default: the first 10).")
 @json_option
-@pass_workspace
+@pass_workspace(read_only=True)
 def status_command(workspace: Workspace, all_workers: bool, as_json: bool) -> None:
     """Labels per category, votes waiting for a decision, workers, tasks and cost.
 

@@ -42,6 +42,7 @@ def serve_command(workspace: Workspace, host: str, port: int, threads: int, conn
     """
     from imgnet_build.labeling.web import ADMIN_TOKEN_ENV, ServerLimits, make_server
 
+    _ = workspace.engine  # refuse a database it cannot serve (newer schema, unreachable) now, not with 503s later
     admin_token = os.environ.get(ADMIN_TOKEN_ENV)  # set but empty: refused by the app
     if admin_token is None:
         admin_token = secrets.token_urlsafe(24)
@@ -98,6 +99,7 @@ def revoke_command(workspace: Workspace, name: str, as_json: bool) -> None:
     """
     from imgnet_build.labeling.invites import revoke
 
+    name = name.strip()  # as invite strips it
     revoke(workspace, name)
     if as_json:
         print_json({"name": name, "revoked": True})

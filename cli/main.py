@@ -56,7 +56,7 @@ def init(directory: str | None, database: str | None, blobs: str | None) -> None
 
 @cli.command()
 @json_option
-@pass_workspace
+@pass_workspace(read_only=True)
 def status(workspace: Workspace, as_json: bool) -> None:
     """Print counts per stage, and failed candidates grouped by reason.
 

@@ -12,7 +12,7 @@ from imgnet_build.workspace import Workspace
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE.html",
               help="Where to write the page (default: report.html in the workspace folder).")
 @json_option
-@pass_workspace
+@pass_workspace(read_only=True)
 def report(workspace: Workspace, output: str | None, as_json: bool) -> None:
     """Write an HTML report: tree, sources, duplicates, votes, label quality, cost, thumbnails.
 
@@ -27,7 +27,8 @@ def report(workspace: Workspace, output: str | None, as_json: bool) -> None:
     """
     from imgnet_build.report import write_report
 
-    summary = write_report(workspace, output or workspace.root / "report.html")
+    summary = write_report(workspace, output or workspace.root / "report.html",
+                           workspace.settings.stages.make("report"))  # imgnet.toml's [report] table
     if as_json:
         print_json(summary.as_dict())
     else:

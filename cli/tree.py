@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import json
-
 import click
 
 from imgnet_build import taxonomy
 from imgnet_build.cli.common import json_option, pass_workspace, print_json
-from imgnet_build.errors import UnknownSynset
-from imgnet_build.wordnet import resolve_synset, wnid
+from imgnet_build.errors import BadInput
 from imgnet_build.workspace import Workspace
 
 
@@ -54,9 +50,10 @@ def build(workspace: Workspace, roots, excludes, max_depth, include_people, as_j
 @click.option("--root", metavar="SYNSET", help="Show the tree below this category (default: from the tops).")
 @click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True,
               help="Levels to show below the root.")
-@pass_workspace
-def show(workspace: Workspace, root: str | None, depth: int) -> None:
-    """Print the tree indented, with the number of categories below each (and images, once gathered).
+@json_option
+@pass_workspace(read_only=True)
+def show(workspace: Workspace, root: str | None, depth: int, as_json: bool) -> None:
+    """Print the tree indented: categories below each and, once gathered, images here and in the subtree.
 
     Example:
 
@@ -65,16 +62,13 @@ def show(workspace: Workspace, root: str | None, depth: int) -> None:
     """
     with workspace.session() as session:
         nodes = taxonomy.load_tree(session)
+        if not nodes:
+            raise BadInput("the tree is empty; build it with: imgnet tree build")
         images = taxonomy.image_counts(session) or None
-    if not nodes:
-        raise click.ClickException("the tree is empty; build it with: imgnet tree build")
-    if root:
-        root_wnid = wnid(resolve_synset(root))
-        if root_wnid not in nodes:
-            raise UnknownSynset(f"{root} ({root_wnid}) is not in this workspace's tree")
-        roots = [root_wnid]
-    else:
-        roots = taxonomy.tree_tops(nodes)
+        roots = taxonomy.show_roots(session, nodes, root)
+    if as_json:
+        print_json(taxonomy.tree_rows(nodes, roots, depth, images))
+        return
     for line in taxonomy.render_tree(nodes, roots, depth, images):
         click.echo(line)
 
@@ -83,9 +77,10 @@ def show(workspace: Workspace, root: str | None, depth: int) -> None:
 @click.option("--format", "fmt", type=click.Choice(["json", "csv", "txt"]), default="json", show_default=True,
               help="json: [{wnid, name, lemmas, gloss, parents, depth}]; csv: the same columns; "
                    "txt: ILSVRC's LOC_synset_mapping.txt lines.")
+@click.option("--json", "fmt", flag_value="json", help="The same as --format json.")
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
               help="Write to this file (default: standard output).")
-@pass_workspace
+@pass_workspace(read_only=True)
 def export(workspace: Workspace, fmt: str, output) -> None:
     """Write the category tree as JSON, CSV or ILSVRC's synset mapping.
 
@@ -96,15 +91,4 @@ def export(workspace: Workspace, fmt: str, output) -> None:
     """
     with workspace.session() as session:
         rows = taxonomy.export_rows(taxonomy.load_tree(session))
-    if fmt == "json":
-        json.dump(rows, output, indent=1, ensure_ascii=False)
-        output.write("\n")
-    elif fmt == "csv":
-        writer = csv.writer(output, lineterminator="\n")
-        writer.writerow(["wnid", "name", "lemmas", "gloss", "parents", "depth"])
-        for row in rows:
-            writer.writerow([row["wnid"], row["name"], "|".join(row["lemmas"]), row["gloss"],
-                             "|".join(row["parents"]), row["depth"]])
-    else:
-        for row in rows:
-            output.write(f"{row['wnid']} {', '.join(row['lemmas'])}\n")
+    taxonomy.write_rows(rows, fmt, output)

@@ -7,6 +7,8 @@ __all__ = [
     "NotAWorkspace",
     "WorkspaceExists",
     "DatabaseUnavailable",
+    "ReadOnlyWorkspace",
+    "SourceUnreachable",
     "WordNetMissing",
     "UnknownSynset",
     "NotImageable",
@@ -39,6 +41,14 @@ class WorkspaceExists(ImgnetError):
 
 class DatabaseUnavailable(ImgnetError):
     "The workspace database cannot be reached or opened"
+
+
+class ReadOnlyWorkspace(DatabaseUnavailable):
+    "A command that writes was run on a workspace whose database folder is read-only"
+
+
+class SourceUnreachable(ImgnetError):
+    "A search API cannot be reached at all (no network, a wrong address): the gather stops"
 
 
 class WordNetMissing(ImgnetError):

@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from imgnet_build.dbutil import batched, insert_ignore
-from imgnet_build.errors import BadInput
+from imgnet_build.errors import BadInput, SourceUnreachable
 from imgnet_build.fetch import FetchSettings, FetchSummary, fetch_pending
 from imgnet_build.netguard import redact
 from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
@@ -52,6 +52,7 @@ class GatherSummary:
     proposed: int = 0
     new_candidates: int = 0
     invalid: int = 0  # new proposals with an error, recorded as failed candidate rows
+    outside: int = 0  # proposals for categories that --category left out (not stored)
     rejected: Counter = dataclasses.field(default_factory=Counter)  # reason -> count, not attached
     examples: list[str] = dataclasses.field(default_factory=list)  # a few rejected proposals, verbatim
     fetch: FetchSummary = dataclasses.field(default_factory=FetchSummary)
@@ -84,6 +85,7 @@ class GatherSummary:
     def to_dict(self) -> dict:
         return {"source": self.source, "proposed": self.proposed, "new_candidates": self.new_candidates,
                 "ok": self.ok, "failed": self.failed, "skipped": self.skipped, "invalid": self.invalid,
+                "outside_categories": self.outside,
                 "rejected": sum(self.rejected.values()), "rejected_reasons": dict(self.rejected.most_common(20)),
                 "rejected_examples": self.examples, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.ok / self.seconds, 1) if self.seconds > 0 else 0.0,
@@ -92,17 +94,21 @@ class GatherSummary:
 
 def gather(workspace, source_spec: str, per_category: int | None = None, languages: Iterable[str] = ("en",),
            settings: FetchSettings = FetchSettings(), source_settings: dict | None = None,
-           progress: Callable[[int, int], None] | None = None) -> GatherSummary:
+           progress: Callable[[int, int], None] | None = None, categories: Iterable[str] = (),
+           search_progress: Callable[[int, int], None] | None = None) -> GatherSummary:
     """Propose candidates for every category of `workspace` from `source_spec` and fetch them.
 
-    `per_category` is the quota of valid images per category (None: no quota). Raises an
-    ImgnetError only when the whole gather cannot run (no categories, unusable source or
-    input file, missing language data); everything per item is recorded in the database.
+    `per_category` is the quota of valid images per category (None: no quota);
+    `categories` (SYNSETs) limits the proposals to those categories and the ones below them.
+    `search_progress(done, total)` follows a search source's categories, `progress(done,
+    total)` the downloads. Raises an ImgnetError only when the whole gather cannot run (no
+    categories, unusable source or input file, missing language data, a search API that
+    cannot be reached); everything per item is recorded in the database.
     """
     started = time.monotonic()
     source = open_source(source_spec, **(source_settings or {}))
     summary = GatherSummary(source=source_spec)
-    propose_candidates(workspace, source, per_category, languages, summary)
+    propose_candidates(workspace, source, per_category, languages, summary, categories, search_progress)
     if source.local:
         settings = dataclasses.replace(settings, local_sources=settings.local_sources | {source.name})
     summary.fetch = fetch_pending(workspace, settings, per_category, progress)
@@ -110,30 +116,73 @@ def gather(workspace, source_spec: str, per_category: int | None = None, languag
     return summary
 
 
-def _category_queries(workspace, languages: Iterable[str], searches: bool
-                      ) -> tuple[list[CategoryQueries], dict[str, int]]:
+def _category_queries(workspace, languages: Iterable[str], source: Source, only: Iterable[str] = ()
+                      ) -> tuple[list[CategoryQueries], dict[str, int], set[str] | None]:
+    """What the source is asked about, every category's id by wnid, and the wnids `only`
+    selects (None: all). A search source is asked about the selected categories only; a list
+    or folder source is read whole and its rows for other categories are left out later.
+
+    For a search source, queries it already answered in an earlier run (queries that
+    brought it candidates) are left out, and each category says how many URLs it already
+    has from this source, so a rerun continues instead of asking the API everything again."""
+    from imgnet_build.taxonomy import find_category, load_tree
+
     with workspace.session() as session:
         categories = list(session.scalars(select(Category).order_by(Category.id)))
         if not categories:
             raise BadInput("the workspace has no categories yet; build the tree first: imgnet tree build --root SYNSET")
-        queries = {}
-        if searches:
+        ids = {category.wnid: category.id for category in categories}
+        only = list(only)
+        chosen: set[str] | None = None
+        if only:
+            tree = load_tree(session)
+            chosen = set()
+            stack = [find_category(session, spec).wnid for spec in only]
+            while stack:
+                node = stack.pop()
+                if node not in chosen:
+                    chosen.add(node)
+                    stack.extend(tree[node].children)
+            if source.searches:
+                categories = [category for category in categories if category.wnid in chosen]
+        queries: dict = {}
+        answered: set[int] = set()
+        have: dict[int, int] = {}
+        if source.searches:
             from imgnet_build.queries import expand_queries
 
             queries = expand_queries(session, categories, list(languages))
-        wanted = [CategoryQueries(wnid=category.wnid,
-                                  queries=tuple((q.id, q.text, q.language) for q in queries.get(category.id, [])))
+            answered = set(session.scalars(select(Candidate.query_id).where(
+                Candidate.source == source.name, Candidate.query_id.is_not(None)).distinct()))
+            have = dict(session.execute(select(Candidate.category_id, func.count()).where(
+                Candidate.source == source.name).group_by(Candidate.category_id)).all())
+        wanted = [CategoryQueries(wnid=category.wnid, synset=category.synset,
+                                  queries=tuple((q.id, q.text, q.language) for q in queries.get(category.id, [])
+                                                if q.id not in answered),
+                                  have=have.get(category.id, 0))
                   for category in categories]
-        return wanted, {category.wnid: category.id for category in categories}
+        return wanted, ids, chosen
 
 
 def propose_candidates(workspace, source: Source, per_category: int | None, languages: Iterable[str],
-                       summary: GatherSummary) -> None:
-    """Insert the source's proposals as candidate rows (idempotent); count what cannot be attached."""
-    wanted, ids = _category_queries(workspace, languages, source.searches)
-    proposals = source.propose(wanted, per_category * OVERASK if per_category else DEFAULT_PROPOSALS)
+                       summary: GatherSummary, categories: Iterable[str] = (),
+                       progress: Callable[[int, int], None] | None = None) -> None:
+    """Insert the source's proposals as candidate rows (idempotent); count what cannot be attached.
+
+    A search source reports `progress(categories searched, categories)` as it goes."""
+    wanted, ids, chosen = _category_queries(workspace, languages, source, categories)
+    if source.searches:
+        wanted = [category for category in wanted if category.queries]  # the others were answered before
+    stopped: list[SourceUnreachable] = []
+    proposals = _until_unreachable(source.propose(_counted(wanted, progress) if source.searches else wanted,
+                                                  per_category * OVERASK if per_category else DEFAULT_PROPOSALS),
+                                   stopped)
     for batch in batched(proposals, BATCH):
         rows: dict[tuple[int, str], dict] = {}
+        if chosen is not None:
+            kept = [p for p in batch if p.wnid not in ids or p.wnid in chosen]
+            summary.outside += len(batch) - len(kept)
+            batch = kept
         for row in filter(None, (_row(proposal, source.name, ids, summary) for proposal in batch)):
             rows.setdefault((row["category_id"], row["url_hash"]), row)  # the first proposal of a URL wins
         try:
@@ -147,6 +196,27 @@ def propose_candidates(workspace, source: Source, per_category: int | None, lang
                     _reject(summary, row["url"], f"cannot be stored: {database_reason(exc)}")
         summary.new_candidates += len(new)
         summary.invalid += sum(row["status"] == CandidateStatus.FAILED for row in new)
+    if stopped:  # what came before is stored: the next run asks only the rest
+        raise stopped[0]
+
+
+def _until_unreachable(proposals: Iterator[Proposal], stopped: list[SourceUnreachable]) -> Iterator[Proposal]:
+    """The proposals until the source finds its API unreachable (the error is kept in `stopped`)."""
+    try:
+        yield from proposals
+    except SourceUnreachable as exc:
+        stopped.append(exc)
+
+
+def _counted(categories: list[CategoryQueries], progress: Callable[[int, int], None] | None
+             ) -> Iterator[CategoryQueries]:
+    """The categories, calling `progress(done, total)` as the source moves on to each next one."""
+    for done, category in enumerate(categories):
+        if progress:
+            progress(done, len(categories))
+        yield category
+    if progress:
+        progress(len(categories), len(categories))
 
 
 def _insert_new(workspace, rows: dict[tuple[int, str], dict]) -> list[dict]:

@@ -8,25 +8,27 @@ category keeps an edge to every selected hypernym.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import tomllib
+import typing
 from collections import deque
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib import resources
-from typing import TypedDict
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import batched
-from imgnet_build.errors import NotImageable
+from imgnet_build.errors import BadInput, NotImageable, UnknownSynset
 from imgnet_build.store import Candidate, Category, CategoryEdge
-from imgnet_build.wordnet import load_wordnet, resolve_synset, wnid
+from imgnet_build.wordnet import WNID, load_wordnet, resolve_synset, wnid
 
 __all__ = ["Rule", "TreeOptions", "Selection", "BuildResult", "TreeNode", "load_rule", "select_categories",
            "build_tree", "why_not_imageable", "load_tree", "descendant_counts", "image_counts", "tree_tops",
-           "render_tree", "TreeRow", "export_rows"]
+           "render_tree", "tree_rows", "subtree_totals", "export_rows", "find_category", "show_roots", "write_rows"]
 
 
 BATCH = 5000  # rows per statement when writing the tree
@@ -318,33 +320,103 @@ def tree_tops(tree: dict[str, TreeNode]) -> list[str]:
     return [w for w, node in tree.items() if not node.parents]
 
 
-def render_tree(tree: dict[str, TreeNode], roots: list[str], max_depth: int | None,
-                image_counts: dict[str, int] | None = None) -> Iterator[str]:
-    """Indented lines `name (wnid): N below[, M images]`; a category with several parents shows under each."""
+def subtree_totals(tree: dict[str, TreeNode], counts: dict[str, int], nodes: Iterable[str]) -> dict[str, int]:
+    """For each of `nodes`: the images of its category and of every distinct category below it
+    (a category reached by two paths counts once; an image gathered for two categories counts twice)."""
+    totals = {}
+    for node in nodes:
+        seen = {node}
+        stack = [node]
+        while stack:
+            for child in tree[stack.pop()].children:
+                if child not in seen:
+                    seen.add(child)
+                    stack.append(child)
+        totals[node] = sum(counts.get(wnid, 0) for wnid in seen)
+    return totals
+
+
+def tree_rows(tree: dict[str, TreeNode], roots: list[str], max_depth: int | None,
+              image_counts: dict[str, int] | None = None) -> list[dict[str, object]]:
+    """What `imgnet tree show` prints, as documents in display order: {wnid, name, level, below}
+    and, once images are gathered, `images` (at the node) and `subtree_images` (with all below)."""
     counts = descendant_counts(tree)
+    shown: list[tuple[str, int]] = []
     stack = [(root, 0) for root in reversed(roots)]
     while stack:
         node, level = stack.pop()
-        line = f"{'  ' * level}{tree[node].name} ({node}): {counts[node]} below"
-        if image_counts is not None:
-            line += f", {image_counts.get(node, 0)} images"
-        yield line
+        shown.append((node, level))
         if max_depth is None or level < max_depth:
             stack.extend((child, level + 1) for child in reversed(tree[node].children))
+    totals = subtree_totals(tree, image_counts, {node for node, _ in shown}) if image_counts is not None else {}
+    rows: list[dict[str, object]] = []
+    for node, level in shown:
+        row: dict[str, object] = {"wnid": node, "name": tree[node].name, "level": level, "below": counts[node]}
+        if image_counts is not None:
+            row |= {"images": image_counts.get(node, 0), "subtree_images": totals[node]}
+        rows.append(row)
+    return rows
 
 
-class TreeRow(TypedDict):
-    """One category as `imgnet tree export` writes it."""
+def render_tree(tree: dict[str, TreeNode], roots: list[str], max_depth: int | None,
+                image_counts: dict[str, int] | None = None) -> Iterator[str]:
+    """Indented lines `name (wnid): N below[, M images here, T in the subtree]`; a category with
+    several parents shows under each."""
+    for row in tree_rows(tree, roots, max_depth, image_counts):
+        line = f"{'  ' * typing.cast(int, row['level'])}{row['name']} ({row['wnid']}): {row['below']} below"
+        if "images" in row:
+            line += f", {row['images']} images here, {row['subtree_images']} in the subtree"
+        yield line
 
-    wnid: str
-    name: str
-    lemmas: list[str]
-    gloss: str
-    parents: list[str]
-    depth: int
+
+def find_category(session: Session, spec: str) -> Category:
+    """The workspace's category named by SYNSET: a wnid (`n02084071`) or an nltk name (`dog.n.01`).
+
+    The one way every command resolves a SYNSET argument. UnknownSynset otherwise, with
+    the synsets a bare word (`guitar`) or a wrong sense number could mean."""
+    spec = spec.strip()
+    category = session.scalar(select(Category).where((Category.wnid == spec) | (Category.synset == spec)))
+    if category is not None:
+        return category
+    try:
+        synset = resolve_synset(spec)
+    except UnknownSynset:
+        if WNID.fullmatch(spec):
+            raise UnknownSynset(f"{spec}: not in this workspace's tree (see imgnet tree show)") from None
+        raise
+    category = session.scalar(select(Category).where(Category.wnid == wnid(synset)))
+    if category is None:
+        raise UnknownSynset(f"{spec} ({wnid(synset)}): not in this workspace's tree (see imgnet tree show)")
+    return category
 
 
-def export_rows(tree: dict[str, TreeNode]) -> list[TreeRow]:
+def show_roots(session: Session, tree: dict[str, TreeNode], root: str | None) -> list[str]:
+    """The wnids `imgnet tree show` starts from: the category named `root`, else the tree's tops."""
+    if root:
+        return [find_category(session, root).wnid]
+    return tree_tops(tree)
+
+
+def export_rows(tree: dict[str, TreeNode]) -> list[dict[str, object]]:
     """The documents of `imgnet tree export`: [{wnid, name, lemmas, gloss, parents, depth}]."""
     return [{"wnid": n.wnid, "name": n.name, "lemmas": list(n.lemmas), "gloss": n.gloss,
              "parents": list(n.parents), "depth": n.depth} for n in tree.values()]
+
+
+def write_rows(rows: list[dict[str, object]], fmt: str, output: typing.TextIO) -> None:
+    """`export_rows` as `fmt`: json (a list of documents), csv (the same columns, lists joined
+    with "|") or txt (ILSVRC's LOC_synset_mapping.txt: wnid and lemmas)."""
+    if fmt == "json":
+        json.dump(rows, output, indent=1, ensure_ascii=False)
+        output.write("\n")
+    elif fmt == "csv":
+        writer = csv.writer(output, lineterminator="\n")
+        writer.writerow(["wnid", "name", "lemmas", "gloss", "parents", "depth"])
+        for row in rows:
+            writer.writerow([row["wnid"], row["name"], "|".join(typing.cast(list, row["lemmas"])), row["gloss"],
+                             "|".join(typing.cast(list, row["parents"])), row["depth"]])
+    elif fmt == "txt":
+        for row in rows:
+            output.write(f"{row['wnid']} {', '.join(typing.cast(list, row['lemmas']))}\n")
+    else:
+        raise BadInput(f"unknown tree format {fmt!r}; use json, csv or txt")

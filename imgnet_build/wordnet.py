@@ -150,6 +150,7 @@ def wnid(synset) -> str:
 
 
 _WNID = re.compile(r"^([nvasr])(\d{8})$")
+WNID = re.compile(r"n\d{8}")  # a noun's wnid, as categories have
 _NAME = re.compile(r"^.+\.([nvasr])\.\d{2}$")
 
 
@@ -163,7 +164,10 @@ def resolve_synset(spec: str):
     spec = spec.strip()
     match = _WNID.match(spec)
     if not match and not _NAME.match(spec):
-        raise UnknownSynset(f"{spec!r} is not a synset; give a wnid like n02084071 or a name like dog.n.01")
+        nouns = wn.synsets(spec.replace(" ", "_"), pos="n") if spec else []
+        hint = f"did you mean {', '.join(s.name() for s in nouns[:5])}?" if nouns else \
+            "give a wnid like n02084071 or a name like dog.n.01"
+        raise UnknownSynset(f"{spec!r} is not a synset; {hint}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nltk warns, then returns None, for an unknown offset

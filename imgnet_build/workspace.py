@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 import tomllib
+import typing
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -21,13 +22,16 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from imgnet_build import store
-from imgnet_build.errors import BadInput, DatabaseUnavailable, NotAWorkspace, WorkspaceExists
+from imgnet_build.errors import BadInput, DatabaseUnavailable, NotAWorkspace, ReadOnlyWorkspace, WorkspaceExists
 from imgnet_build.labeling.mturk_settings import MTurkSettings
+from imgnet_build.settings import StageSettings
 
-__all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV"]
+__all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV", "S3_ENDPOINT_ENV", "WORKSPACE_ENV"]
 
 SETTINGS_FILE = "imgnet.toml"
 DATABASE_ENV = "IMGNET_DATABASE_URL"
+S3_ENDPOINT_ENV = "IMGNET_S3_ENDPOINT_URL"
+WORKSPACE_ENV = "IMGNET_WORKSPACE"
 EXECUTOR_ENV = "IMGNET_EXECUTOR"
 DEFAULT_DATABASE = "sqlite:///imgnet.db"  # relative to the workspace folder
 DEFAULT_BLOBS = "blobs"
@@ -35,13 +39,18 @@ DEFAULT_BLOBS = "blobs"
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What `imgnet.toml` holds. Relative paths are relative to the workspace folder."""
+    """What `imgnet.toml` holds. Relative paths are relative to the workspace folder.
+
+    Precedence, for every setting: command-line flag > environment variable > this file >
+    default (`IMGNET_DATABASE_URL` over `database`, `IMGNET_S3_ENDPOINT_URL` over
+    `s3_endpoint_url`; the stage tables are read through `stages.make`)."""
 
     database: str = DEFAULT_DATABASE
     blobs: str = DEFAULT_BLOBS
     s3_endpoint_url: str | None = None
     executor: str = "local"  # local | dask-local:N | dask://HOST:PORT (imgnet_build/executor.py)
     mturk: MTurkSettings = MTurkSettings()  # the [mturk] table; labeling/mturk_settings.py
+    stages: StageSettings = StageSettings()  # the [fetch], [label], [export] and [report] tables; settings.py
 
     def to_toml(self) -> str:
         lines = ["# imgnet-build workspace settings", f"database = {_quote(self.database)}", f"blobs = {_quote(self.blobs)}"]
@@ -57,21 +66,24 @@ class Settings:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise BadInput(f"{path} is not valid TOML: {exc}") from exc
-        mturk = MTurkSettings.from_table(data.pop("mturk", {}), path)
-        known = {field.name for field in dataclasses.fields(cls)}
+        mturk = MTurkSettings.from_table(data.pop("mturk", {}), path)  # checks its own types
+        stages = StageSettings.from_tables(data, path)
+        known = {field.name for field in dataclasses.fields(cls)} - {"mturk", "stages"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise BadInput(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise BadInput(f"{path}: unknown setting(s) {', '.join(unknown)}; known: "
+                           f"{', '.join(sorted(known | {'[mturk]', '[fetch]', '[label]', '[export]', '[report]'}))}")
         for name, value in data.items():
             if not isinstance(value, str):
                 raise BadInput(f"{path}: setting {name} must be a string in quotes, not {value!r}")
-        return cls(**data, mturk=mturk)
+        return cls(**data, mturk=mturk, stages=stages)
 
     @classmethod
     def read(cls, path: Path) -> Settings:
         """The settings in the file `path`; BadInput when it cannot be read."""
         try:
             text = path.read_bytes().decode("utf-8")
+            text = text.removeprefix("\ufeff")  # the byte order mark Notepad writes
         except UnicodeDecodeError as exc:
             raise BadInput(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
                            f"{exc.start}); save it as UTF-8") from None
@@ -86,6 +98,16 @@ def _check_persistent(url: str) -> None:
                        "imgnet.db in the workspace, or give a file or a PostgreSQL URL")
 
 
+def _schema_head() -> str | None:
+    """The newest schema revision this code knows."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -93,9 +115,10 @@ def _quote(value: str) -> str:
 class Workspace:
     """An open workspace. Create with `Workspace.init`, open with `Workspace.open`."""
 
-    def __init__(self, root: Path, settings: Settings):
+    def __init__(self, root: Path, settings: Settings, read_only: bool = False):
         self.root = root
         self.settings = settings
+        self.read_only = read_only  # only reads: an SQLite database in a read-only folder is opened read-only
 
     @classmethod
     def init(cls, root: str | os.PathLike, database: str | None = None, blobs: str | None = None) -> Workspace:
@@ -147,14 +170,18 @@ class Workspace:
         return workspace
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> Workspace:
+    def open(cls, root: str | os.PathLike, read_only: bool = False) -> Workspace:
+        """The workspace in `root`. `read_only`: the caller only reads, so a database in a
+        read-only folder is opened read-only instead of refused."""
         root = Path(root)
         if not root.is_dir():
-            raise NotAWorkspace(f"workspace {root} does not exist; create it with: imgnet init {root}")
+            raise NotAWorkspace(f"workspace {root} does not exist; create it with: imgnet init {root} "
+                                f"(or name an existing one with -w DIR or {WORKSPACE_ENV})")
         settings_path = root / SETTINGS_FILE
         if not settings_path.exists():
-            raise NotAWorkspace(f"{root} is not a workspace (no {SETTINGS_FILE}); create one with: imgnet init {root}")
-        workspace = cls(root, Settings.read(settings_path))
+            raise NotAWorkspace(f"{root} is not a workspace (no {SETTINGS_FILE}); create one with: imgnet init "
+                                f"{root} (or name an existing one with -w DIR or {WORKSPACE_ENV})")
+        workspace = cls(root, Settings.read(settings_path), read_only)
         _check_persistent(workspace.database_url)
         database = workspace._sqlite_path()
         if database is not None and (not database.exists() or database.stat().st_size == 0):
@@ -181,8 +208,45 @@ class Workspace:
         url = self.database_url
         return Path(url[len("sqlite:///"):].split("?", 1)[0]) if url.startswith("sqlite:///") else None
 
+    def _read_only_folder(self) -> Path | None:
+        """The folder of an SQLite database that cannot be written there (read-only mount, permissions)."""
+        database = self._sqlite_path()
+        if database is None:
+            return None
+        folder = database.parent
+        if not os.access(folder, os.W_OK) or (database.exists() and not os.access(database, os.W_OK)):
+            return folder
+        return None
+
+    def _read_only_engine(self, database: Path) -> Engine | None:
+        """A read-only engine on the SQLite file, or None when its schema needs an upgrade first.
+
+        In WAL mode SQLite reads through the -shm file; in a read-only folder without one, the
+        file is opened as immutable, which is safe when no -wal file holds unmerged changes."""
+        from urllib.parse import quote
+
+        wal = database.with_name(database.name + "-wal")
+        shm = database.with_name(database.name + "-shm")
+        flags = "mode=ro" if shm.exists() or (wal.exists() and wal.stat().st_size) else "mode=ro&immutable=1"
+        engine = store.make_engine(f"sqlite:///file:{quote(str(database))}?{flags}&uri=true")
+        with engine.connect() as connection:
+            current = store.schema_revision(connection)
+        if current != _schema_head():
+            engine.dispose()
+            return None
+        return engine
+
     @cached_property
     def engine(self) -> Engine:
+        folder = self._read_only_folder()
+        if folder is not None and self.read_only:
+            engine = self._read_only_engine(typing.cast(Path, self._sqlite_path()))
+            if engine is not None:
+                return engine
+        if folder is not None:
+            raise ReadOnlyWorkspace(f"the workspace folder {folder} is read-only, and this command writes to its "
+                                    "database; run it where the folder is writable (commands that only read, "
+                                    "like imgnet status, work as it is)")
         engine = store.make_engine(self.database_url)
         try:
             store.migrate(engine)
@@ -214,7 +278,7 @@ class Workspace:
         location = self.settings.blobs
         if "://" not in location:
             location = str((self.root / location).resolve())
-        return open_blob_store(location, endpoint_url=self.settings.s3_endpoint_url)
+        return open_blob_store(location, endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or self.settings.s3_endpoint_url)
 
     def status(self) -> dict[str, object]:
         """Counts per stage, and failed candidates grouped by reason (`failures`)."""

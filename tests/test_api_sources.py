@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from imgnet_build.errors import MissingCredentials, UnknownSource
+from imgnet_build.errors import MissingCredentials, SourceUnreachable, UnknownSource
 from imgnet_build.sources import CategoryQueries, Proposal, open_source
 from imgnet_build.sources.http import retry_after
 
@@ -182,17 +182,58 @@ def test_wikimedia_failures_are_data(serve):
         (TABBY, 3, None)]
 
 
-def test_connection_refused_is_data_and_the_spec_argument_is_the_base_url():
+def test_connection_refused_stops_the_source_and_the_spec_argument_is_the_base_url():
+    """Issue 14 item 13: an API that refuses connections is "cannot reach", not one failed row per query."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
     session = requests.Session()
     session.trust_env = False
     source = open_source(f"wikimedia:http://127.0.0.1:{port}/w/api.php", session=session, retries=0)
-    [proposal] = source.propose([CategoryQueries(WHIPPET, ((1, "whippet", "en"),))], 5)
-    assert (proposal.url, proposal.query_id) == ("", 1)
-    assert proposal.error.startswith("wikimedia search 'whippet' failed: ConnectionError: ")
+    with pytest.raises(SourceUnreachable) as error:
+        list(source.propose([CategoryQueries(WHIPPET, ((1, "whippet", "en"),)),
+                             CategoryQueries(TABBY, ((2, "tabby", "en"),))], 5))
+    assert str(error.value) == (f"cannot reach 127.0.0.1:{port}: connection refused after 2 tries; check the network "
+                                "(or the source's address) and run the same command again")
     assert "User-Agent" not in session.headers or session.headers["User-Agent"].startswith("python-requests")
+
+
+def test_a_server_that_answered_before_may_drop_a_query_then_the_source_stops(serve):
+    """One lost connection after answers is one failed query; `unreachable_after` in a row stop the source."""
+    server = serve(lambda path, params: (200, {}, commons([commons_page(1, 1, params["gsrsearch"] + ".jpg")])))
+    source = open_source("wikimedia", **settings(server, retries=0, connect_retries=0, unreachable_after=2))
+    categories = [CategoryQueries(f"n0000000{i}", ((i, f"q{i}", "en"),)) for i in range(1, 5)]
+    proposals = source.propose(categories, 5)
+    assert next(proposals).url == "https://upload.test/q1.jpg"
+    server.httpd.shutdown()
+    server.httpd.server_close()  # the port refuses from now on
+    failed = next(proposals)
+    assert failed.url == "" and failed.error.endswith("connection refused after 1 tries")
+    with pytest.raises(SourceUnreachable, match=r"cannot reach 127\.0\.0\.1"):
+        next(proposals)
+
+
+def test_a_blackholed_api_fails_on_its_connect_timeout():
+    """A port whose backlog is full drops the SYN: only the connect timeout ends the wait (not the 30 s read one)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(8):  # fill the accept queue: later connections get no answer
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        session = requests.Session()
+        session.trust_env = False
+        source = open_source(f"wikimedia:http://127.0.0.1:{port}/w/api.php", session=session, retries=0,
+                             connect_timeout=0.3, connect_retries=1, timeout=600)
+        with pytest.raises(SourceUnreachable) as error:
+            list(source.propose([CategoryQueries(WHIPPET, ((1, "whippet", "en"),))], 5))
+        assert "no answer to the connection (connect timeout) after 2 tries" in str(error.value)
+        for filler in fillers:
+            filler.close()
 
 
 # -- Openverse --------------------------------------------------------------------------------
@@ -337,3 +378,53 @@ def test_flickr_rejected_key_stops_the_command(serve, monkeypatch):
     source = open_source("flickr", **settings(serve(flickr_answer([]))))
     with pytest.raises(MissingCredentials, match="Flickr rejected the key in FLICKR_API_KEY: Invalid API Key"):
         list(source.propose([CategoryQueries(WHIPPET, ((3, "whippet", "en"),))], 4))
+
+
+# -- gather against an API (issue 14 item 13) ---------------------------------------------
+
+
+def corgi_workspace(workspace):
+    from imgnet_build import taxonomy
+
+    with workspace.session() as session:
+        taxonomy.build_tree(session, taxonomy.TreeOptions(roots=("corgi.n.01",)))
+    return workspace
+
+
+def test_gather_shows_search_progress_and_a_rerun_asks_only_unanswered_queries(serve, workspace):
+    """The old gather asked every query again on each run and showed nothing while searching."""
+    from imgnet_build.gather import gather
+
+    def answer(path, params):  # one hit per query, on a loopback URL the fetcher refuses without --allow-loopback
+        key, page = commons_page(1, 1, params["gsrsearch"].replace(" ", "_") + ".jpg")
+        page["imageinfo"][0]["url"] = page["imageinfo"][0]["url"].replace("https://upload.test", "http://127.0.0.1:9")
+        return 200, {}, commons([(key, page)])
+
+    server = serve(answer)
+    corgi_workspace(workspace)
+    session = requests.Session()
+    session.trust_env = False
+    seen: list[tuple[int, int]] = []
+    summary = gather(workspace, f"wikimedia:{server.url}/w/api.php", per_category=1,
+                     source_settings={"session": session, "min_interval": 0}, search_progress=lambda *p: seen.append(p))
+    asked = len(server.calls)
+    assert seen[0] == (0, 3) and seen[-1] == (3, 3) and summary.new_candidates == asked == 9
+    again = gather(workspace, f"wikimedia:{server.url}/w/api.php", per_category=1,
+                   source_settings={"session": session, "min_interval": 0})
+    assert len(server.calls) == asked  # every category has its candidate: nothing to ask
+    assert again.new_candidates == 0
+
+
+def test_gather_from_an_unreachable_api_is_one_error_line(runner, workspace):
+    """`gather --source wikimedia` offline printed nothing for 9+ minutes and made 0 candidates."""
+    from imgnet_build.cli.main import cli
+
+    corgi_workspace(workspace)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = runner.invoke(cli, ["-w", str(workspace.root), "gather", "--source",
+                                 f"wikimedia:http://127.0.0.1:{port}/w/api.php"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert result.output == (f"Error: cannot reach 127.0.0.1:{port}: connection refused after 2 tries; check the "
+                             "network (or the source's address) and run the same command again\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 
 import click
 import pytest
@@ -56,9 +57,11 @@ def test_init_output(runner, tmp_path):
 def test_errors_are_one_line_and_exit_1(runner, ws, tmp_path):
     cases = [
         (["-w", str(tmp_path / "nope"), "status"],
-         f"Error: workspace {tmp_path / 'nope'} does not exist; create it with: imgnet init {tmp_path / 'nope'}\n"),
+         f"Error: workspace {tmp_path / 'nope'} does not exist; create it with: imgnet init {tmp_path / 'nope'} "
+         "(or name an existing one with -w DIR or IMGNET_WORKSPACE)\n"),
         (["-w", str(tmp_path), "status"],
-         f"Error: {tmp_path} is not a workspace (no imgnet.toml); create one with: imgnet init {tmp_path}\n"),
+         f"Error: {tmp_path} is not a workspace (no imgnet.toml); create one with: imgnet init {tmp_path} "
+         "(or name an existing one with -w DIR or IMGNET_WORKSPACE)\n"),
         (["-w", ws, "tree", "build", "--root", "run.v.01"],
          "Error: run.v.01 is a verb synset; categories are noun synsets (e.g. dog.n.01)\n"),
         (["-w", ws, "tree", "build", "--root", "happy.a.01"],
@@ -133,3 +136,99 @@ def test_whole_wordnet_export_with_people(runner, ws):
     assert {"n01440764", "n01443537", "n06794110", "n06874185", "n09229709", "n03590841", "n09472597",
             "n10565667"} <= wnids
     assert not {"n05819453", "n13987423", "n15164957", "n02083863"} & wnids  # truth, happiness, monday, canis
+
+
+# -- issue 14 items 16-18 and issue 15 item 4 ------------------------------------------------
+
+
+def _corgi_images(ws: str) -> None:
+    """Images gathered for corgi (1) and Cardigan (2; one of them also for Pembroke)."""
+    from imgnet_build.store import Candidate, Category, Image
+    from imgnet_build.workspace import Workspace
+
+    workspace = Workspace.open(ws)
+    with workspace.session() as session:
+        ids = {category.wnid: category.id for category in session.query(Category)}
+        for sha in ("a" * 64, "b" * 64, "c" * 64):
+            session.add(Image(sha256=sha, width=64, height=64, format="JPEG", bytes=10, blob_key=f"{sha}.jpg"))
+        session.flush()
+        for wnid, sha in (("n02112826", "a"), ("n02113186", "b"), ("n02113186", "c"), ("n02113023", "c")):
+            session.add(Candidate(category_id=ids[wnid], source="test", url=f"https://example.org/{wnid}/{sha}.jpg",
+                                  status="ok", image_sha256=sha * 64, rank=1))
+    workspace.close()
+
+
+def test_tree_show_gives_subtree_totals_and_json(runner, ws):
+    """Item 18: a node shows its own images and its subtree's (the old line was `corgi: 2 below, 1 images`)."""
+    invoke(runner, "-w", ws, "tree", "build", "--root", "corgi.n.01")
+    _corgi_images(ws)
+    assert invoke(runner, "-w", ws, "tree", "show").output == (
+        "corgi (n02112826): 2 below, 1 images here, 4 in the subtree\n"
+        "  Pembroke (n02113023): 0 below, 1 images here, 1 in the subtree\n"
+        "  Cardigan (n02113186): 0 below, 2 images here, 2 in the subtree\n")
+    rows = json.loads(invoke(runner, "-w", ws, "tree", "show", "--json", "--depth", "0").output)
+    assert rows == [{"wnid": "n02112826", "name": "corgi", "level": 0, "below": 2, "images": 1, "subtree_images": 4}]
+    assert json.loads(invoke(runner, "-w", ws, "tree", "export", "--json").output)[0]["wnid"] == "n02112826"
+
+
+def test_synset_arguments_resolve_one_way_with_suggestions(runner, ws):
+    """Item 17: `--root guitar` suggests guitar.n.01; tree show, candidates and label take wnids and names alike."""
+    result = invoke(runner, "-w", ws, "tree", "build", "--root", "guitar")
+    assert result.exit_code == 1
+    assert result.output == "Error: 'guitar' is not a synset; did you mean guitar.n.01?\n"
+    invoke(runner, "-w", ws, "tree", "build", "--root", "corgi.n.01")
+    for spec in ("cardigan.n.02", "n02113186"):
+        assert invoke(runner, "-w", ws, "tree", "show", "--root", spec).output == "Cardigan (n02113186): 0 below\n"
+    for args in (("tree", "show", "--root"), ("candidates", "--category")):
+        result = invoke(runner, "-w", ws, *args, "dog.n.01")
+        assert (result.exit_code, result.output) == (
+            1, "Error: dog.n.01 (n02084071): not in this workspace's tree (see imgnet tree show)\n")
+    result = invoke(runner, "-w", ws, "candidates", "--category", "corgi")
+    assert result.output == "Error: 'corgi' is not a synset; did you mean corgi.n.01?\n"
+
+
+def test_help_names_only_options_the_command_has(runner):
+    """Item 17: `label collect --help` and `label expire --help` mentioned --max-cost, which they lack."""
+    for command in ("collect", "expire"):
+        text = invoke(runner, "label", command, "--help").output
+        assert "--max-cost" not in text, command
+    assert "--max-cost" in invoke(runner, "label", "submit", "--help").output
+
+
+def test_invite_and_revoke_strip_the_name_alike(runner, ws):
+    """Item 17: `label invite "  carol  "` made carol; `label revoke "  carol  "` then failed."""
+    assert invoke(runner, "-w", ws, "label", "invite", "  carol  ").output.startswith("Invite link for carol:\n")
+    result = invoke(runner, "-w", ws, "label", "revoke", "  carol  ")
+    assert (result.exit_code, result.output) == (0, "Revoked carol's invite link\n")
+
+
+def test_usage_errors_are_what_the_readme_says():
+    """Item 17: the README promised one `Error:` line and exit 1 for every mistake; usage errors are
+    click's usage text and exit 2. The README now says which is which, and this checks both."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "A mistake on the command line itself (an unknown option, a missing argument, a value of the wrong " \
+           "type) prints the usage, a hint and `Error: …`, with exit code 2" in " ".join(readme.split())
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, ["tree", "show", "--bogus"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[0].startswith("Usage: ") and result.output.splitlines()[-1].startswith("Error: ")
+
+
+def test_a_closed_pipe_ends_quietly(ws, tmp_path):
+    """Item 16: `tree show | head` ended with `Error: Broken pipe` and exit 1; now quiet, 141 as for `cat`."""
+    import subprocess
+    import sys
+
+    invoke_args = [sys.executable, "-c", "from imgnet_build.cli.main import main; main()"]
+    subprocess.run([*invoke_args, "-w", ws, "tree", "build", "--root", "dog.n.01"], check=True, capture_output=True,
+                   cwd=tmp_path)
+    for args in (["tree", "show", "--depth", "9"], ["tree", "export"], ["status"]):
+        reader, writer = os.pipe()
+        os.close(reader)  # the reader is gone before the first write, as after `head` quits
+        done = subprocess.run([*invoke_args, "-w", ws, *args], stdout=writer, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path)
+        os.close(writer)
+        assert (done.returncode, done.stderr) == (141, ""), args

@@ -202,3 +202,85 @@ def test_per_item_outcomes_have_a_root_of_their_own():
     for per_item in (ItemFailed, _Retryable, ImageRejected, AnswerInvalid, Abandoned, AddressRefused):
         assert issubclass(per_item, ItemError) and not issubclass(per_item, ImgnetError), per_item
     assert not issubclass(ItemError, ImgnetError) and not issubclass(ImgnetError, ItemError)
+
+
+# -- issue 14 items 14 and 15 ---------------------------------------------------------------
+
+
+def test_a_settings_file_with_a_byte_order_mark_is_read(runner, ws):
+    """Item 15: Notepad's BOM made imgnet.toml "not valid TOML at line 1, column 1"."""
+    (ws / "imgnet.toml").write_bytes(b"\xef\xbb\xbf" + (ws / "imgnet.toml").read_bytes())
+    assert invoke(runner, "-w", ws, "status").exit_code == 0
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[mturk]\nreject_below = true\n", "[mturk] reject_below must be a share between 0 and 1, not True"),
+    ("[mturk]\nmin_approved = 1.5\n", "[mturk] min_approved must be a whole number between 0 and 1000000000, not 1.5"),
+    ("[fetch]\nworkers = true\n", "[fetch] workers must be a whole number, not True"),
+    ("[fetch]\nworkers = \"8\"\n", "[fetch] workers must be a whole number, not '8'"),
+    ("[fetch]\nconnect_timeout = false\n", "[fetch] connect_timeout must be a number, not False"),
+    ("[fetch]\nallow_loopback = 1\n", "[fetch] allow_loopback must be true or false, not 1"),
+    ("[label]\nmethod = 3\n", "[label] method must be a string in quotes, not 3"),
+    ("[label]\nvotes = 0\n", "[label]: --votes must be at least 1, not 0"),
+    ("[export]\nlicenses = [\"cc0\", 1]\n", "[export] licenses must be a string in quotes or a list of strings in "
+                                           "quotes, not ['cc0', 1]"),
+    ("[report]\ncolour = \"blue\"\n", "unknown [report] setting(s) colour; known: sheet_categories, thumbnail_size, "
+                                      "thumbnails_per_side"),
+    ("fetch = 3\n", "fetch must be a table ([fetch]), not 3"),
+])
+def test_every_setting_is_type_checked(runner, ws, content, message):
+    """Item 15: booleans passed `isinstance(x, (int, float))`; now each value is checked against its field's type."""
+    with (ws / "imgnet.toml").open("a") as handle:
+        handle.write(content)
+    result = invoke(runner, "-w", ws, "status")
+    one_error(result, "")
+    assert message in result.output
+
+
+def test_label_serve_refuses_a_newer_schema_at_start(runner, ws):
+    """Item 15: `label serve` started on a newer database and answered 503 to everyone."""
+    workspace = Workspace.open(ws)
+    with workspace.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    workspace.close()
+    one_error(invoke(runner, "-w", ws, "label", "serve", "--port", "0"),
+              "the workspace database is at schema revision 9999, newer than this imgnet")
+
+
+def _read_only(path: Path, *command: str) -> subprocess.CompletedProcess:
+    """Run `imgnet command` with `path` bind-mounted read-only onto itself (a private mount namespace):
+    read-only for root too, which permission bits are not."""
+    imgnet = [sys.executable, "-c", "from imgnet_build.cli.main import main; main()"]
+    script = f'mount --bind -o ro "{path}" "{path}" && exec "$@"'
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *imgnet, *command], capture_output=True,
+                          text=True, cwd=path.parent)
+
+
+@pytest.fixture
+def read_only_mounts(tmp_path):
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f'mount --bind -o ro "{probe}" "{probe}" && touch "{probe}/x"'],
+                          capture_output=True, text=True)
+    if "Read-only file system" not in done.stderr:
+        pytest.skip(f"read-only bind mounts need CAP_SYS_ADMIN (unshare -m): {done.stderr.strip()}")
+
+
+def test_a_read_only_workspace_can_be_read(runner, ws, tmp_path, read_only_mounts):
+    """Item 14: status, label status, tree show and report -o elsewhere failed with "unable to open database
+    file"; they open the database read-only. A command that writes says the folder is read-only."""
+    assert invoke(runner, "-w", ws, "tree", "build", "--root", "corgi.n.01").exit_code == 0
+    status = _read_only(ws, "-w", str(ws), "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert '"categories": 3' in status.stdout
+    for command in (["label", "status"], ["tree", "show"], ["candidates"],
+                    ["report", "-o", str(tmp_path / "report.html")]):
+        done = _read_only(ws, "-w", str(ws), *command)
+        assert done.returncode == 0, (command, done.stderr)
+    assert (tmp_path / "report.html").stat().st_size > 0
+    done = _read_only(ws, "-w", str(ws), "tree", "build", "--root", "dog.n.01")
+    assert done.returncode == 1
+    assert done.stderr == (f"Error: the workspace folder {ws} is read-only, and this command writes to its database; "
+                           "run it where the folder is writable (commands that only read, like imgnet status, "
+                           "work as it is)\n")
+    assert sorted(path.name for path in ws.iterdir()) == ["blobs", "imgnet.db", "imgnet.toml"]

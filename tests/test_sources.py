@@ -241,3 +241,26 @@ def test_a_fifo_and_stdin_are_read_once(tmp_path):
               f"print([p.url for p in open_source('urls:/dev/stdin').propose([CategoryQueries('{WHIPPET}', ())], 5)])")
     run = subprocess.run([sys.executable, "-c", script], input=text, capture_output=True, text=True)
     assert (run.returncode, run.stdout) == (0, "['http://img.test/a.jpg']\n"), run.stderr
+
+
+def test_url_lists_take_nltk_names_and_gather_takes_category(tmp_path, runner):
+    """Issue 14 item 17: the wnid column took only wnids (toy_poodle.n.01 was "unknown wnid"), and gather had no
+    --category; it gathers for that category and the ones below it."""
+    from imgnet_build.cli.main import cli
+
+    ws = str(tmp_path / "ws")
+    assert runner.invoke(cli, ["init", ws]).exit_code == 0
+    assert runner.invoke(cli, ["-w", ws, "tree", "build", "--root", "poodle.n.01"]).exit_code == 0
+    path = tmp_path / "list.csv"
+    path.write_text("url,wnid\nhttp://127.0.0.1:9/a.jpg,toy_poodle.n.01\nhttp://127.0.0.1:9/b.jpg,n02113624\n"
+                    "http://127.0.0.1:9/c.jpg,standard_poodle.n.01\nhttp://127.0.0.1:9/d.jpg,poodle.n.01\n")
+    [proposal, *_] = open_source(f"urls:{path}").propose([CategoryQueries("n02113624", synset="toy_poodle.n.01")])
+    assert (proposal.wnid, proposal.error) == ("n02113624", None)
+    result = runner.invoke(cli, ["-w", ws, "gather", "--source", f"urls:{path}", "--category", "toy_poodle.n.01",
+                                 "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert (summary["new_candidates"], summary["outside_categories"], summary["rejected"]) == (2, 2, 0)
+    listed = runner.invoke(cli, ["-w", ws, "candidates", "--json"]).output.splitlines()
+    assert sorted((json.loads(line)["wnid"], json.loads(line)["url"][-5:]) for line in listed) == [
+        ("n02113624", "a.jpg"), ("n02113624", "b.jpg")]

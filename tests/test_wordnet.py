@@ -19,7 +19,9 @@ def test_resolve_by_wnid_and_by_name():
 @pytest.mark.parametrize("spec, message", [
     ("xyz.n.01", "unknown synset 'xyz.n.01'"),
     ("n99999999", "unknown synset 'n99999999'"),
-    ("dog", "'dog' is not a synset; give a wnid like n02084071 or a name like dog.n.01"),
+    ("dog", "'dog' is not a synset; did you mean dog.n.01, frump.n.01, dog.n.03, cad.n.01, frank.n.02?"),
+    ("guitar", "'guitar' is not a synset; did you mean guitar.n.01?"),  # issue 14 item 17
+    ("xyzzy", "'xyzzy' is not a synset; give a wnid like n02084071 or a name like dog.n.01"),
     ("dog.n.99", "unknown synset 'dog.n.99'; did you mean dog.n.01, frump.n.01, dog.n.03, cad.n.01, frank.n.02?"),
 ])
 def test_unknown_synsets(spec, message):

@@ -105,3 +105,35 @@ def _alembic_heads() -> set[str]:
     config = Config()
     config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
     return set(ScriptDirectory.from_config(config).get_heads())
+
+
+def test_stage_tables_and_one_precedence(tmp_path, monkeypatch):
+    """Issue 15 item 4: [fetch], [label], [export] and [report] in imgnet.toml; flag > environment > file > default."""
+    from imgnet_build.fetch import FetchSettings
+
+    Workspace.init(tmp_path / "ws").close()
+    with (tmp_path / "ws" / "imgnet.toml").open("a") as handle:
+        handle.write("[fetch]\nworkers = 8\nhost_rate = 5\n[label]\nvotes = 5\n[export]\nval_per_class = 2\nseed = 7\n"
+                     "[report]\nthumbnail_size = 64\n")
+    ws = Workspace.open(tmp_path / "ws")
+    stages = ws.settings.stages
+    assert (stages.make("fetch").workers, stages.make("fetch", workers=2).workers) == (8, 2)
+    assert stages.make("fetch").host_rate == 5.0 and stages.make("fetch").per_host == FetchSettings().per_host
+    assert stages.make("label").votes == 5 and stages.make("label", votes=None).votes == 5
+    export = stages.make("export", replaces={"val_fraction": ("val_per_class",)}, val_fraction=0.2)
+    assert (export.val_fraction, export.val_per_class, export.seed) == (0.2, None, 7)
+    assert stages.make("export").val_per_class == 2
+    assert stages.make("report").thumbnail_size == 64
+    ws.close()
+
+
+def test_the_environment_wins_over_the_file_for_the_s3_endpoint(tmp_path, monkeypatch, s3_endpoint):
+    """The S3 endpoint took imgnet.toml over IMGNET_S3_ENDPOINT_URL, the database URL the other way round."""
+    monkeypatch.setenv("IMGNET_S3_ENDPOINT_URL", s3_endpoint)
+    Workspace.init(tmp_path / "ws", blobs="s3://imgs/ws").close()
+    with (tmp_path / "ws" / "imgnet.toml").open("a") as handle:
+        handle.write('s3_endpoint_url = "http://127.0.0.1:9"\n')  # nothing listens there
+    ws = Workspace.open(tmp_path / "ws")
+    ws.blob_store.put("ab/cd/x.jpg", b"data")
+    assert ws.blob_store.get("ab/cd/x.jpg") == b"data"
+    ws.close()

@@ -65,6 +65,7 @@ def invite(workspace: Workspace, name: str) -> Invite:
 
 def revoke(workspace: Workspace, name: str) -> None:
     """Stop worker `name`'s link and sessions; their votes stay."""
+    name = _check_name(name)  # stripped as invite stripped it
     with workspace.session() as session:
         worker = session.scalar(select(Worker).where(Worker.backend == BACKEND, Worker.external_id == name))
         if worker is None:

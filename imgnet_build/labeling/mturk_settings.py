@@ -62,7 +62,7 @@ class MTurkSettings:
         _check_int(f"{where} min_approval_rate", self.min_approval_rate, 0, 100)
         _check_int(f"{where} min_approved", self.min_approved, 0, 10**9)
         _check_int(f"{where} reject_min_controls", self.reject_min_controls, 1, 1000)
-        if not isinstance(self.reject_below, (int, float)) or not 0 <= self.reject_below <= 1:
+        if isinstance(self.reject_below, bool) or not isinstance(self.reject_below, (int, float)) or not 0 <= self.reject_below <= 1:
             raise BadInput(f"{where} reject_below must be a share between 0 and 1, not {self.reject_below!r}")
         if self.locale is not None and not (isinstance(self.locale, str) and re.fullmatch(r"[A-Z]{2}", self.locale)):
             raise BadInput(f"{where} locale must be a two-letter country code like \"US\", not {self.locale!r}")

@@ -257,14 +257,9 @@ def _category_ids(session: Session, wnids: tuple[str, ...]) -> list[int]:
     if not wnids:
         return list(session.scalars(select(Candidate.category_id).where(Candidate.status == CandidateStatus.OK)
                                     .distinct().order_by(Candidate.category_id)))
-    found = {}
-    for wnid, synset, id_ in session.execute(select(Category.wnid, Category.synset, Category.id)
-                                             .where(Category.wnid.in_(wnids) | Category.synset.in_(wnids))):
-        found[wnid] = found[synset] = id_
-    missing = [wnid for wnid in wnids if wnid not in found]
-    if missing:
-        raise BadInput(f"--category {', '.join(missing)}: not in this workspace's tree (see imgnet tree show)")
-    return [found[wnid] for wnid in wnids]
+    from imgnet_build.taxonomy import find_category  # the one SYNSET resolution
+
+    return [find_category(session, spec).id for spec in wnids]
 
 
 def category_pairs(session: Session, category_id: int) -> dict[int, tuple[str, str]]:

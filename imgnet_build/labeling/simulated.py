@@ -50,15 +50,17 @@ class Crowd:
 
     @classmethod
     def from_options(cls, options: dict) -> Crowd:
-        accuracy = options.get("sim_accuracy") or "0.6-0.95"
+        defaults = cls()  # the defaults are the fields' own, written once above
+        accuracy = options.get("sim_accuracy") or defaults.accuracy
         if isinstance(accuracy, str):
             match = re.fullmatch(r"\s*([0-9.]+)\s*-\s*([0-9.]+)\s*", accuracy)
             if not match:
                 raise BadInput(f"--sim-accuracy must look like 0.6-0.95, not {accuracy!r}")
             accuracy = (float(match[1]), float(match[2]))
-        return cls(int(options.get("sim_workers") or 60), tuple(accuracy),
-                   float(0.1 if options.get("sim_spammers") is None else options["sim_spammers"]),
-                   int(options.get("sim_seed") or 0), float(options.get("sim_constant") or 0))
+        pick = lambda name, default: default if options.get(f"sim_{name}") is None else options[f"sim_{name}"]  # noqa: E731
+        return cls(int(pick("workers", defaults.workers)), tuple(accuracy),
+                   float(pick("spammers", defaults.spammers)), int(pick("seed", defaults.seed)),
+                   float(pick("constant", defaults.constant)))
 
     def batch_suffix(self) -> str:
         constant = f"-c{self.constant:g}" if self.constant else ""

@@ -20,7 +20,9 @@ class CategoryQueries:
     """What a search source needs to know about one category."""
 
     wnid: str
-    queries: tuple[tuple[int, str, str], ...]  # (query id, text, language), best first
+    queries: tuple[tuple[int, str, str], ...] = ()  # (query id, text, language), best first
+    synset: str | None = None  # the nltk name, e.g. toy_poodle.n.01
+    have: int = 0  # URLs this source already proposed for the category in earlier runs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,8 +66,14 @@ class UrlList:
         self._check_header()  # fail now, not half-way, if the file is unusable
 
     def propose(self, categories: Iterable[CategoryQueries], per_category: int = 0) -> Iterator[Proposal]:
-        """Every row of the file as a Proposal; rank is the row's position among its wnid's rows."""
-        known = {category.wnid for category in categories}
+        """Every row of the file as a Proposal; rank is the row's position among its wnid's rows.
+
+        The wnid column takes a wnid (`n02113624`) or the category's nltk name (`toy_poodle.n.01`)."""
+        known: dict[str, str] = {}
+        for category in categories:
+            known[category.wnid] = category.wnid
+            if category.synset:
+                known[category.synset] = category.wnid
         ranks: Counter[str] = Counter()
         rows = self._json_rows() if self.format == "jsonl" else self._table_rows()
         for line, row in rows:
@@ -76,7 +82,7 @@ class UrlList:
                 continue
             yield self._proposal(line, row, known, ranks)
 
-    def _proposal(self, line: int, row: dict, known: set[str], ranks: Counter[str]) -> Proposal:
+    def _proposal(self, line: int, row: dict, known: dict[str, str], ranks: Counter[str]) -> Proposal:
         url = str(row.get("url") or "").strip()
         wnid = str(row.get("wnid") or "").strip()
         extras = {key: (str(row[key]).strip() or None) if row.get(key) is not None else None
@@ -91,6 +97,7 @@ class UrlList:
             return Proposal(wnid=wnid, url=url, error=f"line {line}: empty wnid")
         if wnid not in known:
             return Proposal(wnid=wnid, url=url, error=f"unknown wnid {wnid} (not in the category tree)")
+        wnid = known[wnid]
         ranks[wnid] += 1
         return Proposal(wnid=wnid, url=url, rank=ranks[wnid], truth=truth, license=extras["license"],
                         attribution=extras["attribution"])
