@@ -75,6 +75,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import imagehash
 import numpy as np
@@ -89,6 +90,9 @@ from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
 from imgnet_build.store import Candidate, CandidateStatus, Category, Image, Label, analyze
 from imgnet_build.store import Cluster as StoredCluster
 from imgnet_build.workspace import Workspace
+
+if TYPE_CHECKING:
+    from imgnet_build.executor import Executor
 
 __all__ = ["DEFAULT_THRESHOLD", "PIXEL_RADIUS", "ALONE_RADIUS", "SECOND_RADIUS", "LOW_DETAIL", "DedupReport",
            "DuplicateCounts", "Hashes", "Member", "Cluster", "hash_image", "pixel_digest", "run", "same_picture",
@@ -311,12 +315,14 @@ def _groups(rows: _Rows, new_count: int, value_of: list[int], near: dict[int, li
     for row in range(new_count, len(rows)):
         if rows.heads[row] and not rows.flat[row]:
             heads[value_of[row]].append(row)
-        if rows.pixel[row] is not None and rows.cluster[row] is not None:
-            by_pixels.setdefault(rows.pixel[row], rows.cluster[row])
+        pixel, cluster = rows.pixel[row], rows.cluster[row]
+        if pixel is not None and cluster is not None:
+            by_pixels.setdefault(pixel, cluster)
     groups: dict[int, list[int]] = defaultdict(list)
     order = sorted(range(new_count), key=lambda row: (-rows.area[row], _rank(ranks.get(rows.sha[row])), rows.sha[row]))
     for row in order:
-        group = by_pixels.get(rows.pixel[row]) if rows.pixel[row] is not None else None
+        pixel = rows.pixel[row]
+        group = by_pixels.get(pixel) if pixel is not None else None
         if group is None and not rows.flat[row]:
             value = value_of[row]
             choices = [(bits, head) for other, bits in [(value, 0), *near.get(value, ())] for head in heads.get(other, ())
@@ -329,8 +335,8 @@ def _groups(rows: _Rows, new_count: int, value_of: list[int], near: dict[int, li
                 heads[value_of[row]].append(row)
         key[row] = group
         groups[group].append(row)
-        if rows.pixel[row] is not None:
-            by_pixels.setdefault(rows.pixel[row], group)
+        if pixel is not None:
+            by_pixels.setdefault(pixel, group)
     return groups
 
 
@@ -338,11 +344,10 @@ def _ranks(session: Session, shas: list[str] | None) -> dict[str, int | None]:
     """{sha256: best (lowest) rank of its ok candidates}, for `shas` or for every image."""
     query = (select(Candidate.image_sha256, func.min(Candidate.rank)).where(Candidate.status == CandidateStatus.OK)
              .group_by(Candidate.image_sha256))
-    if shas is None:
-        return dict(session.execute(query).all())
     ranks: dict[str, int | None] = {}
-    for chunk in batched(shas, 500):
-        ranks.update(session.execute(query.where(Candidate.image_sha256.in_(chunk))).all())
+    for chunk in [None] if shas is None else batched(shas, 500):
+        chosen = query if chunk is None else query.where(Candidate.image_sha256.in_(chunk))
+        ranks.update((sha, rank) for sha, rank in session.execute(chosen) if sha is not None)
     return ranks
 
 
@@ -520,7 +525,8 @@ def assign_clusters(session: Session, rows, wanted: dict[str, str], batch_size: 
     live = dict(session.execute(select(StoredCluster.id, StoredCluster.representative).where(StoredCluster.merged_into.is_(None))).all())
     oldest = lambda members: min((r.cluster_id for r in members if r.cluster_id in live), default=float("inf"))  # noqa: E731
     claimed: set[int] = set()
-    moves, founders = [], []
+    moves: list[dict[str, Any]] = []
+    founders = []
     for representative, members in sorted(groups.items(), key=lambda item: (oldest(item[1]), item[0])):
         ids = sorted({r.cluster_id for r in members if r.cluster_id in live} - claimed)
         if not ids:
@@ -535,9 +541,10 @@ def assign_clusters(session: Session, rows, wanted: dict[str, str], batch_size: 
             _move_labels(session, merged, keep)
         moves += [{"sha256": r.sha256, "cluster_id": keep} for r in members if r.cluster_id != keep]
     for chunk in batched(founders, batch_size):
-        ids = session.scalars(insert(StoredCluster).returning(StoredCluster.id, sort_by_parameter_order=True),
-                              [{"key": rep, "representative": rep} for rep, _ in chunk]).all()
-        moves += [{"sha256": r.sha256, "cluster_id": id_} for id_, (_, members) in zip(ids, chunk, strict=True) for r in members]
+        made = session.scalars(insert(StoredCluster).returning(StoredCluster.id, sort_by_parameter_order=True),
+                               [{"key": rep, "representative": rep} for rep, _ in chunk]).all()
+        moves += [{"sha256": r.sha256, "cluster_id": id_} for id_, (_, members) in zip(made, chunk, strict=True)
+                  for r in members]
     for chunk in batched(moves, batch_size):
         session.execute(update(Image), chunk)
 
@@ -590,7 +597,8 @@ class _Hasher:
     workspace's executor says so (started at the first batch, so a rerun with nothing to hash starts nothing)."""
 
     def __init__(self, workspace: Workspace, pool: ThreadPoolExecutor) -> None:
-        self.workspace, self.pool, self.executor = workspace, pool, None
+        self.workspace, self.pool = workspace, pool
+        self.executor: Executor | None = None
 
     def __call__(self, batch) -> list:
         if self.workspace.executor == "local":
@@ -660,11 +668,14 @@ def clusters(session: Session) -> list[Cluster]:
                              .group_by(Candidate.image_sha256).having(func.count() > 1)).all()
     groups: dict[str, set[str]] = defaultdict(set)
     for sha, representative in links:
-        groups[representative].update((sha, representative))
-    for sha in shared:
-        groups[sha].add(sha)
+        if representative is not None:
+            groups[representative].update((sha, representative))
+    for owner in shared:
+        if owner is not None:
+            groups[owner].add(owner)
     wanted = sorted({sha for group in groups.values() for sha in group})
-    images, candidates = {}, defaultdict(list)
+    images: dict[str, Image] = {}
+    candidates: dict[str, list[Any]] = defaultdict(list)
     for chunk in batched(wanted, 500):
         images.update((row.sha256, row) for row in session.scalars(select(Image).where(Image.sha256.in_(chunk))))
         for row in session.execute(select(Candidate.image_sha256, Candidate.url, Candidate.source, Candidate.rank,
