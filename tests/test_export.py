@@ -464,6 +464,7 @@ def test_hf_labels_are_a_class_label(labeled, tmp_path, monkeypatch):
         assert got == sorted((row["sha256"], names.index(row["wnid"])) for row in rows if row["split"] == split)
 
 
+@pytest.mark.sqlite_only(reason="holds SQLite's own file lock to make the record fail")
 def test_an_export_that_cannot_be_recorded_leaves_out_as_it_was(workspace, tmp_path):
     """Before: with the database locked, the export put a complete OUT in place, then failed to record it:
     no export row, no recorded split, and the rerun refused the non-empty OUT."""
