@@ -351,9 +351,9 @@ def export(workspace, out: str | os.PathLike, options: ExportOptions = ExportOpt
                                     manifest_sha256, counts["left_out"], counts["unknown"], counts["mismatch"],
                                     counts["simulated"])
         header = getattr(exporter, "card_header", None)
-        _write_text(writer, "dataset.json", json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-        _write_text(writer, "classes.txt", classes_text(classes))
-        _write_text(writer, "README.md", render_card(document, header(classes, [s for s in ("train", "val")
+        writer.write_text("dataset.json", json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        writer.write_text("classes.txt", classes_text(classes))
+        writer.write_text("README.md", render_card(document, header(classes, [s for s in ("train", "val")
                                                                                  if tally.splits[s]]) if header else ""))
         verify_export(partial)
         moved, moved_count, changes = _moves(workspace, cluster_ids, val)
@@ -579,14 +579,6 @@ def _write_items(written: Iterator[tuple[Item, str]], classes: list[ClassInfo], 
     except OSError as exc:
         raise writer.failed("manifest.jsonl", exc) from exc
     return tally, digest.hexdigest()
-
-
-def _write_text(writer: FileWriter, relative: str, text: str) -> None:
-    try:
-        with open(writer.path(relative), "w", encoding="utf-8") as handle:
-            handle.write(text)
-    except OSError as exc:
-        raise writer.failed(relative, exc) from exc
 
 
 def _moves(workspace, cluster_ids: np.ndarray, val: np.ndarray) -> tuple[list[dict], int, dict[str, np.ndarray]]:

@@ -84,6 +84,14 @@ class FileWriter:
         except OSError as exc:
             raise self.failed(relative, exc) from exc
 
+    def write_text(self, relative: str, text: str) -> None:
+        """Write a small UTF-8 text file under OUT; a failure names it."""
+        try:
+            with open(self.path(relative), "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise self.failed(relative, exc) from exc
+
     def failed(self, relative: str, exc: OSError) -> ExportFailed:
         """The error for a file of the export that could not be written."""
         return ExportFailed(f"cannot write {self.shown / relative}: {exc.strerror or exc}; nothing was exported")

@@ -33,7 +33,7 @@ class Ilsvrc:
     def write(self, items: Iterable[Item], classes: Sequence[ClassInfo], out: Path,
               writer: FileWriter) -> Iterator[tuple[Item, str]]:
         class_id = {info.wnid: info.index + 1 for info in classes}
-        _write_text(writer, SYNSET_MAPPING,
+        writer.write_text(SYNSET_MAPPING,
                     "".join(f"{info.wnid} {', '.join(info.lemmas) or info.name}\n" for info in classes))
         writer.folder("val")
         with open(writer.path(GROUND_TRUTH), "w", encoding="utf-8") as truth:
@@ -58,11 +58,3 @@ def _files(items: Iterable[Item], writer: FileWriter) -> Iterator[tuple[Item, st
         else:
             val += 1
             yield item, f"val/ILSVRC2012_val_{val:08d}.JPEG"
-
-
-def _write_text(writer: FileWriter, relative: str, text: str) -> None:
-    try:
-        with open(writer.path(relative), "w", encoding="utf-8") as handle:
-            handle.write(text)
-    except OSError as exc:
-        raise writer.failed(relative, exc) from exc
