@@ -51,15 +51,18 @@
     lightbox.focus();
   }
 
-  function shrink() {
-    if (lightbox.open) { lightbox.close(); }
-  }
-
-  lightbox.addEventListener("close", function () {
+  function shrink() {  // closes and moves focus at once, so a quick Space after Escape hits the right tile
     var back = shown;
     shown = -1;
+    if (lightbox.open) { lightbox.close(); }
     if (back >= 0) { focusItem(back); }
+  }
+
+  lightbox.addEventListener("cancel", function (event) {  // Escape: the "close" event would come a task later
+    event.preventDefault();
+    shrink();
   });
+  lightbox.addEventListener("close", shrink);
   lightbox.addEventListener("click", function (event) {
     if (event.target === lightbox) { shrink(); }  // the backdrop
   });
