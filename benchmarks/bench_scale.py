@@ -64,8 +64,9 @@ def populate(workspace: Workspace, images: int, seed: int = 0, batch: int = 20_0
     from imgnet_build import taxonomy
 
     with workspace.session() as session:
-        if not session.scalar(select(Category.id).limit(1)):
-            taxonomy.build_tree(session, taxonomy.TreeOptions())
+        empty = not session.scalar(select(Category.id).limit(1))
+    if empty:
+        taxonomy.build_tree(workspace, taxonomy.TreeOptions())
     with workspace.session() as session:
         parents = set(session.scalars(select(CategoryEdge.parent_id)))
         leaves = np.array(sorted(set(session.scalars(select(Category.id))) - parents), dtype=np.int64)

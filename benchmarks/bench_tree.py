@@ -46,8 +46,7 @@ load_wordnet()
 ws = Workspace.init(sys.argv[1])
 roots = tuple(sys.argv[2:])
 start = time.perf_counter()
-with ws.session() as session:
-    result = build_tree(session, TreeOptions(roots=roots))
+result = build_tree(ws, TreeOptions(roots=roots))
 print(result.categories, time.perf_counter() - start)
 """
 

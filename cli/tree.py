@@ -6,7 +6,6 @@ import click
 
 from imgnet_build import taxonomy
 from imgnet_build.cli.common import json_option, pass_workspace, print_json
-from imgnet_build.errors import BadInput
 from imgnet_build.workspace import Workspace
 
 
@@ -33,17 +32,14 @@ def build(workspace: Workspace, roots, excludes, max_depth, include_people, as_j
     \b
         imgnet tree build --root dog.n.01 --root musical_instrument.n.01
     """
-    options = taxonomy.TreeOptions(tuple(roots), tuple(excludes), max_depth, include_people)
-    with workspace.session() as session:
-        result = taxonomy.build_tree(session, options)
+    result = taxonomy.build_tree(workspace, taxonomy.TreeOptions(tuple(roots), tuple(excludes), max_depth,
+                                                                 include_people))
     if as_json:
         print_json(result.as_dict())
         return
-    if result.kept:
-        click.echo(f"Warning: kept {len(result.kept)} categories outside the new selection because they have "
-                   f"candidates: {', '.join(result.kept[:10])}{' …' if len(result.kept) > 10 else ''}", err=True)
-    click.echo(f"tree: {result.categories} categories, {result.edges} edges "
-               f"({result.added} added, {result.removed} removed, {len(result.kept)} kept)")
+    for warning in result.warnings():
+        click.echo(f"Warning: {warning}", err=True)
+    click.echo(result.summary())
 
 
 @tree.command()
@@ -60,21 +56,16 @@ def show(workspace: Workspace, root: str | None, depth: int, as_json: bool) -> N
     \b
         imgnet tree show --root dog.n.01 --depth 1
     """
-    with workspace.session() as session:
-        nodes = taxonomy.load_tree(session)
-        if not nodes:
-            raise BadInput("the tree is empty; build it with: imgnet tree build")
-        images = taxonomy.image_counts(session) or None
-        roots = taxonomy.show_roots(session, nodes, root)
+    view = taxonomy.show_tree(workspace, root, depth)
     if as_json:
-        print_json(taxonomy.tree_rows(nodes, roots, depth, images))
+        print_json(view.as_dict())
         return
-    for line in taxonomy.render_tree(nodes, roots, depth, images):
+    for line in view.lines():
         click.echo(line)
 
 
 @tree.command()
-@click.option("--format", "fmt", type=click.Choice(["json", "csv", "txt"]), default="json", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(taxonomy.TREE_FORMATS), default="json", show_default=True,
               help="json: [{wnid, name, lemmas, gloss, parents, depth}]; csv: the same columns; "
                    "txt: ILSVRC's LOC_synset_mapping.txt lines.")
 @click.option("--json", "fmt", flag_value="json", help="The same as --format json.")
@@ -89,6 +80,4 @@ def export(workspace: Workspace, fmt: str, output) -> None:
     \b
         imgnet tree export --format txt -o LOC_synset_mapping.txt
     """
-    with workspace.session() as session:
-        rows = taxonomy.export_rows(taxonomy.load_tree(session))
-    taxonomy.write_rows(rows, fmt, output)
+    taxonomy.export_tree(workspace, fmt, output)

@@ -1,6 +1,70 @@
-"""imgnet-build: make an ImageNet-style image dataset from WordNet."""
+"""imgnet-build: make an ImageNet-style image dataset from WordNet.
+
+The public surface: every stage is `stage(workspace, [what it works on,] settings, *,
+progress=None) -> Result`, and every result prints itself two ways, `as_dict()` (what
+`--json` prints) and `summary()` (the CLI's text); see `imgnet_build.stage`.
+
+    import imgnet_build as imgnet
+
+    workspace = imgnet.Workspace.init("ws")
+    print(imgnet.build_tree(workspace, imgnet.TreeOptions(roots=("dog.n.01",))).summary())
+    print(imgnet.find_duplicates(workspace).summary())
+
+Names are imported when first used: the stages import heavy libraries (numpy, Pillow,
+matplotlib) that `import imgnet_build` alone should not load.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from imgnet_build.errors import ImgnetError
 
 __version__ = "0.1.0"
-__all__ = ["ImgnetError", "__version__"]
+
+if TYPE_CHECKING:  # the same table as _PUBLIC, for type checkers
+    from imgnet_build.dedup import run as find_duplicates
+    from imgnet_build.report import ReportOptions, write_report
+    from imgnet_build.split import ExportOptions
+    from imgnet_build.split import export as export_dataset
+    from imgnet_build.stage import Progress, Result
+    from imgnet_build.taxonomy import TreeOptions, build_tree, export_tree, show_tree
+    from imgnet_build.workspace import Workspace
+
+# public name -> (module, name there), in pipeline order
+_PUBLIC: dict[str, tuple[str, str]] = {
+    "Workspace": ("imgnet_build.workspace", "Workspace"),
+    "Progress": ("imgnet_build.stage", "Progress"),
+    "Result": ("imgnet_build.stage", "Result"),
+    "TreeOptions": ("imgnet_build.taxonomy", "TreeOptions"),
+    "build_tree": ("imgnet_build.taxonomy", "build_tree"),
+    "show_tree": ("imgnet_build.taxonomy", "show_tree"),
+    "export_tree": ("imgnet_build.taxonomy", "export_tree"),
+    "find_duplicates": ("imgnet_build.dedup", "run"),
+    "ExportOptions": ("imgnet_build.split", "ExportOptions"),
+    "export_dataset": ("imgnet_build.split", "export"),
+    "ReportOptions": ("imgnet_build.report", "ReportOptions"),
+    "write_report": ("imgnet_build.report", "write_report"),
+}
+
+__all__ = [  # _PUBLIC's names (tests/test_library_api.py keeps the three lists equal)
+    "ImgnetError", "__version__", "Workspace", "Progress", "Result",
+    "TreeOptions", "build_tree", "show_tree", "export_tree",
+    "find_duplicates",
+    "ExportOptions", "export_dataset",
+    "ReportOptions", "write_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'imgnet_build' has no attribute {name!r}")
+    module, attribute = _PUBLIC[name]
+    value = getattr(import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

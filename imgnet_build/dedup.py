@@ -72,7 +72,6 @@ import io
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +86,7 @@ from sqlalchemy.orm import Session, aliased
 from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
 from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
+from imgnet_build.stage import Progress
 from imgnet_build.store import Candidate, CandidateStatus, Category, Image, Label, analyze
 from imgnet_build.store import Cluster as StoredCluster
 from imgnet_build.workspace import Workspace
@@ -107,9 +107,6 @@ LOW_DETAIL = 4.0  # grey-level standard deviation under which a picture is near-
 ANALYZE_AFTER = 10_000  # images grouped in a run after which the planner's statistics are refreshed
 _DRAFT_SIZE = (64, 64)
 _UNREADABLE = (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError)
-
-Progress = Callable[[int, int], None]  # (images hashed so far, images to hash in all)
-
 
 class Hashes(tuple):
     """(pHash, dHash) as unsigned 64-bit integers, and `detail`: the standard deviation of

@@ -54,8 +54,7 @@ def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], N
             raise WorkspaceExists(f"{directory} is a workspace not made by imgnet demo; the demo would replace "
                                   "its category tree. Give the demo a new folder: imgnet demo imgnet-demo")
         say(f"demo: continuing the workspace in {directory}")
-    with workspace.session() as session:
-        tree = build_tree(session, TreeOptions(roots=(DEMO_ROOT,)))
+    tree = build_tree(workspace, TreeOptions(roots=(DEMO_ROOT,)))
     say(f"tree: {tree.categories} categories below {DEMO_ROOT}")
     if online:
         summary = gather(workspace, "wikimedia", per_category=IMAGES_PER_CATEGORY)

@@ -102,6 +102,7 @@ from imgnet_build.exporters.files import FileWriter
 from imgnet_build.exporters.webdataset import DEFAULT_SHARD_SIZE
 from imgnet_build.licenses import UNKNOWN, license_code, parse_license_spec
 from imgnet_build.store import Candidate, Category, Cluster, Export, Image, Label
+from imgnet_build.workspace import Workspace
 
 __all__ = ["ExportOptions", "ExportResult", "export", "split_draw", "choose_val", "cap_per_class", "verify_export",
            "DEFAULT_VAL_FRACTION", "DEFAULT_MIN_PER_CLASS", "KNOWN_LICENSES"]
@@ -309,7 +310,7 @@ class _Pairs:
     digest: str
 
 
-def export(workspace, out: str | os.PathLike, options: ExportOptions = ExportOptions()) -> ExportResult:
+def export(workspace: Workspace, out: str | os.PathLike, options: ExportOptions = ExportOptions()) -> ExportResult:
     """Write the accepted images to `out` in `options.format`; see the module docstring."""
     out = Path(out)
     _check_target(workspace, out, options.overwrite)

@@ -25,10 +25,12 @@ from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput, NotImageable, UnknownSynset
 from imgnet_build.store import Candidate, Category, CategoryEdge
 from imgnet_build.wordnet import WNID, load_wordnet, resolve_synset, wnid
+from imgnet_build.workspace import Workspace
 
-__all__ = ["Rule", "TreeOptions", "Selection", "BuildResult", "TreeNode", "load_rule", "select_categories",
-           "build_tree", "why_not_imageable", "load_tree", "descendant_counts", "image_counts", "tree_tops",
-           "render_tree", "tree_rows", "subtree_totals", "export_rows", "find_category", "show_roots", "write_rows"]
+__all__ = ["Rule", "TreeOptions", "Selection", "BuildResult", "TreeNode", "TreeView", "TreeExport", "load_rule",
+           "select_categories", "build_tree", "show_tree", "export_tree", "why_not_imageable", "load_tree",
+           "descendant_counts", "image_counts", "tree_tops", "render_tree", "tree_rows", "subtree_totals",
+           "export_rows", "find_category", "show_roots", "write_rows", "TREE_FORMATS"]
 
 
 BATCH = 5000  # rows per statement when writing the tree
@@ -83,6 +85,16 @@ class BuildResult:
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self) | {"kept": list(self.kept)}
+
+    def summary(self) -> str:
+        return (f"tree: {self.categories} categories, {self.edges} edges "
+                f"({self.added} added, {self.removed} removed, {len(self.kept)} kept)")
+
+    def warnings(self) -> list[str]:
+        if not self.kept:
+            return []
+        shown = ", ".join(self.kept[:10]) + (" …" if len(self.kept) > 10 else "")
+        return [f"kept {len(self.kept)} categories outside the new selection because they have candidates: {shown}"]
 
 
 def _below(starts: Iterable, blocked: set | frozenset = frozenset()) -> set:
@@ -213,12 +225,17 @@ def _row(synset, depth: int) -> dict[str, object]:
             "gloss": synset.definition(), "lexname": synset.lexname(), "depth": depth}
 
 
-def build_tree(session: Session, options: TreeOptions) -> BuildResult:
-    """Replace the workspace's category tree with a new selection.
+def build_tree(workspace: Workspace, options: TreeOptions = TreeOptions()) -> BuildResult:
+    """Replace the workspace's category tree with a new selection, in one transaction.
 
     Categories that fall out of the selection are deleted, unless candidates hang on
     them: those are kept (and reported) so no gathered work is lost.
     """
+    with workspace.session() as session:
+        return _replace_tree(session, options)
+
+
+def _replace_tree(session: Session, options: TreeOptions) -> BuildResult:
     selection = select_categories(options)
     existing = dict(session.execute(select(Category.wnid, Category.id)).all())
     with_candidates = set(session.scalars(
@@ -362,11 +379,7 @@ def render_tree(tree: dict[str, TreeNode], roots: list[str], max_depth: int | No
                 image_counts: dict[str, int] | None = None) -> Iterator[str]:
     """Indented lines `name (wnid): N below[, M images here, T in the subtree]`; a category with
     several parents shows under each."""
-    for row in tree_rows(tree, roots, max_depth, image_counts):
-        line = f"{'  ' * typing.cast(int, row['level'])}{row['name']} ({row['wnid']}): {row['below']} below"
-        if "images" in row:
-            line += f", {row['images']} images here, {row['subtree_images']} in the subtree"
-        yield line
+    yield from TreeView(tree_rows(tree, roots, max_depth, image_counts)).lines()
 
 
 def find_category(session: Session, spec: str) -> Category:
@@ -420,3 +433,61 @@ def write_rows(rows: list[dict[str, object]], fmt: str, output: typing.TextIO) -
             output.write(f"{row['wnid']} {', '.join(typing.cast(list, row['lemmas']))}\n")
     else:
         raise BadInput(f"unknown tree format {fmt!r}; use json, csv or txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeView:
+    """What `imgnet tree show` prints: `rows` as `tree_rows` makes them, in display order."""
+
+    rows: list[dict[str, object]]
+
+    def as_dict(self) -> list[dict[str, object]]:
+        return self.rows
+
+    def lines(self) -> Iterator[str]:
+        """Indented lines `name (wnid): N below[, M images here, T in the subtree]`."""
+        for row in self.rows:
+            line = f"{'  ' * typing.cast(int, row['level'])}{row['name']} ({row['wnid']}): {row['below']} below"
+            if "images" in row:
+                line += f", {row['images']} images here, {row['subtree_images']} in the subtree"
+            yield line
+
+    def summary(self) -> str:
+        return "\n".join(self.lines())
+
+
+def show_tree(workspace: Workspace, root: str | None = None, depth: int | None = 2) -> TreeView:
+    """The tree below `root` (a SYNSET; default: from the tops) to `depth` levels, with image
+    counts once images are gathered. BadInput when the tree is empty."""
+    with workspace.session() as session:
+        nodes = load_tree(session)
+        if not nodes:
+            raise BadInput("the tree is empty; build it with: imgnet tree build")
+        images = image_counts(session) or None
+        roots = show_roots(session, nodes, root)
+    return TreeView(tree_rows(nodes, roots, depth, images))
+
+
+TREE_FORMATS = ("json", "csv", "txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeExport:
+    """What `export_tree` wrote."""
+
+    format: str
+    categories: int
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        return f"tree export: {self.categories} categories as {self.format}"
+
+
+def export_tree(workspace: Workspace, fmt: str, output: typing.TextIO) -> TreeExport:
+    """Write the category tree to `output` as `fmt` (see `write_rows`)."""
+    with workspace.session() as session:
+        rows = export_rows(load_tree(session))
+    write_rows(rows, fmt, output)
+    return TreeExport(fmt, len(rows))

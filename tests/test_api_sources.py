@@ -386,8 +386,7 @@ def test_flickr_rejected_key_stops_the_command(serve, monkeypatch):
 def corgi_workspace(workspace):
     from imgnet_build import taxonomy
 
-    with workspace.session() as session:
-        taxonomy.build_tree(session, taxonomy.TreeOptions(roots=("corgi.n.01",)))
+    taxonomy.build_tree(workspace, taxonomy.TreeOptions(roots=("corgi.n.01",)))
     return workspace
 
 

@@ -111,26 +111,26 @@ def test_roots_the_filter_excludes(root, message):
 
 def test_build_and_rebuild_keeps_categories_with_candidates(any_workspace):
     with any_workspace.session() as session:
-        result = taxonomy.build_tree(session, TreeOptions(roots=("dog.n.01",)))
+        result = taxonomy.build_tree(any_workspace, TreeOptions(roots=("dog.n.01",)))
         assert (result.categories, result.edges, result.added) == (190, 189, 190)
         whippet = session.scalar(select(Category).where(Category.synset == "whippet.n.01"))
         session.add(Candidate(category_id=whippet.id, source="urls", url="http://example.test/w.jpg"))
     with any_workspace.session() as session:
-        result = taxonomy.build_tree(session, TreeOptions(roots=("domestic_cat.n.01",)))
+        result = taxonomy.build_tree(any_workspace, TreeOptions(roots=("domestic_cat.n.01",)))
         assert result.kept == ("n02091134",)
         assert result.removed == 189
         wnids = set(session.scalars(select(Category.wnid)))
         assert "n02091134" in wnids and "n02123045" in wnids  # whippet kept, tabby added
         assert session.scalar(select(func.count()).select_from(Candidate)) == 1
     with any_workspace.session() as session:  # the same build again changes nothing
-        again = taxonomy.build_tree(session, TreeOptions(roots=("domestic_cat.n.01",)))
+        again = taxonomy.build_tree(any_workspace, TreeOptions(roots=("domestic_cat.n.01",)))
         assert (again.added, again.removed, again.categories) == (0, 0, result.categories)
         assert session.scalar(select(func.count()).select_from(CategoryEdge)) == again.edges
 
 
 def test_tree_rendering_counts_descendants(workspace):
+    taxonomy.build_tree(workspace, TreeOptions(roots=("corgi.n.01",)))
     with workspace.session() as session:
-        taxonomy.build_tree(session, TreeOptions(roots=("corgi.n.01",)))
         nodes = taxonomy.load_tree(session)
     assert list(taxonomy.render_tree(nodes, taxonomy.tree_tops(nodes), None)) == [
         "corgi (n02112826): 2 below",
