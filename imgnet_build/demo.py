@@ -91,8 +91,8 @@ def measured_quality(workspace: Workspace) -> tuple[float, float]:
         truth = {(cluster, category): bool(value) for cluster, category, value in session.execute(
             select(Image.cluster_id, Candidate.category_id, Candidate.truth)
             .join(Candidate, Candidate.image_sha256 == Image.sha256).where(Candidate.truth.is_not(None)))}
-        accepted = set(session.execute(select(Label.cluster_id, Label.category_id)
-                                       .where(Label.status == "accepted")).tuples())
+        accepted = {(cluster, category) for cluster, category in session.execute(
+            select(Label.cluster_id, Label.category_id).where(Label.status == "accepted"))}
     right = sum(truth.get(pair, False) for pair in accepted)
     return right / max(len(accepted), 1), right / max(sum(truth.values()), 1)
 

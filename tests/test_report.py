@@ -212,6 +212,29 @@ def test_figures(built, tmp_path):
     assert summary.summary().startswith(f"report: {tmp_path / 'report.html'} (")
 
 
+def test_the_report_and_label_status_show_one_cost(built, tmp_path):
+    """One computation of cost, by marketplace: a live HIT whose reward was not recorded is priced
+    the way the cost cap prices it (the settings' reward), in the report as in `label status`."""
+    from imgnet_build.labeling.status import label_status
+
+    workspace, _ = built
+    with workspace.session() as s:
+        task = Task(category_id=s.scalars(select(Category.id)).first(), round=2, batch="r2-mturk-live",
+                    backend="mturk", status="done", assignments_wanted=3, reward=None)
+        s.add(task)
+        s.flush()
+        s.add(Assignment(task_id=task.id, worker_id=s.scalars(select(Worker.id)).first(), status="approved"))
+    status = label_status(workspace)["cost"]
+    summary = write_report(workspace, tmp_path / "report.html")
+    assert Decimal(summary.cost) == Decimal(status["spent_usd"]) > Decimal("0.82")
+    table = html.unescape((tmp_path / "report.html").read_text()).split('id="cost"')[1].split("</table>")[0]
+    for market in status["marketplaces"]:
+        shown = market["spent_usd"] if market["paid"] else "0.00"
+        assert (f"<td>{market['marketplace']}</td><td class=\"n\">{market['tasks']}</td>"
+                f"<td class=\"n\">{market['assignments']}</td>") in table
+        assert f"<td class=\"n\">${shown}</td></tr>" in table
+
+
 def test_figures_of_a_simulated_crowd_match_the_truth(workspace, tmp_path):
     """Labels written by the labeling engine itself; precision recomputed here from the world's truth."""
     world = build_world(workspace, categories=3, images=24)
@@ -246,7 +269,7 @@ def test_split_counts_are_the_exports(workspace, tmp_path):
 
 def gather_facts_of(workspace):
     with workspace.session() as session:
-        return gather_facts(session)
+        return gather_facts(session, workspace)
 
 
 def test_escapes_everything_from_the_data(built, tmp_path):

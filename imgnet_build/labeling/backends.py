@@ -15,12 +15,12 @@ import dataclasses
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.errors import BadInput
 from imgnet_build.registry import Registry
-from imgnet_build.store import Task
+from imgnet_build.store import Assignment, Task
 
 if TYPE_CHECKING:
     from imgnet_build.workspace import Workspace
@@ -30,16 +30,26 @@ __all__ = ["Backend", "LocalBackend", "Spend", "register", "get_backend", "works
 
 @dataclasses.dataclass(frozen=True)
 class Spend:
-    """What labeling on one marketplace cost: `paid` says whether it is real money."""
+    """What labeling on one marketplace cost: `paid` says whether it is real money (the MTurk
+    sandbox's figures are its free test money). Spent is rewards plus fees of submitted or
+    approved work; committed is what open tasks may still cost."""
 
     marketplace: str
     paid: bool
-    spent_usd: Decimal = Decimal("0.00")  # work submitted or approved, fees included
-    committed_usd: Decimal = Decimal("0.00")  # what open tasks may still cost
+    tasks: int = 0
+    assignments: int = 0  # submitted or approved
+    reward_usd: Decimal = Decimal("0.00")
+    fee_usd: Decimal = Decimal("0.00")
+    committed_usd: Decimal = Decimal("0.00")
+
+    @property
+    def spent_usd(self) -> Decimal:
+        return self.reward_usd + self.fee_usd
 
     def as_dict(self) -> dict:
-        return {"marketplace": self.marketplace, "paid": self.paid, "spent_usd": str(self.spent_usd),
-                "committed_usd": str(self.committed_usd)}
+        return {"marketplace": self.marketplace, "paid": self.paid, "tasks": self.tasks,
+                "assignments": self.assignments, "reward_usd": str(self.reward_usd), "fee_usd": str(self.fee_usd),
+                "spent_usd": str(self.spent_usd), "committed_usd": str(self.committed_usd)}
 
 
 class Backend(Protocol):
@@ -62,7 +72,8 @@ class Backend(Protocol):
 
     # Optional: `test` (its answers are not evidence), `reserve(session, tasks)` (refuse tasks over a cost cap,
     # under the planning lock), `publish_in_transaction` (False: publish committed tasks afterwards),
-    # `spend(session, workspace) -> list[Spend]` (a classmethod; a backend without it costs nothing).
+    # `spend(session, workspace) -> list[Spend]` (a classmethod; a backend without it costs nothing, and
+    # workspace_spend counts its tasks and paid assignments).
 
 
 class LocalBackend:
@@ -102,10 +113,14 @@ def workspace_spend(session: Session, workspace) -> list[Spend]:
     """What labeling cost, per marketplace, each backend computing its own: the one computation
     of cost that `label status` and the report show."""
     BACKENDS.load()
+    paid_work = (select(Task.backend, func.count(func.distinct(Task.id)), func.count(Assignment.id))
+                 .outerjoin(Assignment, and_(Assignment.task_id == Task.id, Assignment.simulated.is_(False),
+                                             Assignment.status.in_(("submitted", "approved"))))
+                 .group_by(Task.backend))
     spends: list[Spend] = []
-    for name in sorted(set(session.scalars(select(Task.backend).distinct()))):
+    for name, tasks, assignments in session.execute(paid_work.order_by(Task.backend)):
         spend = getattr(BACKENDS.get(name), "spend", None)
-        spends += spend(session, workspace) if spend is not None else [Spend(name, paid=False)]
+        spends += spend(session, workspace) if spend is not None else [Spend(name, False, tasks, assignments)]
     return spends
 
 

@@ -213,8 +213,10 @@ class MTurkBackend:
                     select(Task.batch).where(Task.backend == cls.name).distinct())):
                 continue
             cost = workspace_cost(session, live, reward=reward)
-            spends.append(Spend("mturk live" if live else "mturk sandbox", paid=live,
-                                spent_usd=cost["spent"].total_usd, committed_usd=cost["committed"].total_usd))
+            spent = cost["spent"]
+            spends.append(Spend("mturk live" if live else "mturk sandbox", paid=live, tasks=spent.tasks,
+                                assignments=spent.assignments, reward_usd=spent.reward_usd, fee_usd=spent.fee_usd,
+                                committed_usd=cost["committed"].total_usd))
         return spends
 
     @property

@@ -105,7 +105,7 @@ def write_report(workspace: Workspace, path: str | os.PathLike,
     if not path.parent.is_dir():
         raise BadInput(f"cannot write {path}: folder {path.parent} does not exist")
     with workspace.session() as session:
-        facts = gather_facts(session)
+        facts = gather_facts(session, workspace)
         with_pictures = [row for row in facts.categories.values() if row.images or row.accepted or row.rejected]
         sheet = ContactSheet(session, workspace.blob_store, with_pictures[:options.sheet_categories],
                              options.thumbnails_per_side, options.thumbnail_size)

@@ -1,7 +1,7 @@
 """The numbers behind the report, read with aggregate queries (one row per group, never
 one per image): memory grows with the number of categories and workers, not of images.
 
-    facts = gather_facts(session)
+    facts = gather_facts(session, workspace)
     facts.truth.precision, facts.controls.accuracy, facts.cost, ...
 """
 
@@ -10,15 +10,16 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from imgnet_build import taxonomy
 from imgnet_build.dedup import duplicate_counts
+from imgnet_build.labeling.backends import workspace_spend
 from imgnet_build.store import (
-    Assignment,
     Candidate,
     CandidateStatus,
     Category,
@@ -26,11 +27,13 @@ from imgnet_build.store import (
     Cluster,
     Image,
     Label,
-    Task,
     TaskItem,
     Vote,
     Worker,
 )
+
+if TYPE_CHECKING:
+    from imgnet_build.workspace import Workspace
 
 __all__ = ["Facts", "gather_facts", "reason_group", "MAX_TREE_ROWS", "MAX_WORKER_ROWS"]
 
@@ -38,21 +41,6 @@ MAX_TREE_ROWS = 1500  # rows of the category tree shown; the rest is counted in 
 MAX_WORKER_ROWS = 200  # workers shown, most votes first
 MAX_REASONS = 30  # failure reasons shown, commonest first
 MAX_CONFLICTS = 20  # cross-category clusters listed
-PAID_ASSIGNMENTS = ("submitted", "approved")  # work a requester pays for (rejected work is not paid)
-
-
-def _mturk_price(reward: Decimal, hit_size: int, assignments: int) -> tuple[Decimal, Decimal]:
-    """(rewards, fees) as MTurk charges them (its fee rule lives with the backend)."""
-    from imgnet_build.labeling.mturk_settings import price
-
-    charged = price(reward, hit_size, assignments, tasks=0)
-    return charged.reward_usd, charged.fee_usd
-
-
-# How each backend that costs money prices (reward, hit size, paid assignments); a
-# backend whose class says `costs_money` without an entry here is priced at its rewards.
-# Backends that cost nothing (local, simulated) cost 0.
-PRICING = {"mturk": _mturk_price}
 
 
 def reason_group(status: str, error: str) -> str:
@@ -196,7 +184,6 @@ class CostRow:
     reward: Decimal = Decimal(0)
     fee: Decimal = Decimal(0)
     paid: bool = False  # False: a backend that costs nothing (local, simulated)
-    unpriced_tasks: int = 0  # tasks of a paid backend with no readable reward
 
     @property
     def total(self) -> Decimal:
@@ -241,7 +228,7 @@ class Facts:
         return {"train": sum(r.train for r in rows), "val": sum(r.val for r in rows)}
 
 
-def gather_facts(session: Session) -> Facts:
+def gather_facts(session: Session, workspace: Workspace) -> Facts:
     """Everything the report shows except pictures."""
     from imgnet_build.store import stage_counts
 
@@ -255,7 +242,7 @@ def gather_facts(session: Session) -> Facts:
         vote_patterns=_vote_patterns(session),
         simulated_labels=session.scalar(select(func.count()).select_from(Label).where(Label.simulated.is_(True))) or 0,
         controls=_controls(session), truth=_truth(session, categories), workers=_workers(session),
-        cost=_cost(session), hard=_hard(session))
+        cost=_cost(session, workspace), hard=_hard(session))
 
 
 def _tree_order(nodes: dict[str, taxonomy.TreeNode], wanted: set[str] | None, limit: int) -> Iterator[tuple[int, str]]:
@@ -446,43 +433,11 @@ def _workers(session: Session) -> Workers:
     return workers
 
 
-def _cost(session: Session) -> list[CostRow]:
-    paid = func.count(Assignment.id)
-    rows: dict[str, CostRow] = {}
-    for backend, batch, reward, wanted, tasks, assignments in session.execute(
-            select(Task.backend, Task.batch, Task.reward, Task.assignments_wanted,
-                   func.count(func.distinct(Task.id)), paid)
-            .outerjoin(Assignment, and_(Assignment.task_id == Task.id, Assignment.status.in_(PAID_ASSIGNMENTS),
-                                        Assignment.simulated.is_(False)))
-            .group_by(Task.backend, Task.batch, Task.reward, Task.assignments_wanted).order_by(Task.backend)):
-        name, costs = backend, _costs_money(backend)
-        if backend == "mturk":
-            from imgnet_build.labeling.mturk import is_live
-
-            name, costs = ("mturk", True) if is_live(batch) else ("mturk sandbox", False)  # the sandbox is free
-        row = rows.setdefault(name, CostRow(name, paid=costs))
-        row.tasks += tasks
-        row.assignments += assignments
-        if not costs:
-            continue
-        try:
-            amount = Decimal(reward or "")  # InvalidOperation when there is none
-        except (InvalidOperation, TypeError):
-            row.unpriced_tasks += tasks
-            continue
-        if backend in PRICING:
-            rewards, fees = PRICING[backend](amount, wanted, assignments)
-        else:
-            rewards, fees = amount * assignments, Decimal(0)
-        row.reward += rewards
-        row.fee += fees
-    return list(rows.values())
-
-
-def _costs_money(backend: str) -> bool:
-    from imgnet_build.labeling.backends import BACKENDS
-
-    return backend in PRICING or bool(getattr(BACKENDS.get(backend), "costs_money", False))
+def _cost(session: Session, workspace: Workspace) -> list[CostRow]:
+    """The cost table: `label status`'s computation, by marketplace; test money shows as nothing."""
+    return [CostRow(spend.marketplace, spend.tasks, spend.assignments,
+                    spend.reward_usd if spend.paid else Decimal(0), spend.fee_usd if spend.paid else Decimal(0),
+                    paid=spend.paid) for spend in workspace_spend(session, workspace)]
 
 
 def _hard(session: Session) -> list[HardCategory]:
