@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import json
-
 import click
 
 from imgnet_build.cli.common import pass_workspace
-from imgnet_build.gather import CANDIDATE_FIELDS, list_candidates
+from imgnet_build.gather import list_candidates
 from imgnet_build.store import CandidateStatus
-from imgnet_build.taxonomy import find_category
 from imgnet_build.workspace import Workspace
 
 STATUSES = tuple(str(status) for status in CandidateStatus)  # plain strings: click shows an Enum by its names
@@ -35,23 +31,5 @@ def candidates(workspace: Workspace, status: str | None, category: str | None, r
     \b
         imgnet candidates --status failed --reason "HTTP 404" --csv > dead-links.csv
     """
-    with workspace.session() as session:
-        wnid = find_category(session, category).wnid if category else None
-        rows = list_candidates(session, status, wnid, reason, limit)
-        if fmt == "csv":
-            writer = csv.DictWriter(_Echo(), CANDIDATE_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        elif fmt == "json":
-            for row in rows:
-                click.echo(json.dumps(row, ensure_ascii=False))
-        else:
-            for row in rows:
-                click.echo("\t".join((row["status"], row["wnid"], row["url"], row["reason"] or "")))
-
-
-class _Echo:
-    """A file-like object for csv that writes through click.echo (stdout, as click's tests capture it)."""
-
-    def write(self, text: str) -> None:
-        click.echo(text, nl=False)
+    for line in list_candidates(workspace, status, category, reason, limit).lines(fmt or "tsv"):
+        click.echo(line)

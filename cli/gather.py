@@ -62,8 +62,8 @@ def gather(workspace: Workspace, source_spec: str, categories: tuple[str, ...], 
             if bar:
                 bar.close()
     if as_json:
-        print_json(summary.to_dict())
+        print_json(summary.as_dict())
         return
     for warning in summary.warnings():
         click.echo(f"warning: {warning}", err=True)
-    click.echo(summary.line())
+    click.echo(summary.summary())

@@ -25,6 +25,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # the same table as _PUBLIC, for type checkers
     from imgnet_build.dedup import run as find_duplicates
+    from imgnet_build.fetch import FetchSettings, fetch_pending
+    from imgnet_build.gather import gather as gather_images
+    from imgnet_build.gather import list_candidates
     from imgnet_build.report import ReportOptions, write_report
     from imgnet_build.split import ExportOptions
     from imgnet_build.split import export as export_dataset
@@ -41,6 +44,10 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "build_tree": ("imgnet_build.taxonomy", "build_tree"),
     "show_tree": ("imgnet_build.taxonomy", "show_tree"),
     "export_tree": ("imgnet_build.taxonomy", "export_tree"),
+    "FetchSettings": ("imgnet_build.fetch", "FetchSettings"),
+    "gather_images": ("imgnet_build.gather", "gather"),
+    "fetch_pending": ("imgnet_build.fetch", "fetch_pending"),
+    "list_candidates": ("imgnet_build.gather", "list_candidates"),
     "find_duplicates": ("imgnet_build.dedup", "run"),
     "ExportOptions": ("imgnet_build.split", "ExportOptions"),
     "export_dataset": ("imgnet_build.split", "export"),
@@ -51,6 +58,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
 __all__ = [  # _PUBLIC's names (tests/test_library_api.py keeps the three lists equal)
     "ImgnetError", "__version__", "Workspace", "Progress", "Result",
     "TreeOptions", "build_tree", "show_tree", "export_tree",
+    "FetchSettings", "gather_images", "fetch_pending", "list_candidates",
     "find_duplicates",
     "ExportOptions", "export_dataset",
     "ReportOptions", "write_report",

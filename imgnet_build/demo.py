@@ -62,7 +62,7 @@ def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], N
         with _local_mirror(Path(directory) / "demo-mirror") as url_list:
             settings = FetchSettings(allow_loopback=True)
             summary = gather(workspace, f"urls:{url_list}", settings=settings)
-    say(summary.line())
+    say(summary.summary())
     say(dedup.run(workspace).summary())
     if not online:
         result = rounds.run(workspace, "simulated")

@@ -41,7 +41,6 @@ import datetime as dt
 import itertools
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from imgnet_build.claims import LEASE, QUOTA_REASON, Claimed, Claims, Item, Result
@@ -50,7 +49,9 @@ from imgnet_build.errors import BadInput
 from imgnet_build.executor import Batch, Executor, open_executor, parse_executor
 from imgnet_build.fetch_item import BlobStoreFailed, Outcome
 from imgnet_build.netguard import redact
+from imgnet_build.stage import Progress
 from imgnet_build.store import CandidateStatus
+from imgnet_build.workspace import Workspace
 
 __all__ = ["FetchSettings", "FetchSummary", "fetch_pending", "BlobStoreFailed", "QUOTA_REASON", "LEASE"]
 
@@ -118,7 +119,11 @@ class FetchSummary:
     def images_per_second(self) -> float:
         return self.ok / self.seconds if self.seconds > 0 else 0.0
 
-    def to_dict(self) -> dict:
+    def summary(self) -> str:
+        return (f"fetched: {self.ok} ok, {self.failed} failed, {self.skipped} skipped "
+                f"in {self.seconds:.1f} s ({self.images_per_second:.0f} images/s)")
+
+    def as_dict(self) -> dict:
         return {"ok": self.ok, "failed": self.failed, "skipped": self.skipped, "downloaded": self.downloaded,
                 "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1),
                 "reasons": dict(self.reasons.most_common(20))}
@@ -135,8 +140,8 @@ class _Run:
     The database work is in `imgnet_build.claims`, one item's work in `imgnet_build.fetch_item`, where it
     runs in `imgnet_build.executor`."""
 
-    def __init__(self, workspace, settings: FetchSettings, per_category: int | None,
-                 progress: Callable[[int, int], None] | None):
+    def __init__(self, workspace: Workspace, settings: FetchSettings, per_category: int | None,
+                 progress: Progress | None):
         self.workspace, self.settings, self.quota, self.progress = workspace, settings, per_category, progress
         self.claims = Claims(workspace, settings.retry_failed, per_category)
         self.summary = FetchSummary()
@@ -340,9 +345,8 @@ def _forget_oldest(cache: dict) -> None:
         del cache[key]
 
 
-def fetch_pending(workspace, settings: FetchSettings = FetchSettings(), per_category: int | None = None,
-                  progress: Callable[[int, int], None] | None = None,
-                  executor: str | Executor | None = None) -> FetchSummary:
+def fetch_pending(workspace: Workspace, settings: FetchSettings = FetchSettings(), per_category: int | None = None,
+                  *, progress: Progress | None = None, executor: str | Executor | None = None) -> FetchSummary:
     """Fetch every pending candidate of `workspace` (and quota-skipped ones, while under quota).
 
     `progress(done, total)` is called from the calling thread as results are committed.

@@ -1,7 +1,7 @@
 """Gathering: queries for every category, candidates from a source, then the download.
 
     summary = gather(workspace, "urls:candidates.csv", per_category=200)
-    print(summary.line())   # gathered: 812 ok, 57 failed, 3 skipped in 4.2 s (193 images/s)
+    print(summary.summary())   # gathered: 812 ok, 57 failed, 3 skipped in 4.2 s (193 images/s)
 
 Steps, each idempotent, so running the same gather again continues where it stopped:
 1. `queries.expand_queries` makes (or finds) each category's search strings, for sources
@@ -17,23 +17,30 @@ Steps, each idempotent, so running the same gather again continues where it stop
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import batched, insert_ignore
 from imgnet_build.errors import BadInput, SourceUnreachable
 from imgnet_build.fetch import FetchSettings, FetchSummary, fetch_pending
 from imgnet_build.netguard import redact
 from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
+from imgnet_build.stage import Progress
 from imgnet_build.store import Candidate, CandidateStatus, Category, database_reason, url_hash
+from imgnet_build.workspace import Workspace
 
-__all__ = ["gather", "GatherSummary", "propose_candidates", "list_candidates", "failure_reasons", "DEFAULT_PROPOSALS"]
+__all__ = ["gather", "GatherSummary", "propose_candidates", "list_candidates", "CandidateListing", "candidate_rows",
+           "failure_reasons", "DEFAULT_PROPOSALS", "CANDIDATE_FIELDS", "LISTING_FORMATS"]
 
 DEFAULT_PROPOSALS = 100  # what a search source is asked for per category when there is no quota
 # Web search is about 10% precise and some downloads fail: a search source is asked for
@@ -70,7 +77,7 @@ class GatherSummary:
     def skipped(self) -> int:
         return self.fetch.skipped
 
-    def line(self) -> str:
+    def summary(self) -> str:
         rate = self.ok / self.seconds if self.seconds > 0 else 0.0
         return (f"gathered: {self.ok} ok, {self.failed} failed, {self.skipped} skipped "
                 f"in {self.seconds:.1f} s ({rate:.0f} images/s)")
@@ -82,20 +89,20 @@ class GatherSummary:
         reasons = "; ".join(f"{reason} ({count})" for reason, count in self.rejected.most_common(5))
         return [f"{total} proposal(s) not attached to any category: {reasons}"]
 
-    def to_dict(self) -> dict:
+    def as_dict(self) -> dict:
         return {"source": self.source, "proposed": self.proposed, "new_candidates": self.new_candidates,
                 "ok": self.ok, "failed": self.failed, "skipped": self.skipped, "invalid": self.invalid,
                 "outside_categories": self.outside,
                 "rejected": sum(self.rejected.values()), "rejected_reasons": dict(self.rejected.most_common(20)),
                 "rejected_examples": self.examples, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.ok / self.seconds, 1) if self.seconds > 0 else 0.0,
-                "fetch": self.fetch.to_dict()}
+                "fetch": self.fetch.as_dict()}
 
 
-def gather(workspace, source_spec: str, per_category: int | None = None, languages: Iterable[str] = ("en",),
-           settings: FetchSettings = FetchSettings(), source_settings: dict | None = None,
-           progress: Callable[[int, int], None] | None = None, categories: Iterable[str] = (),
-           search_progress: Callable[[int, int], None] | None = None) -> GatherSummary:
+def gather(workspace: Workspace, source_spec: str, per_category: int | None = None, languages: Iterable[str] = ("en",),
+           settings: FetchSettings = FetchSettings(), source_settings: dict | None = None, *,
+           categories: Iterable[str] = (), progress: Progress | None = None,
+           search_progress: Progress | None = None) -> GatherSummary:
     """Propose candidates for every category of `workspace` from `source_spec` and fetch them.
 
     `per_category` is the quota of valid images per category (None: no quota);
@@ -111,12 +118,12 @@ def gather(workspace, source_spec: str, per_category: int | None = None, languag
     propose_candidates(workspace, source, per_category, languages, summary, categories, search_progress)
     if source.local:
         settings = dataclasses.replace(settings, local_sources=settings.local_sources | {source.name})
-    summary.fetch = fetch_pending(workspace, settings, per_category, progress)
+    summary.fetch = fetch_pending(workspace, settings, per_category, progress=progress)
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _category_queries(workspace, languages: Iterable[str], source: Source, only: Iterable[str] = ()
+def _category_queries(workspace: Workspace, languages: Iterable[str], source: Source, only: Iterable[str] = ()
                       ) -> tuple[list[CategoryQueries], dict[str, int], set[str] | None]:
     """What the source is asked about, every category's id by wnid, and the wnids `only`
     selects (None: all). A search source is asked about the selected categories only; a list
@@ -164,9 +171,9 @@ def _category_queries(workspace, languages: Iterable[str], source: Source, only:
         return wanted, ids, chosen
 
 
-def propose_candidates(workspace, source: Source, per_category: int | None, languages: Iterable[str],
+def propose_candidates(workspace: Workspace, source: Source, per_category: int | None, languages: Iterable[str],
                        summary: GatherSummary, categories: Iterable[str] = (),
-                       progress: Callable[[int, int], None] | None = None) -> None:
+                       progress: Progress | None = None) -> None:
     """Insert the source's proposals as candidate rows (idempotent); count what cannot be attached.
 
     A search source reports `progress(categories searched, categories)` as it goes."""
@@ -208,7 +215,7 @@ def _until_unreachable(proposals: Iterator[Proposal], stopped: list[SourceUnreac
         stopped.append(exc)
 
 
-def _counted(categories: list[CategoryQueries], progress: Callable[[int, int], None] | None
+def _counted(categories: list[CategoryQueries], progress: Progress | None
              ) -> Iterator[CategoryQueries]:
     """The categories, calling `progress(done, total)` as the source moves on to each next one."""
     for done, category in enumerate(categories):
@@ -219,7 +226,7 @@ def _counted(categories: list[CategoryQueries], progress: Callable[[int, int], N
         progress(len(categories), len(categories))
 
 
-def _insert_new(workspace, rows: dict[tuple[int, str], dict]) -> list[dict]:
+def _insert_new(workspace: Workspace, rows: dict[tuple[int, str], dict]) -> list[dict]:
     with workspace.session() as session:
         known = set(session.execute(select(Candidate.category_id, Candidate.url_hash).where(
             Candidate.url_hash.in_({key for _, key in rows}))).all())
@@ -268,7 +275,7 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (", 1)[0]
 
 
-def failure_reasons(session, limit: int = 10) -> dict[str, int]:
+def failure_reasons(session: Session, limit: int = 10) -> dict[str, int]:
     """Failed candidates grouped by the kind of reason ("HTTP 404 Not Found", "refused", "TLS error"…), commonest first."""
     kinds: Counter = Counter()
     for error, count in session.execute(select(Candidate.error, func.count()).where(
@@ -280,8 +287,8 @@ def failure_reasons(session, limit: int = 10) -> dict[str, int]:
 CANDIDATE_FIELDS = ("id", "status", "wnid", "url", "reason", "attempts", "source", "rank", "license", "image_sha256")
 
 
-def list_candidates(session, status: str | None = None, wnid: str | None = None, reason: str | None = None,
-                    limit: int | None = None) -> Iterator[dict]:
+def candidate_rows(session: Session, status: str | None = None, wnid: str | None = None, reason: str | None = None,
+                   limit: int | None = None) -> Iterator[dict]:
     """Candidates as dicts (`CANDIDATE_FIELDS`), in id order; `reason` matches part of the error text
     (any case). Passwords in URLs and reasons are hidden."""
     query = (select(Candidate.id, Candidate.status, Category.wnid, Candidate.url, Candidate.error, Candidate.attempts,
@@ -300,3 +307,62 @@ def list_candidates(session, status: str | None = None, wnid: str | None = None,
         values["url"] = redact(values["url"])
         values["reason"] = redact(values["reason"]) if values["reason"] else None
         yield values
+
+
+LISTING_FORMATS = ("tsv", "json", "csv")
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateListing:
+    """The candidates `list_candidates` selects, read when iterated (a listing may hold millions)."""
+
+    workspace: Workspace
+    status: str | None = None
+    wnid: str | None = None
+    reason: str | None = None
+    limit: int | None = None
+
+    def rows(self) -> Iterator[dict]:
+        """Candidates as dicts (`CANDIDATE_FIELDS`), in id order."""
+        with self.workspace.session() as session:
+            yield from candidate_rows(session, self.status, self.wnid, self.reason, self.limit)
+
+    def lines(self, fmt: str = "tsv") -> Iterator[str]:
+        """The listing as text lines: tsv (status, wnid, url, reason), json (one object a line) or
+        csv (a header, then `CANDIDATE_FIELDS`); a CSV record with a line break in it is one item."""
+        if fmt == "tsv":
+            for row in self.rows():
+                yield "\t".join((row["status"], row["wnid"], row["url"], row["reason"] or ""))
+        elif fmt == "json":
+            for row in self.rows():
+                yield json.dumps(row, ensure_ascii=False)
+        elif fmt == "csv":
+            yield ",".join(CANDIDATE_FIELDS)
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, CANDIDATE_FIELDS, lineterminator="\n")
+            for row in self.rows():
+                writer.writerow(row)
+                yield buffer.getvalue()[:-1]  # one record: a line break inside a field stays in it
+                buffer.seek(0)
+                buffer.truncate()
+        else:
+            raise BadInput(f"unknown listing format {fmt!r}; use {', '.join(LISTING_FORMATS)}")
+
+    def as_dict(self) -> list[dict]:
+        return list(self.rows())
+
+    def summary(self) -> str:
+        return "\n".join(self.lines())
+
+
+def list_candidates(workspace: Workspace, status: str | None = None, category: str | None = None,
+                    reason: str | None = None, limit: int | None = None) -> CandidateListing:
+    """Candidates with `status`, of `category` (a SYNSET), whose reason contains `reason` (any case),
+    at most `limit`; passwords in URLs and reasons are hidden. UnknownSynset names a wrong category now."""
+    wnid = None
+    if category:
+        from imgnet_build.taxonomy import find_category
+
+        with workspace.session() as session:
+            wnid = find_category(session, category).wnid
+    return CandidateListing(workspace, status, wnid, reason, limit)

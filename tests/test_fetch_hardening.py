@@ -210,7 +210,7 @@ def test_passwords_in_urls_are_redacted_from_reasons_and_warnings(workspace, ser
     summary = fetch_pending(workspace, LOOPBACK)
     (status, error, _), = rows(workspace).values()
     assert (status, error) == ("failed", f"redirect loop: http://me:***@127.0.0.1:{server.port}/loop")
-    assert "s3cret" not in str(summary.to_dict())
+    assert "s3cret" not in str(summary.as_dict())
 
     from imgnet_build.gather import gather
 
