@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from imgnet_build import __version__
@@ -103,14 +105,14 @@ def demo(directory: str | None, online: bool) -> None:
     mirror of generated pictures (with broken links, duplicates and off-category
     pictures among them), removes duplicates, labels them with the simulated crowd,
     exports an imagefolder split (simulated labels included, and said) to DIRECTORY/dataset
-    and writes DIRECTORY/report.html. Running it again continues the same workspace. DIRECTORY
-    defaults to -w/--workspace, else imgnet-demo; a workspace the demo did not make is
-    refused.
+    and writes DIRECTORY/report.html; the workspace is DIRECTORY/workspace. Running it
+    again continues the same workspace. DIRECTORY defaults to -w/--workspace, else
+    imgnet-demo; a folder the demo did not make is refused.
 
     Example:
 
     \b
-        imgnet demo imgnet-demo && imgnet -w imgnet-demo status
+        imgnet demo imgnet-demo && imgnet -w imgnet-demo/workspace status
     """
     from imgnet_build.demo import run_demo
 
@@ -118,8 +120,9 @@ def demo(directory: str | None, online: bool) -> None:
     workspace = run_demo(directory, online=online, say=click.echo)
     counts = workspace.status()
     workspace.close()
-    click.echo(f"demo: done; {counts['images']} images stored in {directory}. Next: "
-               f"imgnet -w {directory} status, imgnet -w {directory} tree show --root poodle.n.01")
+    root = Path(directory) / "workspace"
+    click.echo(f"demo: done; {counts['images']} images stored in {root}. Next: "
+               f"imgnet -w {root} status, imgnet -w {root} tree show --root poodle.n.01")
 
 
 # (module in cli/, click command in it); each stage adds its line here.

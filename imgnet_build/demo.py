@@ -33,7 +33,7 @@ from imgnet_build.workspace import Workspace
 __all__ = ["run_demo", "DEMO_ROOT", "DEMO_CATEGORIES"]
 
 DEMO_ROOT = "dog.n.01"
-DEMO_MARKER = ".imgnet-demo"  # a workspace the demo made (and may rebuild)
+DEMO_MARKER = ".imgnet-demo"  # a folder the demo made (and may rebuild)
 DEMO_CATEGORIES = ("pembroke.n.01", "cardigan.n.02", "toy_poodle.n.01", "standard_poodle.n.01", "whippet.n.01")
 IMAGES_PER_CATEGORY = 12
 DEMO_PORT = 28613  # the local mirror's port when free (see _ports)
@@ -41,25 +41,38 @@ OFF_CATEGORY = 4  # pictures of something else in each category's list: the crow
 
 
 def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], None] = print) -> Workspace:
-    """Build (or continue) a demo workspace in `directory`; `say` receives one line per step."""
+    """Build (or continue) the demo in `directory`: the workspace in `directory/workspace`, the
+    export in `directory/dataset` (outside the workspace, as every export must be) and the report
+    in `directory/report.html`. `say` receives one line per step."""
+    directory = Path(directory)
+    if (directory / "imgnet.toml").exists():  # a workspace itself: never the demo's folder
+        if (directory / DEMO_MARKER).exists():
+            raise WorkspaceExists(f"{directory} is a demo workspace of an older imgnet, which kept the dataset "
+                                  f"inside the workspace; remove it (rm -r {directory}) or give the demo a new folder")
+        raise WorkspaceExists(f"{directory} is a workspace not made by imgnet demo; the demo would replace "
+                              "its category tree. Give the demo a new folder: imgnet demo imgnet-demo")
+    root = directory / "workspace"
     try:
-        workspace = Workspace.open(directory)
+        workspace = Workspace.open(root)
     except NotAWorkspace:
-        workspace = Workspace.init(directory)
-        (Path(directory) / DEMO_MARKER).write_text("made by imgnet demo; imgnet demo may rebuild this tree\n")
-        say(f"demo: created the workspace {directory}")
+        if directory.exists() and any(directory.iterdir()) and not (directory / DEMO_MARKER).exists():
+            raise WorkspaceExists(f"{directory} is a folder with files not made by imgnet demo; "
+                                  "give the demo a new folder: imgnet demo imgnet-demo") from None
+        workspace = Workspace.init(root)
+        (directory / DEMO_MARKER).write_text("made by imgnet demo; imgnet demo may rebuild what is in here\n")
+        say(f"demo: created the workspace {root}")
     else:
-        if not any((Path(directory) / name).exists() for name in (DEMO_MARKER, "demo-mirror")):
+        if not (directory / DEMO_MARKER).exists():
             workspace.close()
-            raise WorkspaceExists(f"{directory} is a workspace not made by imgnet demo; the demo would replace "
+            raise WorkspaceExists(f"{root} is a workspace not made by imgnet demo; the demo would replace "
                                   "its category tree. Give the demo a new folder: imgnet demo imgnet-demo")
-        say(f"demo: continuing the workspace in {directory}")
+        say(f"demo: continuing the workspace in {root}")
     tree = build_tree(workspace, TreeOptions(roots=(DEMO_ROOT,)))
     say(f"tree: {tree.categories} categories below {DEMO_ROOT}")
     if online:
         summary = gather(workspace, "wikimedia", per_category=IMAGES_PER_CATEGORY)
     else:
-        with _local_mirror(Path(directory) / "demo-mirror") as url_list:
+        with _local_mirror(directory / "mirror") as url_list:
             settings = FetchSettings(allow_loopback=True)
             summary = gather(workspace, f"urls:{url_list}", settings=settings)
     say(summary.summary())
@@ -72,12 +85,12 @@ def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], N
         say(f"labels measured against the truth: precision {precision:.3f}, recall {recall:.3f}")
         from imgnet_build.split import ExportOptions, export
 
-        dataset = export(workspace, Path(directory) / "dataset",  # the crowd was simulated: said, and opted in
+        dataset = export(workspace, directory / "dataset",  # the crowd was simulated: said, and opted in
                          ExportOptions(format="imagefolder", include_simulated=True, overwrite=True))
         say(f"{dataset.summary()} (simulated labels included)")
     from imgnet_build.report import write_report
 
-    say(write_report(workspace, Path(directory) / "report.html").summary())
+    say(write_report(workspace, directory / "report.html").summary())
     return workspace
 
 

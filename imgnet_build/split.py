@@ -377,16 +377,20 @@ def _check_target(workspace, out: Path, overwrite: bool) -> None:
     if resolved == Path(resolved.anchor):
         raise BadInput(f"{out} is the root of the filesystem; export to a new folder")
     for what, path in _protected(workspace):
-        if resolved == path or resolved in path.parents or (what != "folder" and path in resolved.parents):
+        if resolved == path or resolved in path.parents or path in resolved.parents:
             relation = "is" if resolved == path else "holds" if resolved in path.parents else "is inside"
-            raise BadInput(f"{out} {relation} the workspace's {what} ({path}); export to another folder")
+            if relation != "is inside" or what != "folder":
+                raise BadInput(f"{out} {relation} the workspace's {what} ({path}); export to another folder")
+    root = workspace.root.resolve()
+    if root in resolved.parents:  # after the loop: inside the blob store, say so rather than this
+        raise BadInput(f"{out} is inside the workspace's folder ({root}); export to a folder outside the workspace")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExportTargetExists(f"{out} exists and is not empty; choose another folder or add --overwrite")
 
 
 def _protected(workspace) -> list[tuple[str, Path]]:
-    """What an export must never replace: the workspace folder itself (OUT may be a new folder
-    in it, as the demo's dataset is), its settings, its database file and its blob store."""
+    """What an export must never replace or write into: the workspace folder, its settings, its
+    database file and its blob store (each may lie outside the workspace folder)."""
     root = workspace.root.resolve()
     found = [("folder", root), ("settings", (root / "imgnet.toml").resolve())]
     database = workspace._sqlite_path()

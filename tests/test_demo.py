@@ -39,13 +39,13 @@ def test_demo_end_to_end_rerun_and_reproducible(runner, tmp_path, monkeypatch):
     again = runner.invoke(cli, ["demo", str(directory)], catch_exceptions=False)
     assert again.exit_code == 0
     assert again.output.splitlines()[2].startswith("gathered: 0 ok, 0 failed, 0 skipped")
-    shown = runner.invoke(cli, ["-w", str(directory), "tree", "show", "--root", "poodle.n.01"])
+    shown = runner.invoke(cli, ["-w", str(directory / "workspace"), "tree", "show", "--root", "poodle.n.01"])
     assert shown.output == ("poodle (n02113335): 4 below, 0 images here, 32 in the subtree\n"
                             "  toy poodle (n02113624): 0 below, 16 images here, 16 in the subtree\n"
                             "  miniature poodle (n02113712): 0 below, 0 images here, 0 in the subtree\n"
                             "  standard poodle (n02113799): 0 below, 16 images here, 16 in the subtree\n"
                             "  large poodle (n02113892): 0 below, 0 images here, 0 in the subtree\n")
-    status = runner.invoke(cli, ["-w", str(directory), "status", "--json"])
+    status = runner.invoke(cli, ["-w", str(directory / "workspace"), "status", "--json"])
     assert '"ok": 90' in status.output and '"failed": 7' in status.output
 
     other = tmp_path / "other"

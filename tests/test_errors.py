@@ -145,6 +145,16 @@ def test_demo_refuses_a_workspace_it_did_not_make(runner, ws):
     one_error(invoke(runner, "demo", ws), f"{ws} is a workspace not made by imgnet demo")
 
 
+def test_demo_refuses_a_folder_it_did_not_make_and_an_old_demo_workspace(runner, tmp_path, ws):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine\n")
+    one_error(invoke(runner, "demo", tmp_path / "notes"), f"{tmp_path / 'notes'} is a folder with files not made by "
+              "imgnet demo; give the demo a new folder: imgnet demo imgnet-demo")
+    (ws / ".imgnet-demo").write_text("made by imgnet demo\n")  # the old layout: the dataset inside the workspace
+    one_error(invoke(runner, "demo", ws), f"{ws} is a demo workspace of an older imgnet")
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+
+
 def test_init_and_demo_honour_the_workspace_option(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert invoke(runner, "-w", "made", "init").exit_code == 0

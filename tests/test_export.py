@@ -346,7 +346,10 @@ def test_out_never_replaces_the_workspace_its_database_or_its_blobs(tmp_path, ru
         assert result.output == (f"Error: {tmp_path / 'db'} holds the workspace's database ({database}); "
                                  "export to another folder\n")
         assert database.is_file() and (shard / f"{sha}.jpg").is_file()
-        export(workspace, workspace.root / "dataset", ExportOptions())  # a new folder in the workspace is fine
+        with pytest.raises(BadInput, match="is inside the workspace's folder"):  # a new folder in it too
+            export(workspace, workspace.root / "dataset", ExportOptions())
+        assert not (workspace.root / "dataset").exists()
+        export(workspace, tmp_path / "dataset", ExportOptions())
     finally:
         workspace.close()
 
