@@ -5,7 +5,7 @@
 For each size, a workspace of that many accepted images in 1,000 classes, populated
 through the library (ORM bulk inserts of the rows a gather, dedup and label run write;
 blobs are tiny distinct JPEGs, 1 kB, so the disk is not the subject), then one
-`imgnet_build.split.export` in a fresh child process, whose peak RSS (ru_maxrss) and time
+`imgnet_build.split.export` in a fresh child process, whose peak RSS (VmHWM) and time
 are printed. `--keep DIR` keeps the workspaces there and reuses them on the next run, so
 two versions of the code can be measured on the same data (run it with PYTHONPATH set to
 the other checkout).
@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import io
 import multiprocessing
-import resource
 import shutil
 import sys
 import tempfile
@@ -97,7 +96,12 @@ def _export(root: str, out: str, format_: str, queue) -> None:
     start = time.perf_counter()
     result = export(workspace, out, ExportOptions(format=format_, overwrite=True))
     queue.put((time.perf_counter() - start, result.images,
-               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+               _own_peak_mb()))
+
+
+def _own_peak_mb() -> float:
+    """This process's peak RSS (VmHWM); ru_maxrss would count the parent's RSS at the fork too."""
+    return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
 
 
 def measure(root: Path, out: Path, format_: str) -> tuple[float, int, float]:

@@ -51,11 +51,12 @@ def rows(workspace) -> dict[str, tuple]:
 # -- 1. a memory budget for decoding ---------------------------------------------------------
 
 PEAK_RSS = """
-import resource, sys
+import sys
 from imgnet_build.fetch import FetchSettings, fetch_pending
 from imgnet_build.workspace import Workspace
 summary = fetch_pending(Workspace.open(sys.argv[1]), FetchSettings(allow_loopback=True))  # defaults otherwise
-print(summary.ok, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+peak_kib = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]  # not ru_maxrss: that counts the parent's
+print(summary.ok, int(peak_kib) * 1024)
 """
 
 
