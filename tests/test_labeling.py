@@ -306,18 +306,13 @@ def test_gold_file_errors(workspace, runner, tmp_path):
     assert result.exit_code == 1 and "gold.csv:2:" in result.output
 
 
-def test_kill_9_mid_run_loses_nothing(tmp_path):
-    from imgnet_build.workspace import Workspace
-
-    workspace = Workspace.init(tmp_path / "ws")
+def test_kill_9_mid_run_loses_nothing(workspace, tmp_path):
     build_world(workspace, categories=4, images=40)
-    workspace.close()
-    command = [sys.executable, "-m", "imgnet_build.cli.main", "-w", str(tmp_path / "ws"), "label", "run",
+    command = [sys.executable, "-m", "imgnet_build.cli.main", "-w", str(workspace.root), "label", "run",
                "--backend", "simulated"]
     env = dict(os.environ)
     process = subprocess.Popen([sys.executable, "-c", "from imgnet_build.cli.main import main; main()", *command[3:]],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
-    workspace = Workspace.open(tmp_path / "ws")
     deadline = time.monotonic() + 60
     while True:  # wait until some votes are in, then kill it mid-run
         assert process.poll() is None, f"the run ended before it was killed: {process.communicate()}"
@@ -339,7 +334,6 @@ def test_kill_9_mid_run_loses_nothing(tmp_path):
         assert over == []
         pairs = session.scalar(select(func.count()).select_from(Label))
         assert pairs == 160
-    workspace.close()
 
 
 def test_dynamic_flags_a_category_whose_seed_never_reaches_a_clear_majority():

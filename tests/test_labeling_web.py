@@ -303,7 +303,7 @@ def test_a_submission_without_the_sessions_csrf_token_is_refused(workspace):
     assert votes(workspace) == []
 
 
-def test_twenty_workers_submitting_at_once_on_sqlite(workspace):
+def test_twenty_workers_submitting_at_once(workspace):
     workers, items = 20, 8
     task_ids = make_tasks(workspace, tasks=10, items=items, assignments_wanted=2)
     links = [invite(workspace, f"w{i}").path for i in range(workers)]
