@@ -9,7 +9,8 @@ What it keeps from `labeling.rounds`: three votes for a new pair, `seed_votes` f
 category's seed sample (its first `seed_images` pairs in a fixed order), one more per
 round while a pair stays undecided, up to `max_votes` votes that count (a blocked
 worker's votes stop counting); tasks of `images_per_task` images, `controls` of them
-controls (up to half positives: the category's most confident accepted pairs; the rest
+controls (up to half positives: the category's most confident accepted pairs, then its
+pairs with AGREED counted yes votes and no no; the rest
 negatives: other categories' most confident accepted pairs), shuffled; each task answered
 by distinct workers who are not blocked and never voted on any of its pairs (a task the
 crowd cannot fill gets what it can); a worker's second vote on a pair is dropped; after
@@ -29,6 +30,7 @@ from imgnet_build.labeling.quality import to_block
 
 CONTROL_CONFIDENCE = 0.99
 CONTROL_POOL = 200
+AGREED = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +97,13 @@ class Simulation:
         per_task = s.images_per_task - (0 if oracle else s.controls)
         for number in range(1, max_rounds + 1):
             counted = np.zeros(n, np.int64)
+            said_no = np.zeros(n, np.int64)
             ok = ~blocked[np.asarray(vote_w, np.int64)] if vote_w else np.zeros(0, bool)
             cand = np.asarray(vote_p, np.int64) < n if vote_p else np.zeros(0, bool)
             if vote_p:
                 np.add.at(counted, np.asarray(vote_p, np.int64)[ok & cand], 1)
+                np.add.at(said_no, np.asarray(vote_p, np.int64)[ok & cand & ~np.asarray(vote_a, bool)], 1)
+            agreed = (counted >= AGREED) & (said_no == 0)
             tasks = []
             for c, (start, end) in enumerate(self._ranges()):
                 seed = set() if oracle else self._seed(order[c], counted, status)
@@ -114,7 +119,7 @@ class Simulation:
                         need[p] = int(wanted)
                 if not need:
                     continue
-                pool = ([], []) if oracle or not s.controls else self._control_pool(c, posterior, status, need)
+                pool = ([], []) if oracle or not s.controls else self._control_pool(c, posterior, status, need, agreed)
                 by_votes: dict[int, list[int]] = {}
                 for p, wanted in sorted(need.items()):
                     by_votes.setdefault(wanted, []).append(p)
@@ -170,12 +175,15 @@ class Simulation:
                 seed.add(p)
         return seed
 
-    def _control_pool(self, c: int, posterior: np.ndarray, status: np.ndarray, need: dict[int, int]):
+    def _control_pool(self, c: int, posterior: np.ndarray, status: np.ndarray, need: dict[int, int],
+                      agreed: np.ndarray):
         sure = (status == "accepted") & (posterior >= CONTROL_CONFIDENCE)
         mine = sure & (self.category == c)
         mine_ids = np.flatnonzero(mine)
         mine_ids = [p for p in mine_ids[np.lexsort((mine_ids, -posterior[mine_ids]))][:CONTROL_POOL]
                     if p not in need]
+        seeded = np.flatnonzero(agreed & (self.category == c) & (status != "accepted") & (status != "rejected"))
+        mine_ids += [p for p in seeded[:CONTROL_POOL] if p not in need]
         other = np.flatnonzero(sure & (self.category != c))
         other = other[np.lexsort((other, -posterior[other]))][:CONTROL_POOL]
         return [("positive", int(p)) for p in mine_ids], [("negative", int(p)) for p in other]

@@ -187,6 +187,28 @@ def test_tasks_carry_controls_from_accepted_images_and_siblings(workspace):
                    for item in items if item.kind == "negative")
 
 
+def test_a_categorys_first_tasks_get_positive_controls_from_seed_agreement(workspace):
+    # Nothing is accepted yet (no collect), so no positive control existed: a worker who said no to
+    # everything passed every control. Pairs three workers independently called good are positives.
+    world = build_world(workspace, categories=1, images=12, positives=0.5)
+    truth = world["n00000001"]
+    settings = LabelSettings(seed_images=0, images_per_task=12, controls=6)
+    rounds.submit(workspace, "local", settings)
+    for name in ("honest-1", "honest-2", "honest-3"):
+        _answer_all(workspace, name, lambda item: truth[item.image_sha256])
+    with workspace.session() as session:
+        category_id = session.scalar(select(Category.id).where(Category.wnid == "n00000001"))
+        session.add(Candidate(category_id=category_id, source="test", url="https://example.org/new", status="ok",
+                              image_sha256=store_picture(workspace, gen.photo(900, size=(64, 48))), truth=True))
+    dedup.run(workspace)
+    assert rounds.submit(workspace, "local", settings).pairs == 1
+    with workspace.session() as session:
+        items = session.execute(select(TaskItem.kind, TaskItem.expected, TaskItem.image_sha256)
+                                .join(Task, Task.id == TaskItem.task_id).where(Task.round == 2)).all()
+    positives = [item for item in items if item.kind == "positive"]
+    assert len(positives) == 3 and all(item.expected and truth[item.image_sha256] for item in positives)
+
+
 def test_simulated_crowd_refuses_pairs_without_truth(workspace):
     build_world(workspace, categories=1, images=3)
     with workspace.session() as session:
