@@ -67,6 +67,7 @@ dHash bits apart, while different photos of one colour layout were 20 or more ap
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import io
 import json
@@ -80,14 +81,14 @@ import imagehash
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
 from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
 from imgnet_build.stage import Progress
-from imgnet_build.store import Candidate, CandidateStatus, Category, Image, Label, analyze
+from imgnet_build.store import Candidate, CandidateStatus, Category, DedupSummary, Image, Label, analyze
 from imgnet_build.store import Cluster as StoredCluster
 from imgnet_build.workspace import Workspace
 
@@ -196,8 +197,8 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
     workers = workers or os.cpu_count() or 1
     report.hashed, report.unreadable = _hash_new(workspace, batch_size, workers, progress)
     with workspace.session() as session:  # two index lookups: what changed since the last run
-        full = session.scalar(select(Image.sha256).where(Image.dedup_threshold.is_not(None),
-                                                         Image.dedup_threshold != threshold).limit(1)) is not None
+        other = or_(Image.dedup_threshold < threshold, Image.dedup_threshold > threshold)  # two ranges; != walks all
+        full = session.scalar(select(Image.sha256).where(other).limit(1)) is not None
         new = session.scalar(select(Image.sha256).where(Image.dedup_threshold.is_(None),
                                                         Image.phash.is_not(None)).limit(1)) is not None
     if full or new:
@@ -205,7 +206,7 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
         if written >= ANALYZE_AFTER:
             analyze(workspace.engine)
     with workspace.session() as session:
-        counts = duplicate_counts(session)
+        counts = duplicate_counts(session, remember=True)
     for field in dataclasses.fields(counts):
         setattr(report, field.name, getattr(counts, field.name))
     return report
@@ -357,6 +358,7 @@ class _Row:
 def _store(session: Session, rows: _Rows, new_count: int, groups: dict[int, list[int]], full: bool,
            threshold: int, batch_size: int, ranks: dict[str, int | None]) -> None:
     """Write the groups as clusters, then the links and marks, in the caller's transaction."""
+    session.execute(delete(DedupSummary))  # it counted the clusters changed here
     if full:  # every image was grouped again: keep the clusters' identities (assign_clusters)
         wanted = {rows.sha[row]: rows.sha[members[0]] for members in groups.values() for row in members[1:]}
         assign_clusters(session, [_Row(rows.sha[row], rows.cluster[row]) for row in range(new_count)], wanted,
@@ -477,10 +479,34 @@ class DuplicateCounts:
         return self.exact_files + self.exact_pixels + self.near
 
 
-def duplicate_counts(session: Session) -> DuplicateCounts:
-    """The counts of the stored clusters, computed in SQL (a few index scans, no rows loaded)."""
+def duplicate_counts(session: Session, *, remember: bool = False) -> DuplicateCounts:
+    """The counts of the stored clusters. While no image and no ok candidate was added since the
+    last `imgnet dedup` counted them, they are read from its `DedupSummary` (two counts over
+    indexes); otherwise computed in SQL (aggregates, no rows loaded) and, with `remember`,
+    stored there."""
+    images, ok_candidates = _inputs(session)
+    stored = session.get(DedupSummary, 1)
+    if stored is not None and (stored.images, stored.ok_candidates) == (images, ok_candidates):
+        return DuplicateCounts(**{field.name: getattr(stored, field.name) for field in dataclasses.fields(DuplicateCounts)})
+    counts = _count(session, images)
+    if remember:
+        session.merge(DedupSummary(id=1, ok_candidates=ok_candidates, counted_at=dt.datetime.now(dt.UTC),
+                                   **dataclasses.asdict(counts)))
+    return counts
+
+
+def _inputs(session: Session) -> tuple[int, int]:
+    """What the counts are counted from: (image rows, ok candidate rows). Candidates only ever
+    become ok, and only a dedup run changes the clusters (it removes the summary), so equal
+    numbers mean equal counts."""
+    images = session.scalar(select(func.count()).select_from(Image)) or 0
+    ok = session.scalar(select(func.count()).select_from(Candidate).where(Candidate.status == CandidateStatus.OK))
+    return images, ok or 0
+
+
+def _count(session: Session, images: int) -> DuplicateCounts:
     ok = Candidate.status == CandidateStatus.OK
-    counts = DuplicateCounts(images=session.scalar(select(func.count()).select_from(Image)) or 0)
+    counts = DuplicateCounts(images=images)
     shared = (select(Candidate.image_sha256.label("sha256"), func.count().label("files"))
               .where(ok, Candidate.image_sha256.is_not(None)).group_by(Candidate.image_sha256)
               .having(func.count() > 1).subquery())

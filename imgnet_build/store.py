@@ -46,6 +46,7 @@ __all__ = [
     "Candidate",
     "Image",
     "Cluster",
+    "DedupSummary",
     "Worker",
     "Task",
     "TaskItem",
@@ -265,6 +266,23 @@ class Cluster(Base):
     split: Mapped[str | None] = mapped_column(String(8))  # where the last export put it
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (Index("ix_cluster_key", "key"), _one_of("split", SPLITS, "ck_cluster_split"))
+
+
+class DedupSummary(Base):
+    """The duplicate counts of the stored clusters (`dedup.duplicate_counts`) and what they were
+    counted from: one row, written by `imgnet dedup`, removed with the clusters it counted. While no
+    image and no ok candidate was added since, a rerun and `imgnet status` read the counts here."""
+
+    __tablename__ = "dedup_summary"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    images: Mapped[int] = mapped_column(BigInteger)  # image rows when counted
+    ok_candidates: Mapped[int] = mapped_column(BigInteger)  # ok candidate rows when counted
+    exact_files: Mapped[int] = mapped_column(BigInteger)
+    exact_pixels: Mapped[int] = mapped_column(BigInteger)
+    near: Mapped[int] = mapped_column(BigInteger)
+    clusters: Mapped[int] = mapped_column(BigInteger)
+    conflicts: Mapped[int] = mapped_column(BigInteger)
+    counted_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 class Worker(Base):
