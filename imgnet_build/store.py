@@ -541,15 +541,26 @@ def migrate(engine: Engine) -> None:
     _check_known(script, current)
     if engine.dialect.name == "sqlite":  # BEGIN IMMEDIATE takes the write lock now (busy timeout applies)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # A migration that rebuilds a table drops the old one; with foreign keys on, that drop would
+            # delete (ON DELETE CASCADE) every row referring to it. SQLite's way: keys off outside the
+            # transaction, check them before the commit.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             try:
-                if schema_revision(connection) != head:
-                    config.attributes["connection"] = connection
-                    command.upgrade(config, "head")
-            except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
-                raise
-            connection.exec_driver_sql("COMMIT")
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    if schema_revision(connection) != head:
+                        config.attributes["connection"] = connection
+                        command.upgrade(config, "head")
+                        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if broken:
+                            raise DatabaseUnavailable(f"upgrading the workspace database would break {len(broken)} "
+                                                      f"references (first: {tuple(broken[0])}); nothing was changed")
+                except BaseException:
+                    connection.exec_driver_sql("ROLLBACK")
+                    raise
+                connection.exec_driver_sql("COMMIT")
+            finally:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
         analyze(engine)
         return
     with engine.begin() as connection:

@@ -99,6 +99,56 @@ def test_migrations_run_from_an_empty_database_and_back(tmp_path):
     assert "candidate" in inspect(engine).get_table_names()
 
 
+OLD_ROWS = [  # one row per table at revision 0005, each referring to the others
+    "INSERT INTO category (id, wnid, synset, name, lemmas, gloss, lexname, depth) "
+    "VALUES (1, 'n02113186', 'cardigan.n.02', 'Cardigan', '[]', '', 'noun.animal', 1)",
+    "INSERT INTO image (sha256, width, height, format, bytes, blob_key, created_at) "
+    "VALUES ('aa', 64, 64, 'JPEG', 10, 'aa.jpg', '2026-01-01')",
+    "INSERT INTO cluster (id, key, representative, created_at) VALUES (1, 'aa', 'aa', '2026-01-01')",
+    "UPDATE image SET cluster_id = 1",
+    "INSERT INTO candidate (id, category_id, source, url, status, attempts, created_at, url_hash, image_sha256) "
+    "VALUES (1, 1, 'urls', 'http://127.0.0.1/a.jpg', 'ok', 1, '2026-01-01', 'h', 'aa')",
+    "INSERT INTO task (id, category_id, round, batch, backend, status, assignments_wanted, created_at) "
+    "VALUES (1, 1, 1, 'r1', 'local', 'done', 1, '2026-01-01')",
+    "INSERT INTO task_item (id, task_id, position, image_sha256, kind) VALUES (1, 1, 0, 'aa', 'candidate')",
+    "INSERT INTO worker (id, backend, external_id, control_answers, control_correct, blocked, revoked, simulated, "
+    "created_at) VALUES (1, 'local', 'alice', 0, 0, 0, 0, 0, '2026-01-01')",
+    "INSERT INTO assignment (id, task_id, worker_id, status, simulated, given_at) "
+    "VALUES (1, 1, 1, 'submitted', 0, '2026-01-01')",
+    "INSERT INTO vote (id, assignment_id, worker_id, task_item_id, image_sha256, category_id, answer, control, "
+    "simulated, created_at) VALUES (1, 1, 1, 1, 'aa', 1, 1, 0, 0, '2026-01-01')",
+    "INSERT INTO label (id, cluster_id, category_id, status, confidence, yes_votes, no_votes, method, round, "
+    "simulated, updated_at) VALUES (1, 1, 1, 'accepted', 0.9, 1, 0, 'dynamic', 1, 0, '2026-01-01')",
+]
+
+
+def test_upgrading_an_old_workspace_keeps_every_row(tmp_path):
+    """Before: the migrations that rebuild a table on SQLite (task in 0006, image in 0008, candidate
+    in 0009) ran with foreign keys on, so dropping the old task table cascaded: a 0005 workspace
+    opened by this version lost every task item, assignment and vote."""
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'old.db'}")  # foreign keys on, as every workspace
+    config = Config()
+    config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+        for statement in OLD_ROWS:
+            connection.execute(text(statement))
+    tables = ("category", "image", "cluster", "candidate", "task", "task_item", "worker", "assignment", "vote",
+              "label")
+
+    def counts() -> dict[str, int]:
+        with engine.connect() as connection:
+            return {table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in tables}
+
+    assert set(counts().values()) == {1}
+    store.migrate(engine)
+    assert counts() == dict.fromkeys(tables, 1)
+    with engine.connect() as connection:  # and the foreign keys are back on for everything after
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+    engine.dispose()
+
+
 def _alembic_heads() -> set[str]:
     from alembic.script import ScriptDirectory
 
