@@ -68,7 +68,7 @@ def fetch_item(item: Item, tools: Tools) -> Outcome:
     only a blob store that cannot be written raises (`BlobStoreFailed`), since it is no item's fault."""
     settings, attempts = tools.settings, 1
     try:
-        with deadline(settings.deadline):
+        with deadline(settings.deadline, tools.downloader.stopping):
             if item.source in settings.local_sources:
                 data = _read_local(item.url, settings.max_bytes)
             else:

@@ -5,9 +5,10 @@
   (loopback is allowed on request, for tests and local mirrors), and then connect to the
   checked address itself, so a second DNS answer cannot slip in (DNS rebinding). TLS still
   verifies the certificate against the host name.
-- `deadline(seconds)` gives the current thread a wall-clock deadline; every socket a
+- `deadline(seconds, stopping)` gives the current thread a wall-clock deadline; every socket a
   guarded connection reads from during it is shut down by a watchdog thread when it
-  passes, so no slow or endless response (headers or body) blocks past it.
+  passes, so no slow or endless response (headers or body) blocks past it, or at once when
+  the run stops (`abandon_requests`, then `stopping` for sockets handed over later).
 - `HostLimiter` caps concurrent requests and the request rate per host, and lets a 429's
   Retry-After pause a whole host.
 - `USER_AGENT` and `retry_after` are what every HTTP client of the tool (downloads and
@@ -169,15 +170,17 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Run the block under a wall-clock deadline; time spent waiting for a host slot does not count."""
+def deadline(seconds: float, stopping: threading.Event | None = None) -> Iterator[None]:
+    """Run the block under a wall-clock deadline; time spent waiting for a host slot does not count.
+    `stopping`: the run's event, set before `abandon_requests`; a request reading after it is abandoned."""
     _local.deadline = time.monotonic() + seconds
     _local.tokens = []
+    _local.stopping = stopping
     try:
         yield
     finally:
         _WATCHDOG.cancel(_local.tokens)
-        _local.deadline, _local.tokens = None, []
+        _local.deadline, _local.tokens, _local.stopping = None, [], None
 
 
 def abandon_requests() -> None:
@@ -226,6 +229,8 @@ class _Guarded(HTTPConnection):
         when = getattr(_local, "deadline", None)
         if when is not None and self.sock is not None:
             _local.tokens.append(_WATCHDOG.watch(self.sock, when))
+            if _local.stopping is not None and _local.stopping.is_set():  # stopped before the watchdog had it
+                raise Abandoned("abandoned: the run is stopping")
         return super().getresponse()
 
 

@@ -16,9 +16,12 @@ import pytest
 from loopback import LoopbackServer, endless_slow, jpeg_bytes, png_flat
 from sqlalchemy import select
 
+from imgnet_build.blobs import LocalBlobStore
+from imgnet_build.claims import Item
 from imgnet_build.download import Downloader, ItemFailed
 from imgnet_build.errors import BadInput
 from imgnet_build.fetch import FetchSettings, fetch_pending
+from imgnet_build.fetch_item import Tools, fetch_item
 from imgnet_build.netguard import redact
 from imgnet_build.store import Candidate, Category
 
@@ -121,6 +124,17 @@ def test_ctrl_c_abandons_slow_downloads_at_once_and_they_stay_pending(workspace,
     for i in range(4):
         server.add(f"/slow{i}.jpg", jpeg_bytes(40, 40, seed=i))
     assert fetch_pending(workspace, LOOPBACK).ok == 4  # the rerun fetches them
+
+
+def test_a_request_whose_socket_reaches_the_watchdog_after_ctrl_c_is_abandoned_too(server, tmp_path):
+    """Before: a worker that had sent its request but not yet given its socket to the watchdog when Ctrl-C shut
+    the sockets in flight kept reading until its deadline, and Ctrl-C waited for it (the test above hit its
+    120 s guard under load). Here the run stops before the worker's request, the widest form of that race."""
+    tools = Tools(FetchSettings(allow_loopback=True, deadline=5), LocalBlobStore(str(tmp_path / "blobs")))
+    tools.abandon()
+    url = server.route("/slow.jpg", endless_slow)
+    outcome = fetch_item(Item(1, 1, url, "", "urls", None, 0), tools)
+    assert (outcome.status, outcome.reason) == ("failed", "abandoned: the run is stopping")  # not timed out
 
 
 # -- 3. refused URLs take no politeness slot; --host-rate is a number ------------------------
