@@ -83,19 +83,6 @@ simulated_options = _with([  # defaults: the simulated crowd's own (labeling/sim
 ])
 
 
-def worker_line(worker: dict) -> str:
-    """One worker of `label status`: estimate, interval, evidence (controls right/seen on
-    positives and negatives, votes)."""
-    if worker["accuracy"] is None:
-        estimate = "accuracy -"
-    else:
-        low, high = worker["interval"] or (worker["accuracy"], worker["accuracy"])
-        estimate = f"accuracy {worker['accuracy']:.2f} [{low:.2f}-{high:.2f}]"
-    positive, negative = worker["controls"]["positive"], worker["controls"]["negative"]
-    return (f"{worker['name']:<24} {estimate:<27} controls yes {positive[0]}/{positive[1]} no {negative[0]}/{negative[1]}"
-            f"  votes {worker['votes']}" + ("  blocked" if worker["blocked"] else ""))
-
-
 def _settings(workspace: Workspace, **values) -> LabelSettings:
     """The options given, over imgnet.toml's [label] table, over LabelSettings' defaults."""
     settings = given(values, set(LabelSettings.__dataclass_fields__))
@@ -138,26 +125,13 @@ def submit(workspace: Workspace, backend: str, live: bool, max_cost: float | Non
         imgnet label submit --backend local --votes 3 --images-per-task 48 --controls 6
         imgnet label submit --backend mturk --dry-run
     """
-    if backend != "mturk":
-        if live or max_cost is not None:
-            raise click.ClickException("--live and --max-cost are for --backend mturk")
-        plan = rounds.submit(workspace, backend, _settings(workspace, **values), dry_run=dry_run,
-                             options=_sim_options(values))
-        print_json(plan.as_dict()) if as_json else click.echo(plan.summary())
-        return
     from decimal import Decimal
 
-    from imgnet_build.labeling import mturk
-
     cap = None if max_cost is None else Decimal(str(max_cost)).quantize(Decimal("0.01"))
-    plan, price = mturk.submit(workspace, _settings(workspace, **values), live=live, max_cost=cap, dry_run=dry_run)
-    endpoint = "live" if live else "sandbox"
-    if as_json:
-        print_json({**plan.as_dict(), "endpoint": endpoint, "price": price.as_dict(),
-                    "max_cost_usd": None if cap is None else str(cap)})
-    else:
-        click.echo(plan.summary())
-        click.echo(f"mturk {endpoint}: {price.summary()}" + ("" if cap is None else f" (cap ${cap})"))
+    options = _sim_options(values) if backend != "mturk" else None
+    plan = rounds.submit(workspace, backend, _settings(workspace, **values), dry_run=dry_run, options=options,
+                         live=live, max_cost=cap)
+    print_json(plan.as_dict()) if as_json else click.echo(plan.summary())
 
 
 @label.command()
@@ -177,11 +151,7 @@ def collect(workspace: Workspace, live: bool, as_json: bool, **values) -> None:
         imgnet label collect --method dynamic
     """
     result = rounds.collect(workspace, _settings(workspace, **values), options={"live": live})
-    if as_json:
-        print_json(result)
-    else:
-        click.echo(f"label collect: {result['assignments']} assignments stored; labels: {result['accepted']} accepted, "
-                   f"{result['rejected']} rejected, {result['undecided']} undecided")
+    print_json(result.as_dict()) if as_json else click.echo(result.summary())
 
 
 @label.command("run")
@@ -204,11 +174,7 @@ def run_command(workspace: Workspace, backend: str, as_json: bool, **values) -> 
     """
     say = None if as_json else click.echo
     result = rounds.run(workspace, backend, _settings(workspace, **values), options=_sim_options(values), say=say)
-    if as_json:
-        print_json(result)
-    else:
-        click.echo(f"label run: {result['rounds']} rounds; labels: {result['accepted']} accepted, "
-                   f"{result['rejected']} rejected, {result['undecided']} undecided")
+    print_json(result.as_dict()) if as_json else click.echo(result.summary())
 
 
 @label.command()
@@ -231,12 +197,7 @@ def expire(workspace: Workspace, backend: str | None, batch: str | None, live: b
         imgnet label expire --batch r2
     """
     result = rounds.expire(workspace, backend, batch, live=live)
-    if as_json:
-        print_json(result)
-    else:
-        per = ", ".join(f"{name} {count}" for name, count in sorted(result["per_backend"].items())) or "none open"
-        click.echo(f"label expire: {result['tasks']} tasks closed ({per}); {result['hits_expired']} HITs expired, "
-                   f"{result['assignments_collected']} assignments collected first")
+    print_json(result.as_dict()) if as_json else click.echo(result.summary())
 
 
 @label.command()
@@ -253,13 +214,8 @@ def gold(workspace: Workspace, path: str, as_json: bool) -> None:
     """
     from imgnet_build.labeling.gold import load_gold
 
-    counts = load_gold(workspace, path)
-    if as_json:
-        print_json(counts)
-    else:
-        replaced = f" ({counts['replaced']} replace earlier answers)" if counts["replaced"] else ""
-        click.echo(f"label gold: {counts['stored']} known answers stored{replaced}; {counts['unknown_image']} rows "
-                   f"name no image of this workspace, {counts['unknown_category']} no category")
+    result = load_gold(workspace, path)
+    print_json(result.as_dict()) if as_json else click.echo(result.summary())
 
 
 @label.command("status")
@@ -277,38 +233,4 @@ def status_command(workspace: Workspace, all_workers: bool, as_json: bool) -> No
     from imgnet_build.labeling.status import label_status
 
     report = label_status(workspace)
-    if as_json:
-        print_json(report)
-        return
-    click.echo(f"{'wnid':<11} {'name':<20} {'pairs':>6} {'accepted':>8} {'rejected':>8} {'undecided':>9} "
-               f"{'unvoted':>7} {'waiting':>7} {'votes/pair':>10} {'controls':>8}")
-    for row in report["categories"]:
-        controls = "-" if row["control_accuracy"] is None else f"{row['control_accuracy']:.0%}"
-        per_pair = "-" if row["votes_per_pair"] is None else f"{row['votes_per_pair']:.1f}"
-        flag = "  hard to illustrate" if row["hard_to_illustrate"] else ""
-        click.echo(f"{row['wnid']:<11} {row['name'][:20]:<20} {row['pairs']:>6} {row['accepted']:>8} "
-                   f"{row['rejected']:>8} {row['undecided']:>9} {row['unvoted']:>7} {row['waiting_votes']:>7} "
-                   f"{per_pair:>10} {controls:>8}{flag}")
-    if report["waiting_votes"]:
-        click.echo(f"{report['waiting_votes']} votes waiting: run imgnet label collect")
-    if report["test_votes"]:
-        click.echo(f"{report['test_votes']} test answers (MTurk sandbox) stored; they decide nothing "
-                   f"(label collect --include-test counts them, marked as not human)")
-    blocked = sum(worker["blocked"] for worker in report["workers"])
-    cost = report["cost"]
-    click.echo(f"workers: {len(report['workers'])} ({blocked} blocked); tasks: "
-               + ", ".join(f"{k} {v}" for k, v in sorted(report["tasks"].items()))
-               + f"; spent ${cost['spent_usd']}, committed ${cost['committed_usd']} (real money)")
-    for market in cost["marketplaces"]:
-        money = "real money" if market["paid"] else "no real money"
-        click.echo(f"  {market['marketplace']}: spent ${market['spent_usd']}, committed ${market['committed_usd']} "
-                   f"({money})")
-    for endpoint, mturk in report.get("mturk", {}).items():
-        click.echo(f"mturk {endpoint}: HITs " + ", ".join(f"{k} {v}" for k, v in sorted(mturk["hits"].items()))
-                   + f"; {mturk['pending_review']} assignments pending review; spent ${mturk['spent_usd']}, "
-                     f"committed ${mturk['committed_usd']}")
-    shown = report["workers"] if all_workers else report["workers"][:10]
-    for worker in shown:
-        click.echo("  " + worker_line(worker))
-    if len(shown) < len(report["workers"]):
-        click.echo(f"  … {len(report['workers']) - len(shown)} more workers (--all lists them)")
+    print_json(report.as_dict()) if as_json else click.echo(report.summary(all_workers=all_workers))

@@ -28,6 +28,13 @@ if TYPE_CHECKING:  # the same table as _PUBLIC, for type checkers
     from imgnet_build.fetch import FetchSettings, fetch_pending
     from imgnet_build.gather import gather as gather_images
     from imgnet_build.gather import list_candidates
+    from imgnet_build.labeling.gold import load_gold as label_gold
+    from imgnet_build.labeling.rounds import LabelSettings
+    from imgnet_build.labeling.rounds import collect as label_collect
+    from imgnet_build.labeling.rounds import expire as label_expire
+    from imgnet_build.labeling.rounds import run as label_run
+    from imgnet_build.labeling.rounds import submit as label_submit
+    from imgnet_build.labeling.status import label_status
     from imgnet_build.report import ReportOptions, write_report
     from imgnet_build.split import ExportOptions
     from imgnet_build.split import export as export_dataset
@@ -49,6 +56,13 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "fetch_pending": ("imgnet_build.fetch", "fetch_pending"),
     "list_candidates": ("imgnet_build.gather", "list_candidates"),
     "find_duplicates": ("imgnet_build.dedup", "run"),
+    "LabelSettings": ("imgnet_build.labeling.rounds", "LabelSettings"),
+    "label_submit": ("imgnet_build.labeling.rounds", "submit"),
+    "label_collect": ("imgnet_build.labeling.rounds", "collect"),
+    "label_run": ("imgnet_build.labeling.rounds", "run"),
+    "label_expire": ("imgnet_build.labeling.rounds", "expire"),
+    "label_gold": ("imgnet_build.labeling.gold", "load_gold"),
+    "label_status": ("imgnet_build.labeling.status", "label_status"),
     "ExportOptions": ("imgnet_build.split", "ExportOptions"),
     "export_dataset": ("imgnet_build.split", "export"),
     "ReportOptions": ("imgnet_build.report", "ReportOptions"),
@@ -60,6 +74,7 @@ __all__ = [  # _PUBLIC's names (tests/test_library_api.py keeps the three lists 
     "TreeOptions", "build_tree", "show_tree", "export_tree",
     "FetchSettings", "gather_images", "fetch_pending", "list_candidates",
     "find_duplicates",
+    "LabelSettings", "label_submit", "label_collect", "label_run", "label_expire", "label_gold", "label_status",
     "ExportOptions", "export_dataset",
     "ReportOptions", "write_report",
 ]

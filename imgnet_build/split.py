@@ -371,7 +371,7 @@ def export(workspace: Workspace, out: str | os.PathLike, options: ExportOptions 
                         leftovers_kept=running)
 
 
-def _check_target(workspace, out: Path, overwrite: bool) -> None:
+def _check_target(workspace: Workspace, out: Path, overwrite: bool) -> None:
     """Refuse an OUT that is, holds or lies inside what the workspace keeps, or `/`; and a full OUT."""
     resolved = out.resolve()
     if resolved == Path(resolved.anchor):
@@ -388,7 +388,7 @@ def _check_target(workspace, out: Path, overwrite: bool) -> None:
         raise ExportTargetExists(f"{out} exists and is not empty; choose another folder or add --overwrite")
 
 
-def _protected(workspace) -> list[tuple[str, Path]]:
+def _protected(workspace: Workspace) -> list[tuple[str, Path]]:
     """What an export must never replace or write into: the workspace folder, its settings, its
     database file and its blob store (each may lie outside the workspace folder)."""
     root = workspace.root.resolve()
@@ -404,7 +404,7 @@ def _protected(workspace) -> list[tuple[str, Path]]:
     return found
 
 
-def _read(workspace, seed: int) -> _Pairs:
+def _read(workspace: Workspace, seed: int) -> _Pairs:
     """The accepted (cluster, category) pairs, each with its chosen image, as arrays; one pass, streamed."""
     preference = (case((Image.sha256 == Cluster.representative, 0), else_=1), (Image.width * Image.height).desc(),
                   Image.sha256, case((Candidate.rank.is_(None), 1), else_=0), Candidate.rank, Candidate.id)
@@ -486,7 +486,7 @@ def _select(pairs: _Pairs, options: ExportOptions) -> tuple[np.ndarray, dict]:
     return kept, counts
 
 
-def _wnids(workspace, category_ids: Iterable, check: bool = True) -> dict[int, str]:
+def _wnids(workspace: Workspace, category_ids: Iterable, check: bool = True) -> dict[int, str]:
     """{category id: wnid}; with `check`, ExportFailed for a wnid that is not a WordNet id (it names
     folders and files: `../x` would write outside OUT)."""
     ids = [int(c) for c in category_ids]
@@ -533,7 +533,7 @@ def _check_both_splits(category_number: np.ndarray, in_val: np.ndarray, wnids: l
                        "--min-per-class, or label more images")
 
 
-def _classes(workspace, wnids: list[str]) -> list[ClassInfo]:
+def _classes(workspace: Workspace, wnids: list[str]) -> list[ClassInfo]:
     rows = {}
     with workspace.session() as session:
         for chunk in batched(wnids, 2000):
@@ -543,7 +543,7 @@ def _classes(workspace, wnids: list[str]) -> list[ClassInfo]:
             for index, wnid in enumerate(wnids)]
 
 
-def _items(workspace, candidates: np.ndarray, splits: np.ndarray, wnids: dict[int, str]) -> Iterator[Item]:
+def _items(workspace: Workspace, candidates: np.ndarray, splits: np.ndarray, wnids: dict[int, str]) -> Iterator[Item]:
     """The items to write, in order, read from the database EXPORT_CHUNK at a time."""
     query = (select(Candidate.id, Candidate.category_id, Candidate.url, Candidate.license, Candidate.attribution,
                     Image.sha256, Image.width, Image.height, Image.format, Image.blob_key, Cluster.key,
@@ -586,7 +586,7 @@ def _write_items(written: Iterator[tuple[Item, str]], classes: list[ClassInfo], 
     return tally, digest.hexdigest()
 
 
-def _moves(workspace, cluster_ids: np.ndarray, val: np.ndarray) -> tuple[list[dict], int, dict[str, np.ndarray]]:
+def _moves(workspace: Workspace, cluster_ids: np.ndarray, val: np.ndarray) -> tuple[list[dict], int, dict[str, np.ndarray]]:
     """What moved since the last export (the first MOVED_LISTED by key, and the count), and the Cluster.split
     updates to record: {"train": ids, "val": ids}. `cluster_ids` (sorted) are the exported live clusters,
     `val` their split."""
@@ -618,7 +618,7 @@ def _moves(workspace, cluster_ids: np.ndarray, val: np.ndarray) -> tuple[list[di
     return listed, int(moved.sum()), changes
 
 
-def _listed_moves(workspace, ids: np.ndarray, was: np.ndarray, now: np.ndarray, survivor: np.ndarray) -> list[dict]:
+def _listed_moves(workspace: Workspace, ids: np.ndarray, was: np.ndarray, now: np.ndarray, survivor: np.ndarray) -> list[dict]:
     """The first MOVED_LISTED moves by cluster key, with the key of the cluster each was merged into."""
     names = ("train", "val")
     smallest: list[tuple[_Reverse, int]] = []
@@ -737,7 +737,7 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _record_and_put_in_place(workspace, partial: Path, out: Path, options: ExportOptions,
+def _record_and_put_in_place(workspace: Workspace, partial: Path, out: Path, options: ExportOptions,
                              changes: dict[str, np.ndarray], document: dict) -> None:
     """Record each cluster's split and the export, and rename `partial` to `out`, as one step: the rows are
     written (taking the database's write lock) before the rename, committed after it, and a failure of

@@ -62,7 +62,7 @@ class Backend(Protocol):
 
     def publish(self, session: Session, tasks: list[Task]) -> None: ...
 
-    def collect(self, workspace) -> int:
+    def collect(self, workspace: Workspace) -> int:
         """Fetch and store new answers; returns the number of assignments stored."""
         ...
 
@@ -84,13 +84,13 @@ class LocalBackend:
     answers_itself = False
     costs_money = False
 
-    def __init__(self, workspace, options: dict | None = None) -> None:
+    def __init__(self, workspace: Workspace, options: dict | None = None) -> None:
         self.workspace = workspace
 
     def publish(self, session: Session, tasks: list[Task]) -> None:
         session.execute(update(Task).where(Task.id.in_([task.id for task in tasks])).values(status="open"))
 
-    def collect(self, workspace) -> int:
+    def collect(self, workspace: Workspace) -> int:
         return 0  # the web app stores every submission as it arrives
 
     def check_pairs(self, session: Session, pairs: list[tuple[int, int]]) -> None:
@@ -109,7 +109,7 @@ def register(backend: type[Backend]) -> type[Backend]:
 register(LocalBackend)
 
 
-def workspace_spend(session: Session, workspace) -> list[Spend]:
+def workspace_spend(session: Session, workspace: Workspace) -> list[Spend]:
     """What labeling cost, per marketplace, each backend computing its own: the one computation
     of cost that `label status` and the report show."""
     BACKENDS.load()
@@ -124,7 +124,7 @@ def workspace_spend(session: Session, workspace) -> list[Spend]:
     return spends
 
 
-def get_backend(name: str, workspace, options: dict | None = None):
+def get_backend(name: str, workspace: Workspace, options: dict | None = None):
     if name not in BACKENDS:
         BACKENDS.load()
     if name not in BACKENDS:

@@ -10,6 +10,7 @@ file replaces the answers an earlier one gave, and the counts say how many it re
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -18,19 +19,38 @@ from sqlalchemy import select
 
 from imgnet_build.errors import BadInput
 from imgnet_build.sources.urls import parse_truth
+from imgnet_build.stage import Document
 from imgnet_build.store import Candidate, Category, Gold, Image
+from imgnet_build.workspace import Workspace
 
-__all__ = ["load_gold", "MAX_LINE"]
+__all__ = ["load_gold", "GoldLoaded", "MAX_LINE"]
 
 MAX_LINE = 64 * 1024  # bytes; a gold row is a URL or hash, a wnid and an answer
 BOM = b"\xef\xbb\xbf"
 
 
-def load_gold(workspace, path: str | Path) -> dict[str, int]:
+@dataclasses.dataclass(frozen=True)
+class GoldLoaded(Document):
+    """`stored`: answers in the file that name a known pair; `replaced` of them changed an answer an
+    earlier file gave; rows naming no image or no category of the workspace were counted, not stored."""
+
+    stored: int
+    replaced: int
+    unknown_image: int
+    unknown_category: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        replaced = f" ({self.replaced} replace earlier answers)" if self.replaced else ""
+        return (f"label gold: {self.stored} known answers stored{replaced}; {self.unknown_image} rows "
+                f"name no image of this workspace, {self.unknown_category} no category")
+
+
+def load_gold(workspace: Workspace, path: str | Path) -> GoldLoaded:
     """Store the file's known answers; rows whose image or category is not in the workspace
-    are counted, not stored. Returns {"stored", "replaced", "unknown_image", "unknown_category"}:
-    `stored` answers in the file that name a known pair, `replaced` of them changed an answer
-    an earlier file gave."""
+    are counted, not stored (see `GoldLoaded`)."""
     path = Path(path)
     try:
         handle = path.open("rb")
@@ -71,7 +91,7 @@ def load_gold(workspace, path: str | Path) -> dict[str, int]:
                            "answers; keep one answer per pair and load the file again (nothing was stored)")
         counts["replaced"] = _store(session, {key: answer for key, (answer, _) in answers.items()})
         counts["stored"] = len(answers)
-    return counts
+    return GoldLoaded(**counts)
 
 
 def _store(session, answers: dict[tuple[str, int], bool]) -> int:

@@ -36,6 +36,7 @@ import datetime as dt
 import hashlib
 import time
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -43,7 +44,12 @@ from sqlalchemy.orm import Session
 from imgnet_build.errors import BadInput, ImgnetError, MissingCredentials
 from imgnet_build.labeling.backends import register
 from imgnet_build.labeling.mturk_settings import PRESIGNED_URL_MAX, MTurkSettings, Price, price
+from imgnet_build.stage import Progress
 from imgnet_build.store import Assignment, Image, Task, TaskItem
+from imgnet_build.workspace import Workspace
+
+if TYPE_CHECKING:
+    from imgnet_build.labeling.rounds import LabelSettings, Plan
 
 __all__ = ["MTurkBackend", "MTurkError", "CostCapExceeded", "submit", "expire", "workspace_cost", "question_xml",
            "make_client", "SANDBOX_ENDPOINT", "LIVE_ENDPOINT", "SANDBOX_SUBMIT", "LIVE_SUBMIT"]
@@ -191,7 +197,7 @@ class MTurkBackend:
     costs_money = True
     publish_in_transaction = False  # HITs are made after the tasks are committed, one by one
 
-    def __init__(self, workspace, options: dict | None = None) -> None:
+    def __init__(self, workspace: Workspace, options: dict | None = None) -> None:
         options = options or {}
         self.workspace = workspace
         self.settings: MTurkSettings = getattr(workspace.settings, "mturk", None) or MTurkSettings()
@@ -202,7 +208,7 @@ class MTurkBackend:
         self._hit_type: str | None = None
 
     @classmethod
-    def spend(cls, session: Session, workspace) -> list:
+    def spend(cls, session: Session, workspace: Workspace) -> list:
         """Per marketplace with tasks: the live one in real money, the sandbox in its free test money."""
         from imgnet_build.labeling.backends import Spend
 
@@ -391,7 +397,7 @@ class MTurkBackend:
 
     def _create(self, item: _Work) -> None:
         with self.workspace.session() as session:  # the token is on record before the HIT can exist
-            task = session.get(Task, item.task_id)
+            task = session.get_one(Task, item.task_id)
             task.external_id, task.reward = PENDING + item.token, self.settings.reward
         hit_id = self.find_hit(item.token) if item.pending else None
         if hit_id is None:
@@ -411,7 +417,7 @@ class MTurkBackend:
 
     def _store_hit(self, task_id: int, hit_id: str) -> None:
         with self.workspace.session() as session:
-            task = session.get(Task, task_id)
+            task = session.get_one(Task, task_id)
             task.external_id, task.status = hit_id, "open"
 
     def find_hit(self, token: str) -> str | None:
@@ -433,14 +439,14 @@ class MTurkBackend:
             call(self.client, "create_additional_assignments_for_hit", HITId=item.extend_hit,
                  NumberOfAdditionalAssignments=target - hit["MaxAssignments"], UniqueRequestToken=item.token)
         with self.workspace.session() as session:
-            old = session.get(Task, item.extend_task_id)
+            old = session.get_one(Task, item.extend_task_id)
             old.assignments_wanted, old.status = target, "open"
             session.execute(delete(TaskItem).where(TaskItem.task_id == item.task_id))
             session.execute(delete(Task).where(Task.id == item.task_id))
 
     # -- collect -------------------------------------------------------------------------
 
-    def collect(self, workspace) -> int:
+    def collect(self, workspace: Workspace) -> int:
         from imgnet_build.labeling.mturk_review import collect_hits
 
         return collect_hits(self)
@@ -466,8 +472,8 @@ def question_xml(task_view, submit_url: str, image_url, example_url=None) -> str
     return xml
 
 
-def submit(workspace, settings, *, live: bool = False, max_cost: Decimal | None = None, dry_run: bool = False,
-           progress=None):
+def submit(workspace: Workspace, settings: LabelSettings, *, live: bool = False, max_cost: Decimal | None = None,
+           dry_run: bool = False, progress: Progress | None = None) -> tuple[Plan, Price]:
     """Plan, price and (unless `dry_run`) submit to MTurk. Returns (plan, price of the plan).
 
     The dry run makes no MTurk call. A real submit checks the cost cap against the plan and
@@ -477,7 +483,7 @@ def submit(workspace, settings, *, live: bool = False, max_cost: Decimal | None 
     if live and max_cost is None and not dry_run:
         raise BadInput("the live marketplace costs money: give --max-cost USD together with --live")
     options = {"live": live, "max_cost": max_cost}
-    plan = rounds.submit(workspace, MTurkBackend.name, settings, dry_run=True, options={**options, "dry_run": True})
+    plan = rounds.issue(workspace, MTurkBackend.name, settings, dry_run=True, options={**options, "dry_run": True})
     plan.needs = MTurkBackend(workspace, options).needs()
     reward = (getattr(workspace.settings, "mturk", None) or MTurkSettings()).reward_usd
     planned = sum((price(reward, size, size * count, tasks=count) for size, count in plan.task_sizes.items()), Price())
@@ -491,10 +497,10 @@ def submit(workspace, settings, *, live: bool = False, max_cost: Decimal | None 
                                   f"--max-cost ${max_cost}; raise the cap or submit fewer tasks (--category)")
     if dry_run:
         return plan, planned
-    return rounds.submit(workspace, MTurkBackend.name, settings, options=options, progress=progress), planned
+    return rounds.issue(workspace, MTurkBackend.name, settings, options=options, progress=progress), planned
 
 
-def expire(workspace, batch: str | None = None, *, live: bool = False) -> dict:
+def expire(workspace: Workspace, batch: str | None = None, *, live: bool = False) -> dict:
     """Stop a batch: answers already submitted are collected first, then its HITs expire
     (ExpireAt in the past) and its tasks become `expired`. Returns counts."""
     backend = MTurkBackend(workspace, {"live": live})
@@ -516,7 +522,7 @@ def expire(workspace, batch: str | None = None, *, live: bool = False) -> dict:
                  ExpireAt=dt.datetime(2015, 1, 1, tzinfo=dt.UTC))
             expired += 1
         with workspace.session() as session:
-            task = session.get(Task, task_id)
+            task = session.get_one(Task, task_id)
             task.status = "expired"
             if hit_id:
                 task.external_id = hit_id

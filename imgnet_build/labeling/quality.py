@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from imgnet_build.labeling.consensus import WorkerQuality
 from imgnet_build.store import Worker
+from imgnet_build.workspace import Workspace
 
 __all__ = ["update_workers", "to_block"]
 
@@ -44,7 +45,7 @@ def _value(x: float) -> float | None:
     return None if np.isnan(x) else round(float(x), 4)
 
 
-def update_workers(workspace, workers: list[int], quality: WorkerQuality, settings) -> int:
+def update_workers(workspace: Workspace, workers: list[int], quality: WorkerQuality, settings) -> int:
     """Store each worker's estimate and interval; block those `to_block` names. Returns how
     many were newly blocked."""
     newly = 0

@@ -25,11 +25,11 @@ import dataclasses
 import datetime as dt
 import random
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from decimal import Decimal
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import batched
@@ -39,6 +39,7 @@ from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTabl
 from imgnet_build.labeling.controls import control_pool, pick_controls
 from imgnet_build.labeling.locks import lock_planning
 from imgnet_build.labeling.quality import update_workers
+from imgnet_build.stage import Document, Progress, Result, Say
 from imgnet_build.store import (
     Assignment,
     Candidate,
@@ -55,10 +56,11 @@ from imgnet_build.store import (
     Vote,
     Worker,
 )
+from imgnet_build.workspace import Workspace
 
-__all__ = ["LabelSettings", "Plan", "submit", "collect", "decide", "run", "expire", "pairs_without_clusters"]
+__all__ = ["LabelSettings", "Plan", "MarketQuote", "Collected", "RunResult", "Expired", "submit", "issue", "collect",
+           "decide", "run", "expire", "pairs_without_clusters"]
 
-Progress = Callable[[str], None]
 WORK_STATUSES = ("submitted", "approved", "rejected")
 
 
@@ -132,6 +134,7 @@ class Plan:
     held: dict[str, int] = dataclasses.field(default_factory=dict)  # {reason: pairs} that got nothing now
     waiting_on: dict[str, int] = dataclasses.field(default_factory=dict)  # {backend: open tasks} holding votes
     needs: list[str] = dataclasses.field(default_factory=list)  # (dry run) what a real submit still lacks
+    quote: MarketQuote | None = None  # a paid marketplace's price of the plan
 
     def summary(self) -> str:
         verb = "would issue" if self.dry_run else "issued"
@@ -145,6 +148,8 @@ class Plan:
             text += "\n" + self.why_nothing()
         if self.needs:
             text += "\na real submit still needs: " + "; ".join(self.needs)
+        if self.quote is not None:
+            text += "\n" + self.quote.summary()
         return text
 
     def why_nothing(self) -> str:
@@ -160,11 +165,49 @@ class Plan:
         return text
 
     def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "why_nothing": self.why_nothing() if self.tasks == 0 else None}
+        document = dataclasses.asdict(self)
+        del document["quote"]
+        document["why_nothing"] = self.why_nothing() if self.tasks == 0 else None
+        return document | (self.quote.as_dict() if self.quote is not None else {})
 
 
-def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, dry_run: bool = False,
-           options: dict | None = None, progress: Progress | None = None) -> Plan:
+@dataclasses.dataclass(frozen=True)
+class MarketQuote:
+    """What a plan costs on MTurk: the endpoint (sandbox or live), the price, the cap given."""
+
+    endpoint: str
+    price: Result
+    max_cost: Decimal | None = None
+
+    def as_dict(self) -> dict:
+        return {"endpoint": self.endpoint, "price": self.price.as_dict(),
+                "max_cost_usd": None if self.max_cost is None else str(self.max_cost)}
+
+    def summary(self) -> str:
+        return f"mturk {self.endpoint}: {self.price.summary()}" + ("" if self.max_cost is None else f" (cap ${self.max_cost})")
+
+
+def submit(workspace: Workspace, backend: str, settings: LabelSettings = LabelSettings(), *, dry_run: bool = False,
+           options: dict | None = None, live: bool = False, max_cost: Decimal | None = None,
+           progress: Progress | None = None) -> Plan:
+    """`imgnet label submit`: issue the tasks needed now on `backend` (see `issue`).
+
+    On mturk the plan is priced first (`Plan.quote`) and a real submit is refused when it, with
+    what was spent and committed, would pass `max_cost`; `live` (the real marketplace, which
+    needs `max_cost`) and `max_cost` are for mturk only."""
+    if backend != "mturk":
+        if live or max_cost is not None:
+            raise BadInput("--live and --max-cost are for --backend mturk")
+        return issue(workspace, backend, settings, dry_run=dry_run, options=options, progress=progress)
+    from imgnet_build.labeling import mturk
+
+    plan, price = mturk.submit(workspace, settings, live=live, max_cost=max_cost, dry_run=dry_run, progress=progress)
+    plan.quote = MarketQuote("live" if live else "sandbox", price, max_cost)
+    return plan
+
+
+def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSettings(), *, dry_run: bool = False,
+          options: dict | None = None, progress: Progress | None = None) -> Plan:
     """Issue the tasks needed now; tasks an earlier submit made but did not publish go first.
 
     Each category is planned and its tasks made under the labeling lock, in one transaction,
@@ -179,7 +222,9 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
     if not dry_run:
         plan.discarded, plan.published = settle_unpublished(workspace, chosen)
     held: dict[str, int] = defaultdict(int)
-    for category_id in category_ids:
+    for done, category_id in enumerate(category_ids):
+        if progress:
+            progress(done, len(category_ids))
         made: list[int] = []
         with workspace.session() as session:
             if not dry_run:
@@ -196,7 +241,7 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
                     reserve(session, [t.task for t in tasks])  # refuses (and rolls back) what would pass a cost cap
                 if _publishes_in_transaction(chosen):
                     chosen.publish(session, [t.task for t in tasks if t.task is not None])
-            wnid = session.scalar(select(Category.wnid).where(Category.id == category_id))
+            wnid = session.execute(select(Category.wnid).where(Category.id == category_id)).scalar_one()
             plan.per_category[wnid] = {"pairs": len(need), "votes": sum(need.values()), "tasks": len(tasks)}
             plan.pairs += len(need)
             plan.votes += sum(need.values())
@@ -209,8 +254,8 @@ def submit(workspace, backend: str, settings: LabelSettings = LabelSettings(), *
         if made and not dry_run and not _publishes_in_transaction(chosen):
             with workspace.session() as session:  # committed first: a backend may commit per task (a HIT id)
                 chosen.publish(session, list(session.scalars(select(Task).where(Task.id.in_(made)).order_by(Task.id))))
-        if progress:
-            progress(str(wnid))
+    if progress:
+        progress(len(category_ids), len(category_ids))
     plan.held = dict(held)
     if plan.tasks == 0:
         with workspace.session() as session:
@@ -229,7 +274,7 @@ def _is_test(backend) -> bool:
     return bool(getattr(backend, "test", False))
 
 
-def settle_unpublished(workspace, backend) -> tuple[int, int]:
+def settle_unpublished(workspace: Workspace, backend) -> tuple[int, int]:
     """Tasks left unpublished (status `new`) by an earlier submit: those of another backend or
     marketplace that never reached it are discarded (they asked nobody), this backend's are
     published. Returns (discarded, published)."""
@@ -409,17 +454,35 @@ def _even_chunks(items: list, size: int) -> list[list]:
     return [items[round(i * step):round((i + 1) * step)] for i in range(count)]
 
 
-def collect(workspace, settings: LabelSettings = LabelSettings(), *, options: dict | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Collected(Document):
+    """What `collect` did: assignments stored, then the labels by status."""
+
+    assignments: int
+    accepted: int
+    rejected: int
+    undecided: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        return (f"label collect: {self.assignments} assignments stored; labels: {self.accepted} accepted, "
+                f"{self.rejected} rejected, {self.undecided} undecided")
+
+
+def collect(workspace: Workspace, settings: LabelSettings = LabelSettings(), *,
+            options: dict | None = None) -> Collected:
     """Bring answers in from every backend with open tasks, close finished tasks, decide."""
     with workspace.session() as session:
         backends = list(session.scalars(select(Task.backend).where(Task.status == "open").distinct()))
     stored = sum(get_backend(name, workspace, options).collect(workspace) for name in backends)
     _close_finished(workspace)
     decided = decide(workspace, settings)
-    return {"assignments": stored, **decided}
+    return Collected(stored, decided["accepted"], decided["rejected"], decided["undecided"])
 
 
-def _close_finished(workspace) -> None:
+def _close_finished(workspace: Workspace) -> None:
     with workspace.session() as session:
         done = (select(func.count()).where(Assignment.task_id == Task.id, Assignment.status.in_(WORK_STATUSES))
                 .scalar_subquery())
@@ -427,7 +490,7 @@ def _close_finished(workspace) -> None:
                         .values(status="done"))
 
 
-def decide(workspace, settings: LabelSettings = LabelSettings()) -> dict:
+def decide(workspace: Workspace, settings: LabelSettings = LabelSettings()) -> dict:
     """Run the consensus method over every vote that counts; write labels, worker quality,
     blocks and (dynamic) each category's seed table. Returns counts by label status."""
     for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
@@ -444,8 +507,8 @@ def decide(workspace, settings: LabelSettings = LabelSettings()) -> dict:
     return {status: counts.get(status, 0) for status in ("accepted", "rejected", "undecided")}
 
 
-def _load_votes(workspace, settings: LabelSettings):
-    pair_index: dict[tuple[int, int], int] = {}
+def _load_votes(workspace: Workspace, settings: LabelSettings):
+    pair_index: dict[tuple[int | None, int], int] = {}  # (cluster, category); a vote's image has a cluster
     worker_index: dict[int, int] = {}
     known: list[int] = []
     candidate: list[bool] = []
@@ -453,7 +516,7 @@ def _load_votes(workspace, settings: LabelSettings):
     test: list[bool] = []
     control_expected: dict[int, int] = {}
     p, w, a = [], [], []
-    counted: set[tuple[int, int, int]] = set()  # (worker, cluster, category): a worker counts once per pair
+    counted: set[tuple[int, int | None, int]] = set()  # (worker, cluster, category): a worker counts once per pair
     with workspace.session() as session:
         gold = {(c, cat): answer for c, cat, answer in session.execute(
             select(Image.cluster_id, Gold.category_id, Gold.answer).join(Image, Image.sha256 == Gold.image_sha256))}
@@ -487,9 +550,9 @@ def _load_votes(workspace, settings: LabelSettings):
             p.append(index)
             w.append(worker_index.setdefault(worker, len(worker_index)))
             a.append(answer)
-    for index, expected in control_expected.items():
+    for index, expected_answer in control_expected.items():
         if not candidate[index]:  # a control borrowed from elsewhere is a known answer; a candidate of the
-            known[index] = expected  # category serving as a positive control stays open to its votes
+            known[index] = expected_answer  # category serving as a positive control stays open to its votes
     pairs = list(pair_index)
     categories = {category: i for i, category in enumerate(sorted({category for _, category in pairs}))}
     p_arr = np.asarray(p, dtype=np.int64)
@@ -502,7 +565,7 @@ def _load_votes(workspace, settings: LabelSettings):
     return table, pairs, meta, list(worker_index)
 
 
-def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, settings: LabelSettings) -> None:
+def _write_labels(workspace: Workspace, votes: VoteTable, keys: list, meta: dict, result, settings: LabelSettings) -> None:
     yes, no = votes.counts()
     now = dt.datetime.now(dt.UTC)
     decided = [i for i in range(len(keys)) if meta["candidate"][i]]
@@ -535,7 +598,7 @@ def _write_labels(workspace, votes: VoteTable, keys: list, meta: dict, result, s
     _drop_unsupported(workspace, {keys[i] for i in decided})
 
 
-def _drop_unsupported(workspace, supported: set[tuple[int, int]]) -> None:
+def _drop_unsupported(workspace: Workspace, supported: set[tuple[int, int]]) -> None:
     """Labels no counted vote supports any more (their votes were test answers, or their workers
     were blocked) are removed: their pairs are asked again."""
     with workspace.session() as session:
@@ -547,7 +610,7 @@ def _drop_unsupported(workspace, supported: set[tuple[int, int]]) -> None:
             session.execute(delete(Label).where(Label.cluster_id == cluster, Label.category_id == category))
 
 
-def _write_category_state(workspace, votes: VoteTable, meta: dict, result) -> None:
+def _write_category_state(workspace: Workspace, votes: VoteTable, meta: dict, result) -> None:
     now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         lock_planning(session)
@@ -562,9 +625,28 @@ def _write_category_state(workspace, votes: VoteTable, meta: dict, result) -> No
             session.add(state)
 
 
-def run(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, options: dict | None = None,
-        max_rounds: int = 100, say: Callable[[str], None] | None = None) -> dict:
-    """Submit and collect until nothing is left to ask (all decided, or `max_votes` spent)."""
+@dataclasses.dataclass(frozen=True)
+class RunResult(Document):
+    """What `run` did: rounds that issued tasks, then the last collect's counts."""
+
+    rounds: int
+    assignments: int
+    accepted: int
+    rejected: int
+    undecided: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        return (f"label run: {self.rounds} rounds; labels: {self.accepted} accepted, "
+                f"{self.rejected} rejected, {self.undecided} undecided")
+
+
+def run(workspace: Workspace, backend: str, settings: LabelSettings = LabelSettings(), *,
+        options: dict | None = None, max_rounds: int = 100, say: Say | None = None) -> RunResult:
+    """Submit and collect until nothing is left to ask (all decided, or `max_votes` spent);
+    `say` takes each round's submit and collect lines."""
     chosen = get_backend(backend, workspace, options)
     if not chosen.answers_itself:
         raise BadInput(f"label run drives backends that answer by themselves (simulated); {backend!r} tasks are "
@@ -580,18 +662,37 @@ def run(workspace, backend: str, settings: LabelSettings = LabelSettings(), *, o
         rounds = number
         decided = collect(workspace, settings, options=options)
         if say:
-            say(f"label collect: {decided['assignments']} assignments; labels: {decided['accepted']} accepted, "
-                f"{decided['rejected']} rejected, {decided['undecided']} undecided")
-        if decided["assignments"] == 0:  # the crowd has nobody left for what is still open
+            say(f"label collect: {decided.assignments} assignments; labels: {decided.accepted} accepted, "
+                f"{decided.rejected} rejected, {decided.undecided} undecided")
+        if decided.assignments == 0:  # the crowd has nobody left for what is still open
             break
-    return {"rounds": rounds, **decided}
+    return RunResult(rounds, **decided.as_dict())
 
 
-def expire(workspace, backend: str | None = None, batch: str | None = None, *, live: bool = False) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Expired(Document):
+    """What `expire` stopped: tasks (and per backend), MTurk HITs, assignments collected first."""
+
+    tasks: int
+    hits_expired: int
+    assignments_collected: int
+    per_backend: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        per = ", ".join(f"{name} {count}" for name, count in sorted(self.per_backend.items())) or "none open"
+        return (f"label expire: {self.tasks} tasks closed ({per}); {self.hits_expired} HITs expired, "
+                f"{self.assignments_collected} assignments collected first")
+
+
+def expire(workspace: Workspace, backend: str | None = None, batch: str | None = None, *,
+           live: bool = False) -> Expired:
     """Stop open and unpublished tasks on every backend (or only `backend`; only batch `batch`, as
     `label status` shows it, e.g. r2): MTurk's answers already submitted are collected first and its
     HITs expire on the marketplace; the others close at once (a worker's late submission is then
-    refused). Returns {"tasks", "hits_expired", "assignments_collected", "per_backend"}."""
+    refused). Returns the counts (`Expired`)."""
     with workspace.session() as session:
         names = list(session.scalars(select(Task.backend).where(Task.status.in_(("new", "open"))).distinct()))
     if backend is not None:
@@ -609,9 +710,10 @@ def expire(workspace, backend: str | None = None, batch: str | None = None, *, l
                 query = update(Task).where(Task.backend == name, Task.status.in_(("new", "open")))
                 if batch:
                     query = query.where((Task.batch == batch) | Task.batch.like(f"{batch}-%"))
-                done = {"tasks": session.execute(query.values(status="expired")).rowcount, "hits_expired": 0,
+                expired = cast(CursorResult, session.execute(query.values(status="expired")))
+                done = {"tasks": expired.rowcount, "hits_expired": 0,
                         "assignments_collected": 0}
         result["per_backend"][name] = done["tasks"]
         for key in ("tasks", "hits_expired", "assignments_collected"):
             result[key] += done[key]
-    return result
+    return Expired(**result)

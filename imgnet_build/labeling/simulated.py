@@ -25,6 +25,7 @@ from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.backends import register
 from imgnet_build.labeling.locks import lock_task
 from imgnet_build.store import Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote, Worker
+from imgnet_build.workspace import Workspace
 
 __all__ = ["Crowd", "SimulatedBackend"]
 
@@ -100,7 +101,7 @@ class SimulatedBackend:
     answers_itself = True
     costs_money = False
 
-    def __init__(self, workspace, options: dict | None = None) -> None:
+    def __init__(self, workspace: Workspace, options: dict | None = None) -> None:
         self.workspace = workspace
         self.crowd = Crowd.from_options(options or {})
 
@@ -125,7 +126,7 @@ class SimulatedBackend:
     def publish(self, session, tasks: list[Task]) -> None:
         session.execute(update(Task).where(Task.id.in_([task.id for task in tasks])).values(status="open"))
 
-    def collect(self, workspace) -> int:
+    def collect(self, workspace: Workspace) -> int:
         with workspace.session() as session:
             tasks = session.execute(select(Task.id, Task.batch).where(Task.status == "open", Task.backend == self.name)
                                     .order_by(Task.id)).all()

@@ -3,13 +3,16 @@ workers by quality, money spent per marketplace (each backend computes its own).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import case, func, select
 
 from imgnet_build.labeling.backends import workspace_spend
 from imgnet_build.labeling.rounds import category_pairs
+from imgnet_build.stage import Document
 from imgnet_build.store import (
     Assignment,
     Candidate,
@@ -22,11 +25,76 @@ from imgnet_build.store import (
     Vote,
     Worker,
 )
+from imgnet_build.workspace import Workspace
 
-__all__ = ["label_status"]
+__all__ = ["label_status", "LabelStatus"]
+
+SHOWN_WORKERS = 10  # workers the text lists unless asked for all
 
 
-def label_status(workspace) -> dict:
+@dataclasses.dataclass(frozen=True)
+class LabelStatus(Document):
+    """`imgnet label status`: `report` is the document (--json); `summary()` the table."""
+
+    report: dict
+
+    def as_dict(self) -> dict:
+        return self.report
+
+    def summary(self, *, all_workers: bool = False) -> str:
+        return "\n".join(self.lines(all_workers=all_workers))
+
+    def lines(self, *, all_workers: bool = False) -> list[str]:
+        """The table of categories, then votes waiting, money and workers (the first 10 unless `all_workers`)."""
+        report = self.report
+        lines = [f"{'wnid':<11} {'name':<20} {'pairs':>6} {'accepted':>8} {'rejected':>8} {'undecided':>9} "
+                 f"{'unvoted':>7} {'waiting':>7} {'votes/pair':>10} {'controls':>8}"]
+        for row in report["categories"]:
+            controls = "-" if row["control_accuracy"] is None else f"{row['control_accuracy']:.0%}"
+            per_pair = "-" if row["votes_per_pair"] is None else f"{row['votes_per_pair']:.1f}"
+            flag = "  hard to illustrate" if row["hard_to_illustrate"] else ""
+            lines.append(f"{row['wnid']:<11} {row['name'][:20]:<20} {row['pairs']:>6} {row['accepted']:>8} "
+                         f"{row['rejected']:>8} {row['undecided']:>9} {row['unvoted']:>7} {row['waiting_votes']:>7} "
+                         f"{per_pair:>10} {controls:>8}{flag}")
+        if report["waiting_votes"]:
+            lines.append(f"{report['waiting_votes']} votes waiting: run imgnet label collect")
+        if report["test_votes"]:
+            lines.append(f"{report['test_votes']} test answers (MTurk sandbox) stored; they decide nothing "
+                         f"(label collect --include-test counts them, marked as not human)")
+        blocked = sum(worker["blocked"] for worker in report["workers"])
+        cost = report["cost"]
+        lines.append(f"workers: {len(report['workers'])} ({blocked} blocked); tasks: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(report["tasks"].items()))
+                     + f"; spent ${cost['spent_usd']}, committed ${cost['committed_usd']} (real money)")
+        for market in cost["marketplaces"]:
+            money = "real money" if market["paid"] else "no real money"
+            lines.append(f"  {market['marketplace']}: spent ${market['spent_usd']}, committed "
+                         f"${market['committed_usd']} ({money})")
+        for endpoint, mturk in report.get("mturk", {}).items():
+            lines.append(f"mturk {endpoint}: HITs " + ", ".join(f"{k} {v}" for k, v in sorted(mturk["hits"].items()))
+                         + f"; {mturk['pending_review']} assignments pending review; spent ${mturk['spent_usd']}, "
+                           f"committed ${mturk['committed_usd']}")
+        shown = report["workers"] if all_workers else report["workers"][:SHOWN_WORKERS]
+        lines += ["  " + worker_line(worker) for worker in shown]
+        if len(shown) < len(report["workers"]):
+            lines.append(f"  … {len(report['workers']) - len(shown)} more workers (--all lists them)")
+        return lines
+
+
+def worker_line(worker: dict) -> str:
+    """One worker of `label status`: estimate, interval, evidence (controls right/seen on
+    positives and negatives, votes)."""
+    if worker["accuracy"] is None:
+        estimate = "accuracy -"
+    else:
+        low, high = worker["interval"] or (worker["accuracy"], worker["accuracy"])
+        estimate = f"accuracy {worker['accuracy']:.2f} [{low:.2f}-{high:.2f}]"
+    positive, negative = worker["controls"]["positive"], worker["controls"]["negative"]
+    return (f"{worker['name']:<24} {estimate:<27} controls yes {positive[0]}/{positive[1]} no {negative[0]}/{negative[1]}"
+            f"  votes {worker['votes']}" + ("  blocked" if worker["blocked"] else ""))
+
+
+def label_status(workspace: Workspace) -> LabelStatus:
     """{"categories": [...], "workers": [...], "tasks": {...}, "cost": {...}} for the workspace."""
     with workspace.session() as session:
         category_ids = list(session.scalars(select(Candidate.category_id).where(Candidate.status == CandidateStatus.OK)
@@ -49,7 +117,7 @@ def label_status(workspace) -> dict:
                 .where(Vote.control.is_(True), TaskItem.expected.is_not(None)).group_by(Vote.category_id)):
             controls[category] = [int(right or 0), int(total)]
         states = {row.category_id: row for row in session.scalars(select(CategoryConsensus))}
-        categories = []
+        categories: list[dict[str, Any]] = []
         for category in category_ids:
             pairs = len(category_pairs(session, category))
             waiting = _waiting_votes(session, category)
@@ -79,7 +147,7 @@ def label_status(workspace) -> dict:
                        "marketplaces": [x.as_dict() for x in spends]}}
     if mturk:
         report["mturk"] = mturk
-    return report
+    return LabelStatus(report)
 
 
 def _workers(session) -> list[dict]:
@@ -111,7 +179,7 @@ def _workers(session) -> list[dict]:
     return workers
 
 
-def _mturk_status(session, workspace) -> dict:
+def _mturk_status(session, workspace: Workspace) -> dict:
     """Per marketplace (sandbox, live) with HITs: HITs by state, assignments waiting for
     review, money spent and committed (rewards and MTurk's fees)."""
     from imgnet_build.labeling.mturk import PENDING, is_live, workspace_cost

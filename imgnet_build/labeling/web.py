@@ -273,7 +273,7 @@ def _requester_overview(workspace: Workspace) -> dict:
     """`imgnet label status`'s report, with each category's name and its tasks by status."""
     from imgnet_build.labeling.status import label_status
 
-    report = label_status(workspace)
+    report = label_status(workspace).as_dict()
     with workspace.session() as session:
         names = dict(session.execute(select(Category.wnid, Category.name)).all())
         tasks: dict[str, dict[str, int]] = {}
