@@ -411,9 +411,43 @@ def test_the_requester_page_needs_the_admin_token(workspace):
         admin = HttpWorker(base_url, "/admin?token=s3cret")
     assert admin.last.status_code == 200 and admin.last.url == f"{base_url}/admin"
     row = re.search(r"<tr><td>n00000001 thing 1</td>(.*?)</tr>", admin.last.text).group(1)
-    assert re.findall(r"<td>([^<]*)</td>", row) == ["6", "1", "0", "0", "0", "0", "6", "–", "–"]  # noqa: RUF001  (the page shows an en dash)
-    assert re.search(r"<tr><td>alice</td><td>local</td><td>6</td><td>0</td><td>–</td><td>–</td><td>active</td>",  # noqa: RUF001
-                     admin.last.text)
+    # pairs, tasks open and done, accepted, rejected, undecided, not voted yet, votes waiting, per pair, controls
+    assert re.findall(r"<td>([^<]*)</td>", row) == ["6", "1", "0", "0", "0", "0", "6", "6", "–", "–"]  # noqa: RUF001  (the page shows an en dash)
+    assert "6 votes arrived and wait to be decided" in admin.last.text
+    assert re.search(r"<tr><td>alice</td><td>local</td><td>6</td><td>–</td><td>–</td><td>0/0</td><td>0/0</td>"  # noqa: RUF001
+                     r"<td>active</td>", admin.last.text)
+    assert re.search(r"<tr><td>local</td><td>1</td><td>1</td><td>\$0.00</td><td>\$0.00</td>", admin.last.text)
+
+
+def test_the_requester_page_shows_each_workers_estimate_interval_and_evidence_in_chromium(workspace, tmp_path):
+    """The estimate, its 95% interval and the control evidence on positives and on negatives, as
+    `label status --all` prints them; looked at in a real browser (screenshot)."""
+    from labelkit import build_world
+
+    from imgnet_build.labeling import rounds
+    from imgnet_build.labeling.rounds import LabelSettings
+    from imgnet_build.labeling.status import label_status
+
+    playwright = playwright_or_skip()
+    build_world(workspace, categories=2, images=16)
+    rounds.run(workspace, "simulated", LabelSettings(seed_images=4), options={"sim_seed": 3, "sim_workers": 8})
+    report = label_status(workspace)
+    with running_app(workspace, admin_token="s3cret") as base_url, playwright.sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(base_url + "/admin?token=s3cret")
+            rows = page.eval_on_selector_all("#workers tbody tr", "rows => rows.map(r => Array.from(r.cells, c => c.innerText))")
+            _screenshot(page, tmp_path, "label-requester-desktop.png")
+        finally:
+            browser.close()
+    assert len(rows) == len(report["workers"]) == 8
+    for cells, worker in zip(rows, report["workers"], strict=True):
+        low, high = worker["interval"]
+        assert cells[0] == worker["name"] and cells[3] == f"{worker['accuracy']:.2f}"
+        assert cells[4] == f"{low:.2f}–{high:.2f}"  # noqa: RUF001
+        assert cells[5:7] == ["{}/{}".format(*worker["controls"]["positive"]), "{}/{}".format(*worker["controls"]["negative"])]
+    assert any(worker["controls"]["positive"][1] for worker in report["workers"])
 
 
 def test_no_admin_token_keeps_the_requester_page_closed(workspace, monkeypatch):

@@ -175,7 +175,7 @@ def _workers(session) -> list[dict]:
                          "negative": [controls["negative_right"], controls["negative"]]},
             "control_answers": w.control_answers,
             "control_accuracy": round(w.control_correct / w.control_answers, 3) if w.control_answers else None,
-            "votes": n, "blocked": w.blocked, "simulated": w.simulated})
+            "votes": n, "blocked": w.blocked, "revoked": w.revoked, "simulated": w.simulated})
     return workers
 
 
