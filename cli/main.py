@@ -8,7 +8,7 @@ import click
 
 from imgnet_build import __version__
 from imgnet_build.cli.common import ImgnetGroup, json_option, pass_workspace, print_json
-from imgnet_build.workspace import Workspace
+from imgnet_build.workspace import Workspace, workspace_status
 
 
 @click.group(cls=ImgnetGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,16 +67,8 @@ def status(workspace: Workspace, as_json: bool) -> None:
     \b
         imgnet -w ws status --json
     """
-    counts = workspace.status()
-    if as_json:
-        print_json(counts)
-        return
-    for key, value in counts.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
-        click.echo(f"{key + ':':<12} {value}")
-    if counts["failures"]:
-        click.echo("(one by one: imgnet candidates --status failed [--reason TEXT])")
+    report = workspace_status(workspace)
+    print_json(report.as_dict()) if as_json else click.echo(report.summary())
 
 
 @cli.command("wordnet")

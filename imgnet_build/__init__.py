@@ -40,13 +40,14 @@ if TYPE_CHECKING:  # the same table as _PUBLIC, for type checkers
     from imgnet_build.split import export as export_dataset
     from imgnet_build.stage import Progress, Result
     from imgnet_build.taxonomy import TreeOptions, build_tree, export_tree, show_tree
-    from imgnet_build.workspace import Workspace
+    from imgnet_build.workspace import Workspace, workspace_status
 
 # public name -> (module, name there), in pipeline order
 _PUBLIC: dict[str, tuple[str, str]] = {
     "Workspace": ("imgnet_build.workspace", "Workspace"),
     "Progress": ("imgnet_build.stage", "Progress"),
     "Result": ("imgnet_build.stage", "Result"),
+    "workspace_status": ("imgnet_build.workspace", "workspace_status"),
     "TreeOptions": ("imgnet_build.taxonomy", "TreeOptions"),
     "build_tree": ("imgnet_build.taxonomy", "build_tree"),
     "show_tree": ("imgnet_build.taxonomy", "show_tree"),
@@ -70,7 +71,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
 }
 
 __all__ = [  # _PUBLIC's names (tests/test_library_api.py keeps the three lists equal)
-    "ImgnetError", "__version__", "Workspace", "Progress", "Result",
+    "ImgnetError", "__version__", "Workspace", "Progress", "Result", "workspace_status",
     "TreeOptions", "build_tree", "show_tree", "export_tree",
     "FetchSettings", "gather_images", "fetch_pending", "list_candidates",
     "find_duplicates",

@@ -25,8 +25,9 @@ from imgnet_build import store
 from imgnet_build.errors import BadInput, DatabaseUnavailable, NotAWorkspace, ReadOnlyWorkspace, WorkspaceExists
 from imgnet_build.labeling.mturk_settings import MTurkSettings
 from imgnet_build.settings import StageSettings
+from imgnet_build.stage import Document
 
-__all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV", "S3_ENDPOINT_ENV", "WORKSPACE_ENV"]
+__all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV", "S3_ENDPOINT_ENV", "WORKSPACE_ENV", "StatusReport", "workspace_status"]
 
 SETTINGS_FILE = "imgnet.toml"
 DATABASE_ENV = "IMGNET_DATABASE_URL"
@@ -280,14 +281,40 @@ class Workspace:
             location = str((self.root / location).resolve())
         return open_blob_store(location, endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or self.settings.s3_endpoint_url)
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> StatusReport:
         """Counts per stage, and failed candidates grouped by reason (`failures`)."""
         from imgnet_build.gather import failure_reasons
 
         with self.session() as session:
-            return {"workspace": str(self.root), "database": self.engine.url.render_as_string(hide_password=True),
-                    **store.stage_counts(session), "failures": failure_reasons(session)}
+            return StatusReport({"workspace": str(self.root),
+                                 "database": self.engine.url.render_as_string(hide_password=True),
+                                 **store.stage_counts(session), "failures": failure_reasons(session)})
 
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReport(Document):
+    """`imgnet status`: `counts` per stage (the document) and failed candidates by reason."""
+
+    counts: dict[str, object]
+
+    def as_dict(self) -> dict[str, object]:
+        return self.counts
+
+    def summary(self) -> str:
+        lines = []
+        for key, value in self.counts.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+            lines.append(f"{key + ':':<12} {value}")
+        if self.counts["failures"]:
+            lines.append("(one by one: imgnet candidates --status failed [--reason TEXT])")
+        return "\n".join(lines)
+
+
+def workspace_status(workspace: Workspace) -> StatusReport:
+    """Counts per stage, and failed candidates grouped by reason: what `imgnet status` prints."""
+    return workspace.status()

@@ -20,7 +20,7 @@ from imgnet_build.workspace import Workspace
 
 ROOT = Path(imgnet_build.__file__).resolve().parent
 # The stages of issue 15, by their public names: each must be exported.
-STAGES = ["build_tree", "show_tree", "export_tree", "gather_images", "fetch_pending", "list_candidates",
+STAGES = ["workspace_status", "build_tree", "show_tree", "export_tree", "gather_images", "fetch_pending", "list_candidates",
           "find_duplicates", "label_submit", "label_collect", "label_run", "label_expire", "label_gold", "label_status", "export_dataset", "write_report"]
 
 
