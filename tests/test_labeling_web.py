@@ -431,7 +431,7 @@ def test_the_requester_page_shows_each_workers_estimate_interval_and_evidence_in
     playwright = playwright_or_skip()
     build_world(workspace, categories=2, images=16)
     rounds.run(workspace, "simulated", LabelSettings(seed_images=4), options={"sim_seed": 3, "sim_workers": 8})
-    report = label_status(workspace)
+    report = label_status(workspace).as_dict()
     with running_app(workspace, admin_token="s3cret") as base_url, playwright.sync_playwright() as p:
         browser = _chromium(p)
         try:

@@ -224,7 +224,7 @@ def test_the_report_and_label_status_show_one_cost(built, tmp_path):
         s.add(task)
         s.flush()
         s.add(Assignment(task_id=task.id, worker_id=s.scalars(select(Worker.id)).first(), status="approved"))
-    status = label_status(workspace)["cost"]
+    status = label_status(workspace).as_dict()["cost"]
     summary = write_report(workspace, tmp_path / "report.html")
     assert Decimal(summary.cost) == Decimal(status["spent_usd"]) > Decimal("0.82")
     table = html.unescape((tmp_path / "report.html").read_text()).split('id="cost"')[1].split("</table>")[0]
