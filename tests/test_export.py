@@ -467,36 +467,67 @@ def test_hf_labels_are_a_class_label(labeled, tmp_path, monkeypatch):
         assert got == sorted((row["sha256"], names.index(row["wnid"])) for row in rows if row["split"] == split)
 
 
-@pytest.mark.sqlite_only(reason="holds SQLite's own file lock to make the record fail")
+class ClusterWriteBlocker:
+    """Another client holding the lock an export's record needs, longer than the workspace waits for it:
+    SQLite's write lock past a 200 ms busy timeout, or PostgreSQL's lock on the cluster table (reads still
+    pass) past a 200 ms lock_timeout."""
+
+    def __init__(self, workspace) -> None:
+        from sqlalchemy import event
+
+        self.sqlite = workspace._sqlite_path()
+        event.listen(workspace.engine, "connect", self._wait_briefly)
+        workspace.engine.dispose()  # new connections wait 200 ms
+        if self.sqlite is not None:
+            import sqlite3
+
+            self.blocker = sqlite3.connect(self.sqlite, isolation_level=None)
+        else:
+            import psycopg
+
+            self.blocker = psycopg.connect(workspace.engine.url.set(drivername="postgresql")
+                                           .render_as_string(hide_password=False), autocommit=True)
+
+    def _wait_briefly(self, connection, _record) -> None:
+        if self.sqlite is not None:
+            connection.execute("PRAGMA busy_timeout=200")
+        else:
+            connection.execute("SET lock_timeout = '200ms'")
+            connection.commit()
+
+    def hold(self) -> None:
+        self.blocker.execute("BEGIN IMMEDIATE" if self.sqlite else "BEGIN")
+        if not self.sqlite:
+            self.blocker.execute("LOCK TABLE cluster IN EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        self.blocker.execute("ROLLBACK")
+
+
 def test_an_export_that_cannot_be_recorded_leaves_out_as_it_was(workspace, tmp_path):
     """Before: with the database locked, the export put a complete OUT in place, then failed to record it:
     no export row, no recorded split, and the rerun refused the non-empty OUT."""
-    import sqlite3
-
-    from sqlalchemy import event
-
     data = LabeledData(workspace, size=(40, 30))
     for n in range(4):
         data.accepted(DOG, seed=n)
-    event.listen(workspace.engine, "connect", lambda connection, _: connection.execute("PRAGMA busy_timeout=200"))
-    workspace.engine.dispose()
     out = tmp_path / "out"
-    blocker = sqlite3.connect(workspace._sqlite_path(), isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+    blocker = ClusterWriteBlocker(workspace)
+    blocker.hold()
     try:
-        with pytest.raises(ExportFailed, match=f"could not be recorded .*database is locked.*{out} is as it was"):
+        with pytest.raises(ExportFailed, match=f"could not be recorded .*(database is locked|lock timeout).*{out} "
+                                               "is as it was"):
             export(workspace, out, ExportOptions())
         assert sorted(path.name for path in tmp_path.iterdir()) == ["ws"]
     finally:
-        blocker.execute("ROLLBACK")
+        blocker.release()
     first = export(workspace, out, ExportOptions())  # the rerun just works
-    blocker.execute("BEGIN IMMEDIATE")
+    blocker.hold()
     try:
         with pytest.raises(ExportFailed, match="could not be recorded"):
             export(workspace, out, ExportOptions(overwrite=True, seed=5))
     finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
+        blocker.release()
+        blocker.blocker.close()
     assert json.loads((out / "dataset.json").read_text())["manifest_sha256"] == first.manifest_sha256
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "ws"]
     with workspace.session() as session:
