@@ -36,6 +36,27 @@ def test_a_worker_who_says_no_to_everything_carries_no_weight():
     assert set(result.status[2:20]) == {"rejected"}
 
 
+def test_negative_controls_alone_earn_no_trust_in_saying_no():
+    # A category's first round: 30 candidates, 3 of them good (0-2), and 6 negative controls
+    # borrowed from other categories (30-35); no positive is known yet. Workers 1 and 2 answer
+    # right; worker 0 says no to everything and so passes every control. Its sensitivity rests on
+    # 3 answers; the prior Beta(4, 1), worth five answers, made it (0 + 4) / (3 + 5) = 0.5 and its
+    # accuracy 0.74, a "no" that kept each good pair's two yes at 0.987, undecided. A coin its known
+    # answers never tested is held to its answers on the pairs the others are sure of (3 good pairs,
+    # all missed), with the same prior worth one answer: (0 + 0.8) / (3 + 1) = 0.2.
+    good = {0, 1, 2}
+    known = [-1] * 30 + [0] * 6
+    votes = [(pair, worker, pair in good if worker else False) for pair in range(36) for worker in range(3)]
+    table = VoteTable.build(*zip(*votes, strict=False), [0] * 36, known, candidate=[True] * 30 + [False] * 6)
+    result = Dynamic(ConsensusSettings()).fit(table)
+    quality = result.workers
+    assert quality.sensitivity[0] == pytest.approx(0.2, abs=0.03)
+    assert result.worker_accuracy[0] < 0.6 < 0.75 < min(result.worker_accuracy[1:])
+    assert (quality.positives[0], quality.negatives[0], quality.negatives_right[0]) == (0, 6, 6)
+    assert list(result.status[:3]) == ["accepted"] * 3
+    assert set(result.status[3:30]) == {"rejected"}
+
+
 def test_a_handful_of_answers_is_no_proof(tmp_path):
     # a worker right on 2 of 4 pairs could be anyone: the interval is wide, nobody is blocked
     votes = [(p, w, p % 2 == 0 if w else p < 2) for p in range(4) for w in range(3)]

@@ -49,6 +49,7 @@ __all__ = ["ConsensusSettings", "VoteTable", "Result", "WorkerQuality", "Method"
            "METHODS", "seed_table", "worker_quality"]
 
 ACCURACY_PRIOR = (4.0, 1.0)  # Beta pseudo-counts (right, wrong) for a worker: a new worker is trusted at 0.8
+UNTESTED_PRIOR = (0.8, 0.2)  # the same trust, worth one answer: a coin the known answers never tested (the other was)
 COIN_RANGE = (0.02, 0.98)  # nobody is certain either way on one side
 INTERVAL = 0.95  # central interval of each coin (balanced accuracy: both ends of both coins)
 CLEAR = 0.95  # a pair the other voters are this sure of is hard evidence about a worker
@@ -181,12 +182,41 @@ def _coins(votes: VoteTable, good: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
             np.bincount(votes.worker, weights=1 - good, minlength=n))
 
 
-def _coin_estimates(votes: VoteTable, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sensitivity, specificity) per worker: Beta-smoothed soft counts, clipped to COIN_RANGE."""
-    a, b = ACCURACY_PRIOR
+def _coin_estimates(votes: VoteTable, good: np.ndarray, others: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(sensitivity, specificity) per worker: Beta-smoothed soft counts, clipped to COIN_RANGE.
+
+    The prior trusts a worker at 0.8 on each coin, as much as five answers (ACCURACY_PRIOR). Negative
+    controls alone say nothing of how a worker sees a positive (one who says no to everything passes
+    them all), so a coin their known answers never tested while they tested the other is held to
+    their answers on the pairs the *other* voters (`others`, P(good) per vote without it) are sure
+    of: once those show the worker wrong on most (two or more seen, the same trust worth one answer,
+    UNTESTED_PRIOR), the coin gets no more than they give."""
     yes_good, goods, no_bad, bads = _coins(votes, good)
-    return (np.clip((yes_good + a) / (goods + a + b), *COIN_RANGE),
-            np.clip((no_bad + a) / (bads + a + b), *COIN_RANGE))
+    known = votes.known[votes.pair]
+    positives = np.bincount(votes.worker, weights=known == 1, minlength=votes.workers)
+    negatives = np.bincount(votes.worker, weights=known == 0, minlength=votes.workers)
+    sure_yes, sure_goods, sure_no, sure_bads = _hard_coins(votes, good if others is None else others)
+    coins = []
+    for right, seen, sure_right, sure_seen, untested in (
+            (yes_good, goods, sure_yes, sure_goods, (positives == 0) & (negatives > 0)),
+            (no_bad, bads, sure_no, sure_bads, (negatives == 0) & (positives > 0))):
+        trusted = _smoothed(right, seen, ACCURACY_PRIOR)
+        sure = _smoothed(sure_right, sure_seen, UNTESTED_PRIOR)
+        failed = untested & (sure_seen >= 2) & (sure < 0.5)  # wrong on most of the sure pairs of that side
+        coins.append(np.clip(np.where(failed, np.minimum(trusted, sure), trusted), *COIN_RANGE))
+    return coins[0], coins[1]
+
+
+def _smoothed(right: np.ndarray, seen: np.ndarray, prior: tuple[float, float]) -> np.ndarray:
+    return (right + prior[0]) / (seen + prior[0] + prior[1])
+
+
+def _hard_coins(votes: VoteTable, good: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_coins` on the votes whose pair `good` makes sure (at least CLEAR either way), counted as certain."""
+    sure = (good >= CLEAR) | (good <= 1 - CLEAR)
+    return _coins(dataclasses.replace(votes, pair=votes.pair[sure], worker=votes.worker[sure],
+                                      answer=votes.answer[sure]), np.round(good[sure]))
 
 
 def _coin_weights(sensitivity: np.ndarray, specificity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -207,11 +237,7 @@ def worker_quality(votes: VoteTable, good: np.ndarray) -> WorkerQuality:
     1 - CLEAR). A vote on a pair nobody else is sure about says little about its voter,
     and counting it as a full answer would make a weak crowd look sure of its own uselessness."""
     sensitivity, specificity = _coin_estimates(votes, good)
-    sure = (good >= CLEAR) | (good <= 1 - CLEAR)
-    hard = np.where(sure, np.round(good), np.nan)
-    yes_good, goods, no_bad, bads = _coins(dataclasses.replace(votes, pair=votes.pair[sure],
-                                                               worker=votes.worker[sure], answer=votes.answer[sure]),
-                                           hard[sure])
+    yes_good, goods, no_bad, bads = _hard_coins(votes, good)
     tail = (1 - INTERVAL) / 2
     se_low = beta.ppf(tail, yes_good + 1, goods - yes_good + 1)
     se_high = beta.ppf(1 - tail, yes_good + 1, goods - yes_good + 1)
@@ -247,7 +273,7 @@ class TwoCoinEM:
         others = truth[votes.pair]
         prior = _category_prior(votes, truth)
         for _ in range(self.iterations):
-            sensitivity, specificity = _coin_estimates(votes, np.where(known >= 0, known, truth[votes.pair]))
+            sensitivity, specificity = _coin_estimates(votes, np.where(known >= 0, known, truth[votes.pair]), others)
             prior = _category_prior(votes, truth)
             yes_weight, no_weight = _coin_weights(sensitivity, specificity)
             evidence = np.where(votes.answer, yes_weight[votes.worker], no_weight[votes.worker])
