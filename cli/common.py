@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from functools import update_wrapper
 from typing import Any
 
@@ -26,7 +27,7 @@ class ImgnetGroup(click.Group):
     error: the usage line, a hint and `Error: …`, exit code 2. A closed pipe (`imgnet tree
     show | head`) ends the command quietly with exit code 141, as it ends `cat`."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BrokenPipeError as exc:
@@ -63,7 +64,7 @@ def _stdout_closed() -> bool:
     return closed
 
 
-def pass_workspace(command=None, *, read_only: bool = False):
+def pass_workspace(command: Callable[..., Any] | None = None, *, read_only: bool = False) -> Any:
     """Open the workspace named by -w/--workspace (or IMGNET_WORKSPACE, or the current folder).
 
     `@pass_workspace(read_only=True)` marks a command that only reads: its workspace opens
@@ -72,7 +73,7 @@ def pass_workspace(command=None, *, read_only: bool = False):
         return lambda command: pass_workspace(command, read_only=read_only)
 
     @click.pass_context
-    def wrapper(ctx: click.Context, *args, **kwargs):
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
         root = ctx.find_root().params.get("workspace") or os.environ.get(WORKSPACE_ENV) or "."
         workspace = Workspace.open(root, read_only=read_only)  # its errors reach ImgnetGroup like every other
         ctx.call_on_close(workspace.close)

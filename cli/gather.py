@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from imgnet_build.cli.common import ProgressBar, json_option, pass_workspace, print_json, setting_help, show_progress
@@ -35,7 +37,7 @@ from imgnet_build.workspace import Workspace
 @json_option
 @pass_workspace
 def gather(workspace: Workspace, source_spec: str, categories: tuple[str, ...], per_category: int | None,
-           languages: str, as_json: bool, **flags) -> None:
+           languages: str, as_json: bool, **flags: Any) -> None:
     """Propose candidate images for every category and download the valid ones.
 
     Each candidate ends ok, failed or skipped with a reason (imgnet status groups the

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from imgnet_build.cli.common import given, json_option, pass_workspace, print_json, setting_help
@@ -12,6 +15,7 @@ from imgnet_build.labeling.simulated import Crowd
 from imgnet_build.workspace import Workspace
 
 CROWD = Crowd()
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
@@ -28,10 +32,10 @@ for _web_command in (serve_command, invite_command, revoke_command):  # the loca
     label.add_command(_web_command)
 
 
-def _with(options: list):
+def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     """A decorator applying `options` in the order written (written once, shared below)."""
 
-    def apply(command):
+    def apply(command: F) -> F:
         for option in reversed(options):
             command = option(command)
         return command
@@ -83,7 +87,7 @@ simulated_options = _with([  # defaults: the simulated crowd's own (labeling/sim
 ])
 
 
-def _settings(workspace: Workspace, **values) -> LabelSettings:
+def _settings(workspace: Workspace, **values: Any) -> LabelSettings:
     """The options given, over imgnet.toml's [label] table, over LabelSettings' defaults."""
     settings = given(values, set(LabelSettings.__dataclass_fields__))
     settings["categories"] = tuple(values.get("categories") or ())
@@ -113,7 +117,7 @@ live_work_option = click.option("--live", is_flag=True,
 @json_option
 @pass_workspace
 def submit(workspace: Workspace, backend: str, live: bool, max_cost: float | None, dry_run: bool, as_json: bool,
-           **values) -> None:
+           **values: Any) -> None:
     """Issue the tasks needed now: three votes for new pairs, more for undecided ones.
 
     Running it again issues only what is still missing. With --backend mturk the tasks
@@ -139,7 +143,7 @@ def submit(workspace: Workspace, backend: str, live: bool, max_cost: float | Non
 @live_work_option
 @json_option
 @pass_workspace
-def collect(workspace: Workspace, live: bool, as_json: bool, **values) -> None:
+def collect(workspace: Workspace, live: bool, as_json: bool, **values: Any) -> None:
     """Bring answers in and decide the labels that the votes allow.
 
     MTurk assignments are stored, then approved or rejected by their controls; HITs on the
@@ -162,7 +166,7 @@ def collect(workspace: Workspace, live: bool, as_json: bool, **values) -> None:
 @simulated_options
 @json_option
 @pass_workspace
-def run_command(workspace: Workspace, backend: str, as_json: bool, **values) -> None:
+def run_command(workspace: Workspace, backend: str, as_json: bool, **values: Any) -> None:
     """Submit and collect in rounds until every pair is decided or out of votes.
 
     Votes and labels of the simulated crowd are marked simulated everywhere.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TextIO
+
 import click
 
 from imgnet_build import taxonomy
@@ -22,7 +24,8 @@ def tree() -> None:
 @click.option("--include-people", is_flag=True, help="Put person.n.01 and the people lexicographer file back in.")
 @json_option
 @pass_workspace
-def build(workspace: Workspace, roots, excludes, max_depth, include_people, as_json) -> None:
+def build(workspace: Workspace, roots: tuple[str, ...], excludes: tuple[str, ...], max_depth: int | None,
+          include_people: bool, as_json: bool) -> None:
     """Select the imageable WordNet synsets as categories.
 
     Rebuilding replaces the selection; categories that already have candidates are kept.
@@ -72,7 +75,7 @@ def show(workspace: Workspace, root: str | None, depth: int, as_json: bool) -> N
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
               help="Write to this file (default: standard output).")
 @pass_workspace(read_only=True)
-def export(workspace: Workspace, fmt: str, output) -> None:
+def export(workspace: Workspace, fmt: str, output: TextIO) -> None:
     """Write the category tree as JSON, CSV or ILSVRC's synset mapping.
 
     Example:

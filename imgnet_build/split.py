@@ -92,6 +92,7 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
+from numpy.typing import DTypeLike
 from sqlalchemy import and_, case, select, update
 
 from imgnet_build.dbutil import batched
@@ -447,7 +448,7 @@ def _read(workspace: Workspace, seed: int) -> _Pairs:
                   sha=_numbers(unsigned["sha"], np.uint64), codes=list(codes), digest=digest.hexdigest())
 
 
-def _numbers(values: array, dtype=np.int64) -> np.ndarray:
+def _numbers(values: array, dtype: DTypeLike = np.int64) -> np.ndarray:
     return np.frombuffer(values, dtype=dtype) if len(values) else np.zeros(0, dtype=dtype)
 
 

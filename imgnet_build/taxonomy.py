@@ -34,6 +34,7 @@ __all__ = ["Rule", "TreeOptions", "Selection", "BuildResult", "TreeNode", "TreeV
 
 
 BATCH = 5000  # rows per statement when writing the tree
+Synset = typing.Any  # nltk's WordNet synset (nltk publishes no types)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +135,12 @@ def _imageable_below(starts: list, rule: Rule, include_people: bool, excludes: I
             if s not in skipped and s.lexname() not in lexfiles and not s.instance_hypernyms()}
 
 
-def _ancestors(synset) -> set:
+def _ancestors(synset: Synset) -> set:
     """The synset and everything above it through hypernym links."""
     return set(synset.closure(lambda s: s.hypernyms())) | {synset}
 
 
-def why_not_imageable(synset, rule: Rule | None = None, include_people: bool = False) -> str | None:
+def why_not_imageable(synset: Synset, rule: Rule | None = None, include_people: bool = False) -> str | None:
     """Why one synset is not imageable, or None when it is (checks its hypernym paths)."""
     rule = rule or load_rule()
     if synset.instance_hypernyms():
@@ -186,7 +187,7 @@ def select_categories(options: TreeOptions, rule: Rule | None = None) -> Selecti
     )
 
 
-def _nearest_chosen_parents(synset, chosen: set) -> set:
+def _nearest_chosen_parents(synset: Synset, chosen: set) -> set:
     """The closest chosen synsets up each hypernym path (skipping unchosen ones like location.n.01)."""
     found, seen, queue = set(), set(), deque(synset.hypernyms())
     while queue:
@@ -219,7 +220,7 @@ def _depths(chosen: set, edges: list) -> dict:
     return depth
 
 
-def _row(synset, depth: int) -> dict[str, object]:
+def _row(synset: Synset, depth: int) -> dict[str, object]:
     lemmas = [name.replace("_", " ") for name in synset.lemma_names()]
     return {"wnid": wnid(synset), "synset": synset.name(), "name": lemmas[0], "lemmas": lemmas,
             "gloss": synset.definition(), "lexname": synset.lexname(), "depth": depth}

@@ -19,13 +19,16 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from imgnet_build import store
 from imgnet_build.errors import BadInput, DatabaseUnavailable, NotAWorkspace, ReadOnlyWorkspace, WorkspaceExists
 from imgnet_build.labeling.mturk_settings import MTurkSettings
 from imgnet_build.settings import StageSettings
 from imgnet_build.stage import Document
+
+if typing.TYPE_CHECKING:
+    from imgnet_build.blobs import BlobStore
 
 __all__ = ["Settings", "Workspace", "SETTINGS_FILE", "DATABASE_ENV", "S3_ENDPOINT_ENV", "WORKSPACE_ENV", "StatusReport", "workspace_status"]
 
@@ -260,7 +263,7 @@ class Workspace:
         return engine
 
     @cached_property
-    def _sessions(self):
+    def _sessions(self) -> sessionmaker[Session]:
         return store.session_factory(self.engine)
 
     @contextlib.contextmanager
@@ -273,7 +276,7 @@ class Workspace:
             raise DatabaseUnavailable(f"database error: {store.database_reason(exc)}") from exc
 
     @cached_property
-    def blob_store(self):
+    def blob_store(self) -> BlobStore:
         from imgnet_build.blobs import open_blob_store
 
         location = self.settings.blobs

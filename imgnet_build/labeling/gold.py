@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from imgnet_build.errors import BadInput
 from imgnet_build.sources.urls import parse_truth
@@ -94,7 +95,7 @@ def load_gold(workspace: Workspace, path: str | Path) -> GoldLoaded:
     return GoldLoaded(**counts)
 
 
-def _store(session, answers: dict[tuple[str, int], bool]) -> int:
+def _store(session: Session, answers: dict[tuple[str, int], bool]) -> int:
     """Insert new answers and replace changed ones; returns how many were replaced."""
     known = {(row.image_sha256, row.category_id): row for row in session.scalars(
         select(Gold).where(Gold.image_sha256.in_({sha for sha, _ in answers})))} if answers else {}
@@ -139,6 +140,6 @@ def _rows(reader: csv.DictReader, path: Path) -> Iterator[tuple[int, dict]]:
         yield reader.line_num, row
 
 
-def _sha_of_url(session, url: str) -> str | None:
+def _sha_of_url(session: Session, url: str) -> str | None:
     return session.scalar(select(Candidate.image_sha256).where(Candidate.url == url,
                                                                Candidate.image_sha256.is_not(None)).limit(1))

@@ -36,7 +36,7 @@ import datetime as dt
 import hashlib
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -49,6 +49,7 @@ from imgnet_build.store import Assignment, Image, Task, TaskItem
 from imgnet_build.workspace import Workspace
 
 if TYPE_CHECKING:
+    from imgnet_build.blobs import S3BlobStore
     from imgnet_build.labeling.rounds import LabelSettings, Plan
 
 __all__ = ["MTurkBackend", "MTurkError", "CostCapExceeded", "submit", "expire", "workspace_cost", "question_xml",
@@ -381,7 +382,7 @@ class MTurkBackend:
     def _image_url(self, key: str) -> str:
         if self.settings.public_base_url:
             return f"{self.settings.public_base_url.rstrip('/')}/{key}"
-        store = self.workspace.blob_store
+        store = cast("S3BlobStore", self.workspace.blob_store)  # _check_ready refused a store without a bucket
         return store.client.generate_presigned_url(
             "get_object", Params={"Bucket": store.bucket, "Key": store._key(key)},
             ExpiresIn=min(PRESIGNED_URL_MAX, self.settings.lifetime + self.settings.assignment_duration))

@@ -34,8 +34,9 @@ from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
-from imgnet_build.labeling.backends import get_backend
-from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTable, seed_table
+from imgnet_build.labeling.backends import Backend, get_backend
+from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, Method, VoteTable, seed_table
+from imgnet_build.labeling.consensus import Result as Decision
 from imgnet_build.labeling.controls import control_pool, pick_controls
 from imgnet_build.labeling.locks import lock_planning
 from imgnet_build.labeling.quality import update_workers
@@ -109,7 +110,7 @@ class LabelSettings:
     def seeded(self) -> bool:
         return self.method == "dynamic"
 
-    def consensus(self):
+    def consensus(self) -> Method:
         return METHODS[self.method](ConsensusSettings(self.votes, self.accept, self.reject,
                                                       self.seed_votes if self.seeded else self.votes))
 
@@ -264,17 +265,17 @@ def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSet
     return plan
 
 
-def _publishes_in_transaction(backend) -> bool:
+def _publishes_in_transaction(backend: Backend) -> bool:
     """Backends whose publish is a database update (local, simulated) open their tasks in the
     transaction that makes them; remote ones (MTurk) publish committed tasks afterwards."""
     return getattr(backend, "publish_in_transaction", True)
 
 
-def _is_test(backend) -> bool:
+def _is_test(backend: Backend | None) -> bool:
     return bool(getattr(backend, "test", False))
 
 
-def settle_unpublished(workspace: Workspace, backend) -> tuple[int, int]:
+def settle_unpublished(workspace: Workspace, backend: Backend) -> tuple[int, int]:
     """Tasks left unpublished (status `new`) by an earlier submit: those of another backend or
     marketplace that never reached it are discarded (they asked nobody), this backend's are
     published. Returns (discarded, published)."""
@@ -330,7 +331,7 @@ def _counted_votes(session: Session, category_id: int, include_test: bool = Fals
     return {cluster: count for cluster, count in session.execute(query).all() if cluster is not None}
 
 
-def _pending_votes(session: Session, category_id: int, backend=None) -> dict[int, int]:
+def _pending_votes(session: Session, category_id: int, backend: Backend | None = None) -> dict[int, int]:
     """{cluster id: votes that open tasks will still bring}. Tasks not yet published count only
     when this submit (on `backend`) would publish them; test tasks only for a test backend."""
     done = (select(Assignment.task_id, func.count().label("done")).where(Assignment.status.in_(WORK_STATUSES))
@@ -351,7 +352,7 @@ def _pending_votes(session: Session, category_id: int, backend=None) -> dict[int
 
 
 def _needs(session: Session, category_id: int, pairs: dict[int, tuple[str, str]],
-           settings: LabelSettings, backend=None, held: dict[str, int] | None = None) -> dict[int, int]:
+           settings: LabelSettings, backend: Backend | None = None, held: dict[str, int] | None = None) -> dict[int, int]:
     """{cluster id: votes to ask for now} for the category; `held` counts the pairs that get
     nothing, by reason."""
     have = _counted_votes(session, category_id, include_test=settings.include_test or _is_test(backend))
@@ -406,7 +407,7 @@ class _NewTask:
 
 def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, str]], need: dict[int, int],
                 settings: LabelSettings, round_: int,
-                backend, dry_run: bool) -> list[_NewTask]:
+                backend: Backend, dry_run: bool) -> list[_NewTask]:
     per_task = settings.images_per_task - settings.controls
     by_votes: dict[int, list[int]] = defaultdict(list)
     for cluster, wanted in sorted(need.items()):
@@ -496,6 +497,7 @@ def decide(workspace: Workspace, settings: LabelSettings = LabelSettings()) -> d
     for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
         votes, keys, meta, workers = _load_votes(workspace, settings)
         result = settings.consensus().fit(votes)
+        assert result.workers is not None  # every registered method estimates its workers
         newly_blocked = update_workers(workspace, workers, result.workers, settings)
         if not newly_blocked:
             break
@@ -507,7 +509,8 @@ def decide(workspace: Workspace, settings: LabelSettings = LabelSettings()) -> d
     return {status: counts.get(status, 0) for status in ("accepted", "rejected", "undecided")}
 
 
-def _load_votes(workspace: Workspace, settings: LabelSettings):
+def _load_votes(workspace: Workspace, settings: LabelSettings
+                ) -> tuple[VoteTable, list[tuple[int | None, int]], dict[str, Any], list[int]]:
     pair_index: dict[tuple[int | None, int], int] = {}  # (cluster, category); a vote's image has a cluster
     worker_index: dict[int, int] = {}
     known: list[int] = []
@@ -565,7 +568,8 @@ def _load_votes(workspace: Workspace, settings: LabelSettings):
     return table, pairs, meta, list(worker_index)
 
 
-def _write_labels(workspace: Workspace, votes: VoteTable, keys: list, meta: dict, result, settings: LabelSettings) -> None:
+def _write_labels(workspace: Workspace, votes: VoteTable, keys: list, meta: dict, result: Decision,
+                  settings: LabelSettings) -> None:
     yes, no = votes.counts()
     now = dt.datetime.now(dt.UTC)
     decided = [i for i in range(len(keys)) if meta["candidate"][i]]
@@ -610,7 +614,7 @@ def _drop_unsupported(workspace: Workspace, supported: set[tuple[int, int]]) -> 
             session.execute(delete(Label).where(Label.cluster_id == cluster, Label.category_id == category))
 
 
-def _write_category_state(workspace: Workspace, votes: VoteTable, meta: dict, result) -> None:
+def _write_category_state(workspace: Workspace, votes: VoteTable, meta: dict, result: Decision) -> None:
     now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         lock_planning(session)

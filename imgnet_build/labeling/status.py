@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
 
 from imgnet_build.labeling.backends import workspace_spend
 from imgnet_build.labeling.rounds import category_pairs
@@ -150,7 +151,7 @@ def label_status(workspace: Workspace) -> LabelStatus:
     return LabelStatus(report)
 
 
-def _workers(session) -> list[dict]:
+def _workers(session: Session) -> list[dict]:
     """Per worker: the estimate (balanced accuracy), its 95% interval, both coins, and the
     evidence: control answers on positives and on negatives (right / seen), all votes."""
     evidence: dict[int, dict[str, int]] = defaultdict(lambda: {"positive": 0, "positive_right": 0, "negative": 0,
@@ -179,7 +180,7 @@ def _workers(session) -> list[dict]:
     return workers
 
 
-def _mturk_status(session, workspace: Workspace) -> dict:
+def _mturk_status(session: Session, workspace: Workspace) -> dict:
     """Per marketplace (sandbox, live) with HITs: HITs by state, assignments waiting for
     review, money spent and committed (rewards and MTurk's fees)."""
     from imgnet_build.labeling.mturk import PENDING, is_live, workspace_cost
@@ -205,7 +206,7 @@ def _mturk_status(session, workspace: Workspace) -> dict:
 
 
 
-def _waiting_votes(session, category_id: int) -> int:
+def _waiting_votes(session: Session, category_id: int) -> int:
     """Votes that count and arrived after their pair was last decided (`label collect` decides them):
     per pair, the workers who voted minus the votes its label was decided from."""
     from imgnet_build.labeling.rounds import _counted_votes

@@ -29,11 +29,12 @@ import datetime as dt
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import cast
+from typing import BinaryIO, cast
 
 import jinja2
 
@@ -134,7 +135,7 @@ def _shallow(facts: Facts) -> dict[str, object]:
     return {field.name: getattr(facts, field.name) for field in dataclasses.fields(facts)}
 
 
-def _write_atomically(path: Path, chunks) -> int:
+def _write_atomically(path: Path, chunks: Iterable[str]) -> int:
     """Write `chunks` to `path`. A regular file (or a new path) is written under a temporary name
     and renamed, so an interrupted run leaves the previous report whole; a symbolic link keeps
     pointing where it did. Anything else (a FIFO, a character device such as /dev/null or
@@ -159,7 +160,7 @@ def _write_atomically(path: Path, chunks) -> int:
     return written
 
 
-def _write_chunks(handle, chunks) -> int:
+def _write_chunks(handle: BinaryIO, chunks: Iterable[str]) -> int:
     """Write text chunks as UTF-8; returns the bytes written."""
     written = 0
     for chunk in chunks:
