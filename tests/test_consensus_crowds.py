@@ -114,8 +114,10 @@ def test_a_harder_crowd_keeps_its_honest_workers(workspace, runner):
     assert not blocked & honest  # the bar of 0.75 on control accuracy blocked most of them
     assert all(sensitivity[i] + specificity[i] < 1.3 for i in blocked)
     precision, recall = _score(workspace, world)
-    # A weak crowd under a cap of 12 votes: even an oracle of true accuracies reaches only ~0.38 recall
-    # (bench_consensus.py). This world gave 0.29 once the session's branches were merged (the bound was 0.4
-    # on the consensus branch alone); what the test guards is above: honest workers stay unblocked.
-    assert precision >= 0.8 and recall >= 0.25
+    # A weak crowd under a cap of 12 votes: undecided pairs stall at the cap (62 of 68 at exactly 12
+    # counted votes, every task filled), not for want of workers. This world gives 0.378 (0.289 before
+    # one-sided controls stopped trusting all-no answers); crowdsim on the same truth and crowd, five
+    # seeds: dynamic 0.40-0.62, an oracle of true accuracies 0.53-0.67 (it blocks the sub-0.6 workers
+    # before they vote, which the 95% intervals cannot do on ~50 votes each).
+    assert precision >= 0.95 and recall >= 0.35
 
