@@ -13,7 +13,7 @@ from typing import Any
 import click
 from sqlalchemy.exc import OperationalError
 
-from imgnet_build.errors import BadInput, ImgnetError
+from imgnet_build.errors import ImgnetError
 from imgnet_build.store import database_reason
 from imgnet_build.workspace import WORKSPACE_ENV, Workspace
 
@@ -136,18 +136,3 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
-
-
-def check_writable(path: str) -> None:
-    """BadInput now when `path` could not be written later (the file is left as it was)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise BadInput(f"cannot write {path}: folder {parent} does not exist")
-    existed = os.path.lexists(path)
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as exc:
-        raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from exc
-    if not existed:
-        os.unlink(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from imgnet_build import dedup as library
-from imgnet_build.cli.common import ProgressBar, check_writable, json_option, pass_workspace, print_json, show_progress
+from imgnet_build.cli.common import ProgressBar, json_option, pass_workspace, print_json, show_progress
 from imgnet_build.workspace import Workspace
 
 
@@ -28,16 +28,12 @@ def dedup(workspace: Workspace, threshold: int, clusters_path: str | None, as_js
     \b
         imgnet dedup --threshold 10 --clusters clusters.json
     """
-    if clusters_path:  # fail before the dedup commits anything, not after
-        check_writable(clusters_path)
     progress = ProgressBar("hashing") if show_progress() and not as_json else None
     try:
-        report = library.run(workspace, threshold, progress=progress)
+        report = library.run(workspace, threshold, clusters_path=clusters_path or None, progress=progress)
     finally:
         if progress:
             progress.close()
-    if clusters_path:
-        library.write_clusters(workspace, clusters_path, report)
     if as_json:
         print_json(report.as_dict())
     else:

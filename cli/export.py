@@ -63,12 +63,5 @@ def export(workspace: Workspace, out: str, format_: str, val_fraction: float | N
     if as_json:
         print_json(result.as_dict())
         return
-    click.echo(result.summary())
-    for move in result.moved[:10]:
-        how = f" (merged into {move['merged_into'][:12]})" if move["merged_into"] else ""
-        click.echo(f"moved: cluster {move['cluster'][:12]} {move['from']} -> {move['to']}{how}")
-    if result.moved_count > 10:
-        click.echo(f"moved: … and {result.moved_count - 10} more (--json lists the first {len(result.moved)})")
-    if result.left_out_categories:
-        click.echo("left out (under --min-per-class): " + ", ".join(
-            f"{wnid} ({n})" for wnid, n in result.left_out_categories.items()))
+    for line in [result.summary(), *result.details()]:
+        click.echo(line)

@@ -97,7 +97,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_THRESHOLD", "PIXEL_RADIUS", "ALONE_RADIUS", "SECOND_RADIUS", "LOW_DETAIL", "DedupReport",
            "DuplicateCounts", "Hashes", "Member", "Cluster", "hash_image", "pixel_digest", "run", "same_picture",
-           "duplicate_counts", "assign_clusters", "clusters", "cluster_of", "candidacy", "write_clusters"]
+           "duplicate_counts", "assign_clusters", "clusters", "cluster_of", "candidacy", "write_clusters", "check_writable"]
 
 DEFAULT_THRESHOLD = 10
 MAX_THRESHOLD = 20
@@ -188,8 +188,12 @@ class DedupReport:
 
 
 def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size: int = 200,
-        workers: int | None = None, progress: Progress | None = None) -> DedupReport:
-    """Hash new images, find duplicates, store clusters; returns the counts."""
+        workers: int | None = None, clusters_path: str | os.PathLike | None = None,
+        progress: Progress | None = None) -> DedupReport:
+    """Hash new images, find duplicates, store clusters; returns the counts. `clusters_path`: also
+    write every cluster there (`write_clusters`), checked writable before anything is committed."""
+    if clusters_path is not None:
+        check_writable(clusters_path)
     if not 0 <= threshold <= MAX_THRESHOLD:
         raise BadInput(f"--threshold must be between 0 and {MAX_THRESHOLD} bits, not {threshold}; "
                        f"the default is {DEFAULT_THRESHOLD}")
@@ -209,6 +213,8 @@ def run(workspace: Workspace, threshold: int = DEFAULT_THRESHOLD, *, batch_size:
         counts = duplicate_counts(session, remember=True)
     for field in dataclasses.fields(counts):
         setattr(report, field.name, getattr(counts, field.name))
+    if clusters_path is not None:
+        write_clusters(workspace, clusters_path, report)
     return report
 
 
@@ -740,3 +746,18 @@ def write_clusters(workspace: Workspace, path: str | os.PathLike, report: DedupR
                 "clusters": [dataclasses.asdict(cluster) for cluster in found]}
     path.write_text(json.dumps(document, indent=2) + "\n")
     return len(found)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """BadInput now when `path` could not be written later (the file is left as it was)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise BadInput(f"cannot write {path}: folder {parent} does not exist")
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if not existed:
+        os.unlink(path)

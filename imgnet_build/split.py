@@ -205,6 +205,20 @@ class ExportResult:
         notes += [f"left {', '.join(self.leftovers_kept)} alone: its export is still running"] if self.leftovers_kept else []
         return "; ".join([text, *notes])
 
+    def details(self, shown: int = 10) -> list[str]:
+        """The lines `imgnet export` prints under the summary: the first `shown` clusters that changed
+        split, and the categories left out under --min-per-class."""
+        lines = []
+        for move in self.moved[:shown]:
+            how = f" (merged into {move['merged_into'][:12]})" if move["merged_into"] else ""
+            lines.append(f"moved: cluster {move['cluster'][:12]} {move['from']} -> {move['to']}{how}")
+        if self.moved_count > shown:
+            lines.append(f"moved: … and {self.moved_count - shown} more (--json lists the first {len(self.moved)})")
+        if self.left_out_categories:
+            lines.append("left out (under --min-per-class): " + ", ".join(
+                f"{wnid} ({n})" for wnid, n in self.left_out_categories.items()))
+        return lines
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self) | {"images": self.images}
 
