@@ -105,6 +105,8 @@ PIXEL_RADIUS = 4  # identical pixels: pHash within this many bits (draft decode 
 ALONE_RADIUS = 4  # pHash alone decides up to here (chance pairs: 4e-14 per pair, ~4 among 14M images)
 SECOND_RADIUS = 16  # past ALONE_RADIUS, dHash must agree within this too (edits measured: <= 9)
 LOW_DETAIL = 4.0  # grey-level standard deviation under which a picture is near-constant
+GROUP_CHUNK = 100_000  # new images grouped and committed at a time (memory: one chunk, not every image)
+_NO_RANK = 2**62  # sorts after every rank, as an image without a ranked candidate does
 ANALYZE_AFTER = 10_000  # images grouped in a run after which the planner's statistics are refreshed
 _DRAFT_SIZE = (64, 64)
 _UNREADABLE = (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError)
@@ -254,14 +256,43 @@ class _Rows:
 
 def _group_new(workspace: Workspace, threshold: int, full: bool, batch_size: int, workers: int) -> int:
     """Group the new images (every image when `full`) and store the groups; returns how many
-    images were grouped. A run that is not `full` holds the new images and 8 bytes per old
-    distinct pHash, and reads back only the old images whose pHash is near a new one."""
-    rows = _Rows()
+    images were grouped.
+
+    A run that is not `full` reads the new images best first (largest, best rank, smallest
+    sha256) in one streamed query and groups and commits them GROUP_CHUNK at a time, each
+    chunk against every image grouped before it: it holds one chunk, 8 bytes per old distinct
+    pHash, and the old images whose pHash is near a new one. Taken in that order, the chunks
+    give the groups one pass over all of them would give (a later image is never better than
+    an earlier one), and a killed run keeps the chunks it committed."""
+    if full:
+        with workspace.session() as session:
+            rows = session.execute(select(*_COLUMNS).where(Image.phash.is_not(None)).order_by(Image.sha256)).all()
+        return _group(workspace, threshold, rows, None, True, batch_size, workers, set())
+    rank = (select(func.min(Candidate.rank)).where(Candidate.image_sha256 == Image.sha256,
+                                                   Candidate.status == CandidateStatus.OK).scalar_subquery())
+    query = (select(*_COLUMNS, rank.label("rank")).where(Image.dedup_threshold.is_(None), Image.phash.is_not(None))
+             .order_by((Image.width * Image.height).desc(), func.coalesce(rank, _NO_RANK), Image.sha256))
     with workspace.session() as session:
-        query = select(*_COLUMNS).where(Image.phash.is_not(None)).order_by(Image.sha256)
-        rows.extend(session.execute(query if full else query.where(Image.dedup_threshold.is_(None))))
-        old_values = np.empty(0, dtype=np.uint64)
-        if not full:
+        before = session.scalar(select(func.max(StoredCluster.id))) or 0
+    settled: set[int] = set()  # old clusters a chunk of this run joined: a later chunk cannot beat their representative
+    grouped = 0
+    with workspace.engine.connect() as reader:
+        result = reader.execution_options(stream_results=True, yield_per=GROUP_CHUNK).execute(query)
+        for chunk in result.partitions():
+            ranks = {row.sha256: row.rank for row in chunk}
+            grouped += _group(workspace, threshold, chunk, ranks, False, batch_size, workers, settled, before)
+    return grouped
+
+
+def _group(workspace: Workspace, threshold: int, new_rows, ranks: dict[str, int | None] | None, full: bool,
+           batch_size: int, workers: int, settled: set[int], before: int = 0) -> int:
+    """Group `new_rows` against the images grouped at `threshold` before them (none when
+    `full`) and store the groups in one transaction; returns len(new_rows)."""
+    rows = _Rows()
+    rows.extend(new_rows)
+    old_values = np.empty(0, dtype=np.uint64)
+    if not full:
+        with workspace.session() as session:
             stored = session.execute(select(Image.phash).where(Image.dedup_threshold == threshold),
                                      execution_options={"yield_per": 100_000}).scalars()
             old_values = np.unique(np.fromiter(stored, dtype=np.int64).view(np.uint64))
@@ -285,9 +316,9 @@ def _group_new(workspace: Workspace, threshold: int, full: bool, batch_size: int
         near[q].append((p, bits))
     _pixel_digests(workspace, rows, value_of, near, new_count, batch_size, workers)
     with workspace.session() as session:
-        ranks = _ranks(session, None if full else rows.sha[:new_count])
+        ranks = _ranks(session, None) if ranks is None else ranks
         groups = _groups(rows, new_count, value_of, near, threshold, ranks)
-        _store(session, rows, new_count, groups, full, threshold, batch_size * 10, ranks)
+        _store(session, rows, new_count, groups, full, threshold, batch_size * 10, ranks, settled, before)
     return new_count
 
 
@@ -331,8 +362,8 @@ def _groups(rows: _Rows, new_count: int, value_of: list[int], near: dict[int, li
             value = value_of[row]
             choices = [(bits, head) for other, bits in [(value, 0), *near.get(value, ())] for head in heads.get(other, ())
                        if same_picture(rows, row, head, bits, threshold)]
-            if choices:
-                group = key[min(choices)[1]]
+            if choices:  # the nearest representative; at equal distance the smallest sha256, whatever the load order
+                group = key[min(choices, key=lambda choice: (choice[0], rows.sha[choice[1]]))[1]]
         if group is None:
             group = -1 - row
             if not rows.flat[row]:
@@ -362,8 +393,10 @@ class _Row:
 
 
 def _store(session: Session, rows: _Rows, new_count: int, groups: dict[int, list[int]], full: bool,
-           threshold: int, batch_size: int, ranks: dict[str, int | None]) -> None:
-    """Write the groups as clusters, then the links and marks, in the caller's transaction."""
+           threshold: int, batch_size: int, ranks: dict[str, int | None], settled: set[int], before: int) -> None:
+    """Write the groups as clusters, then the links and marks, in the caller's transaction.
+    An old cluster's representative is reconsidered unless this run made it (id > `before`)
+    or already reconsidered it (`settled`): later chunks hold no better image."""
     session.execute(delete(DedupSummary))  # it counted the clusters changed here
     if full:  # every image was grouped again: keep the clusters' identities (assign_clusters)
         wanted = {rows.sha[row]: rows.sha[members[0]] for members in groups.values() for row in members[1:]}
@@ -382,8 +415,9 @@ def _store(session: Session, rows: _Rows, new_count: int, groups: dict[int, list
                  for row in members]
         for chunk in batched(moves, batch_size):
             session.execute(update(Image), chunk)
-        for group in [group for group in groups if group > 0]:
+        for group in [group for group in groups if 0 < group <= before and group not in settled]:
             _reconsider_representative(session, rows, group, groups[group][0], threshold, ranks)
+            settled.add(group)
         _write_links(session, list(ids.values()), batch_size)
     _mark_clustered(session, rows.sha[:new_count], threshold, batch_size)
 

@@ -684,6 +684,18 @@ def test_rerun_with_nothing_new_reads_the_stored_counts(any_workspace, photos):
     assert (fourth.images, fourth.near) == (first.images + 1, first.near + 1)
 
 
+@pytest.mark.parametrize("seed", [3, 11])
+def test_a_first_run_groups_in_chunks_what_one_pass_groups(tmp_path, given_hashes, index_calls, monkeypatch, seed):
+    """Before: the first run read every new image into memory at once (1.3 GB at a million)."""
+    images = synthetic_images(seed)
+    links, report = one_run(tmp_path, "whole", images, given_hashes)
+    monkeypatch.setattr(dedup, "GROUP_CHUNK", 7)
+    index_calls["add"].clear()
+    chunked_links, chunked = one_run(tmp_path, "chunked", images, given_hashes)
+    assert len(index_calls["add"]) >= len(images) // 7 and max(index_calls["add"]) <= 7
+    assert chunked_links == links and dataclass_counts(chunked) == dataclass_counts(report)
+
+
 def test_crash_before_the_marks_leaves_the_last_clusters_then_rerun_matches(any_workspace, tmp_path, given_hashes,
                                                                             monkeypatch):
     images = synthetic_images(5)
