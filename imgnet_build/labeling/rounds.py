@@ -316,19 +316,24 @@ def category_pairs(session: Session, category_id: int) -> dict[int, tuple[str, s
     return {row.id: (row.representative, row.key) for row in rows}
 
 
-def _counted_votes(session: Session, category_id: int, include_test: bool = False) -> dict[int, int]:
-    """{cluster id: workers whose vote counts} on the category's candidate pairs (test answers only
-    when `include_test`)."""
-    query = (select(Image.cluster_id, func.count(func.distinct(Vote.worker_id))).select_from(Vote)
+def counted_votes(include_test: bool = False):
+    """The query of (cluster_id, category_id, votes): per candidate pair, the workers whose vote
+    counts (test answers only when `include_test`); filter it by category, or aggregate it whole."""
+    query = (select(Image.cluster_id.label("cluster_id"), Vote.category_id.label("category_id"),
+                    func.count(func.distinct(Vote.worker_id)).label("votes")).select_from(Vote)
              .join(Image, Image.sha256 == Vote.image_sha256)
              .join(Worker, Worker.id == Vote.worker_id)
              .join(Assignment, Assignment.id == Vote.assignment_id)
-             .where(Vote.category_id == category_id, Vote.control.is_(False),
-                    Worker.blocked.is_(False), Assignment.status != "rejected")
-             .group_by(Image.cluster_id))
-    if not include_test:
-        query = query.where(Vote.test.is_(False))
-    return {cluster: count for cluster, count in session.execute(query).all() if cluster is not None}
+             .where(Vote.control.is_(False), Worker.blocked.is_(False), Assignment.status != "rejected",
+                    Image.cluster_id.is_not(None))
+             .group_by(Vote.category_id, Image.cluster_id))
+    return query if include_test else query.where(Vote.test.is_(False))
+
+
+def _counted_votes(session: Session, category_id: int, include_test: bool = False) -> dict[int, int]:
+    """{cluster id: workers whose vote counts} on the category's candidate pairs."""
+    query = counted_votes(include_test).where(Vote.category_id == category_id)
+    return {row.cluster_id: row.votes for row in session.execute(query)}
 
 
 def _pending_votes(session: Session, category_id: int, backend: Backend | None = None) -> dict[int, int]:

@@ -12,7 +12,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from imgnet_build.labeling.backends import workspace_spend
-from imgnet_build.labeling.rounds import category_pairs
+from imgnet_build.labeling.rounds import counted_votes
 from imgnet_build.stage import Document
 from imgnet_build.store import (
     Assignment,
@@ -20,6 +20,7 @@ from imgnet_build.store import (
     CandidateStatus,
     Category,
     CategoryConsensus,
+    Image,
     Label,
     Task,
     TaskItem,
@@ -118,10 +119,11 @@ def label_status(workspace: Workspace) -> LabelStatus:
                 .where(Vote.control.is_(True), TaskItem.expected.is_not(None)).group_by(Vote.category_id)):
             controls[category] = [int(right or 0), int(total)]
         states = {row.category_id: row for row in session.scalars(select(CategoryConsensus))}
+        pairs_of = _pairs(session)
+        waiting_of = _waiting_votes(session)
         categories: list[dict[str, Any]] = []
         for category in category_ids:
-            pairs = len(category_pairs(session, category))
-            waiting = _waiting_votes(session, category)
+            pairs, waiting = pairs_of.get(category, 0), waiting_of.get(category, 0)
             counts = labels[category]
             decided = counts["accepted"] + counts["rejected"]
             voted = decided + counts["undecided"]
@@ -206,12 +208,21 @@ def _mturk_status(session: Session, workspace: Workspace) -> dict:
 
 
 
-def _waiting_votes(session: Session, category_id: int) -> int:
-    """Votes that count and arrived after their pair was last decided (`label collect` decides them):
-    per pair, the workers who voted minus the votes its label was decided from."""
-    from imgnet_build.labeling.rounds import _counted_votes
+def _pairs(session: Session) -> dict[int, int]:
+    """{category id: its candidate pairs (clusters with an ok candidate of it)}, in one query."""
+    return {category: int(count) for category, count in session.execute(
+        select(Candidate.category_id, func.count(func.distinct(Image.cluster_id)))
+        .join(Image, Image.sha256 == Candidate.image_sha256)
+        .where(Candidate.status == CandidateStatus.OK, Image.cluster_id.is_not(None))
+        .group_by(Candidate.category_id))}
 
-    counted = _counted_votes(session, category_id)
-    decided = dict(session.execute(select(Label.cluster_id, Label.yes_votes + Label.no_votes)
-                                   .where(Label.category_id == category_id)).all())
-    return sum(max(0, votes - (decided.get(cluster) or 0)) for cluster, votes in counted.items())
+
+def _waiting_votes(session: Session) -> dict[int, int]:
+    """{category id: votes that count and arrived after their pair was last decided} (`label collect`
+    decides them): per pair, the workers who voted minus the votes its label was decided from; one query."""
+    counted = counted_votes().subquery()
+    left = counted.c.votes - func.coalesce(Label.yes_votes + Label.no_votes, 0)
+    return {category: int(total or 0) for category, total in session.execute(
+        select(counted.c.category_id, func.sum(case((left > 0, left), else_=0)))
+        .outerjoin(Label, (Label.cluster_id == counted.c.cluster_id) & (Label.category_id == counted.c.category_id))
+        .group_by(counted.c.category_id))}
