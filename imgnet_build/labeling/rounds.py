@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import CursorResult, delete, func, insert, select, update
+from sqlalchemy import CursorResult, Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import batched
@@ -316,7 +316,7 @@ def category_pairs(session: Session, category_id: int) -> dict[int, tuple[str, s
     return {row.id: (row.representative, row.key) for row in rows}
 
 
-def counted_votes(include_test: bool = False):
+def counted_votes(include_test: bool = False) -> Select[int | None, int, int]:
     """The query of (cluster_id, category_id, votes): per candidate pair, the workers whose vote
     counts (test answers only when `include_test`); filter it by category, or aggregate it whole."""
     query = (select(Image.cluster_id.label("cluster_id"), Vote.category_id.label("category_id"),
@@ -339,7 +339,9 @@ def _counted_votes(session: Session, category_id: int, include_test: bool = Fals
 def _pending_votes(session: Session, category_id: int, backend: Backend | None = None) -> dict[int, int]:
     """{cluster id: votes that open tasks will still bring}. Tasks not yet published count only
     when this submit (on `backend`) would publish them; test tasks only for a test backend."""
-    done = (select(Assignment.task_id, func.count().label("done")).where(Assignment.status.in_(WORK_STATUSES))
+    done = (select(Assignment.task_id, func.count().label("done")).where(
+        Assignment.status.in_(WORK_STATUSES),
+        Assignment.task_id.in_(select(Task.id).where(Task.category_id == category_id)))  # not every task's
             .group_by(Assignment.task_id).subquery())
     live = Task.status == "open"
     if backend is None:
