@@ -317,11 +317,14 @@ class Task(Base):
     round: Mapped[int] = mapped_column(Integer)
     batch: Mapped[str] = mapped_column(String(64))
     backend: Mapped[str] = mapped_column(String(32))
-    external_id: Mapped[str | None] = mapped_column(String(255))  # e.g. the MTurk HITId
+    external_id: Mapped[str | None] = mapped_column(String(255))  # the marketplace's id once published (MTurk HITId)
+    publish_token: Mapped[str | None] = mapped_column(String(64))  # MTurk: the HIT's UniqueRequestToken, on record first
     status: Mapped[str] = mapped_column(String(16), default="new")
     assignments_wanted: Mapped[int] = mapped_column(Integer)
-    reward: Mapped[str | None] = mapped_column(String(16))
+    reward_cents: Mapped[int | None] = mapped_column(Integer)  # per assignment, what the marketplace pays
+    live: Mapped[bool] = mapped_column(Boolean, default=False)  # MTurk's live endpoint: real money
     test: Mapped[bool] = mapped_column(Boolean, default=False)  # a non-paying test (MTurk sandbox): not evidence
+    crowd: Mapped[dict | None] = mapped_column(JSON)  # the simulated crowd that answers it (simulated.Crowd's fields)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (Index("ix_task_status", "status"), Index("ix_task_category", "category_id"),
                       _one_of("status", TASK_STATUSES, "ck_task_status"))

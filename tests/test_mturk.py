@@ -220,8 +220,8 @@ def test_submit_makes_one_hit_per_task_on_the_sandbox_and_stores_its_id(ws, stub
     plan, price = submitted(ws)
     assert (plan.tasks, plan.assignments, str(price.total_usd)) == (1, 2, "0.24")
     [task] = tasks(ws)
-    assert (task.status, task.external_id, task.reward, task.batch) == ("open", "3HITEXAMPLE0001", "0.10",
-                                                                        "r1-mturk-sandbox")
+    assert (task.status, task.external_id, task.reward_cents, task.batch, task.live) == (
+        "open", "3HITEXAMPLE0001", 10, "r1-mturk-sandbox", False)
     assert stub.made == [False]  # one client, for the sandbox
     again, _ = submitted(ws)  # nothing missing: no call at all
     assert again.tasks == 0
@@ -266,7 +266,7 @@ def test_crash_between_create_hit_and_storing_its_id_makes_no_second_hit(ws, stu
         submitted(ws)
     [task] = tasks(ws)
     token = mturk.MTurkBackend(ws).token(task.id)
-    assert (task.status, task.external_id) == ("new", "pending:" + token)
+    assert (task.status, task.external_id, task.publish_token) == ("new", None, token)
 
     monkeypatch.setattr(mturk.MTurkBackend, "_store_hit", real_store)
     stub.add_response("get_account_balance", {"AvailableBalance": "10000.00"})
@@ -293,7 +293,7 @@ def test_hit_already_exists_is_resolved_to_the_existing_hit(ws, stub, monkeypatc
         for position, sha in enumerate(session.scalars(select(Candidate.image_sha256).order_by(Candidate.id))):
             session.add(TaskItem(task_id=task.id, position=position, image_sha256=sha, cluster_id=position + 1,
                                  kind="candidate"))
-        task.external_id, task.reward = "pending:" + backend.token(task.id), "0.10"
+        task.publish_token, task.reward_cents = backend.token(task.id), 10
         task_id = task.id
     token = backend.token(task_id)
     stub.add_response("list_hits", {"NumResults": 0, "HITs": []}, {"MaxResults": 100})

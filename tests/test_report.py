@@ -137,13 +137,13 @@ def build_workspace(workspace) -> dict:
         s.add_all(workers)
         s.flush()
         mturk = Task(category_id=whippet.id, round=1, batch="r1-mturk-live", backend="mturk", status="done",
-                     assignments_wanted=3, reward="0.10")
+                     assignments_wanted=3, reward_cents=10, live=True)
         mturk_big = Task(category_id=poodle.id, round=1, batch="r1-mturk-live", backend="mturk", status="done",
-                         assignments_wanted=10, reward="0.25")
+                         assignments_wanted=10, reward_cents=25, live=True)
         simulated = Task(category_id=poodle.id, round=1, batch="r1-simulated", backend="simulated", status="done",
-                         assignments_wanted=1, reward="0.10")
+                         assignments_wanted=1, reward_cents=10)
         sandbox = Task(category_id=poodle.id, round=1, batch="r1-mturk", backend="mturk", status="done",
-                       assignments_wanted=3, reward="0.10")
+                       assignments_wanted=3, reward_cents=10, test=True)
         s.add_all([mturk, mturk_big, simulated, sandbox])
         s.flush()
         items = {mturk.id: [], mturk_big.id: [], simulated.id: [], sandbox.id: []}
@@ -220,7 +220,7 @@ def test_the_report_and_label_status_show_one_cost(built, tmp_path):
     workspace, _ = built
     with workspace.session() as s:
         task = Task(category_id=s.scalars(select(Category.id)).first(), round=2, batch="r2-mturk-live",
-                    backend="mturk", status="done", assignments_wanted=3, reward=None)
+                    backend="mturk", status="done", assignments_wanted=3, reward_cents=None, live=True)
         s.add(task)
         s.flush()
         s.add(Assignment(task_id=task.id, worker_id=s.scalars(select(Worker.id)).first(), status="approved"))

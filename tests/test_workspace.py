@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -147,6 +148,35 @@ def test_upgrading_an_old_workspace_keeps_every_row(tmp_path):
     with engine.connect() as connection:  # and the foreign keys are back on for everything after
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
     engine.dispose()
+
+
+def test_the_task_batch_name_and_strings_become_typed_columns(tmp_path):
+    """Migration 0011: what the batch name, `external_id` and the text `reward` encoded moves to
+    `live`, `publish_token`, `reward_cents` and `crowd`."""
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = Config()
+    config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0010")
+        connection.execute(text(OLD_ROWS[0]))
+        for task_id, batch, backend, external_id, reward in [
+                (1, "r1-mturk-live", "mturk", "3HIT", "0.05"), (2, "r1-mturk-sandbox", "mturk", "pending:tok-2", "0.10"),
+                (3, "r2-sim-w60-a0.6-0.95-p0.1-c0.05-s7", "simulated", None, None), (4, "r1", "local", None, None)]:
+            connection.execute(text("INSERT INTO task (id, category_id, round, batch, backend, status, assignments_wanted, "
+                                    "created_at, external_id, reward, test) VALUES (:id, 1, 1, :batch, :backend, 'open', "
+                                    "3, '2026-01-01', :external_id, :reward, 0)"),
+                               {"id": task_id, "batch": batch, "backend": backend, "external_id": external_id,
+                                "reward": reward})
+    store.migrate(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, live, external_id, publish_token, reward_cents, crowd FROM task "
+                                       "ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(row[:5]) for row in rows] == [(1, 1, "3HIT", None, 5), (2, 0, None, "tok-2", 10),
+                                                (3, 0, None, None, None), (4, 0, None, None, None)]
+    assert [json.loads(row[5]) if row[5] else None for row in rows] == [None, None, {
+        "workers": 60, "accuracy": [0.6, 0.95], "spammers": 0.1, "seed": 7, "constant": 0.05}, None]
 
 
 def _alembic_heads() -> set[str]:

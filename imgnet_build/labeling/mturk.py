@@ -11,8 +11,8 @@ live submit needs a cost cap, which counts what the workspace already spent and 
 Credentials come from boto3's usual chain and are never stored in the workspace.
 
 Exactly once: each HIT's UniqueRequestToken is derived from the task and written to the
-task (`pending:<token>`) before `create_hit_with_hit_type` is called; the HIT id replaces
-it the moment the call returns. A rerun after a crash in between looks the HIT up by its
+task (`publish_token`) before `create_hit_with_hit_type` is called; the HIT id is stored
+(`external_id`) the moment the call returns. A rerun after a crash in between looks the HIT up by its
 RequesterAnnotation (the token) before creating anything, and a HitAlreadyExists answer
 is resolved the same way.
 
@@ -60,7 +60,6 @@ LIVE_ENDPOINT = "https://mturk-requester.us-east-1.amazonaws.com"
 SANDBOX_SUBMIT = "https://workersandbox.mturk.com/mturk/externalSubmit"
 LIVE_SUBMIT = "https://www.mturk.com/mturk/externalSubmit"
 QUESTION_LIMIT = 65_535
-PENDING = "pending:"
 RETRYABLE = {"ThrottlingException", "ServiceUnavailable", "ServiceUnavailableException", "TooManyRequestsException"}
 RETRIES = 6
 HTML_QUESTION = ('<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/'
@@ -143,10 +142,6 @@ def _credentials_configured() -> bool:
     return Path(shared).is_file()
 
 
-def is_live(batch: str) -> bool:
-    return batch.endswith("-mturk-live")
-
-
 def workspace_cost(session: Session, live: bool, exclude: tuple[int, ...] = (), *,
                    reward: Decimal = MTurkSettings().reward_usd, only: tuple[int, ...] | None = None) -> dict[str, Price]:
     """{"spent": work submitted or approved, "committed": assignments HITs may still bring}
@@ -155,14 +150,15 @@ def workspace_cost(session: Session, live: bool, exclude: tuple[int, ...] = (), 
     used = (select(Assignment.task_id, func.count().label("used"),
                    func.sum(func.cast(Assignment.status.in_(("submitted", "approved")), _int())).label("paid"))
             .where(Assignment.status != "given").group_by(Assignment.task_id).subquery())
-    rows = session.execute(select(Task.id, Task.status, Task.reward, Task.assignments_wanted, Task.batch,
+    rows = session.execute(select(Task.id, Task.status, Task.reward_cents, Task.assignments_wanted,
                                   func.coalesce(used.c.used, 0), func.coalesce(used.c.paid, 0))
-                           .outerjoin(used, used.c.task_id == Task.id).where(Task.backend == MTurkBackend.name))
+                           .outerjoin(used, used.c.task_id == Task.id)
+                           .where(Task.backend == MTurkBackend.name, Task.live.is_(live)))
     spent, committed = Price(), Price()
-    for task_id, status, task_reward, wanted, batch, used_count, paid in rows:
-        if is_live(batch) != live or task_id in exclude or (only is not None and task_id not in only):
+    for task_id, status, cents, wanted, used_count, paid in rows:
+        if task_id in exclude or (only is not None and task_id not in only):
             continue
-        task_reward = Decimal(task_reward) if task_reward else reward
+        task_reward = reward if cents is None else Decimal(cents) / 100
         spent += price(task_reward, wanted, int(paid), tasks=1)
         if status in ("new", "open"):
             committed += price(task_reward, wanted, max(0, wanted - int(used_count)), tasks=1)
@@ -215,9 +211,9 @@ class MTurkBackend:
 
         reward = (getattr(workspace.settings, "mturk", None) or MTurkSettings()).reward_usd
         spends = []
+        endpoints = set(session.scalars(select(Task.live).where(Task.backend == cls.name).distinct()))
         for live in (True, False):
-            if not any(is_live(batch) == live for batch in session.scalars(
-                    select(Task.batch).where(Task.backend == cls.name).distinct())):
+            if live not in endpoints:
                 continue
             cost = workspace_cost(session, live, reward=reward)
             spent = cost["spent"]
@@ -258,6 +254,9 @@ class MTurkBackend:
 
     def batch_suffix(self) -> str:
         return "-mturk-live" if self.live else "-mturk-sandbox"
+
+    def task_columns(self) -> dict:
+        return {"live": self.live}
 
     def token(self, task_id: int) -> str:
         digest = hashlib.sha256(f"{self.workspace.root.resolve()}|{self.workspace.database_url}".encode()).hexdigest()
@@ -340,9 +339,9 @@ class MTurkBackend:
         task = session.get(Task, task_id)
         if task is None or task.status != "new" or task.test != self.test:
             return None  # published meanwhile, or made for the other marketplace
-        if task.external_id and task.external_id.startswith(PENDING):
-            return _Work(task_id, task.assignments_wanted, task.external_id[len(PENDING):],
-                         self._question(session, task), pending=True)
+        if task.publish_token and task.external_id is None:  # an earlier run began to publish it
+            return _Work(task_id, task.assignments_wanted, task.publish_token, self._question(session, task),
+                         pending=True)
         extendable = self._extendable(session, task)
         if extendable is not None:
             old, hit = extendable
@@ -358,11 +357,9 @@ class MTurkBackend:
         wanted = candidates(task.id)
         olds = session.scalars(select(Task).where(
             Task.backend == self.name, Task.category_id == task.category_id, Task.id != task.id,
-            Task.status.in_(("open", "done")), Task.reward == self.settings.reward, Task.external_id.is_not(None),
-            Task.external_id.not_like(f"{PENDING}%")).order_by(Task.id.desc()))
+            Task.status.in_(("open", "done")), Task.reward_cents == self.settings.reward_cents,
+            Task.external_id.is_not(None), Task.live.is_(self.live)).order_by(Task.id.desc()))
         for old in olds:
-            if is_live(old.batch) != self.live:
-                continue
             total = old.assignments_wanted + task.assignments_wanted
             if old.assignments_wanted < 10 <= total:
                 continue
@@ -399,7 +396,7 @@ class MTurkBackend:
     def _create(self, item: _Work) -> None:
         with self.workspace.session() as session:  # the token is on record before the HIT can exist
             task = session.get_one(Task, item.task_id)
-            task.external_id, task.reward = PENDING + item.token, self.settings.reward
+            task.publish_token, task.reward_cents = item.token, self.settings.reward_cents
         hit_id = self.find_hit(item.token) if item.pending else None
         if hit_id is None:
             try:
@@ -508,16 +505,16 @@ def expire(workspace: Workspace, batch: str | None = None, *, live: bool = False
     collected = backend.collect(workspace)
     suffix = backend.batch_suffix()
     with workspace.session() as session:
-        query = select(Task.id, Task.external_id).where(Task.backend == MTurkBackend.name,
-                                                       Task.status.in_(("new", "open")), Task.batch.like(f"%{suffix}"))
+        query = select(Task.id, Task.external_id, Task.publish_token).where(
+            Task.backend == MTurkBackend.name, Task.status.in_(("new", "open")), Task.live.is_(live))
         if batch:
             query = query.where(Task.batch.in_((batch, batch + suffix)))
         tasks = session.execute(query.order_by(Task.id)).all()
     expired = 0
-    for task_id, external_id in tasks:
+    for task_id, external_id, token in tasks:
         hit_id = external_id
-        if hit_id and hit_id.startswith(PENDING):
-            hit_id = backend.find_hit(hit_id[len(PENDING):])
+        if hit_id is None and token:  # publishing began: the HIT may exist
+            hit_id = backend.find_hit(token)
         if hit_id:
             call(backend.client, "update_expiration_for_hit", HITId=hit_id,
                  ExpireAt=dt.datetime(2015, 1, 1, tzinfo=dt.UTC))

@@ -19,7 +19,7 @@ from sqlalchemy import case, func, select
 from imgnet_build.dbutil import insert_ignore
 from imgnet_build.errors import ItemError
 from imgnet_build.labeling.answers import store_answers
-from imgnet_build.labeling.mturk import PENDING, MTurkError, call
+from imgnet_build.labeling.mturk import MTurkError, call
 from imgnet_build.store import Assignment, Task, TaskItem, Vote, Worker
 
 __all__ = ["parse_answer", "AnswerInvalid", "collect_hits"]
@@ -85,8 +85,8 @@ def collect_hits(backend) -> int:
     workspace = backend.workspace
     with workspace.session() as session:
         tasks = session.execute(select(Task.id, Task.external_id, Task.assignments_wanted).where(
-            Task.backend == backend.name, Task.status == "open", Task.batch.like(f"%{backend.batch_suffix()}"),
-            Task.external_id.is_not(None), Task.external_id.not_like(f"{PENDING}%")).order_by(Task.id)).all()
+            Task.backend == backend.name, Task.status == "open", Task.live.is_(backend.live),
+            Task.external_id.is_not(None)).order_by(Task.id)).all()
     stored = 0
     for task_id, hit_id, wanted in tasks:
         for assignment in _assignments(backend.client, hit_id):

@@ -89,6 +89,10 @@ class MTurkSettings:
     def reward_usd(self) -> Decimal:
         return Decimal(self.reward)
 
+    @property
+    def reward_cents(self) -> int:
+        return int(self.reward_usd * 100)  # validated: whole cents
+
     def qualification_requirements(self) -> list[dict]:
         """MTurk's system qualifications: approval rate, number approved, optional locale."""
         requirements = [

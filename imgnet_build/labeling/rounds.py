@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import CursorResult, Select, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import batched
@@ -275,6 +275,11 @@ def _is_test(backend: Backend | None) -> bool:
     return bool(getattr(backend, "test", False))
 
 
+def _may_be_published() -> ColumnElement[bool]:
+    """A task a marketplace has, or may have: its id came back, or its publishing began."""
+    return Task.external_id.is_not(None) | Task.publish_token.is_not(None)
+
+
 def settle_unpublished(workspace: Workspace, backend: Backend) -> tuple[int, int]:
     """Tasks left unpublished (status `new`) by an earlier submit: those of another backend or
     marketplace that never reached it are discarded (they asked nobody), this backend's are
@@ -282,7 +287,7 @@ def settle_unpublished(workspace: Workspace, backend: Backend) -> tuple[int, int
     with workspace.session() as session:
         lock_planning(session)
         mine = (Task.backend == backend.name) & (Task.test.is_(_is_test(backend)))
-        stale = list(session.scalars(select(Task.id).where(Task.status == "new", Task.external_id.is_(None), ~mine)))
+        stale = list(session.scalars(select(Task.id).where(Task.status == "new", ~_may_be_published(), ~mine)))
         for chunk in batched(stale, 1000):
             session.execute(delete(TaskItem).where(TaskItem.task_id.in_(chunk)))
             session.execute(delete(Task).where(Task.id.in_(chunk)))
@@ -348,7 +353,7 @@ def _pending_votes(session: Session, category_id: int, backend: Backend | None =
         live = Task.status.in_(("new", "open"))
     else:
         mine = (Task.backend == backend.name) & Task.test.is_(_is_test(backend))
-        live = live | ((Task.status == "new") & (mine | Task.external_id.is_not(None)))
+        live = live | ((Task.status == "new") & (mine | _may_be_published()))
     query = (select(TaskItem.cluster_id, func.sum(Task.assignments_wanted - func.coalesce(done.c.done, 0)))
              .join(Task, Task.id == TaskItem.task_id).outerjoin(done, done.c.task_id == Task.id)
              .where(Task.category_id == category_id, live, TaskItem.kind == "candidate")
@@ -432,7 +437,8 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
                 made.append(_NewTask(0, wanted, len(items) - len(chunk)))
                 continue
             task = Task(category_id=category_id, round=round_, batch=batch, backend=backend.name,
-                        status="new", assignments_wanted=wanted, test=_is_test(backend))
+                        status="new", assignments_wanted=wanted, test=_is_test(backend),
+                        **getattr(backend, "task_columns", dict)())
             session.add(task)
             session.flush()
             session.execute(insert(TaskItem), [

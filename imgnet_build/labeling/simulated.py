@@ -5,7 +5,7 @@
 Each of `workers` workers has an accuracy drawn uniformly from `accuracy`; a share
 `spammers` of them answers at random, and a share `constant` answers "no" to everything
 (the constant answer that is hardest to catch: most pairs are no). The crowd is seeded, so a rerun gives the same
-votes, and it is written into each task's batch name, so `imgnet label collect` answers
+votes, and it is stored with each task (`Task.crowd`), so `imgnet label collect` answers
 with the crowd the tasks were submitted for. Its votes, assignments and labels are marked
 simulated everywhere. A worker never answers a task twice, nor a pair it voted on.
 """
@@ -68,13 +68,18 @@ class Crowd:
         return (f"-sim-w{self.workers}-a{self.accuracy[0]:g}-{self.accuracy[1]:g}-p{self.spammers:g}{constant}"
                 f"-s{self.seed}")
 
+    def as_dict(self) -> dict:
+        """What `Task.crowd` stores."""
+        return {"workers": self.workers, "accuracy": list(self.accuracy), "spammers": self.spammers,
+                "seed": self.seed, "constant": self.constant}
+
     @classmethod
-    def from_batch(cls, batch: str) -> Crowd:
-        match = re.search(r"-sim-w(\d+)-a([0-9.]+)-([0-9.]+)-p([0-9.]+)(?:-c([0-9.]+))?-s(-?\d+)$", batch)
-        if not match:
-            raise BadInput(f"task batch {batch!r} does not describe a simulated crowd")
-        return cls(int(match[1]), (float(match[2]), float(match[3])), float(match[4]), int(match[6]),
-                   float(match[5] or 0))
+    def from_dict(cls, stored: dict | None) -> Crowd:
+        if not isinstance(stored, dict):
+            raise BadInput("a simulated task has no crowd stored with it; expire it (imgnet label expire) and submit again")
+        low, high = stored["accuracy"]
+        return cls(int(stored["workers"]), (float(low), float(high)), float(stored["spammers"]), int(stored["seed"]),
+                   float(stored.get("constant", 0.0)))
 
     def profiles(self) -> tuple[np.ndarray, np.ndarray]:
         """(sensitivity P(yes | good), specificity P(no | bad)) per worker, the same for the
@@ -108,6 +113,9 @@ class SimulatedBackend:
     def batch_suffix(self) -> str:
         return self.crowd.batch_suffix()
 
+    def task_columns(self) -> dict:
+        return {"crowd": self.crowd.as_dict()}
+
     def check_pairs(self, session, pairs: list[tuple[int, int]]) -> None:
         if not pairs:
             return
@@ -128,20 +136,20 @@ class SimulatedBackend:
 
     def collect(self, workspace: Workspace) -> int:
         with workspace.session() as session:
-            tasks = session.execute(select(Task.id, Task.batch).where(Task.status == "open", Task.backend == self.name)
+            tasks = session.execute(select(Task.id, Task.crowd).where(Task.status == "open", Task.backend == self.name)
                                     .order_by(Task.id)).all()
         stored = 0
-        crowds: dict[str, tuple] = {}  # batch -> (crowd, its worker ids, its profiles), made once per collect
-        for task_id, batch in tasks:
+        crowds: dict[Crowd, tuple] = {}  # crowd -> (its worker ids, its profiles), made once per collect
+        for task_id, stored_crowd in tasks:
             with workspace.session() as session:  # one task, one transaction: a kill loses at most this task
                 lock_task(session, task_id)  # a concurrent collect answers it before or after, never beside
                 task = session.get(Task, task_id)
                 if task is None or task.status != "open":
                     continue
-                if batch not in crowds:
-                    crowd = Crowd.from_batch(batch)
-                    crowds[batch] = (crowd, _workers(session, crowd), crowd.profiles())
-                stored += _answer_task(session, task, *crowds[batch])
+                crowd = Crowd.from_dict(stored_crowd)
+                if crowd not in crowds:
+                    crowds[crowd] = (_workers(session, crowd), crowd.profiles())
+                stored += _answer_task(session, task, crowd, *crowds[crowd])
         return stored
 
 

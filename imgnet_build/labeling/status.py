@@ -185,24 +185,23 @@ def _workers(session: Session) -> list[dict]:
 def _mturk_status(session: Session, workspace: Workspace) -> dict:
     """Per marketplace (sandbox, live) with HITs: HITs by state, assignments waiting for
     review, money spent and committed (rewards and MTurk's fees)."""
-    from imgnet_build.labeling.mturk import PENDING, is_live, workspace_cost
+    from imgnet_build.labeling.mturk import workspace_cost
 
-    rows = session.execute(select(Task.batch, Task.status, Task.external_id).where(Task.backend == "mturk")).all()
-    pending = session.execute(select(Task.batch, func.count()).join(Assignment, Assignment.task_id == Task.id)
-                              .where(Task.backend == "mturk", Assignment.status == "submitted")
-                              .group_by(Task.batch)).all()
+    rows = session.execute(select(Task.live, Task.status, Task.external_id).where(Task.backend == "mturk")).all()
+    pending = dict(session.execute(select(Task.live, func.count()).join(Assignment, Assignment.task_id == Task.id)
+                                   .where(Task.backend == "mturk", Assignment.status == "submitted")
+                                   .group_by(Task.live)).all())
     report = {}
     for live in (False, True):
-        mine = [row for row in rows if is_live(row.batch) == live]
+        mine = [row for row in rows if row.live == live]
         if not mine:
             continue
         states: defaultdict[str, int] = defaultdict(int)
         for row in mine:
-            states["unpublished" if row.external_id is None or row.external_id.startswith(PENDING)
-                   else row.status] += 1
+            states["unpublished" if row.external_id is None else row.status] += 1
         cost = workspace_cost(session, live, reward=workspace.settings.mturk.reward_usd)
         report["live" if live else "sandbox"] = {
-            "hits": dict(states), "pending_review": sum(n for batch, n in pending if is_live(batch) == live),
+            "hits": dict(states), "pending_review": pending.get(live, 0),
             "spent_usd": str(cost["spent"].total_usd), "committed_usd": str(cost["committed"].total_usd)}
     return report
 
