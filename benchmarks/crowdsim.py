@@ -12,8 +12,9 @@ worker's votes stop counting); tasks of `images_per_task` images, `controls` of 
 controls (up to half positives: the category's most confident accepted pairs, then its
 pairs with AGREED counted yes votes and no no; the rest
 negatives: other categories' most confident accepted pairs), shuffled; each task answered
-by distinct workers who are not blocked and never voted on any of its pairs (a task the
-crowd cannot fill gets what it can); a worker's second vote on a pair is dropped; after
+by distinct workers who are not blocked and never voted on any of its pairs (pairs with the
+same voters grouped where the crowd would otherwise have nobody for a task, as label run does;
+a task the crowd cannot fill gets what it can); a worker's second vote on a pair is dropped; after
 each round `decide` (fit, block, fit again once). What it leaves out: the database, gold,
 dedup clusters (every pair is its own cluster).
 """
@@ -27,6 +28,7 @@ import numpy as np
 
 from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, VoteTable
 from imgnet_build.labeling.quality import to_block
+from imgnet_build.labeling.rounds import takeable_chunks
 
 CONTROL_CONFIDENCE = 0.99
 CONTROL_POOL = 200
@@ -105,6 +107,8 @@ class Simulation:
                 np.add.at(said_no, np.asarray(vote_p, np.int64)[ok & cand & ~np.asarray(vote_a, bool)], 1)
             agreed = (counted >= AGREED) & (said_no == 0)
             tasks = []
+            gone = set(np.flatnonzero(blocked).tolist())
+            crew = workers - len(gone)  # who may still answer: a pair asks for no more than those who did not vote on it
             for c, (start, end) in enumerate(self._ranges()):
                 seed = set() if oracle else self._seed(order[c], counted, status)
                 need: dict[int, int] = {}
@@ -114,7 +118,7 @@ class Simulation:
                     target = s.seed_votes if p in seed else s.votes
                     total = counted[p]
                     wanted = target - total if total < target else (1 if status[p] == "undecided" else 0)
-                    wanted = min(wanted, s.max_votes - total)
+                    wanted = min(wanted, s.max_votes - total, crew - len(voters[p] - gone))
                     if wanted > 0:
                         need[p] = int(wanted)
                 if not need:
@@ -123,8 +127,9 @@ class Simulation:
                 by_votes: dict[int, list[int]] = {}
                 for p, wanted in sorted(need.items()):
                     by_votes.setdefault(wanted, []).append(p)
+                active = {p: voters[p] - gone for p in need}
                 for wanted, pairs in sorted(by_votes.items()):
-                    for chunk in _even_chunks(pairs, per_task):
+                    for chunk in takeable_chunks(pairs, per_task, active, crew - wanted):
                         positives, negatives = pool
                         chosen = rng.sample(positives, min(s.controls // 2, len(positives)))
                         chosen += rng.sample(negatives, min(s.controls - len(chosen), len(negatives)))
@@ -242,9 +247,3 @@ class Simulation:
         status[voted & enough & (posterior >= s.accept)] = "accepted"
         status[voted & enough & (posterior <= s.reject)] = "rejected"
         return posterior, status, blocked
-
-
-def _even_chunks(items: list, size: int) -> list[list]:
-    count = max(1, -(-len(items) // size))
-    step = len(items) / count
-    return [items[round(i * step):round((i + 1) * step)] for i in range(count)]

@@ -209,6 +209,25 @@ def test_a_categorys_first_tasks_get_positive_controls_from_seed_agreement(works
     assert len(positives) == 3 and all(item.expected and truth[item.image_sha256] for item in positives)
 
 
+def test_late_pairs_find_workers_in_a_small_crowd(workspace):
+    # A worker takes a whole task or none, and none that shows a pair they voted on. Late tasks made
+    # of pairs voted on by different workers left nobody to take them in a crowd of 10: tasks expired
+    # and 10 pairs stayed undecided at 7-8 votes. Pairs with the same voters now share tasks, and a
+    # pair asks for no more than the workers who have not voted on it.
+    build_world(workspace, categories=2, images=30, positives=0.4)
+    crowd = {"sim_workers": 10, "sim_accuracy": "0.75-0.9", "sim_spammers": 0}
+    rounds.run(workspace, "simulated", SMALL, options=crowd)
+    with workspace.session() as session:
+        assert session.scalar(select(func.count()).select_from(Task).where(Task.status == "expired")) == 0
+        workers = session.scalar(select(func.count()).select_from(Worker).where(Worker.blocked.is_(False)))
+        for label in session.scalars(select(Label).where(Label.status == "undecided")):
+            voters = session.scalar(select(func.count(func.distinct(Vote.worker_id))).join(
+                Image, Image.sha256 == Vote.image_sha256).join(Worker, Worker.id == Vote.worker_id).where(
+                Image.cluster_id == label.cluster_id, Vote.category_id == label.category_id,
+                Worker.blocked.is_(False)))
+            assert voters in (workers, SMALL.max_votes)  # every worker who could answer did, or the cap
+
+
 def test_simulated_crowd_refuses_pairs_without_truth(workspace):
     build_world(workspace, categories=1, images=3)
     with workspace.session() as session:

@@ -13,7 +13,10 @@ are never asked about; images join the labeling once `imgnet dedup` gave them a 
 What a pair needs: three votes when it is new (the baseline; `--votes`), `seed_votes` for
 the seed sample of each category (dynamic consensus), then one more per round while the
 consensus method leaves it undecided, up to `max_votes`. Votes already given and votes
-that open tasks will bring count, so submitting twice submits nothing twice. Each
+that open tasks will bring count, so submitting twice submits nothing twice. A worker takes a
+whole task or none, and never one showing a pair they voted on: with a crowd of known size
+(the simulated one) a pair asks for no more votes than its other workers can give, and pairs
+with the same voters share tasks where mixing them would leave a task with nobody to take it. Each
 category's tasks are made in one transaction; a killed submit leaves whole categories
 behind and the rerun plans only what is still missing. Votes are stored as they arrive
 (`answers.store_answers`), so a killed collect loses nothing either.
@@ -232,10 +235,20 @@ def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSet
                 lock_planning(session)
             pairs = category_pairs(session, category_id)
             need = _needs(session, category_id, pairs, settings, chosen, held)
+            pool: int | None = getattr(chosen, "pool", lambda session: None)(session)  # a crowd of known size
+            voters: dict[int, set[int]] = {}
+            if pool is not None and need:
+                voters = _voters(session, category_id, set(need))
+                for cluster in list(need):
+                    need[cluster] = min(need[cluster], pool - len(voters.get(cluster, ())))  # the others can give
+                    if need[cluster] <= 0:
+                        del need[cluster]
+                        held["have a vote from every worker of the crowd"] += 1
             if not need:
                 continue
             chosen.check_pairs(session, [(cluster, category_id) for cluster in need])
-            tasks = _make_tasks(session, category_id, pairs, need, settings, round_, chosen, dry_run)
+            tasks = _make_tasks(session, category_id, pairs, need, settings, round_, chosen, dry_run,
+                                voters, pool)
             if not dry_run:
                 reserve = getattr(chosen, "reserve", None)
                 if reserve is not None:
@@ -418,8 +431,8 @@ class _NewTask:
 
 
 def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, str]], need: dict[int, int],
-                settings: LabelSettings, round_: int,
-                backend: Backend, dry_run: bool) -> list[_NewTask]:
+                settings: LabelSettings, round_: int, backend: Backend, dry_run: bool,
+                voters: dict[int, set[int]], pool: int | None) -> list[_NewTask]:
     per_task = settings.images_per_task - settings.controls
     by_votes: dict[int, list[int]] = defaultdict(list)
     for cluster, wanted in sorted(need.items()):
@@ -429,7 +442,7 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
     batch = f"r{round_}" + getattr(backend, "batch_suffix", lambda: "")()
     made: list[_NewTask] = []
     for wanted, clusters in sorted(by_votes.items()):
-        for chunk in _even_chunks(clusters, per_task):
+        for chunk in takeable_chunks(clusters, per_task, voters, None if pool is None else pool - wanted):
             items = [(pairs[c][0], c, "candidate", None) for c in chunk]
             items += pick_controls(_apart_from(controls, set(chunk)), settings.controls, rng)
             rng.shuffle(items)
@@ -459,6 +472,39 @@ def _apart_from(pool: tuple[list, list], clusters: set[int]) -> tuple[list, list
                 seen.add(item[1])
                 side.append(item)
     return kept
+
+
+def _voters(session: Session, category_id: int, clusters: set[int]) -> dict[int, set[int]]:
+    """{cluster id: workers not blocked who voted on it for the category}: they cannot take a task showing it."""
+    rows = session.execute(select(Image.cluster_id, Vote.worker_id).join(Image, Image.sha256 == Vote.image_sha256)
+                           .join(Worker, Worker.id == Vote.worker_id)
+                           .where(Vote.category_id == category_id, Worker.blocked.is_(False))).all()
+    voters: dict[int, set[int]] = defaultdict(set)
+    for cluster, worker in rows:
+        if cluster in clusters:
+            voters[cluster].add(worker)
+    return voters
+
+
+def takeable_chunks(clusters: list, size: int, voters: dict, room: int | None) -> list[list]:
+    """Tasks of at most `size` pairs, as even as possible; where the crowd is known (`room`: its workers
+    not blocked, less the answers each task wants) and a task would show every worker who could answer
+    it a pair they voted on (a worker takes a whole task or none), pairs with the same voters are
+    grouped instead, so no task holds more than `room` of them: a late pair still finds its workers."""
+    even = _even_chunks(clusters, size)
+    if room is None or all(len(set().union(*(voters.get(c, ()) for c in chunk))) <= room for chunk in even):
+        return even
+    chunks: list[list] = []
+    union: set = set()
+    for cluster in sorted(clusters, key=lambda c: (sorted(voters.get(c, ())), c)):
+        seen = voters.get(cluster, set())
+        if chunks and len(chunks[-1]) < size and len(union | seen) <= room:
+            chunks[-1].append(cluster)
+            union |= seen
+        else:
+            chunks.append([cluster])
+            union = set(seen)
+    return chunks
 
 
 def _even_chunks(items: list, size: int) -> list[list]:

@@ -131,6 +131,12 @@ class SimulatedBackend:
                            f"pairs of {wnid} have none; give URL lists a truth column, or label them with "
                            f"--backend local")
 
+    def pool(self, session) -> int:
+        """Workers of this crowd who may still answer (not blocked)."""
+        blocked = session.scalar(select(func.count()).where(Worker.backend == self.name, Worker.blocked.is_(True),
+                                                            Worker.external_id.like(f"sim-{self.crowd.seed}-%")))
+        return self.crowd.workers - (blocked or 0)
+
     def publish(self, session, tasks: list[Task]) -> None:
         session.execute(update(Task).where(Task.id.in_([task.id for task in tasks])).values(status="open"))
 
