@@ -59,3 +59,32 @@ def test_a_stage_takes_the_workspace_first_and_returns_a_result(name):
             assert hints[parameter.name] == Progress | None, f"{name}: {parameter.name} is a Progress"
         if parameter.name == "session" or "Session" in str(hints.get(parameter.name, "")):
             pytest.fail(f"{name} takes a database session: the library opens its own")
+
+
+
+def test_the_stages_run_from_the_package_and_print_themselves_both_ways(workspace, tmp_path):
+    """A corgi tree through `imgnet_build`'s names alone: every result is a JSON document and a text."""
+    import io
+    import json
+
+    imgnet = imgnet_build
+    results = [
+        imgnet.build_tree(workspace, imgnet.TreeOptions(roots=("corgi.n.01",))),
+        imgnet.show_tree(workspace, "corgi.n.01"),
+        imgnet.export_tree(workspace, "txt", io.StringIO()),
+        imgnet.workspace_status(workspace),
+        imgnet.list_candidates(workspace, category="corgi.n.01"),
+        imgnet.find_duplicates(workspace),
+        imgnet.label_submit(workspace, "local", imgnet.LabelSettings(), dry_run=True),
+        imgnet.label_collect(workspace),
+        imgnet.label_expire(workspace),
+        imgnet.label_status(workspace),
+    ]
+    for result in results:
+        assert isinstance(result, imgnet.Result)
+        json.dumps(result.as_dict())
+        assert isinstance(result.summary(), str)
+    assert results[0].summary() == "tree: 3 categories, 2 edges (3 added, 0 removed, 0 kept)"
+    assert results[1].summary().splitlines()[0] == "corgi (n02112826): 2 below"
+    assert results[2].as_dict() == {"format": "txt", "categories": 3}
+    assert results[7]["accepted"] == results[7].as_dict()["accepted"] == 0  # read as the dict it replaced
