@@ -27,8 +27,5 @@ package="."; [ "$mode" = test ] && package=".[test]"
 .venv/bin/imgnet wordnet
 
 if [ "$mode" = test ]; then
-  if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
-    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
-    for _ in $(seq 20); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
-  fi
+  scripts/postgres.sh
 fi

@@ -68,7 +68,7 @@ def postgres_url() -> str:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test (.ci/run starts it): {exc}")
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test (scripts/postgres.sh starts it): {exc}")
     yield server.rsplit("/", 1)[0] + "/" + name
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
