@@ -40,9 +40,9 @@ What it does, in order:
    cluster's representative replaces it when it is the same picture as every member.
    Old clusters never merge or split on a rerun at the same threshold; nothing is deleted.
    Every image belongs to a `store.Cluster` row whose identity outlives a change of
-   representative (labels and the split follow it; `assign_clusters`); `Image.duplicate_of`
-   is a cache of the cluster's representative written in one place (`_write_links`). The
-   clusters, links and the marks of the run's new images are written in one transaction:
+   representative (labels and the split follow it; `assign_clusters`): the cluster is the
+   only grouping, every reader asks it. The clusters and the marks of the new images are
+   written in one transaction per chunk:
    a run killed before its commit leaves the previous clusters and marks.
 5. A cluster whose candidates come from more than one category is a *conflict*: it is
    flagged, and every (representative, category) pair stays a labeling candidate
@@ -81,7 +81,7 @@ import imagehash
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
-from sqlalchemy import case, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from imgnet_build.dbutil import batched
@@ -394,7 +394,7 @@ class _Row:
 
 def _store(session: Session, rows: _Rows, new_count: int, groups: dict[int, list[int]], full: bool,
            threshold: int, batch_size: int, ranks: dict[str, int | None], settled: set[int], before: int) -> None:
-    """Write the groups as clusters, then the links and marks, in the caller's transaction.
+    """Write the groups as clusters, then the marks, in the caller's transaction.
     An old cluster's representative is reconsidered unless this run made it (id > `before`)
     or already reconsidered it (`settled`): later chunks hold no better image."""
     session.execute(delete(DedupSummary))  # it counted the clusters changed here
@@ -402,7 +402,6 @@ def _store(session: Session, rows: _Rows, new_count: int, groups: dict[int, list
         wanted = {rows.sha[row]: rows.sha[members[0]] for members in groups.values() for row in members[1:]}
         assign_clusters(session, [_Row(rows.sha[row], rows.cluster[row]) for row in range(new_count)], wanted,
                         batch_size)
-        _write_links(session, None, batch_size)
     else:
         ids = {group: group for group in groups if group > 0}
         founded = [group for group in groups if group < 0]
@@ -418,7 +417,6 @@ def _store(session: Session, rows: _Rows, new_count: int, groups: dict[int, list
         for group in [group for group in groups if 0 < group <= before and group not in settled]:
             _reconsider_representative(session, rows, group, groups[group][0], threshold, ranks)
             settled.add(group)
-        _write_links(session, list(ids.values()), batch_size)
     _mark_clustered(session, rows.sha[:new_count], threshold, batch_size)
 
 
@@ -443,22 +441,6 @@ def _reconsider_representative(session: Session, rows: _Rows, cluster_id: int, b
         if not same_picture(members, me, other, bits, threshold):
             return
     session.execute(update(StoredCluster).where(StoredCluster.id == cluster_id).values(representative=rows.sha[best]))
-
-
-def _write_links(session: Session, cluster_ids: list[int] | None, batch_size: int) -> None:
-    """Derive `Image.duplicate_of` (the representative's sha256, None for the representative)
-    from the clusters: the one place that writes it, for `cluster_ids` or for every image."""
-    representative = StoredCluster.representative
-    link = (select(case((representative == Image.sha256, None), else_=representative))
-            .where(StoredCluster.id == Image.cluster_id).scalar_subquery())
-    statement = update(Image).values(duplicate_of=link).where(Image.duplicate_of.is_distinct_from(link))
-    if cluster_ids is None:
-        session.execute(statement.where(Image.cluster_id.is_not(None)))
-        session.execute(update(Image).where(Image.cluster_id.is_(None), Image.duplicate_of.is_not(None))
-                        .values(duplicate_of=None))
-        return
-    for chunk in batched(sorted(cluster_ids), batch_size):
-        session.execute(statement.where(Image.cluster_id.in_(chunk)))
 
 
 def _pixel_digests(workspace: Workspace, rows: _Rows, value_of: list[int], near: dict[int, list[tuple[int, int]]],
@@ -551,22 +533,23 @@ def _count(session: Session, images: int) -> DuplicateCounts:
               .where(ok, Candidate.image_sha256.is_not(None)).group_by(Candidate.image_sha256)
               .having(func.count() > 1).subquery())
     counts.exact_files = int(session.scalar(select(func.coalesce(func.sum(shared.c.files - 1), 0))) or 0)
-    duplicates = session.scalar(select(func.count()).select_from(Image).where(Image.duplicate_of.is_not(None))) or 0
+    grouped = (select(Image.cluster_id.label("id"), func.count().label("images")).where(Image.cluster_id.is_not(None))
+               .group_by(Image.cluster_id).having(func.count() > 1).subquery())  # ix_image_cluster alone
+    counts.clusters, duplicates = (int(value or 0) for value in session.execute(
+        select(func.count(), func.sum(grouped.c.images - 1)).select_from(grouped)).one())  # one representative each
     twin = aliased(Image)
-    counts.exact_pixels = session.scalar(select(func.count()).select_from(Image).where(
-        Image.duplicate_of.is_not(None), Image.pixel_sha256.is_not(None),
+    counts.exact_pixels = session.scalar(select(func.count()).select_from(Image).join(
+        StoredCluster, StoredCluster.id == Image.cluster_id).where(
+        Image.pixel_sha256.is_not(None), StoredCluster.representative != Image.sha256,
         select(twin.sha256).where(twin.cluster_id == Image.cluster_id, twin.pixel_sha256 == Image.pixel_sha256,
                                   twin.sha256 != Image.sha256).exists())) or 0
     counts.near = duplicates - counts.exact_pixels
-    linked = select(Image.duplicate_of).where(Image.duplicate_of.is_not(None))
     alone = (select(func.count()).select_from(shared).join(Image, Image.sha256 == shared.c.sha256)
-             .where(Image.duplicate_of.is_(None), shared.c.sha256.not_in(linked)))  # shared files, no other image
-    counts.clusters = (session.scalar(select(func.count(func.distinct(Image.duplicate_of)))) or 0) + (
-        session.scalar(alone) or 0)
-    grouped = select(Image.cluster_id).where(Image.duplicate_of.is_not(None))
+             .where(Image.cluster_id.is_(None) | Image.cluster_id.not_in(select(grouped.c.id))))  # one image, many files
+    counts.clusters += session.scalar(alone) or 0
     spread = (select(Image.cluster_id).join(Candidate, Candidate.image_sha256 == Image.sha256)
               .where(ok, Image.cluster_id.is_not(None),
-                     Image.cluster_id.in_(grouped) | Image.sha256.in_(select(shared.c.sha256)))
+                     Image.cluster_id.in_(select(grouped.c.id)) | Image.sha256.in_(select(shared.c.sha256)))
               .group_by(Image.cluster_id).having(func.count(func.distinct(Candidate.category_id)) > 1).subquery())
     counts.conflicts = session.scalar(select(func.count()).select_from(spread)) or 0
     return counts
@@ -620,7 +603,7 @@ def _move_labels(session: Session, merged: int, survivor: int) -> None:
 
 
 def _mark_clustered(session: Session, shas: list[str], threshold: int, batch_size: int) -> None:
-    """Record that the images' pairs at `threshold` are in their stored links."""
+    """Record that the images' pairs at `threshold` are in their stored clusters."""
     for chunk in batched(shas, batch_size):
         session.execute(update(Image), [{"sha256": sha, "dedup_threshold": threshold} for sha in chunk])
 
@@ -707,15 +690,17 @@ def cluster_of(session: Session) -> dict[str, str]:
     """{sha256: its cluster's representative sha256} for every image (a representative or
     unique image maps to itself). The split stage groups images by this value and puts each
     group in one split, so no picture is both in train and in val."""
-    rows = session.execute(select(Image.sha256, Image.duplicate_of)).all()
-    return {sha: duplicate_of or sha for sha, duplicate_of in rows}
+    rows = session.execute(select(Image.sha256, func.coalesce(StoredCluster.representative, Image.sha256))
+                           .outerjoin(StoredCluster, StoredCluster.id == Image.cluster_id)).all()
+    return dict(rows)
 
 
 def candidacy(session: Session) -> dict[str, set[int]]:
     """{representative sha256: category ids} from every ok candidate of the cluster's
     members: the (image, category) pairs still to label once duplicates are merged."""
-    rows = session.execute(select(func.coalesce(Image.duplicate_of, Image.sha256), Candidate.category_id)
-                           .join(Candidate, Candidate.image_sha256 == Image.sha256)
+    rows = session.execute(select(func.coalesce(StoredCluster.representative, Image.sha256), Candidate.category_id)
+                           .select_from(Image).join(Candidate, Candidate.image_sha256 == Image.sha256)
+                           .outerjoin(StoredCluster, StoredCluster.id == Image.cluster_id)
                            .where(Candidate.status == CandidateStatus.OK).distinct()).all()
     pairs: dict[str, set[int]] = defaultdict(set)
     for representative, category_id in rows:
@@ -726,7 +711,8 @@ def candidacy(session: Session) -> dict[str, set[int]]:
 def clusters(session: Session) -> list[Cluster]:
     """Every cluster with more than one image or more than one candidate, as stored by the
     last run, sorted by representative."""
-    links = session.execute(select(Image.sha256, Image.duplicate_of).where(Image.duplicate_of.is_not(None))).all()
+    links = session.execute(select(Image.sha256, StoredCluster.representative).join(
+        StoredCluster, StoredCluster.id == Image.cluster_id).where(StoredCluster.representative != Image.sha256)).all()
     shared = session.scalars(select(Candidate.image_sha256).where(Candidate.status == CandidateStatus.OK)
                              .group_by(Candidate.image_sha256).having(func.count() > 1)).all()
     groups: dict[str, set[str]] = defaultdict(set)

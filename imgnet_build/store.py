@@ -237,13 +237,11 @@ class Image(Base):
     phash: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit pHash as signed int64
     dhash: Mapped[int | None] = mapped_column(BigInteger)
     detail: Mapped[float | None] = mapped_column(Float)  # grey-level spread of the hashed thumbnail (dedup)
-    duplicate_of: Mapped[str | None] = mapped_column(String(64))  # representative's sha256
     dedup_threshold: Mapped[int | None] = mapped_column(Integer)  # of the dedup run that clustered it
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("cluster.id"))  # set by dedup
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (
         Index("ix_image_pixel", "pixel_sha256"),
-        Index("ix_image_duplicate_of", "duplicate_of"),
         Index("ix_image_cluster", "cluster_id"),
         Index("ix_image_unhashed", "sha256", sqlite_where=_UNHASHED, postgresql_where=_UNHASHED),
         Index("ix_image_dedup_threshold", "dedup_threshold", "phash"),  # what a dedup rerun reads

@@ -322,13 +322,14 @@ def descendant_counts(tree: dict[str, TreeNode]) -> dict[str, int]:
 
 def image_counts(session: Session) -> dict[str, int]:
     """Distinct valid images gathered for each category (duplicates of one another count once)."""
-    from imgnet_build.store import CandidateStatus, Image
+    from imgnet_build.store import CandidateStatus, Cluster, Image
 
-    distinct = func.coalesce(Image.duplicate_of, Image.sha256)
+    distinct = func.coalesce(Cluster.representative, Image.sha256)  # an image not clustered yet counts alone
     rows = session.execute(
         select(Category.wnid, func.count(func.distinct(distinct)))
         .join(Candidate, Candidate.category_id == Category.id)
         .join(Image, Image.sha256 == Candidate.image_sha256)
+        .outerjoin(Cluster, Cluster.id == Image.cluster_id)
         .where(Candidate.status == CandidateStatus.OK)
         .group_by(Category.wnid))
     return dict(rows.all())

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 from PIL import PngImagePlugin
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 
 from imgnet_build import dedup, hamming
 from imgnet_build.blobs import blob_key
@@ -63,8 +63,11 @@ def add_image(workspace, data: bytes, wnid: str = DOG, rank: int | None = 1, url
 
 
 def duplicate_of(workspace) -> dict[str, str | None]:
+    """{sha256: its cluster's representative, None for a representative or an image not clustered}."""
     with workspace.session() as session:
-        return dict(session.execute(select(Image.sha256, Image.duplicate_of)).all())
+        rows = session.execute(select(Image.sha256, Cluster.representative)
+                               .outerjoin(Cluster, Cluster.id == Image.cluster_id)).all()
+    return {sha: None if representative in (None, sha) else representative for sha, representative in rows}
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +197,21 @@ def test_representative_policy(workspace, photos):
     dedup.run(workspace, threshold=9)  # another threshold groups everything again
     full_size = sorted([big, *same_size])
     assert all(duplicate_of(workspace)[sha] == full_size[0] for sha in [*full_size[1:], half])
+
+
+def test_the_cluster_is_the_only_grouping(workspace, photos):
+    """Before: image.duplicate_of, a copy of the representative written beside the cluster, was what
+    cluster_of, candidacy and the counts read; a representative changed in the cluster alone was not seen."""
+    big = add_image(workspace, photos["original"])
+    half = add_image(workspace, photos["half"])
+    dedup.run(workspace)
+    with workspace.session() as session:
+        cluster = session.get(Image, half).cluster_id
+        session.execute(update(Cluster).where(Cluster.id == cluster).values(representative=half))
+    with workspace.session() as session:
+        assert dedup.cluster_of(session) == {big: half, half: half}
+        assert list(dedup.candidacy(session)) == [half]
+        assert [c.representative for c in dedup.clusters(session)] == [half]
 
 
 def cluster_ids(workspace) -> dict[str, int | None]:
@@ -512,6 +530,7 @@ def assert_no_chain(workspace, threshold: int = 10) -> None:
     within SECOND_RADIUS; or identical pixels to the representative or to such a member."""
     with workspace.session() as session:
         images = {image.sha256: image for image in session.scalars(select(Image))}
+    links = duplicate_of(workspace)
 
     def near(image, lead) -> bool:
         bits = int(np.bitwise_count(to_unsigned([image.phash ^ lead.phash]))[0])
@@ -519,9 +538,9 @@ def assert_no_chain(workspace, threshold: int = 10) -> None:
         return bits <= threshold and (bits <= dedup.ALONE_RADIUS or second <= dedup.SECOND_RADIUS)
 
     for image in images.values():
-        if image.duplicate_of is None:
+        if links[image.sha256] is None:
             continue
-        lead = images[image.duplicate_of]
+        lead = images[links[image.sha256]]
         twins = [other for other in [lead, *images.values()] if image.pixel_sha256 is not None
                  and other.pixel_sha256 == image.pixel_sha256 and other.cluster_id == image.cluster_id]
         assert near(image, lead) or any(other is lead or near(other, lead) for other in twins), image.sha256

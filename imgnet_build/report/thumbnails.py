@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from PIL import Image as PILImage
 from PIL.Image import Transpose
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from imgnet_build.store import Candidate, CandidateStatus, Category, Cluster, Image, Label
@@ -119,8 +119,9 @@ class ContactSheet:
         rows = self.session.execute(
             select(Image.sha256, Image.blob_key, Candidate.url, Candidate.truth)
             .join(Candidate, Candidate.image_sha256 == Image.sha256)
+            .outerjoin(Cluster, Cluster.id == Image.cluster_id)
             .where(Candidate.category_id == category_id, Candidate.status == CandidateStatus.OK,
-                   Image.duplicate_of.is_(None))
+                   or_(Cluster.id.is_(None), Cluster.representative == Image.sha256))  # one image per cluster
             .order_by(Candidate.id).limit(self.per_side * 3)).all()
         seen: set[str] = set()
         thumbnails: list[Thumbnail] = []
