@@ -15,7 +15,7 @@ import io
 import os
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from imgnet_build.errors import NotAWorkspace, WorkspaceExists
 from imgnet_build.fetch import FetchSettings
 from imgnet_build.gather import gather
 from imgnet_build.labeling import rounds
+from imgnet_build.stage import Say
 from imgnet_build.taxonomy import TreeOptions, build_tree
 from imgnet_build.wordnet import resolve_synset, wnid
 from imgnet_build.workspace import Workspace
@@ -40,7 +41,7 @@ DEMO_PORT = 28613  # the local mirror's port when free (see _ports)
 OFF_CATEGORY = 4  # pictures of something else in each category's list: the crowd should reject them
 
 
-def run_demo(directory: str | Path, online: bool = False, say: Callable[[str], None] = print) -> Workspace:
+def run_demo(directory: str | Path, online: bool = False, say: Say = print) -> Workspace:
     """Build (or continue) the demo in `directory`: the workspace in `directory/workspace`, the
     export in `directory/dataset` (outside the workspace, as every export must be) and the report
     in `directory/report.html`. `say` receives one line per step."""

@@ -36,7 +36,7 @@ from imgnet_build.fetch import FetchSettings, FetchSummary, fetch_pending
 from imgnet_build.netguard import redact
 from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
 from imgnet_build.stage import Progress
-from imgnet_build.store import Candidate, CandidateStatus, Category, database_reason, url_hash
+from imgnet_build.store import Candidate, CandidateStatus, Category, database_reason, failure_reasons, url_hash
 from imgnet_build.workspace import Workspace
 
 __all__ = ["gather", "GatherSummary", "propose_candidates", "list_candidates", "CandidateListing", "candidate_rows",
@@ -273,15 +273,6 @@ def _reason_kind(reason: str) -> str:
     if reason.startswith("line ") and ":" in reason:
         reason = reason.split(":", 1)[1].strip()
     return reason.split(" (", 1)[0]
-
-
-def failure_reasons(session: Session, limit: int = 10) -> dict[str, int]:
-    """Failed candidates grouped by the kind of reason ("HTTP 404 Not Found", "refused", "TLS error"…), commonest first."""
-    kinds: Counter = Counter()
-    for error, count in session.execute(select(Candidate.error, func.count()).where(
-            Candidate.status == CandidateStatus.FAILED).group_by(Candidate.error)):
-        kinds[(error or "no reason").split(":", 1)[0]] += count
-    return dict(kinds.most_common(limit))
 
 
 CANDIDATE_FIELDS = ("id", "status", "wnid", "url", "reason", "attempts", "source", "rank", "license", "image_sha256")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import Counter
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -601,6 +602,15 @@ def _check_known(script, current: str | None) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def failure_reasons(session: Session, limit: int = 10) -> dict[str, int]:
+    """Failed candidates grouped by the kind of reason ("HTTP 404 Not Found", "refused", "TLS error"…), commonest first."""
+    kinds: Counter = Counter()
+    for error, count in session.execute(select(Candidate.error, func.count()).where(
+            Candidate.status == CandidateStatus.FAILED).group_by(Candidate.error)):
+        kinds[(error or "no reason").split(":", 1)[0]] += count
+    return dict(kinds.most_common(limit))
 
 
 def stage_counts(session: Session) -> dict[str, object]:

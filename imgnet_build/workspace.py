@@ -286,12 +286,10 @@ class Workspace:
 
     def status(self) -> StatusReport:
         """Counts per stage, and failed candidates grouped by reason (`failures`)."""
-        from imgnet_build.gather import failure_reasons
-
         with self.session() as session:
             return StatusReport({"workspace": str(self.root),
                                  "database": self.engine.url.render_as_string(hide_password=True),
-                                 **store.stage_counts(session), "failures": failure_reasons(session)})
+                                 **store.stage_counts(session), "failures": store.failure_reasons(session)})
 
     def close(self) -> None:
         if "engine" in self.__dict__:

@@ -303,6 +303,7 @@ def test_cli_writes_into_the_workspace_by_default(built, runner):
 def test_an_empty_workspace_gives_a_page_too(workspace, tmp_path):
     summary = write_report(workspace, tmp_path / "empty.html")
     page = (tmp_path / "empty.html").read_text()
+    assert f"<h1>imgnet report: {workspace.root.resolve().name}</h1>" in page
     assert "The tree is empty" in page and summary.thumbnails == 0 and summary.precision is None
 
 
@@ -314,6 +315,14 @@ def test_the_tree_lists_the_branches_with_candidates(built, tmp_path):
     assert listed == ["n02084071", "n02091134", "n02113978"]  # dog, whippet, poodle: not pug
     assert "1 more categories are not listed: those with no candidates in or below them." in html.unescape(
         (tmp_path / "report.html").read_text())
+
+
+def test_the_title_names_the_tree_and_the_folder(built, tmp_path):
+    workspace, _ = built
+    write_report(workspace, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    title = f"imgnet report: dog ({workspace.root.resolve().name})"
+    assert f"<title>{title}</title>" in page and f"<h1>{title}</h1>" in page
 
 
 def test_thumbnails_are_capped(built, tmp_path):

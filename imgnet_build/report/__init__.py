@@ -95,6 +95,13 @@ class ReportSummary:
         return dataclasses.asdict(self)
 
 
+def _title(facts: Facts, folder: str) -> str:
+    """The tree's top categories, then the workspace folder: "dog (workspace)"."""
+    tops = [facts.categories[wnid].name for level, wnid in facts.tree_rows if level == 0]
+    named = ", ".join(tops[:3]) + (f" and {len(tops) - 3} more" if len(tops) > 3 else "")
+    return f"{named} ({folder})" if named else folder
+
+
 def write_report(workspace: Workspace, path: str | os.PathLike,
                  options: ReportOptions = ReportOptions()) -> ReportSummary:
     """Write the report to `path` (HTML) and return what it holds."""
@@ -113,7 +120,7 @@ def write_report(workspace: Workspace, path: str | os.PathLike,
         rows = list(facts.categories.values())
         context = {
             **_shallow(facts),
-            "title": workspace.root.resolve().name, "version": __version__,
+            "title": _title(facts, workspace.root.resolve().name), "version": __version__,
             "database": workspace.engine.url.render_as_string(hide_password=True),
             "written": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "statuses": STATUSES, "max_tree_rows": MAX_TREE_ROWS,
