@@ -63,9 +63,10 @@ def postgres_url() -> str:
 
     server = TEST_DATABASE_URL if ON_POSTGRES else POSTGRES_ADMIN_URL
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    name = f"imgnet_test_{uuid.uuid4().hex[:12]}"
+    name = f"imgnet_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as connection:
+            _drop_databases_of_dead_runs(connection)
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
         pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test (scripts/postgres.sh starts it): {exc}")
@@ -73,6 +74,26 @@ def postgres_url() -> str:
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def _drop_databases_of_dead_runs(connection) -> None:
+    """Drop the test databases a killed pytest on this machine left behind (named after its pid)."""
+    from sqlalchemy import text
+
+    for (name,) in connection.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'imgnet\\_test\\_%'")):
+        parts = name.split("_")  # imgnet, test, pid, random
+        if len(parts) == 4 and parts[2].isdigit() and int(parts[2]) != os.getpid() and not _alive(int(parts[2])):
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
