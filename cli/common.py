@@ -11,11 +11,10 @@ from functools import update_wrapper
 from typing import Any
 
 import click
-from sqlalchemy.exc import OperationalError
 
 from imgnet_build.errors import ImgnetError
-from imgnet_build.store import database_reason
-from imgnet_build.workspace import WORKSPACE_ENV, Workspace
+
+# The workspace (and with it SQLAlchemy) is imported where a command opens one: `imgnet --help` needs neither.
 
 SIGPIPE_EXIT = 141  # what a shell reports for a program a closed pipe ended (128 + SIGPIPE)
 
@@ -39,8 +38,46 @@ class ImgnetGroup(click.Group):
         except OSError as exc:  # an output file that cannot be written (/dev/full, a read-only folder)
             where = f" ({exc.filename})" if exc.filename else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from exc
-        except OperationalError as exc:  # a database failure outside a workspace session
+        except Exception as exc:  # a database failure outside a workspace session
+            database = sys.modules.get("sqlalchemy.exc")  # not loaded yet: no database was touched
+            if database is None or not isinstance(exc, database.OperationalError):
+                raise
+            from imgnet_build.store import database_reason
+
             raise click.ClickException(f"database error: {database_reason(exc)}") from exc
+
+
+class LazyGroup(ImgnetGroup):
+    """An ImgnetGroup whose commands in `lazy` (name -> (module, command in it, the first line of
+    its help)) are imported when they run, not when the group is made: `imgnet status` does not
+    load what `imgnet label` needs (numpy, scipy, ...), and `imgnet --help` lists them from the
+    lines given (tests/test_cli.py checks each against its command's help)."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str, str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            from importlib import import_module
+
+            module, attribute, _ = self.lazy[cmd_name]
+            self.add_command(getattr(import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's list of commands, with each lazy command's help line taken from `lazy`."""
+        names = [name for name in self.list_commands(ctx) if name in self.lazy or not self.commands[name].hidden]
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, (self.commands[name] if name in self.commands else click.Command(name, help=self.lazy[name][2]))
+                 .get_short_help_str(limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 def _stdout_closed() -> bool:
@@ -74,6 +111,8 @@ def pass_workspace(command: Callable[..., Any] | None = None, *, read_only: bool
 
     @click.pass_context
     def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        from imgnet_build.workspace import WORKSPACE_ENV, Workspace
+
         root = ctx.find_root().params.get("workspace") or os.environ.get(WORKSPACE_ENV) or "."
         workspace = Workspace.open(root, read_only=read_only)  # its errors reach ImgnetGroup like every other
         ctx.call_on_close(workspace.close)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from imgnet_build import __version__
-from imgnet_build.cli.common import ImgnetGroup, json_option, pass_workspace, print_json
-from imgnet_build.workspace import Workspace, workspace_status
+from imgnet_build.cli.common import LazyGroup, json_option, pass_workspace, print_json
+
+if TYPE_CHECKING:
+    from imgnet_build.workspace import Workspace
 
 
-@click.group(cls=ImgnetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-w", "--workspace", type=click.Path(file_okay=False), envvar="IMGNET_WORKSPACE",
               help="Workspace folder (default: IMGNET_WORKSPACE or the current folder).")
 @click.version_option(__version__, prog_name="imgnet")
@@ -50,6 +53,8 @@ def init(directory: str | None, database: str | None, blobs: str | None) -> None
     \b
         imgnet init ws --database postgresql+psycopg://127.0.0.1/imgnet
     """
+    from imgnet_build.workspace import Workspace
+
     directory = _target(directory, ".", environment=True)
     workspace = Workspace.init(directory, database=database, blobs=blobs)
     click.echo(f"Created workspace {directory} (database {workspace.engine.url.render_as_string(hide_password=True)})")
@@ -67,6 +72,8 @@ def status(workspace: Workspace, as_json: bool) -> None:
     \b
         imgnet -w ws status --json
     """
+    from imgnet_build.workspace import workspace_status
+
     report = workspace_status(workspace)
     print_json(report.as_dict()) if as_json else click.echo(report.summary())
 
@@ -117,26 +124,22 @@ def demo(directory: str | None, online: bool) -> None:
                f"imgnet -w {root} status, imgnet -w {root} tree show --root poodle.n.01")
 
 
-# (module in cli/, click command in it); each stage adds its line here.
-COMMANDS: list[tuple[str, str]] = [
-    ("candidates", "candidates"),
-    ("dedup", "dedup"),
-    ("export", "export"),
-    ("gather", "gather"),
-    ("label", "label"),
-    ("report", "report"),
-    ("tree", "tree"),
-]
-
-
-def _register_commands() -> None:
-    from importlib import import_module
-
-    for module_name, command_name in COMMANDS:
-        cli.add_command(getattr(import_module(f"imgnet_build.cli.{module_name}"), command_name))
-
-
-_register_commands()
+# name -> (module in cli/, click command in it, the first line of its help); each stage adds its line here.
+# A command's module is imported when that command runs (or shows its own help), so a command loads
+# only the libraries it needs; `imgnet --help` lists these lines (tests/test_cli.py keeps them equal).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "candidates": ("candidates", "candidates", "List candidates and why each failed or was skipped (status, wnid, "
+                   "url, reason)."),
+    "dedup": ("dedup", "dedup", "Find exact and near duplicate images and keep one per cluster."),
+    "export": ("export", "export", "Write the accepted images as a train/val split, with a manifest and a "
+               "dataset card."),
+    "gather": ("gather", "gather", "Propose candidate images for every category and download the valid ones."),
+    "label": ("label", "label", "Crowd labeling: which of these images show the category?"),
+    "report": ("report", "report", "Write an HTML report: tree, sources, duplicates, votes, label quality, cost, "
+               "thumbnails."),
+    "tree": ("tree", "tree", "Build, show and export the category tree."),
+}
+cli.lazy.update({name: (f"imgnet_build.cli.{module}", command, line) for name, (module, command, line) in COMMANDS.items()})
 
 
 def main() -> None:

@@ -77,16 +77,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import imagehash
-import numpy as np
-from PIL import Image as PILImage
-from PIL import ImageOps
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput
-from imgnet_build.hamming import HammingIndex, to_signed, to_unsigned
 from imgnet_build.stage import Progress
 from imgnet_build.store import Candidate, CandidateStatus, Category, DedupSummary, Image, Label, analyze
 from imgnet_build.store import Cluster as StoredCluster
@@ -94,6 +89,9 @@ from imgnet_build.workspace import Workspace
 
 if TYPE_CHECKING:
     from imgnet_build.executor import Executor
+
+# numpy, Pillow, imagehash and the Hamming index are imported in the functions that hash and group:
+# a rerun with nothing new, and `imgnet status` (duplicate_counts), load none of them.
 
 __all__ = ["DEFAULT_THRESHOLD", "PIXEL_RADIUS", "ALONE_RADIUS", "SECOND_RADIUS", "LOW_DETAIL", "DedupReport",
            "DuplicateCounts", "Hashes", "Member", "Cluster", "hash_image", "pixel_digest", "run", "same_picture",
@@ -106,10 +104,11 @@ ALONE_RADIUS = 4  # pHash alone decides up to here (chance pairs: 4e-14 per pair
 SECOND_RADIUS = 16  # past ALONE_RADIUS, dHash must agree within this too (edits measured: <= 9)
 LOW_DETAIL = 4.0  # grey-level standard deviation under which a picture is near-constant
 GROUP_CHUNK = 100_000  # new images grouped and committed at a time (memory: one chunk, not every image)
+_UINT64 = 2**64 - 1
 _NO_RANK = 2**62  # sorts after every rank, as an image without a ranked candidate does
 ANALYZE_AFTER = 10_000  # images grouped in a run after which the planner's statistics are refreshed
 _DRAFT_SIZE = (64, 64)
-_UNREADABLE = (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError)
+_UNREADABLE = (OSError, ValueError, SyntaxError)  # and Pillow's DecompressionBombError (_unreadable)
 
 class Hashes(tuple):
     """(pHash, dHash) as unsigned 64-bit integers, and `detail`: the standard deviation of
@@ -128,6 +127,11 @@ class Hashes(tuple):
 
 def hash_image(source: bytes | Path) -> Hashes:
     """(pHash, dHash) of an image file or its bytes, with its `detail`."""
+    import imagehash
+    import numpy as np
+    from PIL import Image as PILImage
+    from PIL import ImageOps
+
     with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         image.draft("L", _DRAFT_SIZE)  # JPEG: DCT-domain downscale; other formats: no-op
         gray = ImageOps.exif_transpose(image).convert("L")  # hash the picture as it is shown
@@ -138,6 +142,9 @@ def hash_image(source: bytes | Path) -> Hashes:
 def pixel_digest(source: bytes | Path) -> str:
     """SHA-256 of the size and the fully decoded RGB pixels: equal for the same picture
     saved with other metadata or in a lossless format."""
+    from PIL import Image as PILImage
+    from PIL import ImageOps
+
     with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         rgb = ImageOps.exif_transpose(image).convert("RGB")
     return hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
@@ -228,6 +235,8 @@ class _Rows:
     """Images as columns: the new images of a run first, then the old ones near them."""
 
     def __init__(self) -> None:
+        import numpy as np
+
         self.sha: list[str] = []
         self.phash = np.empty(0, dtype=np.uint64)
         self.dhash = np.empty(0, dtype=np.uint64)
@@ -239,6 +248,10 @@ class _Rows:
         self.heads: list[bool] = []  # represents its (old) cluster
 
     def extend(self, rows) -> None:
+        import numpy as np
+
+        from imgnet_build.hamming import to_unsigned
+
         rows = list(rows)
         self.sha += [row.sha256 for row in rows]
         self.phash = np.concatenate([self.phash, to_unsigned([row.phash for row in rows])])
@@ -288,6 +301,10 @@ def _group(workspace: Workspace, threshold: int, new_rows, ranks: dict[str, int 
            batch_size: int, workers: int, settled: set[int], before: int = 0) -> int:
     """Group `new_rows` against the images grouped at `threshold` before them (none when
     `full`) and store the groups in one transaction; returns len(new_rows)."""
+    import numpy as np
+
+    from imgnet_build.hamming import HammingIndex
+
     rows = _Rows()
     rows.extend(new_rows)
     old_values = np.empty(0, dtype=np.uint64)
@@ -330,7 +347,7 @@ def same_picture(rows: _Rows, a: int, b: int, bits: int, threshold: int) -> bool
         return True
     if rows.flat[a] or rows.flat[b] or bits > threshold:
         return False
-    return bits <= ALONE_RADIUS or int(np.bitwise_count(rows.dhash[a] ^ rows.dhash[b])) <= SECOND_RADIUS
+    return bits <= ALONE_RADIUS or int(rows.dhash[a] ^ rows.dhash[b]).bit_count() <= SECOND_RADIUS
 
 
 def _groups(rows: _Rows, new_count: int, value_of: list[int], near: dict[int, list[tuple[int, int]]],
@@ -437,7 +454,7 @@ def _reconsider_representative(session: Session, rows: _Rows, cluster_id: int, b
     members.extend(session.execute(select(*_COLUMNS).where(Image.sha256 == rows.sha[best])))
     me = len(members) - 1
     for other in range(me):
-        bits = int(np.bitwise_count(members.phash[me] ^ members.phash[other]))
+        bits = int(members.phash[me] ^ members.phash[other]).bit_count()
         if not same_picture(members, me, other, bits, threshold):
             return
     session.execute(update(StoredCluster).where(StoredCluster.id == cluster_id).values(representative=rows.sha[best]))
@@ -625,6 +642,8 @@ def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Pro
                 break
             after = batch[-1].sha256
             results = hasher(batch)
+            from imgnet_build.hamming import to_signed
+
             values = [{"sha256": row.sha256, "phash": to_signed(result[0]), "dhash": to_signed(result[1]),
                        "detail": getattr(result, "detail", None)}
                       for row, result in zip(batch, results, strict=True) if result is not None]
@@ -668,7 +687,7 @@ def hash_blob(blobs, blob_key: str):
     try:
         path = blobs.local_path(blob_key)
         return hash_image(path if path is not None else blobs.get(blob_key))
-    except _UNREADABLE:
+    except _unreadable():
         return None
 
 
@@ -678,8 +697,15 @@ def _try(function, workspace: Workspace, blob_key: str):
     try:
         path = blobs.local_path(blob_key)
         return function(path if path is not None else blobs.get(blob_key))
-    except _UNREADABLE:
+    except _unreadable():
         return None
+
+
+def _unreadable() -> tuple[type[Exception], ...]:
+    """What a missing or undecodable blob raises."""
+    from PIL import Image as PILImage
+
+    return (*_UNREADABLE, PILImage.DecompressionBombError)
 
 
 def _rank(rank: int | None) -> float:
@@ -749,7 +775,7 @@ def _cluster(representative: str, shas: list[str], images: dict, candidates: dic
             relation = "pixels" if image.pixel_sha256 and pixels.count(image.pixel_sha256) > 1 else "near"
         distance = None
         if image.phash is not None and lead.phash is not None:
-            distance = int(np.bitwise_count(to_unsigned([image.phash ^ lead.phash]))[0])
+            distance = ((image.phash ^ lead.phash) & _UINT64).bit_count()  # stored signed: its 64 bits
         members.append(Member(sha, image.width, image.height, relation, distance, candidates.get(sha, [])))
     categories = sorted({candidate["wnid"] for member in members for candidate in member.candidates})
     return Cluster(representative, members, categories, len(categories) > 1)

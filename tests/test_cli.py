@@ -27,7 +27,9 @@ def ws(runner, tmp_path):
 
 
 def _all_commands(group: click.Group, prefix=()):
-    for name, command in group.commands.items():
+    context = click.Context(group)
+    for name in group.list_commands(context):  # imports the lazy commands' modules
+        command = group.get_command(context, name)
         yield (*prefix, name), command
         if isinstance(command, click.Group):
             yield from _all_commands(command, (*prefix, name))
@@ -37,12 +39,53 @@ def _all_commands(group: click.Group, prefix=()):
 def test_every_command_has_help(runner, path):
     result = invoke(runner, *path, "--help")
     assert result.exit_code == 0
-    command = cli
-    for name in path:
-        command = command.commands[name]
+    command = dict(_all_commands(cli))[path]
     assert command.help and len(command.help.strip().splitlines()[0]) > 10
     if not isinstance(command, click.Group):
         assert "Example:" in command.help, f"{' '.join(path)} has no example in its help"
+
+
+def test_help_lists_every_command_by_the_first_line_of_its_help(runner):
+    """`imgnet --help` takes the lines of the commands it does not import from cli/main.py's COMMANDS:
+    each is its command's own first line, and the listing is what click makes from the commands."""
+    import inspect
+
+    from imgnet_build.cli.common import LazyGroup
+    from imgnet_build.cli.main import COMMANDS
+
+    commands = {path[0]: command for path, command in _all_commands(cli) if len(path) == 1}
+    for name, (_, _, line) in COMMANDS.items():
+        assert line == inspect.cleandoc(commands[name].help or "").splitlines()[0], name
+    lazy = LazyGroup("imgnet", commands={name: commands[name] for name in commands if name not in COMMANDS},
+                     lazy=cli.lazy)  # as `imgnet` starts: nothing of COMMANDS imported
+    loaded = click.Group("imgnet", commands=commands)
+    listed = [runner.invoke(group, ["--help"]).output.split("Commands:")[1] for group in (lazy, loaded)]
+    assert listed[0] == listed[1] and "dedup       Find exact and near duplicate images" in listed[0]
+    assert not lazy.commands.keys() & COMMANDS.keys()  # listing them imported none
+
+
+def _imported(arguments: list[str], cwd) -> set[str]:
+    """The modules an `imgnet` process had loaded when its command finished."""
+    import subprocess
+    import sys
+
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
+            "from imgnet_build.cli.main import main\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return set(done.stderr.rsplit("MODULES ", 1)[1].split())
+
+
+def test_a_command_imports_only_what_it_needs(ws, tmp_path):
+    """Issue 16: every command imported every command's module (scipy among them, seconds of start-up);
+    now `imgnet --help` loads no database or numeric library, and `status` and a `dedup` with nothing
+    new load no numpy, scipy or Pillow."""
+    heavy = {"numpy", "scipy", "PIL", "imagehash", "matplotlib", "flask", "boto3"}
+    assert not (heavy | {"sqlalchemy"}) & _imported(["--help"], tmp_path)
+    for command in (["status"], ["dedup"], ["dedup"]):  # the second dedup has nothing new
+        assert not heavy & _imported(["-w", ws, *command], tmp_path), command
 
 
 def test_init_output(runner, tmp_path):

@@ -40,7 +40,6 @@ import dataclasses
 from typing import ClassVar, Protocol
 
 import numpy as np
-from scipy.stats import beta
 
 from imgnet_build.errors import BadInput
 from imgnet_build.registry import Registry
@@ -236,6 +235,8 @@ def worker_quality(votes: VoteTable, good: np.ndarray) -> WorkerQuality:
     answers and pairs the other voters made sure of (P(good) at least CLEAR or at most
     1 - CLEAR). A vote on a pair nobody else is sure about says little about its voter,
     and counting it as a full answer would make a weak crowd look sure of its own uselessness."""
+    from scipy.stats import beta  # here, not at the top: scipy.stats alone takes a second to import
+
     sensitivity, specificity = _coin_estimates(votes, good)
     yes_good, goods, no_bad, bads = _hard_coins(votes, good)
     tail = (1 - INTERVAL) / 2
