@@ -9,11 +9,13 @@ writes (an `ok` candidate each, spread over the leaves, 5% of them fetched for a
 category, 1% pending and 1% failed candidates) and stored pHash/dHash values (random, with
 4% near copies of an earlier image), so `dedup` finds hashes present and no blob is read.
 Then every command runs as its own `imgnet` process, in the order given, and the table
-shows its wall time and the peak RSS of that process (GNU time).
+shows its wall time, its CPU time (user + system) and the peak RSS of that process (GNU
+time), and the load average when it ended (the machine may be shared: CPU time is the
+steadier figure).
 
 PostgreSQL: a new database on `IMGNET_TEST_POSTGRES`'s server (127.0.0.1:5432 by default),
 dropped afterwards. Other benchmarks extend the table by adding to `COMMANDS` or `ROWS`
-(a row is any callable `(workspace, size) -> (seconds, peak KB, note)`).
+(a row is any callable `(workspace, size) -> (seconds, CPU seconds, peak KB, note)`).
 """
 
 from __future__ import annotations
@@ -48,8 +50,13 @@ COMMANDS: dict[str, list[str]] = {
     "label-submit-dry": ["label", "submit", "--backend", "simulated", "--dry-run"],
     "label-status": ["label", "status"],
     "report": ["report", "-o", "{out}/report.html"],
+    "label-run": ["label", "run", "--backend", "simulated"],  # writes votes and labels: after the read-only rows
+    "label-status-voted": ["label", "status"],  # again, with the votes and labels label-run wrote
 }
-Row = Callable[[Workspace, int], tuple[float, int, str]]
+# Commands skipped past this many images (label run took 63 min at 100k before issue 16's fixes);
+# --no-limits runs them anyway.
+SIZE_LIMITS: dict[str, int] = {"label-run": 100_000, "label-status-voted": 100_000}
+Row = Callable[[Workspace, int], tuple[float, float, int, str]]
 ROWS: dict[str, Row] = {}  # extra rows measured in this process (e.g. gather with executors)
 
 
@@ -133,19 +140,19 @@ def _candidate(id_: int, category_id: int, n: int, status: str, sha: str | None,
             "query_id": None, "lease_owner": None, "lease_until": None}
 
 
-def run_command(workspace: Path, arguments: list[str], out: Path) -> tuple[float, int, str]:
-    """(seconds, peak RSS in KB, last output line) of one `imgnet` process, measured by
+def run_command(workspace: Path, arguments: list[str], out: Path) -> tuple[float, float, int, str]:
+    """(seconds, CPU seconds, peak RSS in KB, last output line) of one `imgnet` process, measured by
     GNU time (GNU time would count the memory this process had when it forked)."""
     arguments = [a.replace("{out}", str(out)) for a in arguments]
     measured = out / "time.txt"
-    result = subprocess.run(["/usr/bin/time", "-o", str(measured), "-f", "%e %M", IMGNET, "-w", str(workspace),
+    result = subprocess.run(["/usr/bin/time", "-o", str(measured), "-f", "%e %U %S %M", IMGNET, "-w", str(workspace),
                              *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seconds, kb = measured.read_text().split()[-2:]
+    seconds, user, system, kb = measured.read_text().split()[-4:]
     lines = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("Command ")]
     note = lines[-1][:70] if lines else ""
     if result.returncode:
         note = f"exit {result.returncode}: {note}"
-    return float(seconds), int(kb), note
+    return float(seconds), float(user) + float(system), int(kb), note
 
 
 def _postgres_database() -> tuple[str, Callable[[], None]]:
@@ -168,32 +175,52 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--commands", default=",".join([*COMMANDS, *ROWS]))
     parser.add_argument("--keep", type=Path, help="Keep the workspaces in this folder.")
+    parser.add_argument("--no-limits", action="store_true", help="Run every command at every size (SIZE_LIMITS).")
+    parser.add_argument("--reuse", type=Path, metavar="WS",
+                        help="Measure the commands on this workspace, kept by an earlier --keep run (SQLite), instead "
+                             "of populating one; --sizes names its size.")
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     commands = args.commands.split(",")
-    print(f"{'database':10} {'images':>8} {'command':18} {'seconds':>9} {'peak MB':>8}  last line")
+    if args.reuse and (len(sizes) != 1 or args.databases != "sqlite"):
+        parser.error("--reuse measures one workspace: give its one size and --databases sqlite")
+    print(f"{'database':10} {'images':>8} {'command':18} {'seconds':>9} {'cpu s':>8} {'peak MB':>8} {'load':>5}  "
+          "last line")
     for database in args.databases.split(","):
         for size in sizes:
-            base = Path(tempfile.mkdtemp(dir=args.keep)) if args.keep else Path(tempfile.mkdtemp())
-            url, drop = _postgres_database() if database == "postgresql" else (None, lambda: None)
+            if args.reuse:  # its scratch files go beside it
+                root = args.reuse.resolve()
+                base = root.parent
+            else:
+                base = Path(tempfile.mkdtemp(dir=args.keep)) if args.keep else Path(tempfile.mkdtemp())
+                root = base / "ws"
+            url, drop = _postgres_database() if database == "postgresql" and not args.reuse else (None, lambda: None)
             try:
-                workspace = Workspace.init(base / "ws", database=url)
-                started = time.perf_counter()
-                populate(workspace, size)
-                if "dedup" not in commands:  # the rerun rows need a clustered workspace: made in SQL
-                    mark_clustered(workspace)
-                print(f"{database:10} {size:>8} {'(populate)':18} {time.perf_counter() - started:9.1f} "
-                      f"{'':>8}  library inserts, not a gather", flush=True)
+                if args.reuse:
+                    workspace = Workspace.open(root)
+                else:
+                    workspace = Workspace.init(root, database=url)
+                    started = time.perf_counter()
+                    populate(workspace, size)
+                    if "dedup" not in commands:  # the rerun rows need a clustered workspace: made in SQL
+                        mark_clustered(workspace)
+                    print(f"{database:10} {size:>8} {'(populate)':18} {time.perf_counter() - started:9.1f} "
+                          f"{'':>8} {'':>8} {os.getloadavg()[0]:5.1f}  library inserts, not a gather", flush=True)
                 for name in commands:
+                    if size > SIZE_LIMITS.get(name, size) and not args.no_limits:
+                        print(f"{database:10} {size:>8} {name:18} {'-':>9} {'-':>8} {'-':>8} {'':>5}  skipped past "
+                              f"{SIZE_LIMITS[name]:,} images (--no-limits)", flush=True)
+                        continue
                     if name in ROWS:
-                        seconds, kb, note = ROWS[name](workspace, size)
+                        seconds, cpu, kb, note = ROWS[name](workspace, size)
                     else:
-                        seconds, kb, note = run_command(base / "ws", COMMANDS[name], base)
-                    print(f"{database:10} {size:>8} {name:18} {seconds:9.2f} {kb / 1024:8.0f}  {note}", flush=True)
+                        seconds, cpu, kb, note = run_command(root, COMMANDS[name], base)
+                    print(f"{database:10} {size:>8} {name:18} {seconds:9.2f} {cpu:8.2f} {kb / 1024:8.0f} "
+                          f"{os.getloadavg()[0]:5.1f}  {note}", flush=True)
                 workspace.close()
             finally:
                 drop()
-                if not args.keep:
+                if not args.keep and not args.reuse:
                     shutil.rmtree(base, ignore_errors=True)
 
 
