@@ -121,3 +121,20 @@ def test_a_harder_crowd_keeps_its_honest_workers(workspace, runner):
     # before they vote, which the 95% intervals cannot do on ~50 votes each).
     assert precision >= 0.95 and recall >= 0.35
 
+
+
+def test_worker_estimates_are_not_pulled_towards_one_half_on_three_votes_a_pair():
+    # 600 pairs, 30% good, three votes each from a crowd of 12: four at 0.9, four at 0.7, four
+    # spammers. Soft counts against each pair's posterior *without* the vote (two other voters)
+    # measured the 0.9 workers at 0.57-0.69; the coins EM weighs the votes by (the posterior with
+    # the vote: the likelihood's maximum) put them and the 0.7 workers within 0.06 of the truth.
+    rng = np.random.default_rng(0)
+    accuracy = np.repeat([0.9, 0.7, 0.5], 4)
+    truth = rng.random(600) < 0.3
+    pair = np.repeat(np.arange(600), 3)
+    worker = np.concatenate([rng.choice(12, 3, replace=False) for _ in range(600)])
+    answer = np.where(rng.random(len(pair)) < accuracy[worker], truth[pair], ~truth[pair])
+    quality = Dynamic().fit(VoteTable.build(pair, worker, answer, [0] * 600)).workers
+    measured = quality.accuracy
+    assert np.abs(measured[:8] - accuracy[:8]).max() < 0.06, measured
+    assert measured[8:].max() < 0.65 < measured[4:8].min(), measured  # a spammer's own vote is a third of its pairs'
