@@ -196,32 +196,3 @@ def test_label_status_asks_once_for_the_workspace_not_once_per_category(tmp_path
                 assert row["waiting_votes"] == sum(max(0, votes - (decided.get(c) or 0)) for c, votes in counted.items())
         workspace.close()
     assert statements[6] == statements[2]
-
-
-def test_negatives_of_last_resort_are_read_once_and_equal_the_query_per_category(workspace):
-    # Three categories with confidently accepted pairs, the first holding most of the most
-    # confident ones: the shared read must give each category what its own query gives.
-    from imgnet_build.labeling.controls import CONTROL_POOL, OtherCategories, _confident_elsewhere
-    from imgnet_build.store import Category, Label
-
-    with workspace.session() as session:
-        ids = []
-        for number, count in ((1, 350), (2, 120), (3, 90)):
-            category = Category(wnid=f"n{number:08d}", synset=f"c{number}.n.01", name=f"c{number}", lemmas=[],
-                                gloss="", lexname="noun.artifact", depth=0)
-            session.add(category)
-            session.flush()
-            ids.append(category.id)
-            for index in range(count):
-                cluster = Cluster(key=f"{number}-{index}", representative=f"{number}-{index}")
-                session.add(cluster)
-                session.flush()
-                confidence = 0.9999 - index * 1e-6 if number == 1 else 0.995 - index * 1e-6
-                session.add(Label(cluster_id=cluster.id, category_id=category.id, status="accepted",
-                                  confidence=confidence, method="dynamic", round=1))
-    others = OtherCategories()
-    with workspace.session() as session:
-        for category_id in ids:
-            wanted = [(sha, cluster) for sha, cluster, _ in session.execute(
-                _confident_elsewhere(category_id).limit(CONTROL_POOL))]
-            assert others.accepted(session, category_id) == wanted and len(wanted) == CONTROL_POOL

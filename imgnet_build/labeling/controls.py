@@ -9,28 +9,26 @@ from __future__ import annotations
 
 import random
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from imgnet_build.store import Assignment, CategoryEdge, Cluster, Gold, Image, Label, Vote, Worker
 
-__all__ = ["CONTROL_CONFIDENCE", "CONTROL_POOL", "AGREED", "control_pool", "pick_controls", "OtherCategories"]
+__all__ = ["CONTROL_CONFIDENCE", "CONTROL_POOL", "AGREED", "control_pool", "pick_controls"]
 
 CONTROL_CONFIDENCE = 0.99  # accepted labels this sure (the most confident first) become controls
 CONTROL_POOL = 200
 AGREED = 3  # a pair this many workers independently called good, and nobody not, is a positive (seed agreement)
 
 
-def control_pool(session: Session, category_id: int, asked: set[int], own: set[int],
-                 others: OtherCategories | None = None) -> tuple[list, list]:
+def control_pool(session: Session, category_id: int, asked: set[int], own: set[int]) -> tuple[list, list]:
     """(positives, negatives) as (sha256, cluster id, kind, expected) items for the category.
 
     Positives: the user's gold, the category's most confidently accepted pairs, then its pairs on
     which `AGREED` workers said yes and none no (seed agreement): a category's first tasks, before
     anything is accepted, test how a worker sees a positive too. Negatives: gold
     no's, then images accepted for the most similar categories (siblings in the tree,
-    else any other category: `others`, shared by the categories of one submit), never a cluster
-    that is a candidate of this category."""
+    else any other category), never a cluster that is a candidate of this category."""
     gold = session.execute(select(Gold.image_sha256, Image.cluster_id, Gold.answer).join(
         Image, Image.sha256 == Gold.image_sha256).where(Gold.category_id == category_id)).all()
     positives = [(sha, cluster, "positive", True) for sha, cluster, answer in gold if answer and cluster not in asked]
@@ -42,41 +40,18 @@ def control_pool(session: Session, category_id: int, asked: set[int], own: set[i
     positives += [(sha, cluster, "positive", True) for sha, cluster in accepted if cluster not in asked]
     positives += [(sha, cluster, "positive", True) for sha, cluster in _agreed(session, category_id)
                   if cluster not in asked]
-    similar = _siblings(session, category_id)
-    if similar:
-        negatives += [(sha, cluster, "negative", False) for sha, cluster, _ in session.execute(
-            _confident_elsewhere(category_id).where(Label.category_id.in_(similar)).limit(CONTROL_POOL))
-            if cluster not in own]
-    if len(negatives) < 50:
-        anywhere = (others or OtherCategories()).accepted(session, category_id)
-        negatives += [(sha, cluster, "negative", False) for sha, cluster in anywhere if cluster not in own]
+    for similar in (_siblings(session, category_id), None):
+        query = (select(Cluster.representative, Cluster.id).join(Label, Label.cluster_id == Cluster.id)
+                 .where(Label.status == "accepted", Label.category_id != category_id,
+                        Label.confidence >= CONTROL_CONFIDENCE)
+                 .order_by(Label.confidence.desc(), Cluster.id).limit(CONTROL_POOL))
+        if similar is not None:
+            query = query.where(Label.category_id.in_(similar))
+        negatives += [(sha, cluster, "negative", False) for sha, cluster in session.execute(query)
+                      if cluster not in own]
+        if len(negatives) >= 50:
+            break
     return positives, list(dict.fromkeys(negatives))
-
-
-class OtherCategories:
-    """The workspace's most confidently accepted pairs, the negatives of last resort for any
-    category: read once (twice `CONTROL_POOL` rows) and reused for every category of a submit,
-    instead of one workspace-wide query per category."""
-
-    def __init__(self) -> None:
-        self._top: list[tuple[str, int, int]] | None = None
-
-    def accepted(self, session: Session, category_id: int) -> list[tuple[str, int]]:
-        """The `CONTROL_POOL` most confident accepted pairs of other categories than this one."""
-        if self._top is None:
-            self._top = [tuple(row) for row in session.execute(_confident_elsewhere(None).limit(2 * CONTROL_POOL))]
-        top = self._top
-        kept = [(sha, cluster) for sha, cluster, category in top if category != category_id]
-        if len(kept) >= CONTROL_POOL or len(top) < 2 * CONTROL_POOL:
-            return kept[:CONTROL_POOL]
-        return [(sha, cluster) for sha, cluster, _ in session.execute(_confident_elsewhere(category_id).limit(CONTROL_POOL))]
-
-
-def _confident_elsewhere(category_id: int | None) -> Select:
-    query = (select(Cluster.representative, Cluster.id, Label.category_id).join(Label, Label.cluster_id == Cluster.id)
-             .where(Label.status == "accepted", Label.confidence >= CONTROL_CONFIDENCE)
-             .order_by(Label.confidence.desc(), Cluster.id))
-    return query if category_id is None else query.where(Label.category_id != category_id)
 
 
 def _agreed(session: Session, category_id: int) -> list[tuple[str, int]]:
