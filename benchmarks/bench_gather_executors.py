@@ -5,7 +5,8 @@ small generated JPEGs (about 5% broken). For each workspace size (rows already t
 written through the library as a gather writes them: ok candidates and their images)
 and each executor (`local`, `dask-local:1`, `dask-local:2`), a fresh workspace gets
 the new URLs and `fetch_pending` fetches them; the fetch stage is timed (a Dask
-executor's cluster is started before the clock starts). Politeness is off
+executor's cluster is started before the clock starts), and the CPU time of this whole
+process per item (all its threads; what decides images/s on a busy machine). Politeness is off
 (`host_rate 0`, `per_host` 64) as everything is one host; the defaults for real hosts
 are unchanged. Then the per-item costs, measured one by one in this process: an HTTP
 GET through the downloader, decode + checks, SHA-256, a blob write, and the coordinator's
@@ -84,11 +85,14 @@ def populate(workspace: Workspace, existing: int, new_urls: list[str]) -> None:
 def one_run(root: Path, database: str | None, existing: int, urls: list[str], executor, settings) -> dict:
     workspace = Workspace.init(root, database=fresh_database(database))
     populate(workspace, existing, urls)
+    cpu = time.process_time()
     summary = fetch_pending(workspace, settings, executor=executor)
+    cpu = time.process_time() - cpu  # every thread of this process (a Dask executor's workers are not in it)
     workspace.close()
     shutil.rmtree(root, ignore_errors=True)
+    items = summary.ok + summary.failed + summary.skipped
     return {"ok": summary.ok, "failed": summary.failed, "seconds": summary.seconds,
-            "rate": summary.ok / summary.seconds}
+            "rate": summary.ok / summary.seconds, "cpu_ms": cpu / max(1, items) * 1e3}
 
 
 def per_item_costs(bodies: dict[str, bytes], port: int, root: Path) -> dict[str, float]:
@@ -155,7 +159,8 @@ def main() -> None:
                         run = one_run(root / f"ws-{round_}", args.database, size, urls, executor, settings)
                         table.setdefault((size, name), []).append(run)
                         print(f"  {name:<14} workspace {size:>7}: {run['ok']} ok in {run['seconds']:.1f} s "
-                              f"= {run['rate']:.0f} images/s", flush=True)
+                              f"= {run['rate']:.0f} images/s; process CPU {run['cpu_ms']:.2f} ms per item "
+                              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
             finally:
                 executor.close()
         costs = per_item_costs(bodies, port, root)
@@ -164,12 +169,13 @@ def main() -> None:
         server.terminate()
         shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n{'executor':<16} {'rows before':>11} {'images/s median (min-max)':>28}")
+    print(f"\n{'executor':<16} {'rows before':>11} {'images/s median (min-max)':>28} {'CPU ms/item (min-max)':>24}")
     medians = {}
     for (size, name), runs in table.items():
-        rates = [run["rate"] for run in runs]
+        rates, cpus = [run["rate"] for run in runs], [run["cpu_ms"] for run in runs]
         medians[size, name] = statistics.median(rates)
-        print(f"{name:<16} {size:>11} {medians[size, name]:>14.0f} ({min(rates):.0f}-{max(rates):.0f})")
+        print(f"{name:<16} {size:>11} {medians[size, name]:>14.0f} ({min(rates):.0f}-{max(rates):.0f})"
+              f"{statistics.median(cpus):>15.2f} ({min(cpus):.2f}-{max(cpus):.2f})")
     for size in sizes:
         one, two = medians.get((size, "dask-local:1")), medians.get((size, "dask-local:2"))
         if one and two:

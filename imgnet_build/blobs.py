@@ -6,9 +6,11 @@ store writes a temporary file and renames it; S3's PutObject is atomic.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Protocol
 
@@ -50,22 +52,42 @@ class LocalBlobStore:
             raise BadInput(f"cannot use {self.root} as the blob store folder: {exc.strerror or exc}; "
                            "set blobs in imgnet.toml to a folder") from exc
         self.location = str(self.root)
+        self._root = str(self.root)
+        self._folders: set[str] = set()  # folders known to exist (at most 65,536: ab/cd)
+        self._token = secrets.token_hex(6)  # temporary names unique across processes and machines
+        self._serial = itertools.count()
 
     def _path(self, key: str) -> Path:
         return self.root / key
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        if path.exists():
+        """Write a temporary file beside the blob and rename it into place (plain `os` calls on strings, the
+        folders made once per store: this runs once per downloaded image, beside the downloads)."""
+        path = os.path.join(self._root, key)
+        if os.path.exists(path):
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        folder = os.path.dirname(path)
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        tmp = f"{folder}/.tmp-{self._token}-{next(self._serial)}"
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:  # the folder went away since it was made: make it again
+            self._folders.discard(folder)
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
 
     def get(self, key: str) -> bytes:

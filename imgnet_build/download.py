@@ -11,6 +11,7 @@ the item's deadline (see `imgnet_build.netguard`).
 from __future__ import annotations
 
 import random
+import re
 import socket
 import ssl
 import threading
@@ -63,6 +64,7 @@ class _Retryable(ItemError):
 
 _POOLS = threading.local()  # per thread: allow_loopback -> urllib3.PoolManager with the SSRF guard
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_SPACE = re.compile(r"\s")  # what str.isspace() calls white space
 
 
 # -- one item over HTTP -------------------------------------------------------------------
@@ -77,7 +79,7 @@ def check_url(url: str) -> urllib.parse.SplitResult:
         raise ItemFailed(FAILED, "invalid URL: no scheme (http:// or https://)")
     if parts.scheme not in ("http", "https"):
         raise ItemFailed(FAILED, f"refused URL scheme {parts.scheme!r} (only http and https are fetched)")
-    if not parts.hostname or any(c.isspace() for c in url.strip()):
+    if not parts.hostname or _SPACE.search(url.strip()):
         raise ItemFailed(FAILED, "invalid URL: no host name" if not parts.hostname else "invalid URL: contains spaces")
     return parts
 

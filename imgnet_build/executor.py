@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import queue
 import re
 import threading
 import time
@@ -158,30 +159,72 @@ class LocalExecutor(Executor):
 
 
 class _LocalBatch(Batch):
+    """Download threads that take items from one queue and put (item, outcome) on another.
+
+    No `Future` per item: waiting on a set of futures (`concurrent.futures.wait`) takes every future's lock
+    on each call, and with a hundred items in flight that made the thread that schedules and records
+    results the busiest in the process. Threads start as items arrive, up to `settings.workers`."""
+
     def __init__(self, settings: FetchSettings, blobs: BlobStore) -> None:
         self.tools = Tools(settings, blobs)
         self.capacity = settings.workers * 4  # running, and queued for when a thread frees up
-        self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="imgnet-fetch")
-        self.futures: dict[concurrent.futures.Future[Outcome], Item] = {}
+        self.workers = settings.workers
+        self.todo: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[tuple[Item, Outcome | BaseException]] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.count = 0  # submitted and not yet returned by `completed`
+        self.abandoned = False
+
+    def _work(self) -> None:
+        while (item := self.todo.get()) is not None:
+            if self.abandoned:
+                continue  # given up: nobody collects it
+            try:
+                outcome: Outcome | BaseException = fetch_item(item, self.tools)
+            except BaseException as exc:  # BlobStoreFailed: raised by `completed` in the run's thread
+                outcome = exc
+            self.done.put((item, outcome))
 
     def submit(self, item: Item) -> None:
-        self.futures[self.pool.submit(fetch_item, item, self.tools)] = item
+        self.count += 1
+        if len(self.threads) < min(self.workers, self.count):
+            thread = threading.Thread(target=self._work, name=f"imgnet-fetch_{len(self.threads)}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        self.todo.put(item)
 
     def in_flight(self) -> int:
-        return len(self.futures)
+        return self.count
 
     def completed(self, timeout: float | None = None) -> list[tuple[Item, Outcome]]:
-        if not self.futures:
+        if not self.count:
             return []
-        done, _ = concurrent.futures.wait(self.futures, timeout, return_when=concurrent.futures.FIRST_COMPLETED)
-        return [(self.futures.pop(future), future.result()) for future in done]
+        try:
+            finished = [self.done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while True:  # whatever else has finished meanwhile, without waiting
+                finished.append(self.done.get_nowait())
+        self.count -= len(finished)
+        results: list[tuple[Item, Outcome]] = []
+        for item, outcome in finished:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results.append((item, outcome))
+        return results
 
     def abandon(self) -> None:
+        self.abandoned = True
         self.tools.abandon()
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """Let the threads finish the item in hand (at once, after `abandon`) and end."""
+        for _ in self.threads:
+            self.todo.put(None)
+        for thread in self.threads:
+            thread.join()
+        self.threads = []
 
 
 # -- Dask ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -91,6 +92,7 @@ def refusal(address: str, allow_loopback: bool = False) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # asked once per request and redirect hop; the answer never changes
 def literal_refusal(host: str, allow_loopback: bool = False) -> str | None:
     """The SSRF guard's refusal of a host that is an IP address, found without any lookup; None otherwise."""
     try:
@@ -112,6 +114,9 @@ def _checked_addresses(host: str, port: int, allow_loopback: bool) -> list[str]:
 
 
 # -- deadlines -------------------------------------------------------------------------
+
+_GRAIN = 0.05  # seconds: how late the watchdog may be for a deadline
+
 
 class _Watchdog:
     """One thread that shuts sockets down when their deadline passes."""
@@ -150,17 +155,22 @@ class _Watchdog:
 
     def _run(self) -> None:
         while True:
+            due: list[socket.socket] = []
             with self._cond:
                 while not self._heap:
                     self._cond.wait()
-                when, token = self._heap[0]
                 now = time.monotonic()
-                if when > now:
-                    self._cond.wait(when - now)
+                if self._heap[0][0] > now:
+                    # Most entries are of requests that ended long ago (cancelled, left in the heap): waking at
+                    # most every GRAIN seconds and taking every entry due then costs one wake-up per GRAIN, not
+                    # one per request; a deadline is kept to within GRAIN.
+                    self._cond.wait(max(self._heap[0][0] - now, _GRAIN))
                     continue
-                heapq.heappop(self._heap)
-                sock = self._sockets.pop(token, None)
-            if sock is not None:
+                while self._heap and self._heap[0][0] <= now:
+                    sock = self._sockets.pop(heapq.heappop(self._heap)[1], None)
+                    if sock is not None:
+                        due.append(sock)
+            for sock in due:
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)  # base method: also for TLS sockets
 
@@ -288,8 +298,10 @@ class HostLimiter:
         """Wait for a turn at `host`; the wait is added to the current thread's deadline."""
         waited = time.monotonic()
         concurrency, rate = self._limits(host)
-        with self._lock:
-            semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(concurrency))
+        semaphore = self._slots.get(host)
+        if semaphore is None:
+            with self._lock:
+                semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(concurrency))
         while not semaphore.acquire(timeout=0.25):
             if self.stopping.is_set():
                 raise Abandoned("abandoned: the run is stopping")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import random
 
 import pytest
 from loopback import gif_bytes, jpeg_bytes, png_bomb
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from imgnet_build import validate
 from imgnet_build.validate import ImageInfo, ImageRejected, check_image
 
 
@@ -56,3 +58,61 @@ def test_truncated_jpeg_is_refused_after_a_full_decode():
     data = jpeg_bytes(200, 200, quality=95)
     with pytest.raises(ImageRejected, match=r"^truncated or corrupt JPEG: image file is truncated"):
         check_image(data[: len(data) - 200])
+
+
+def _varied_jpeg(rng: random.Random) -> bytes:
+    width, height = rng.randrange(40, 400), rng.randrange(40, 400)
+    image = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(8):
+        x, y = rng.randrange(width), rng.randrange(height)
+        draw.ellipse((x, y, x + rng.randrange(5, 150), y + rng.randrange(5, 150)),
+                     fill=tuple(rng.randrange(256) for _ in range(3)))
+    buffer = io.BytesIO()
+    image.convert(rng.choice(["RGB", "L", "CMYK"])).save(
+        buffer, "JPEG", quality=rng.randrange(30, 98), progressive=rng.random() < 0.4,
+        subsampling=rng.choice([0, 1, 2]), restart_marker_blocks=rng.choice([0, 0, 4]))
+    return buffer.getvalue()
+
+
+def _mutants(data: bytes, rng: random.Random) -> list[bytes]:
+    """Truncated at random points, bytes overwritten, runs zeroed or cut out: what broken downloads look like."""
+    out = [data]
+    for _ in range(4):
+        out.append(data[:rng.randrange(1, len(data))])
+    for _ in range(5):
+        flipped = bytearray(data)
+        for _ in range(rng.randrange(1, 8)):
+            flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+        out.append(bytes(flipped))
+    start, length = rng.randrange(len(data)), rng.randrange(1, 200)
+    out += [data[:start] + bytes(length) + data[start + length:], data[:start] + data[start + length:]]
+    return out
+
+
+def _judge(data: bytes) -> ImageInfo | str:
+    try:
+        return check_image(data, min_side=1)
+    except ImageRejected as exc:
+        return str(exc)
+
+
+def test_jpeg_draft_decode_judges_as_a_full_decode(monkeypatch):
+    """A JPEG is decoded at 1/8 scale (Pillow's draft mode) to save CPU; libjpeg still reads every block, so
+    each of several hundred broken and whole files gets the same verdict and the same reason as with a full
+    decode."""
+    rng = random.Random(16)
+    files = [mutant for _ in range(40) for mutant in _mutants(_varied_jpeg(rng), rng)]
+    from PIL import JpegImagePlugin
+
+    drafts = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda image, *args: drafts.append(image.size) or real_draft(image, *args))
+    drafted = [_judge(data) for data in files]
+    assert len(drafts) > len(files) // 2  # the draft path did run
+    monkeypatch.setattr(validate, "_DRAFT", frozenset())
+    full = [_judge(data) for data in files]
+    assert drafted == full
+    refused = sum(isinstance(verdict, str) for verdict in full)
+    assert 100 < refused < len(files) - 100  # both kinds well represented
