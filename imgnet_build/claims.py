@@ -41,6 +41,8 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # claims 
 
 
 _PENDING = Candidate.status == literal_column("'pending'")  # a literal, so the partial index applies
+_SQLITE_SHA1 = ("SELECT category_id, url, source_sha1, image_sha256, status FROM candidate "
+                "INDEXED BY ix_candidate_source_sha1 WHERE source_sha1 IN :sha1s")
 _SQLITE_PENDING = ("SELECT id FROM candidate INDEXED BY ix_candidate_pending WHERE status = 'pending' "
                    "AND (lease_until IS NULL OR lease_until < :now) ORDER BY category_id, rank, id LIMIT :limit")
 
@@ -176,7 +178,12 @@ class Claims:
             known: list[Any] = list(session.execute(select(*columns).where(Candidate.url_hash.in_(hashes)))) \
                 if hashes else []
             if sha1s:
-                known += session.execute(select(*columns).where(Candidate.source_sha1.in_(sha1s))).all()
+                by_sha1: Any = select(*columns).where(Candidate.source_sha1.in_(sha1s))
+                if session.get_bind().dialect.name == "sqlite":
+                    # With statistics (ANALYZE) SQLite takes the NULLs of source_sha1 (most rows: URL lists
+                    # have no SHA-1) for one value shared by the whole table, and scans the table instead.
+                    by_sha1 = text(_SQLITE_SHA1).bindparams(bindparam("sha1s", expanding=True))
+                known += session.execute(by_sha1, {"sha1s": sha1s}).all()
         claimed = Claimed(items, counts, {}, {})
         for category_id, url, sha1, sha256, status in known:
             if status != OK or sha256 is None:  # an ok row has its image

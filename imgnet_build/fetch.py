@@ -50,7 +50,7 @@ from imgnet_build.executor import Batch, Executor, open_executor, parse_executor
 from imgnet_build.fetch_item import BlobStoreFailed, Outcome
 from imgnet_build.netguard import redact
 from imgnet_build.stage import Progress
-from imgnet_build.store import CandidateStatus
+from imgnet_build.store import CandidateStatus, analyze_if_grown
 from imgnet_build.workspace import Workspace
 
 __all__ = ["FetchSettings", "FetchSummary", "fetch_pending", "BlobStoreFailed", "QUOTA_REASON", "LEASE"]
@@ -358,7 +358,9 @@ def fetch_pending(workspace: Workspace, settings: FetchSettings = FetchSettings(
         executor = settings.executor or getattr(workspace, "executor", None)
     runner = open_executor(executor)
     try:
-        return _Run(workspace, settings, per_category, progress).run(runner)
+        summary = _Run(workspace, settings, per_category, progress).run(runner)
     finally:
         if runner is not executor:
             runner.close()
+    analyze_if_grown(workspace.engine, "candidate", summary.ok + summary.failed + summary.skipped)
+    return summary

@@ -36,7 +36,15 @@ from imgnet_build.fetch import FetchSettings, FetchSummary, fetch_pending
 from imgnet_build.netguard import redact
 from imgnet_build.sources import CategoryQueries, Proposal, Source, open_source
 from imgnet_build.stage import Progress
-from imgnet_build.store import Candidate, CandidateStatus, Category, database_reason, failure_reasons, url_hash
+from imgnet_build.store import (
+    Candidate,
+    CandidateStatus,
+    Category,
+    analyze_if_grown,
+    database_reason,
+    failure_reasons,
+    url_hash,
+)
 from imgnet_build.workspace import Workspace
 
 __all__ = ["gather", "GatherSummary", "propose_candidates", "list_candidates", "CandidateListing", "candidate_rows",
@@ -116,6 +124,7 @@ def gather(workspace: Workspace, source_spec: str, per_category: int | None = No
     source = open_source(source_spec, **(source_settings or {}))
     summary = GatherSummary(source=source_spec)
     propose_candidates(workspace, source, per_category, languages, summary, categories, search_progress)
+    analyze_if_grown(workspace.engine, "candidate", summary.new_candidates)  # the claims then plan with the new rows
     if source.local:
         settings = dataclasses.replace(settings, local_sources=settings.local_sources | {source.name})
     summary.fetch = fetch_pending(workspace, settings, per_category, progress=progress)

@@ -410,3 +410,71 @@ def test_a_folder_with_links_loops_and_odd_names(any_workspace, tmp_path):
                    str(folder / "etc"): "a link to a folder (links are not followed)",
                    str(folder / "loop"): "a link to a folder (links are not followed)"}
     assert gather(any_workspace, f"dir:{tmp_path / 'photos'}").new_candidates == 0  # the odd name is found again
+
+
+def _plan(connection, sql: str) -> str:
+    postgres = connection.dialect.name == "postgresql"
+    return " ".join(str(row[-1]) for row in connection.exec_driver_sql(
+        ("EXPLAIN " if postgres else "EXPLAIN QUERY PLAN ") + sql))
+
+
+def _counted_rows(connection, table: str) -> float:
+    """The rows of `table` as the planner's statistics count them."""
+    return connection.scalar(text(
+        f"SELECT reltuples FROM pg_class WHERE relname = '{table}'" if connection.dialect.name == "postgresql" else
+        f"SELECT max(CAST(stat AS INTEGER)) FROM sqlite_stat1 WHERE tbl = '{table}'")) or 0
+
+
+def test_a_large_gather_refreshes_the_statistics_and_hot_queries_use_their_indexes(any_workspace, server, tmp_path,
+                                                                                    monkeypatch):
+    """A gather that writes many rows runs ANALYZE: after the proposals, so that the claims are planned with
+    the pending rows counted, and after the downloads. Then the claim, the "already stored?" lookups and a
+    category's ok count are served by their indexes, by the planner's own choice (no `enable_seqscan =
+    off`), with the statistics in place."""
+    import imgnet_build.gather as gather_module
+    from imgnet_build.claims import _SQLITE_PENDING, _SQLITE_SHA1
+    from imgnet_build.store import ANALYZE_AT_LEAST
+
+    add_categories(any_workspace, DOG, CAT)
+    rows = [(server.add(f"/{wnid}{i}.jpg", jpeg_bytes(48, 48, seed=i + (50 if wnid == CAT else 0))), wnid)
+            for wnid in (DOG, CAT) for i in range(3)]
+    rows += [(server.url(f"/never{i}.jpg"), (DOG, CAT)[i % 2]) for i in range(2 * ANALYZE_AT_LEAST)]  # quota-skipped
+    listing = write_csv(tmp_path / "list.csv", rows)
+    engine = any_workspace.engine
+    postgres = engine.dialect.name == "postgresql"
+    claim = _SQLITE_PENDING.replace(":now", "'2000-01-01'").replace(":limit", "128")
+    if postgres:
+        claim = claim.replace(" INDEXED BY ix_candidate_pending", "") + " FOR UPDATE SKIP LOCKED"
+    before_fetch = {}
+
+    def fetch_pending(*args, **kwargs):
+        with engine.connect() as connection:
+            before_fetch["rows"] = _counted_rows(connection, "candidate")
+            before_fetch["claim"] = _plan(connection, claim)
+        return real_fetch_pending(*args, **kwargs)
+
+    real_fetch_pending = gather_module.fetch_pending
+    monkeypatch.setattr(gather_module, "fetch_pending", fetch_pending)
+    summary = gather(any_workspace, f"urls:{listing}", per_category=2,
+                     settings=FetchSettings(workers=2, allow_loopback=True, host_rate=0))
+    assert summary.new_candidates == len(rows) and summary.ok == 4 and summary.fetch.skipped > 2 * ANALYZE_AT_LEAST - 10
+    assert before_fetch["rows"] >= len(rows) * 0.9, before_fetch  # counted before the downloads began
+    assert "ix_candidate_pending" in before_fetch["claim"] and "Seq Scan" not in before_fetch["claim"] and \
+        "TEMP B-TREE" not in before_fetch["claim"], before_fetch["claim"]  # walked in claim order, no sort
+    lookups = {
+        "ix_candidate_url_hash": "SELECT url, status FROM candidate WHERE url_hash IN ('a', 'b', 'c')",
+        "ix_candidate_source_sha1": _SQLITE_SHA1.replace(":sha1s", "('a', 'b')").replace(
+            " INDEXED BY ix_candidate_source_sha1" if postgres else "", ""),  # SQLite: pinned (see claims)
+        "ix_candidate_category": "SELECT category_id, count(*) FROM candidate WHERE category_id IN (1, 2) "
+                                 "AND status = 'ok' GROUP BY category_id",
+    }
+    with engine.connect() as connection:
+        assert _counted_rows(connection, "candidate") >= len(rows) * 0.9
+        for index, sql in lookups.items():
+            plan = _plan(connection, sql)
+            assert "Seq Scan" not in plan and "SCAN candidate" not in plan.replace("SCAN candidate USING", ""), \
+                (index, plan)
+            if index == "ix_candidate_category":  # any index that narrows to ok rows of these categories
+                assert any(name in plan for name in (index, "uq_candidate", "ix_candidate_status")), plan
+            else:
+                assert index in plan, (index, plan)

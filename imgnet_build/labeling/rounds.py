@@ -59,6 +59,7 @@ from imgnet_build.store import (
     TaskItem,
     Vote,
     Worker,
+    analyze_if_grown,
 )
 from imgnet_build.workspace import Workspace
 
@@ -536,7 +537,11 @@ def collect(workspace: Workspace, settings: LabelSettings = LabelSettings(), *,
     """Bring answers in from every backend with open tasks, close finished tasks, decide."""
     with workspace.session() as session:
         backends = list(session.scalars(select(Task.backend).where(Task.status == "open").distinct()))
+        last_vote = session.scalar(select(func.max(Vote.id))) or 0  # the primary key's last entry
     stored = sum(get_backend(name, workspace, options).collect(workspace) for name in backends)
+    with workspace.session() as session:
+        votes = (session.scalar(select(func.max(Vote.id))) or 0) - last_vote  # about the votes stored now
+    analyze_if_grown(workspace.engine, "vote", votes)  # before `decide` reads them
     _close_finished(workspace)
     decided = decide(workspace, settings)
     return Collected(stored, decided["accepted"], decided["rejected"], decided["undecided"])
