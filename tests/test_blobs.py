@@ -35,6 +35,17 @@ def test_local_store_round_trip_and_idempotent_put(tmp_path):
     assert store.local_path(key) == tmp_path / "blobs" / key
 
 
+def test_blobs_are_readable_as_the_umask_says(tmp_path):
+    # Blobs were made 0600 (mkstemp's mode), and an export hard-links them: a training job
+    # running as another user could not read the dataset (test_export checks the dataset too).
+    old = os.umask(0o022)
+    try:
+        LocalBlobStore(tmp_path / "blobs").put("ab/cd/abcd.jpg", b"picture")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "blobs" / "ab/cd/abcd.jpg").stat().st_mode & 0o777 == 0o644
+
+
 def test_local_store_leaves_nothing_behind_when_a_write_fails(tmp_path, monkeypatch):
     store = LocalBlobStore(tmp_path / "blobs")
 

@@ -104,6 +104,9 @@ def test_imagefolder_is_what_torchvision_reads(labeled_anywhere, tmp_path):
                                            f"{shas['dogs'][2][:2]}/{shas['dogs'][2][2:4]}/{shas['dogs'][2]}.jpg")
     linked = tmp_path / "out" / next(row["file"] for row in rows if row["sha256"] == shas["dogs"][2])
     assert linked.stat().st_ino == blob.stat().st_ino and result.files["linked"] == 16
+    umask = os.umask(0)
+    os.umask(umask)
+    assert linked.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others when the umask says so
 
 
 def test_the_split_is_recorded_and_the_export_remembered(labeled_anywhere, tmp_path):
