@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
 import resource
 import sys
 import tempfile
@@ -215,8 +216,9 @@ def simulate(count: int, threshold: int, seed: int = 11) -> None:
     the images head one, with 1-4 copies at the measured edit distances, no larger than the
     original) and 1% near-constant
     pictures (one of a few exact pHashes, every one a different picture). Clusters by
-    connected components of "pHash within the threshold" (what dedup did) against the rule
-    dedup uses now (`dedup.same_picture`, joined to representatives only)."""
+    connected components of "pHash within the threshold" (what dedup did) against what dedup does
+    now: its own search and grouping (`dedup.group_hashes`: `same_picture` with representatives
+    only), so the simulation cannot drift from the library."""
     print(f"\n== Clusters at scale: {count:,} simulated images (uniform hashes, planted families), "
           f"threshold {threshold} ==")
     rng = np.random.default_rng(seed)
@@ -243,60 +245,51 @@ def simulate(count: int, threshold: int, seed: int = 11) -> None:
     flat[flats] = True
     planted = np.stack([head_of, copies], axis=1)
 
-    start = time.perf_counter()
-    values, inverse = np.unique(phash, return_inverse=True)
-    pairs = HammingIndex(threshold).add(values)
-    search_time = time.perf_counter() - start
+    uptime = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+    print(f"load average before the search: {' '.join(uptime)} ({os.cpu_count()} cores)")
+    clock, cpu = time.perf_counter(), _cpu()
+    near = dedup._Near.search(np.empty(0, dtype=np.uint64), phash, threshold)  # the search `dedup.run` does
+    pairs, values = near.pairs, near.values
+    search_time, search_cpu = time.perf_counter() - clock, _cpu() - cpu
     chance = count * (count - 1) / 2 * sum(comb(64, k) for k in range(threshold + 1)) / 2**64
-    print(f"search: {search_time:.1f} s for {len(values):,} distinct pHashes, {len(pairs):,} value pairs within "
-          f"{threshold} bits (uniform chance expects {chance:,.0f} among {count:,} images)")
+    print(f"search: {search_time:.1f} s ({search_cpu:.1f} s CPU, this process and its workers) for "
+          f"{len(values):,} distinct pHashes, {len(pairs):,} value pairs within {threshold} bits (uniform chance "
+          f"expects {chance:,.0f} among {count:,} images); peak RSS {_peak()}")
 
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     start = time.perf_counter()  # before: connected components (same value: joined to its first image)
+    inverse = np.searchsorted(values, phash)
     first = np.full(len(values), -1)
     first[inverse[::-1]] = np.arange(count)[::-1]
     edges = np.concatenate([np.stack([np.arange(count), first[inverse]], axis=1), first[pairs[:, :2]]])
     _, components = connected_components(coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])),
                                                     shape=(count, count)), directed=False)
+    del edges, first, inverse
     report("connected components (before)", components, family, planted, time.perf_counter() - start)
+    del components
 
-    start = time.perf_counter()  # now: representatives only, a second hash past 4 bits, flat pictures apart
-    label = np.arange(count)
-    rows_of: dict[int, list[int]] = {}
-    multi = np.flatnonzero(np.bincount(inverse) > 1)
-    involved = np.zeros(len(values), dtype=bool)
-    involved[pairs[:, :2].ravel()] = True
-    involved[multi] = True
-    members = np.flatnonzero(involved[inverse])
-    for row in members.tolist():
-        rows_of.setdefault(int(inverse[row]), []).append(row)
-    near: dict[int, list[tuple[int, int]]] = {}
-    for p, q, bits in pairs.tolist():
-        near.setdefault(p, []).append((q, bits))
-        near.setdefault(q, []).append((p, bits))
-    heads_at: dict[int, list[int]] = {}
-    for row in sorted(members.tolist(), key=lambda r: (-int(area[r]), r)):
-        if flat[row]:
-            continue
-        value = int(inverse[row])
-        best = None
-        for other, bits in [(value, 0), *near.get(value, ())]:
-            for head in heads_at.get(other, ()):
-                second = int(np.bitwise_count(dhash[row] ^ dhash[head]))
-                if bits <= threshold and (bits <= dedup.ALONE_RADIUS or second <= dedup.SECOND_RADIUS):
-                    best = min(best or (bits, head), (bits, head))
-        if best is None:
-            heads_at.setdefault(value, []).append(row)
-        else:
-            label[row] = label[best[1]]
-    report("representatives + dHash + flat (now)", label, family, planted, time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this process so far: {peak:,.0f} MB")
+    clock, cpu = time.perf_counter(), _cpu()  # now: the library's own grouping (representatives, dHash, flat)
+    label = dedup.group_hashes(phash, dhash, area, flat, threshold, near=near)
+    report("representatives + dHash + flat (now)", label, family, planted, time.perf_counter() - clock,
+           _cpu() - cpu)
+    print(f"peak RSS: {_peak()}; load average now: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 
 
-def report(name: str, labels: np.ndarray, family: np.ndarray, planted: np.ndarray, seconds: float) -> None:
+def _cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _peak() -> str:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return f"{own:,.0f} MB (this process), {worker:,.0f} MB (largest search worker)"
+
+
+def report(name: str, labels: np.ndarray, family: np.ndarray, planted: np.ndarray, seconds: float,
+           cpu: float | None = None) -> None:
     """False merges (images in a cluster with another picture), recall of planted pairs, biggest cluster."""
     count = len(labels)
     order = np.lexsort((family, labels))
@@ -308,7 +301,8 @@ def report(name: str, labels: np.ndarray, family: np.ndarray, planted: np.ndarra
     wrong = int(sizes[families_in > 1].sum())
     recall = float(np.mean(labels[planted[:, 0]] == labels[planted[:, 1]]))
     print(f"{name:38} {wrong / count * 1e6:10.1f} images per million in a cluster with another picture; "
-          f"planted pairs recalled {recall:.4f}; biggest cluster {int(sizes.max()):,}; grouping {seconds:.1f} s")
+          f"planted pairs recalled {recall:.4f}; biggest cluster {int(sizes.max()):,}; grouping {seconds:.1f} s"
+          + (f" ({cpu:.1f} s CPU)" if cpu is not None else ""))
 
 
 def main() -> None:

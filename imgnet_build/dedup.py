@@ -19,9 +19,10 @@ What it does, in order:
    that grouped it (`dedup_threshold`, indexed). With no new image at the same threshold a
    rerun does no search and loads no row; the counts come from SQL aggregates. Otherwise
    the new images are searched against the old ones with multi-index hashing
-   (`imgnet_build.hamming`, no all-pairs loop): the old distinct pHashes are loaded (8 bytes
-   each), the new ones added, and only the old images whose pHash is near a new one are read
-   back. A run at another threshold groups every image again.
+   (`imgnet_build.hamming`, no all-pairs loop), once per run: the old and the new distinct
+   pHashes are loaded (8 bytes each, `_Near`), and for each chunk of new images only the old
+   images whose pHash is near one of them are read back. A run at another threshold groups
+   every image again.
 3. Exact duplicates: two candidates that fetched the same bytes already share one image
    row (the SHA-256 is its key). Identical pixels under other bytes (metadata changed,
    PNG copy of a JPEG) are found by `pixel_sha256` (SHA-256 of the size and the decoded
@@ -95,7 +96,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_THRESHOLD", "PIXEL_RADIUS", "ALONE_RADIUS", "SECOND_RADIUS", "LOW_DETAIL", "DedupReport",
            "DuplicateCounts", "Hashes", "Member", "Cluster", "hash_image", "pixel_digest", "run", "same_picture",
-           "duplicate_counts", "assign_clusters", "clusters", "cluster_of", "candidacy", "write_clusters", "check_writable"]
+           "duplicate_counts", "assign_clusters", "group_hashes", "clusters", "cluster_of", "candidacy", "write_clusters", "check_writable"]
 
 DEFAULT_THRESHOLD = 10
 MAX_THRESHOLD = 20
@@ -271,34 +272,93 @@ def _group_new(workspace: Workspace, threshold: int, full: bool, batch_size: int
     """Group the new images (every image when `full`) and store the groups; returns how many
     images were grouped.
 
-    A run that is not `full` reads the new images best first (largest, best rank, smallest
-    sha256) in one streamed query and groups and commits them GROUP_CHUNK at a time, each
-    chunk against every image grouped before it: it holds one chunk, 8 bytes per old distinct
-    pHash, and the old images whose pHash is near a new one. Taken in that order, the chunks
-    give the groups one pass over all of them would give (a later image is never better than
-    an earlier one), and a killed run keeps the chunks it committed."""
+    The near pairs are searched once per run (`_Near`): the distinct pHashes of the images
+    grouped before (8 bytes each) and of the new ones (8 bytes each), the pairs that involve
+    a new one. A run that is not `full` then reads the new images best first (largest, best
+    rank, smallest sha256) in one streamed query and groups and commits them GROUP_CHUNK at a
+    time, each chunk against every image grouped before it: it holds one chunk, the hashes,
+    the pairs (24 bytes each), and the old images whose pHash is near a new one. Taken in that
+    order, the chunks give the groups one pass over all of them would give (a later image is
+    never better than an earlier one), and a killed run keeps the chunks it committed."""
     if full:
         with workspace.session() as session:
             rows = session.execute(select(*_COLUMNS).where(Image.phash.is_not(None)).order_by(Image.sha256)).all()
-        return _group(workspace, threshold, rows, None, True, batch_size, workers, set())
+        near = _Near.search(np.empty(0, dtype=np.uint64), to_unsigned([row.phash for row in rows]), threshold)
+        return _group(workspace, threshold, rows, None, True, batch_size, workers, set(), near)
+    with workspace.session() as session:
+        old = session.execute(select(Image.phash).where(Image.dedup_threshold == threshold),
+                              execution_options={"yield_per": 100_000}).scalars()
+        old_values = np.fromiter(old, dtype=np.int64).view(np.uint64)
+        new = session.execute(select(Image.phash).where(Image.dedup_threshold.is_(None), Image.phash.is_not(None)),
+                              execution_options={"yield_per": 100_000}).scalars()
+        new_values = np.fromiter(new, dtype=np.int64).view(np.uint64)
+        before = session.scalar(select(func.max(StoredCluster.id))) or 0
+    near = _Near.search(old_values, new_values, threshold)
+    del old_values, new_values
     rank = (select(func.min(Candidate.rank)).where(Candidate.image_sha256 == Image.sha256,
                                                    Candidate.status == CandidateStatus.OK).scalar_subquery())
     query = (select(*_COLUMNS, rank.label("rank")).where(Image.dedup_threshold.is_(None), Image.phash.is_not(None))
              .order_by((Image.width * Image.height).desc(), func.coalesce(rank, _NO_RANK), Image.sha256))
-    with workspace.session() as session:
-        before = session.scalar(select(func.max(StoredCluster.id))) or 0
     settled: set[int] = set()  # old clusters a chunk of this run joined: a later chunk cannot beat their representative
     grouped = 0
     with workspace.engine.connect() as reader:
         result = reader.execution_options(stream_results=True, yield_per=GROUP_CHUNK).execute(query)
         for chunk in result.partitions():
             ranks = {row.sha256: row.rank for row in chunk}
-            grouped += _group(workspace, threshold, chunk, ranks, False, batch_size, workers, settled, before)
+            grouped += _group(workspace, threshold, chunk, ranks, False, batch_size, workers, settled, near, before)
     return grouped
 
 
+class _Near:
+    """The near pHash pairs of one run: `values` holds the distinct pHashes grouped before the
+    run (sorted), then the distinct new ones (sorted); `pairs` the (position, position, bits)
+    rows within max(threshold, PIXEL_RADIUS) bits that involve a new value, each found once by
+    `HammingIndex`; `grouped[position]` whether images with that value were grouped before the
+    chunk at hand (old ones, and a chunk's once it is stored). Memory: 8 + 1 bytes per distinct
+    pHash and 24 bytes per pair, besides the search's own (`imgnet_build.hamming`)."""
+
+    def __init__(self, old: np.ndarray, new: np.ndarray, pairs: np.ndarray) -> None:
+        self.old_count = len(old)
+        self.values = np.concatenate([old, new])
+        self.pairs = pairs
+        self.grouped = np.zeros(len(self.values), dtype=bool)
+        self.grouped[:len(old)] = True
+
+    @classmethod
+    def search(cls, old_values: np.ndarray, new_values: np.ndarray, threshold: int) -> _Near:
+        old, new = np.unique(old_values), np.unique(new_values)
+        index = HammingIndex(max(threshold, PIXEL_RADIUS))
+        index.load(old)
+        return cls(old, new, index.add(new))
+
+    def around(self, phash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For a chunk's pHashes: (the values near them or equal to them that images grouped
+        before have, the pairs that involve the chunk's values, as (value, value, bits))."""
+        new = self.values[self.old_count:]
+        mine = np.unique(phash)
+        at = np.searchsorted(new, mine) + self.old_count  # every chunk value is a new value
+        here = np.zeros(len(self.values), dtype=bool)
+        here[at] = True
+        p, q, bits = self.pairs[:, 0], self.pairs[:, 1], self.pairs[:, 2]
+        touching = here[p] | here[q]
+        p, q, bits = p[touching], q[touching], bits[touching]
+        live = (here[p] | self.grouped[p]) & (here[q] | self.grouped[q])  # not an image of a later chunk
+        p, q, bits = p[live], q[live], bits[live]
+        old_values = self.values[:self.old_count]
+        same = np.searchsorted(old_values, mine)  # old images with a chunk's value
+        hit = same < self.old_count
+        hit[hit] = old_values[same[hit]] == mine[hit]
+        ends = np.concatenate([p, q, at, same[hit]])
+        wanted = np.unique(self.values[ends[self.grouped[ends]]])
+        return wanted, np.stack([self.values[p], self.values[q], bits.astype(np.uint64)], axis=1)
+
+    def done(self, phash: np.ndarray) -> None:
+        """The chunk with these pHashes is stored: later chunks read its images back."""
+        self.grouped[np.searchsorted(self.values[self.old_count:], np.unique(phash)) + self.old_count] = True
+
+
 def _group(workspace: Workspace, threshold: int, new_rows, ranks: dict[str, int | None] | None, full: bool,
-           batch_size: int, workers: int, settled: set[int], before: int = 0) -> int:
+           batch_size: int, workers: int, settled: set[int], found: _Near, before: int = 0) -> int:
     """Group `new_rows` against the images grouped at `threshold` before them (none when
     `full`) and store the groups in one transaction; returns len(new_rows)."""
     import numpy as np
@@ -307,36 +367,67 @@ def _group(workspace: Workspace, threshold: int, new_rows, ranks: dict[str, int 
 
     rows = _Rows()
     rows.extend(new_rows)
-    old_values = np.empty(0, dtype=np.uint64)
+    new_count = len(rows)
+    wanted, pairs = found.around(rows.phash)
     if not full:
         with workspace.session() as session:
-            stored = session.execute(select(Image.phash).where(Image.dedup_threshold == threshold),
-                                     execution_options={"yield_per": 100_000}).scalars()
-            old_values = np.unique(np.fromiter(stored, dtype=np.int64).view(np.uint64))
-    new_count = len(rows)
-    values, inverse = np.unique(rows.phash, return_inverse=True)
-    index = HammingIndex(max(threshold, PIXEL_RADIUS))
-    index.load(old_values)
-    pairs = index.add(values)  # positions: old values, then new values
-    wanted = np.unique(pairs[:, :2][pairs[:, :2] < len(old_values)])
-    with workspace.session() as session:
-        head = (StoredCluster.representative == Image.sha256).label("head")
-        for chunk in batched(old_values[wanted].view(np.int64).tolist(), 500):
-            rows.extend(session.execute(select(*_COLUMNS, head).outerjoin(StoredCluster, StoredCluster.id == Image.cluster_id)
-                                        .where(Image.phash.in_(chunk), Image.dedup_threshold == threshold)
-                                        .order_by(Image.sha256)))
-    value_of = np.concatenate([inverse.ravel() + len(old_values),
-                               np.searchsorted(old_values, rows.phash[new_count:])]).tolist()
-    near: dict[int, list[tuple[int, int]]] = defaultdict(list)  # value -> [(value, bits)], itself included
-    for p, q, bits in pairs.tolist():
-        near[p].append((q, bits))
-        near[q].append((p, bits))
+            head = (StoredCluster.representative == Image.sha256).label("head")
+            for chunk in batched(wanted.view(np.int64).tolist(), 500):
+                rows.extend(session.execute(select(*_COLUMNS, head).outerjoin(StoredCluster, StoredCluster.id == Image.cluster_id)
+                                            .where(Image.phash.in_(chunk), Image.dedup_threshold == threshold)
+                                            .order_by(Image.sha256)))
+    values = np.unique(rows.phash)
+    value_of = np.searchsorted(values, rows.phash).tolist()
+    near: dict[int, list[tuple[int, int]]] = defaultdict(list)  # value -> [(value, bits)], itself excluded
+    if len(pairs):
+        a, b = np.searchsorted(values, pairs[:, 0]), np.searchsorted(values, pairs[:, 1])
+        known = (a < len(values)) & (b < len(values)) & (a != b)
+        known[known] &= (values[a[known]] == pairs[known, 0]) & (values[b[known]] == pairs[known, 1])
+        local = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b), pairs[:, 2].astype(np.int64)], axis=1)[known],
+                          axis=0)
+        for p, q, bits in local.tolist():
+            near[p].append((q, bits))
+            near[q].append((p, bits))
     _pixel_digests(workspace, rows, value_of, near, new_count, batch_size, workers)
     with workspace.session() as session:
         ranks = _ranks(session, None) if ranks is None else ranks
         groups = _groups(rows, new_count, value_of, near, threshold, ranks)
         _store(session, rows, new_count, groups, full, threshold, batch_size * 10, ranks, settled, before)
+    found.done(rows.phash[:new_count])
     return new_count
+
+
+def group_hashes(phash: np.ndarray, dhash: np.ndarray, area: np.ndarray, flat: np.ndarray,
+                 threshold: int = DEFAULT_THRESHOLD, near: _Near | None = None) -> np.ndarray:
+    """The group of each image given as arrays (uint64 pHash and dHash, width x height, near-constant),
+    as the row number of its representative: what a first `run` over them groups, with the same search
+    (`_Near`) and the same rule (`_groups`), without a database or files. Every image is taken to have
+    pixels of its own and no rank; ties go to the lower row. For benchmarks/bench_dedup.py --simulate;
+    `near` is that search when the caller timed it apart."""
+    near = near or _Near.search(np.empty(0, dtype=np.uint64), phash, threshold)
+    label = np.arange(len(phash))
+    inverse = np.searchsorted(near.values, phash)
+    involved = np.bincount(inverse, minlength=len(near.values)) > 1  # only these can join or be joined
+    involved[near.pairs[:, :2].ravel()] = True
+    members = np.flatnonzero(involved[inverse])
+    rows = _Rows()
+    width = len(str(len(phash)))
+    rows.sha = [f"{row:0{width}d}" for row in members.tolist()]  # sorts as the rows do
+    rows.phash, rows.dhash = phash[members], dhash[members]
+    rows.area = area[members].tolist()
+    rows.size = [(0, 0)] * len(members)
+    rows.pixel = [None] * len(members)
+    rows.flat = flat[members].tolist()
+    rows.cluster = [None] * len(members)
+    rows.heads = [False] * len(members)
+    near_of: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for p, q, bits in near.pairs.tolist():
+        near_of[p].append((q, bits))
+        near_of[q].append((p, bits))
+    groups = _groups(rows, len(members), inverse[members].tolist(), near_of, threshold, {})
+    for group, grouped in groups.items():
+        label[members[grouped]] = members[-1 - group]
+    return label
 
 
 def same_picture(rows: _Rows, a: int, b: int, bits: int, threshold: int) -> bool:
