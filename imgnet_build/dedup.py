@@ -89,6 +89,8 @@ from imgnet_build.store import Cluster as StoredCluster
 from imgnet_build.workspace import Workspace
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from imgnet_build.executor import Executor
 
 # numpy, Pillow, imagehash and the Hamming index are imported in the functions that hash and group:
@@ -280,6 +282,10 @@ def _group_new(workspace: Workspace, threshold: int, full: bool, batch_size: int
     the pairs (24 bytes each), and the old images whose pHash is near a new one. Taken in that
     order, the chunks give the groups one pass over all of them would give (a later image is
     never better than an earlier one), and a killed run keeps the chunks it committed."""
+    import numpy as np
+
+    from imgnet_build.hamming import to_unsigned
+
     if full:
         with workspace.session() as session:
             rows = session.execute(select(*_COLUMNS).where(Image.phash.is_not(None)).order_by(Image.sha256)).all()
@@ -318,6 +324,8 @@ class _Near:
     pHash and 24 bytes per pair, besides the search's own (`imgnet_build.hamming`)."""
 
     def __init__(self, old: np.ndarray, new: np.ndarray, pairs: np.ndarray) -> None:
+        import numpy as np
+
         self.old_count = len(old)
         self.values = np.concatenate([old, new])
         self.pairs = pairs
@@ -326,6 +334,10 @@ class _Near:
 
     @classmethod
     def search(cls, old_values: np.ndarray, new_values: np.ndarray, threshold: int) -> _Near:
+        import numpy as np
+
+        from imgnet_build.hamming import HammingIndex
+
         old, new = np.unique(old_values), np.unique(new_values)
         index = HammingIndex(max(threshold, PIXEL_RADIUS))
         index.load(old)
@@ -334,6 +346,8 @@ class _Near:
     def around(self, phash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For a chunk's pHashes: (the values near them or equal to them that images grouped
         before have, the pairs that involve the chunk's values, as (value, value, bits))."""
+        import numpy as np
+
         new = self.values[self.old_count:]
         mine = np.unique(phash)
         at = np.searchsorted(new, mine) + self.old_count  # every chunk value is a new value
@@ -354,6 +368,8 @@ class _Near:
 
     def done(self, phash: np.ndarray) -> None:
         """The chunk with these pHashes is stored: later chunks read its images back."""
+        import numpy as np
+
         self.grouped[np.searchsorted(self.values[self.old_count:], np.unique(phash)) + self.old_count] = True
 
 
@@ -362,8 +378,6 @@ def _group(workspace: Workspace, threshold: int, new_rows, ranks: dict[str, int 
     """Group `new_rows` against the images grouped at `threshold` before them (none when
     `full`) and store the groups in one transaction; returns len(new_rows)."""
     import numpy as np
-
-    from imgnet_build.hamming import HammingIndex
 
     rows = _Rows()
     rows.extend(new_rows)
@@ -404,6 +418,8 @@ def group_hashes(phash: np.ndarray, dhash: np.ndarray, area: np.ndarray, flat: n
     (`_Near`) and the same rule (`_groups`), without a database or files. Every image is taken to have
     pixels of its own and no rank; ties go to the lower row. For benchmarks/bench_dedup.py --simulate;
     `near` is that search when the caller timed it apart."""
+    import numpy as np
+
     near = near or _Near.search(np.empty(0, dtype=np.uint64), phash, threshold)
     label = np.arange(len(phash))
     inverse = np.searchsorted(near.values, phash)
