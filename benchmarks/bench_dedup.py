@@ -10,6 +10,9 @@
    thresholds, with recall per kind of edit; this is where the default threshold comes from.
 3. Near-duplicate search over a million random 64-bit hashes with planted near pairs:
    our multi-index search against brute force (numpy popcount) on a 100,000 subset.
+4. --only simulate --simulate N: clusters of N simulated images, connected components against
+   dedup's own rule (`simulate`); --only estimate --estimate N: the search's CPU at N hashes
+   from a sample of its tables.
 """
 
 from __future__ import annotations
@@ -288,6 +291,33 @@ def _peak() -> str:
     return f"{own:,.0f} MB (this process), {worker:,.0f} MB (largest search worker)"
 
 
+def estimate(count: int, threshold: int, tables: int) -> None:
+    """The CPU of the whole near-duplicate search over `count` uniform hashes, from a few of its
+    tables run in this process (one band group's blocking, then `tables` tables): for sizes whose
+    full search takes longer than one wants to wait (14 million: the full run is --only simulate)."""
+    from imgnet_build import hamming
+
+    hashes = np.unique(np.random.default_rng(11).integers(0, 2**64 - 1, count, dtype=np.uint64, endpoint=True))
+    j = hamming.choose_j(threshold, len(hashes))
+    every = hamming._tables(threshold, j)
+    groups: dict = {}
+    for table in every:
+        groups.setdefault(table[0], []).append(table)
+    band, group = max(groups.items(), key=lambda item: len(item[1]))
+    empty = np.empty(0, dtype=np.uint64)
+    cpu = _cpu()
+    hamming._block_pairs(band, group[:1], threshold, empty, hashes)
+    one = _cpu() - cpu
+    cpu = _cpu()
+    hamming._block_pairs(band, group[:1 + tables], threshold, empty, hashes)
+    per_table = (_cpu() - cpu - one) / tables
+    total = len(groups) * (one - per_table) + len(every) * per_table
+    print(f"\n== Search estimate: {len(hashes):,} uniform hashes, threshold {threshold}, j = {j}: {len(every):,} tables "
+          f"in {len(groups)} band groups ==\nper table {per_table:.2f} s CPU, per group {one - per_table:.1f} s CPU "
+          f"(measured on {tables} tables) -> the whole search ~{total:,.0f} s CPU ({total / 60:.0f} min); "
+          f"peak RSS {_peak()}; load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+
+
 def report(name: str, labels: np.ndarray, family: np.ndarray, planted: np.ndarray, seconds: float,
            cpu: float | None = None) -> None:
     """False merges (images in a cluster with another picture), recall of planted pairs, biggest cluster."""
@@ -313,7 +343,10 @@ def main() -> None:
     parser.add_argument("--planted", type=int, default=3000)
     parser.add_argument("--subset", type=int, default=100_000)
     parser.add_argument("--threshold", type=int, default=dedup.DEFAULT_THRESHOLD)
-    parser.add_argument("--only", choices=["throughput", "quality", "search", "simulate"])
+    parser.add_argument("--only", choices=["throughput", "quality", "search", "simulate", "estimate"])
+    parser.add_argument("--estimate", type=int, default=14_000_000, metavar="N",
+                        help="hashes for --only estimate: the search's CPU from a sample of its tables")
+    parser.add_argument("--tables", type=int, default=8, help="tables measured by --only estimate")
     parser.add_argument("--simulate", type=int, default=1_000_000, metavar="N",
                         help="simulated images for the cluster-quality run (14,000,000 for ImageNet-21k)")
     args = parser.parse_args()
@@ -325,6 +358,8 @@ def main() -> None:
         search(args.hashes, args.planted, args.threshold, args.subset)
     if args.only in (None, "simulate"):
         simulate(args.simulate, args.threshold)
+    if args.only == "estimate":
+        estimate(args.estimate, args.threshold, args.tables)
 
 
 if __name__ == "__main__":
