@@ -171,6 +171,7 @@ def _one_of(column: str, values: Iterable[str], name: str) -> CheckConstraint:
 ID64 = BigInteger().with_variant(Integer, "sqlite")  # 64-bit ids; SQLite's rowid is 64-bit already
 _UNHASHED = text("phash IS NULL")  # partial index: the images dedup has still to hash
 _HASHED = text("phash IS NOT NULL")  # (a "phash IS NULL" lookup must take the index above, in sha256 order)
+_PIXELS = text("pixel_sha256 IS NOT NULL")  # partial: dedup digests the pixels of a few images only
 
 
 def url_hash(url: str) -> str:
@@ -243,7 +244,7 @@ class Image(Base):
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("cluster.id"))  # set by dedup
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     __table_args__ = (
-        Index("ix_image_pixel", "pixel_sha256"),
+        Index("ix_image_pixel", "pixel_sha256", sqlite_where=_PIXELS, postgresql_where=_PIXELS),
         Index("ix_image_cluster", "cluster_id"),
         Index("ix_image_unhashed", "sha256", sqlite_where=_UNHASHED, postgresql_where=_UNHASHED),
         Index("ix_image_dedup_threshold", "dedup_threshold", "phash"),  # what a dedup rerun reads

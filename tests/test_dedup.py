@@ -793,6 +793,8 @@ def test_hot_queries_use_their_indexes(any_workspace):
                                                                       Candidate.status == "ok"),
         "ix_vote_category": select(Vote.image_sha256).where(Vote.category_id == 1),
         "ix_image_phash": select(Image.sha256).where(Image.phash.in_([1, 2, 3])),
+        # partial (pixel_sha256 IS NOT NULL): on a plain index SQLite scanned the image table for it
+        "ix_image_pixel": dedup.exact_pixel_duplicates(),
     }
     with any_workspace.engine.connect() as connection:
         postgres = connection.dialect.name == "postgresql"
