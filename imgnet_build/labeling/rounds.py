@@ -40,7 +40,7 @@ from imgnet_build.errors import BadInput
 from imgnet_build.labeling.backends import Backend, get_backend
 from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, Method, VoteTable, seed_table
 from imgnet_build.labeling.consensus import Result as Decision
-from imgnet_build.labeling.controls import control_pool, pick_controls
+from imgnet_build.labeling.controls import Elsewhere, control_pool, pick_controls
 from imgnet_build.labeling.locks import lock_planning
 from imgnet_build.labeling.quality import update_workers
 from imgnet_build.stage import Document, Progress, Result, Say
@@ -224,6 +224,7 @@ def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSet
         round_ = (session.scalar(select(func.max(Task.round))) or 0) + 1
         category_ids = _category_ids(session, settings.categories)
         plan = Plan(round_, backend, dry_run=dry_run, not_clustered=pairs_without_clusters(session))
+        elsewhere = Elsewhere(session) if settings.controls else None  # negatives of last resort, read once
     if not dry_run:
         plan.discarded, plan.published = settle_unpublished(workspace, chosen)
     held: dict[str, int] = defaultdict(int)
@@ -249,7 +250,7 @@ def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSet
                 continue
             chosen.check_pairs(session, [(cluster, category_id) for cluster in need])
             tasks = _make_tasks(session, category_id, pairs, need, settings, round_, chosen, dry_run,
-                                voters, pool)
+                                voters, pool, elsewhere)
             if not dry_run:
                 reserve = getattr(chosen, "reserve", None)
                 if reserve is not None:
@@ -433,12 +434,12 @@ class _NewTask:
 
 def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, str]], need: dict[int, int],
                 settings: LabelSettings, round_: int, backend: Backend, dry_run: bool,
-                voters: dict[int, set[int]], pool: int | None) -> list[_NewTask]:
+                voters: dict[int, set[int]], pool: int | None, elsewhere: Elsewhere | None = None) -> list[_NewTask]:
     per_task = settings.images_per_task - settings.controls
     by_votes: dict[int, list[int]] = defaultdict(list)
     for cluster, wanted in sorted(need.items()):
         by_votes[wanted].append(cluster)
-    controls = control_pool(session, category_id, set(need), set(pairs)) if settings.controls else ([], [])
+    controls = control_pool(session, category_id, set(need), set(pairs), elsewhere) if settings.controls else ([], [])
     rng = random.Random(f"{category_id}:{round_}")
     batch = f"r{round_}" + getattr(backend, "batch_suffix", lambda: "")()
     made: list[_NewTask] = []
