@@ -80,20 +80,12 @@ def _drop_databases_of_dead_runs(connection) -> None:
     """Drop the test databases a killed pytest on this machine left behind (named after its pid)."""
     from sqlalchemy import text
 
+    from imgnet_build.split import _running  # the export's check for a live pid
+
     for (name,) in connection.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'imgnet\\_test\\_%'")):
         parts = name.split("_")  # imgnet, test, pid, random
-        if len(parts) == 4 and parts[2].isdigit() and int(parts[2]) != os.getpid() and not _alive(int(parts[2])):
+        if len(parts) == 4 and parts[2].isdigit() and int(parts[2]) != os.getpid() and not _running(int(parts[2])):
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
