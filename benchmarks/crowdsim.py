@@ -4,6 +4,7 @@ drives through the database, simulated with numpy over the same consensus code.
     sim = Simulation(world, crowd, settings)
     outcome = sim.run()                  # dynamic, as label run does it
     outcome = sim.run(oracle=True)       # the oracle: true coins, same thresholds and cap
+    outcome = sim.run(told=True)         # dynamic, told up front whom the oracle sets aside
 
 What it keeps from `labeling.rounds`: three votes for a new pair, `seed_votes` for each
 category's seed sample (its first `seed_images` pairs in a fixed order), one more per
@@ -56,6 +57,7 @@ class Outcome:
     recall: float
     votes_per_pair: float  # candidate votes asked (controls not counted), blocked workers' included
     undecided: int
+    accepted: int
     blocked: int
     blocked_honest: int  # blocked workers whose true balanced accuracy is at least 0.6
     rounds: int
@@ -75,7 +77,9 @@ class Simulation:
         self.seed = seed
         self.categories = int(category.max()) + 1
 
-    def run(self, oracle: bool = False, max_rounds: int = 100) -> Outcome:
+    def run(self, oracle: bool = False, max_rounds: int = 100, told: bool = False) -> Outcome:
+        """`told`: dynamic as usual, but the workers the oracle sets aside are blocked before the
+        first round: what is left of the gap to the oracle is not the cost of learning who is weak."""
         s = self.settings
         rng = random.Random(self.seed)
         n = len(self.truth)
@@ -88,7 +92,7 @@ class Simulation:
         vote_w: list[int] = []
         vote_a: list[bool] = []
         blocked = np.zeros(workers, bool)
-        if oracle:  # it knows every worker's coins: block as dynamic would with no doubt about them
+        if oracle or told:  # it knows every worker's coins: block as dynamic would with no doubt about them
             true = (self.se + self.sp) / 2
             blocked = to_block(true, true, blocked, s.block_below, s.prefer_above, 2 * s.max_votes)
         status = np.full(n, "", dtype=object)
@@ -164,7 +168,8 @@ class Simulation:
         precision, recall = score(accepted, self.truth)
         honest = (self.se + self.sp) / 2 >= 0.6
         undecided = int(np.sum((status != "accepted") & (status != "rejected")))
-        return Outcome(precision, recall, asked / n, undecided, int(blocked.sum()), int(np.sum(blocked & honest)), rounds)
+        return Outcome(precision, recall, asked / n, undecided, int(accepted.sum()), int(blocked.sum()),
+                       int(np.sum(blocked & honest)), rounds)
 
     def _ranges(self) -> list[tuple[int, int]]:
         bounds = np.searchsorted(self.category, np.arange(self.categories + 1))

@@ -45,7 +45,7 @@ from imgnet_build.errors import BadInput
 from imgnet_build.registry import Registry
 
 __all__ = ["ConsensusSettings", "VoteTable", "Result", "WorkerQuality", "Method", "Majority", "DawidSkene", "Dynamic",
-           "METHODS", "seed_table", "worker_quality"]
+           "METHODS", "seed_table", "worker_quality", "balanced_interval"]
 
 ACCURACY_PRIOR = (4.0, 1.0)  # Beta pseudo-counts (right, wrong) for a worker: a new worker is trusted at 0.8
 UNTESTED_PRIOR = (0.8, 0.2)  # the same trust, worth one answer: a coin the known answers never tested (the other was)
@@ -227,6 +227,21 @@ def _coin_weights(sensitivity: np.ndarray, specificity: np.ndarray) -> tuple[np.
     return yes, no
 
 
+def balanced_interval(yes_good, goods, no_bad, bads) -> tuple[np.ndarray, np.ndarray]:
+    """The interval of (sensitivity + specificity) / 2 from hard evidence (right answers and
+    answers per side): the mean of the ends of each coin's INTERVAL central interval,
+    Beta(right + 1, wrong + 1)."""
+    from scipy.stats import beta  # here, not at the top: scipy.stats alone takes a second to import
+
+    yes_good, goods, no_bad, bads = (np.asarray(x, dtype=float) for x in (yes_good, goods, no_bad, bads))
+    tail = (1 - INTERVAL) / 2
+    se_low = beta.ppf(tail, yes_good + 1, goods - yes_good + 1)
+    se_high = beta.ppf(1 - tail, yes_good + 1, goods - yes_good + 1)
+    sp_low = beta.ppf(tail, no_bad + 1, bads - no_bad + 1)
+    sp_high = beta.ppf(1 - tail, no_bad + 1, bads - no_bad + 1)
+    return (se_low + sp_low) / 2, (se_high + sp_high) / 2
+
+
 def worker_quality(votes: VoteTable, good: np.ndarray, posterior: np.ndarray | None = None) -> WorkerQuality:
     """Both coins per worker with intervals, measured against `good` (P(good) per *vote*:
     the pair's posterior, ideally without that vote) and the known answers.
@@ -240,15 +255,8 @@ def worker_quality(votes: VoteTable, good: np.ndarray, posterior: np.ndarray | N
     sure of (P(good) at least CLEAR or at most 1 - CLEAR). A vote on a pair nobody else is
     sure about says little about its voter, and counting it as a full answer would make a
     weak crowd look sure of its own uselessness."""
-    from scipy.stats import beta  # here, not at the top: scipy.stats alone takes a second to import
-
     sensitivity, specificity = _coin_estimates(votes, good if posterior is None else posterior, good)
-    yes_good, goods, no_bad, bads = _hard_coins(votes, good)
-    tail = (1 - INTERVAL) / 2
-    se_low = beta.ppf(tail, yes_good + 1, goods - yes_good + 1)
-    se_high = beta.ppf(1 - tail, yes_good + 1, goods - yes_good + 1)
-    sp_low = beta.ppf(tail, no_bad + 1, bads - no_bad + 1)
-    sp_high = beta.ppf(1 - tail, no_bad + 1, bads - no_bad + 1)
+    low, high = balanced_interval(*_hard_coins(votes, good))
     known = votes.known[votes.pair]
     n = votes.workers
     count = np.bincount(votes.worker, minlength=n)
@@ -256,7 +264,7 @@ def worker_quality(votes: VoteTable, good: np.ndarray, posterior: np.ndarray | N
     return WorkerQuality(
         np.where(has, sensitivity, np.nan), np.where(has, specificity, np.nan),
         np.where(has, (sensitivity + specificity) / 2, np.nan),
-        np.where(has, (se_low + sp_low) / 2, np.nan), np.where(has, (se_high + sp_high) / 2, np.nan),
+        np.where(has, low, np.nan), np.where(has, high, np.nan),
         np.bincount(votes.worker, weights=known == 1, minlength=n).astype(np.int64),
         np.bincount(votes.worker, weights=(known == 1) & votes.answer, minlength=n).astype(np.int64),
         np.bincount(votes.worker, weights=known == 0, minlength=n).astype(np.int64),
