@@ -160,7 +160,7 @@ def why(row: dict) -> str:
     parts = []
     if p < 0.99:
         wrong = round(dynamic.accepted * (1 - p))
-        parts.append(f"precision: {wrong} false accepts of {dynamic.accepted} (each {1 / max(dynamic.accepted, 1):.2%})")
+        parts.append(f"precision: {wrong} false accept(s) of {dynamic.accepted} (each {1 / max(dynamic.accepted, 1):.2%})")
     spare = 0.2 * ov * row["pairs"] / pool  # the votes the 1.2x allowance leaves per worker
     need = hard_votes_to_show(0.65, SimSettings.prefer_above, positives)
     learning = (f"the 1.2x allowance is {spare:.0f} votes per worker, showing a 0.65 worker under 0.75 takes "
