@@ -16,8 +16,8 @@ consensus method leaves it undecided, up to `max_votes`. Votes already given and
 that open tasks will bring count, so submitting twice submits nothing twice. A worker takes a
 whole task or none, and never one showing a pair they voted on: with a crowd of known size
 (the simulated one) a pair asks for no more votes than its other workers can give, and pairs
-with the same voters share tasks where mixing them would leave a task with nobody to take it. Each
-category's tasks are made in one transaction; a killed submit leaves whole categories
+with the same voters share tasks where mixing them would leave a task with nobody to take it. Categories
+are planned in chunks, each chunk's tasks made in one transaction; a killed submit leaves whole categories
 behind and the rerun plans only what is still missing. Votes are stored as they arrive
 (`answers.store_answers`), so a killed collect loses nothing either.
 """
@@ -40,7 +40,7 @@ from imgnet_build.errors import BadInput
 from imgnet_build.labeling.backends import Backend, get_backend
 from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, Method, VoteTable, seed_table
 from imgnet_build.labeling.consensus import Result as Decision
-from imgnet_build.labeling.controls import Elsewhere, control_pool, pick_controls
+from imgnet_build.labeling.controls import Elsewhere, control_pools, pick_controls
 from imgnet_build.labeling.locks import lock_planning
 from imgnet_build.labeling.quality import update_workers
 from imgnet_build.stage import Document, Progress, Result, Say
@@ -67,6 +67,7 @@ __all__ = ["LabelSettings", "Plan", "MarketQuote", "Collected", "RunResult", "Ex
            "decide", "run", "expire", "pairs_without_clusters"]
 
 WORK_STATUSES = ("submitted", "approved", "rejected")
+PLAN_CHUNK = 500  # categories planned per transaction (one query per kind and chunk, not per category)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,8 +216,9 @@ def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSet
           options: dict | None = None, progress: Progress | None = None) -> Plan:
     """Issue the tasks needed now; tasks an earlier submit made but did not publish go first.
 
-    Each category is planned and its tasks made under the labeling lock, in one transaction,
-    so concurrent submits (any processes, SQLite or PostgreSQL) never issue a vote twice;
+    Categories are planned `PLAN_CHUNK` at a time, each chunk read by one query per kind (pairs,
+    votes, open tasks, labels, controls) and its tasks made under the labeling lock, in one
+    transaction, so concurrent submits (any processes, SQLite or PostgreSQL) never issue a vote twice;
     a backend that costs money reserves what the tasks cost there too (`reserve`).
     """
     chosen = get_backend(backend, workspace, options)
@@ -228,45 +230,57 @@ def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSet
     if not dry_run:
         plan.discarded, plan.published = settle_unpublished(workspace, chosen)
     held: dict[str, int] = defaultdict(int)
-    for done, category_id in enumerate(category_ids):
+    for done in range(0, len(category_ids), PLAN_CHUNK):
         if progress:
             progress(done, len(category_ids))
+        chunk = category_ids[done:done + PLAN_CHUNK]
         made: list[int] = []
         with workspace.session() as session:
             if not dry_run:
                 lock_planning(session)
-            pairs = category_pairs(session, category_id)
-            need = _needs(session, category_id, pairs, settings, chosen, held)
+            pairs = category_pairs_of(session, chunk)
+            needs = _needs_of(session, chunk, pairs, settings, chosen, held)
             pool: int | None = getattr(chosen, "pool", lambda session: None)(session)  # a crowd of known size
-            voters: dict[int, set[int]] = {}
-            if pool is not None and need:
-                voters = _voters(session, category_id, set(need))
-                for cluster in list(need):
-                    need[cluster] = min(need[cluster], pool - len(voters.get(cluster, ())))  # the others can give
-                    if need[cluster] <= 0:
-                        del need[cluster]
-                        held["have a vote from every worker of the crowd"] += 1
-            if not need:
+            voters: dict[int, dict[int, set[int]]] = {}
+            if pool is not None and needs:
+                voters = _voters_of(session, needs)
+                for category_id, need in needs.items():
+                    for cluster in list(need):
+                        seen = voters.get(category_id, {}).get(cluster, ())
+                        need[cluster] = min(need[cluster], pool - len(seen))  # the others can give
+                        if need[cluster] <= 0:
+                            del need[cluster]
+                            held["have a vote from every worker of the crowd"] += 1
+            needs = {category_id: need for category_id, need in needs.items() if need}
+            if not needs:
                 continue
-            chosen.check_pairs(session, [(cluster, category_id) for cluster in need])
-            tasks = _make_tasks(session, category_id, pairs, need, settings, round_, chosen, dry_run,
-                                voters, pool, elsewhere)
+            chosen.check_pairs(session, [(cluster, category_id) for category_id, need in needs.items()
+                                         for cluster in need])
+            pools = control_pools(session, {category_id: (set(need), set(pairs[category_id]))
+                                            for category_id, need in needs.items()}, elsewhere) if settings.controls else {}
+            wnids = dict(session.execute(select(Category.id, Category.wnid).where(Category.id.in_(needs))).all())
+            tasks: list[_NewTask] = []
+            for category_id, need in needs.items():  # in category order
+                made_now = _make_tasks(session, category_id, pairs[category_id], need, settings, round_, chosen, dry_run,
+                                       voters.get(category_id, {}), pool, pools.get(category_id, ([], [])))
+                plan.per_category[wnids[category_id]] = {"pairs": len(need), "votes": sum(need.values()),
+                                                         "tasks": len(made_now)}
+                plan.pairs += len(need)
+                plan.votes += sum(need.values())
+                tasks += made_now
             if not dry_run:
+                _insert_tasks(session, tasks)
                 reserve = getattr(chosen, "reserve", None)
                 if reserve is not None:
                     reserve(session, [t.task for t in tasks])  # refuses (and rolls back) what would pass a cost cap
                 if _publishes_in_transaction(chosen):
                     chosen.publish(session, [t.task for t in tasks if t.task is not None])
-            wnid = session.execute(select(Category.wnid).where(Category.id == category_id)).scalar_one()
-            plan.per_category[wnid] = {"pairs": len(need), "votes": sum(need.values()), "tasks": len(tasks)}
-            plan.pairs += len(need)
-            plan.votes += sum(need.values())
             plan.tasks += len(tasks)
             plan.assignments += sum(task.assignments_wanted for task in tasks)
             plan.controls += sum(task.controls * task.assignments_wanted for task in tasks)
             for task in tasks:
                 plan.task_sizes[task.assignments_wanted] = plan.task_sizes.get(task.assignments_wanted, 0) + 1
-            made = [task.id for task in tasks]
+            made = [task.task.id for task in tasks if task.task is not None]
         if made and not dry_run and not _publishes_in_transaction(chosen):
             with workspace.session() as session:  # committed first: a backend may commit per task (a HIT id)
                 chosen.publish(session, list(session.scalars(select(Task).where(Task.id.in_(made)).order_by(Task.id))))
@@ -330,10 +344,19 @@ def _category_ids(session: Session, wnids: tuple[str, ...]) -> list[int]:
 
 def category_pairs(session: Session, category_id: int) -> dict[int, tuple[str, str]]:
     """{cluster id: (representative sha256, cluster key)} of the category's candidate pairs."""
-    rows = session.execute(select(Cluster.id, Cluster.representative, Cluster.key).join(
+    return category_pairs_of(session, [category_id]).get(category_id, {})
+
+
+def category_pairs_of(session: Session, category_ids: list[int]) -> dict[int, dict[int, tuple[str, str]]]:
+    """{category id: {cluster id: (representative sha256, cluster key)}} of the categories' candidate
+    pairs, in the order of `category_ids` (categories without pairs left out); one query."""
+    rows = session.execute(select(Candidate.category_id, Cluster.id, Cluster.representative, Cluster.key).join(
         Image, Image.cluster_id == Cluster.id).join(Candidate, Candidate.image_sha256 == Image.sha256).where(
-        Candidate.category_id == category_id, Candidate.status == CandidateStatus.OK).distinct())
-    return {row.id: (row.representative, row.key) for row in rows}
+        Candidate.category_id.in_(category_ids), Candidate.status == CandidateStatus.OK).distinct())
+    found: dict[int, dict[int, tuple[str, str]]] = defaultdict(dict)
+    for category_id, cluster, representative, key in rows:
+        found[category_id][cluster] = (representative, key)
+    return {category_id: found[category_id] for category_id in category_ids if category_id in found}
 
 
 def counted_votes(include_test: bool = False) -> Select[int | None, int, int]:
@@ -352,16 +375,31 @@ def counted_votes(include_test: bool = False) -> Select[int | None, int, int]:
 
 def _counted_votes(session: Session, category_id: int, include_test: bool = False) -> dict[int, int]:
     """{cluster id: workers whose vote counts} on the category's candidate pairs."""
-    query = counted_votes(include_test).where(Vote.category_id == category_id)
-    return {row.cluster_id: row.votes for row in session.execute(query)}
+    return _counted_votes_of(session, [category_id], include_test).get(category_id, {})
+
+
+def _counted_votes_of(session: Session, category_ids: list[int], include_test: bool = False
+                      ) -> dict[int, dict[int, int]]:
+    """{category id: {cluster id: workers whose vote counts}} on the categories' candidate pairs."""
+    found: dict[int, dict[int, int]] = defaultdict(dict)
+    for row in session.execute(counted_votes(include_test).where(Vote.category_id.in_(category_ids))):
+        found[row.category_id][row.cluster_id] = row.votes
+    return found
 
 
 def _pending_votes(session: Session, category_id: int, backend: Backend | None = None) -> dict[int, int]:
-    """{cluster id: votes that open tasks will still bring}. Tasks not yet published count only
-    when this submit (on `backend`) would publish them; test tasks only for a test backend."""
+    """{cluster id: votes that open tasks will still bring} (see `_pending_votes_of`)."""
+    return _pending_votes_of(session, [category_id], backend).get(category_id, {})
+
+
+def _pending_votes_of(session: Session, category_ids: list[int], backend: Backend | None = None
+                      ) -> dict[int, dict[int, int]]:
+    """{category id: {cluster id: votes that open tasks will still bring}}. Tasks not yet published
+    count only when this submit (on `backend`) would publish them; test tasks only for a test backend."""
+    of_categories = Task.category_id.in_(category_ids)
     done = (select(Assignment.task_id, func.count().label("done")).where(
         Assignment.status.in_(WORK_STATUSES),
-        Assignment.task_id.in_(select(Task.id).where(Task.category_id == category_id)))  # not every task's
+        Assignment.task_id.in_(select(Task.id).where(of_categories)))  # not every task's
             .group_by(Assignment.task_id).subquery())
     live = Task.status == "open"
     if backend is None:
@@ -369,24 +407,52 @@ def _pending_votes(session: Session, category_id: int, backend: Backend | None =
     else:
         mine = (Task.backend == backend.name) & Task.test.is_(_is_test(backend))
         live = live | ((Task.status == "new") & (mine | _may_be_published()))
-    query = (select(TaskItem.cluster_id, func.sum(Task.assignments_wanted - func.coalesce(done.c.done, 0)))
+    query = (select(Task.category_id, TaskItem.cluster_id,
+                    func.sum(Task.assignments_wanted - func.coalesce(done.c.done, 0)))
              .join(Task, Task.id == TaskItem.task_id).outerjoin(done, done.c.task_id == Task.id)
-             .where(Task.category_id == category_id, live, TaskItem.kind == "candidate")
-             .group_by(TaskItem.cluster_id))
+             .where(of_categories, live, TaskItem.kind == "candidate")
+             .group_by(Task.category_id, TaskItem.cluster_id))
     if backend is not None and not _is_test(backend):
         query = query.where(Task.test.is_(False))
-    return {cluster: max(0, int(left)) for cluster, left in session.execute(query).all() if cluster is not None}
+    found: dict[int, dict[int, int]] = defaultdict(dict)
+    for category_id, cluster, left in session.execute(query).all():
+        if cluster is not None:
+            found[category_id][cluster] = max(0, int(left))
+    return found
 
 
 def _needs(session: Session, category_id: int, pairs: dict[int, tuple[str, str]],
            settings: LabelSettings, backend: Backend | None = None, held: dict[str, int] | None = None) -> dict[int, int]:
-    """{cluster id: votes to ask for now} for the category; `held` counts the pairs that get
-    nothing, by reason."""
-    have = _counted_votes(session, category_id, include_test=settings.include_test or _is_test(backend))
-    pending = _pending_votes(session, category_id, backend)
-    labels = dict(session.execute(select(Label.cluster_id, Label.status).where(Label.category_id == category_id)).all())
-    seed = _seed(pairs, have, pending, labels, settings) if settings.seeded else set()
+    """{cluster id: votes to ask for now} for the category (see `_needs_of`)."""
+    return _needs_of(session, [category_id], {category_id: pairs}, settings, backend, held).get(category_id, {})
+
+
+def _needs_of(session: Session, category_ids: list[int], pairs: dict[int, dict[int, tuple[str, str]]],
+              settings: LabelSettings, backend: Backend | None = None, held: dict[str, int] | None = None
+              ) -> dict[int, dict[int, int]]:
+    """{category id: {cluster id: votes to ask for now}} for the categories with pairs (`pairs`, as
+    `category_pairs_of` reads them), in their order, one query per kind; `held` counts the pairs
+    that get nothing, by reason."""
+    category_ids = [category_id for category_id in category_ids if pairs.get(category_id)]
+    if not category_ids:
+        return {}
+    have = _counted_votes_of(session, category_ids, include_test=settings.include_test or _is_test(backend))
+    pending = _pending_votes_of(session, category_ids, backend)
+    labels: dict[int, dict[int, str]] = defaultdict(dict)
+    for category_id, cluster, status in session.execute(select(Label.category_id, Label.cluster_id, Label.status)
+                                                        .where(Label.category_id.in_(category_ids))):
+        labels[category_id][cluster] = status
     held = held if held is not None else defaultdict(int)
+    return {category_id: _category_needs(pairs[category_id], have.get(category_id, {}),
+                                         pending.get(category_id, {}), labels.get(category_id, {}), settings, held)
+            for category_id in category_ids}
+
+
+def _category_needs(pairs: dict[int, tuple[str, str]], have: dict[int, int], pending: dict[int, int],
+                    labels: dict[int, str], settings: LabelSettings, held: dict[str, int]) -> dict[int, int]:
+    """{cluster id: votes to ask for now} of one category, from what its pairs have, what open
+    tasks will bring and its labels."""
+    seed = _seed(pairs, have, pending, labels, settings) if settings.seeded else set()
     need = {}
     for cluster in pairs:
         if labels.get(cluster) in ("accepted", "rejected"):
@@ -426,20 +492,20 @@ def _seed(pairs: dict, have: dict, pending: dict, labels: dict, settings: LabelS
 
 @dataclasses.dataclass
 class _NewTask:
-    id: int
     assignments_wanted: int
     controls: int
     task: Task | None = None  # the row made (None in a dry run)
+    items: list = dataclasses.field(default_factory=list)  # (sha256, cluster id, kind, expected), in position order
 
 
 def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, str]], need: dict[int, int],
                 settings: LabelSettings, round_: int, backend: Backend, dry_run: bool,
-                voters: dict[int, set[int]], pool: int | None, elsewhere: Elsewhere | None = None) -> list[_NewTask]:
+                voters: dict[int, set[int]], pool: int | None, controls: tuple[list, list] = ([], [])) -> list[_NewTask]:
+    """The category's tasks (rows not yet inserted: `_insert_tasks`), `controls` as `control_pools` gives them."""
     per_task = settings.images_per_task - settings.controls
     by_votes: dict[int, list[int]] = defaultdict(list)
     for cluster, wanted in sorted(need.items()):
         by_votes[wanted].append(cluster)
-    controls = control_pool(session, category_id, set(need), set(pairs), elsewhere) if settings.controls else ([], [])
     rng = random.Random(f"{category_id}:{round_}")
     batch = f"r{round_}" + getattr(backend, "batch_suffix", lambda: "")()
     made: list[_NewTask] = []
@@ -449,18 +515,27 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
             items += pick_controls(_apart_from(controls, set(chunk)), settings.controls, rng)
             rng.shuffle(items)
             if dry_run:
-                made.append(_NewTask(0, wanted, len(items) - len(chunk)))
+                made.append(_NewTask(wanted, len(items) - len(chunk)))
                 continue
             task = Task(category_id=category_id, round=round_, batch=batch, backend=backend.name,
                         status="new", assignments_wanted=wanted, test=_is_test(backend),
                         **getattr(backend, "task_columns", dict)())
-            session.add(task)
-            session.flush()
-            session.execute(insert(TaskItem), [
-                {"task_id": task.id, "position": position, "image_sha256": sha, "cluster_id": cluster, "kind": kind,
-                 "expected": expected} for position, (sha, cluster, kind, expected) in enumerate(items)])
-            made.append(_NewTask(task.id, wanted, len(items) - len(chunk), task))
+            made.append(_NewTask(wanted, len(items) - len(chunk), task, items))
     return made
+
+
+def _insert_tasks(session: Session, tasks: list[_NewTask]) -> None:
+    """Insert the tasks (one batched insert, their ids returned) and their items (one executemany)."""
+    rows = [task.task for task in tasks if task.task is not None]
+    if not rows:
+        return
+    session.add_all(rows)
+    session.flush()
+    session.execute(insert(TaskItem), [
+        {"task_id": task.task.id, "position": position, "image_sha256": sha, "cluster_id": cluster, "kind": kind,
+         "expected": expected}
+        for task in tasks if task.task is not None
+        for position, (sha, cluster, kind, expected) in enumerate(task.items)])
 
 
 def _apart_from(pool: tuple[list, list], clusters: set[int]) -> tuple[list, list]:
@@ -478,13 +553,20 @@ def _apart_from(pool: tuple[list, list], clusters: set[int]) -> tuple[list, list
 
 def _voters(session: Session, category_id: int, clusters: set[int]) -> dict[int, set[int]]:
     """{cluster id: workers not blocked who voted on it for the category}: they cannot take a task showing it."""
-    rows = session.execute(select(Image.cluster_id, Vote.worker_id).join(Image, Image.sha256 == Vote.image_sha256)
+    return _voters_of(session, {category_id: clusters}).get(category_id, {})
+
+
+def _voters_of(session: Session, clusters: dict[int, Any]) -> dict[int, dict[int, set[int]]]:
+    """{category id: {cluster id: workers not blocked who voted on it}} for the clusters of each
+    category in `clusters` ({category id: cluster ids}); one query."""
+    rows = session.execute(select(Vote.category_id, Image.cluster_id, Vote.worker_id)
+                           .join(Image, Image.sha256 == Vote.image_sha256)
                            .join(Worker, Worker.id == Vote.worker_id)
-                           .where(Vote.category_id == category_id, Worker.blocked.is_(False))).all()
-    voters: dict[int, set[int]] = defaultdict(set)
-    for cluster, worker in rows:
-        if cluster in clusters:
-            voters[cluster].add(worker)
+                           .where(Vote.category_id.in_(list(clusters)), Worker.blocked.is_(False))).all()
+    voters: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for category_id, cluster, worker in rows:
+        if cluster is not None and cluster in clusters[category_id]:
+            voters[category_id][cluster].add(worker)
     return voters
 
 

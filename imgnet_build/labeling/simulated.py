@@ -117,19 +117,25 @@ class SimulatedBackend:
         return {"crowd": self.crowd.as_dict()}
 
     def check_pairs(self, session, pairs: list[tuple[int, int]]) -> None:
+        """Refuse pairs without truth (of any number of categories: one query)."""
         if not pairs:
             return
-        category_id = pairs[0][1]
-        clusters = {cluster for cluster, _ in pairs}
-        known = set(session.scalars(select(Image.cluster_id).join(Candidate, Candidate.image_sha256 == Image.sha256)
-                                    .where(Candidate.category_id == category_id, Candidate.truth.is_not(None),
-                                           Candidate.status == CandidateStatus.OK).distinct()))
-        missing = len(clusters - known)
-        if missing:
-            wnid = session.scalar(select(Category.wnid).where(Category.id == category_id))
-            raise BadInput(f"the simulated crowd answers from the candidates' truth, and {missing} of {len(clusters)} "
-                           f"pairs of {wnid} have none; give URL lists a truth column, or label them with "
-                           f"--backend local")
+        asked: dict[int, set[int]] = {}
+        for cluster, category_id in pairs:
+            asked.setdefault(category_id, set()).add(cluster)
+        known: dict[int, set[int]] = {category_id: set() for category_id in asked}
+        for category_id, cluster in session.execute(
+                select(Candidate.category_id, Image.cluster_id).join(Candidate, Candidate.image_sha256 == Image.sha256)
+                .where(Candidate.category_id.in_(list(asked)), Candidate.truth.is_not(None),
+                       Candidate.status == CandidateStatus.OK).distinct()):
+            known[category_id].add(cluster)
+        for category_id, clusters in asked.items():
+            missing = len(clusters - known[category_id])
+            if missing:
+                wnid = session.scalar(select(Category.wnid).where(Category.id == category_id))
+                raise BadInput(f"the simulated crowd answers from the candidates' truth, and {missing} of "
+                               f"{len(clusters)} pairs of {wnid} have none; give URL lists a truth column, or label "
+                               f"them with --backend local")
 
     def pool(self, session) -> int:
         """Workers of this crowd who may still answer (not blocked)."""
