@@ -321,18 +321,31 @@ def descendant_counts(tree: dict[str, TreeNode]) -> dict[str, int]:
 
 
 def image_counts(session: Session) -> dict[str, int]:
-    """Distinct valid images gathered for each category (duplicates of one another count once)."""
-    from imgnet_build.store import CandidateStatus, Cluster, Image
+    """Distinct valid images gathered for each category (duplicates of one another count once).
 
-    distinct = func.coalesce(Cluster.representative, Image.sha256)  # an image not clustered yet counts alone
-    rows = session.execute(
-        select(Category.wnid, func.count(func.distinct(distinct)))
-        .join(Candidate, Candidate.category_id == Category.id)
-        .join(Image, Image.sha256 == Candidate.image_sha256)
-        .outerjoin(Cluster, Cluster.id == Image.cluster_id)
-        .where(Candidate.status == CandidateStatus.OK)
-        .group_by(Category.wnid))
-    return dict(rows.all())
+    Two aggregates, no per-candidate lookup of its image: the distinct images of each category's
+    ok candidates (read on ix_candidate_category alone), less, for the images that share a cluster
+    with another, the members beyond one per cluster and category (ix_image_cluster, then those
+    few images' candidates). Before, every ok candidate looked its image and cluster up and the
+    counts were grouped by wnid in a temporary B-tree: 46 s (6 s CPU) at a million images."""
+    from imgnet_build.store import CandidateStatus, Image
+
+    ok = (Candidate.status == CandidateStatus.OK) & Candidate.image_sha256.is_not(None)
+    unindexed = Candidate.status.concat("") == CandidateStatus.OK.value  # SQLite: walk ix_candidate_category, not _status
+    per_category = (select(Candidate.category_id.label("id"), func.count(func.distinct(Candidate.image_sha256)).label("n"))
+                    .where(unindexed, Candidate.image_sha256.is_not(None)).group_by(Candidate.category_id).subquery())
+    counts: dict[str, int] = dict(session.execute(select(Category.wnid, per_category.c.n)
+                                  .join(per_category, per_category.c.id == Category.id)).all())
+    shared = (select(Image.cluster_id).where(Image.cluster_id.is_not(None)).group_by(Image.cluster_id)
+              .having(func.count() > 1))
+    extra = (select(Candidate.category_id.label("id"),
+                    (func.count(func.distinct(Candidate.image_sha256)) - func.count(func.distinct(Image.cluster_id)))
+                    .label("n"))
+             .join(Image, Image.sha256 == Candidate.image_sha256).where(ok, Image.cluster_id.in_(shared))
+             .group_by(Candidate.category_id).subquery())
+    for wnid_, n in session.execute(select(Category.wnid, extra.c.n).join(extra, extra.c.id == Category.id)):
+        counts[wnid_] -= n
+    return counts
 
 
 def tree_tops(tree: dict[str, TreeNode]) -> list[str]:
