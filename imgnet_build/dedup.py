@@ -76,9 +76,9 @@ import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Select, delete, func, insert, or_, select, update
+from sqlalchemy import Select, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from imgnet_build.dbutil import batched
@@ -90,6 +90,7 @@ from imgnet_build.workspace import Workspace
 
 if TYPE_CHECKING:
     import numpy as np
+    from sqlalchemy import Table
 
     from imgnet_build.executor import Executor
 
@@ -106,7 +107,7 @@ PIXEL_RADIUS = 4  # identical pixels: pHash within this many bits (draft decode 
 ALONE_RADIUS = 4  # pHash alone decides up to here (chance pairs: 4e-14 per pair, ~4 among 14M images)
 SECOND_RADIUS = 16  # past ALONE_RADIUS, dHash must agree within this too (edits measured: <= 9)
 LOW_DETAIL = 4.0  # grey-level standard deviation under which a picture is near-constant
-GROUP_CHUNK = 100_000  # new images grouped and committed at a time (memory: one chunk, not every image)
+GROUP_CHUNK = 50_000  # new images grouped and committed at a time (memory: about 1 KB per image of one chunk)
 _UINT64 = 2**64 - 1
 _NO_RANK = 2**62  # sorts after every rank, as an image without a ranked candidate does
 ANALYZE_AFTER = 10_000  # images grouped in a run after which the planner's statistics are refreshed
@@ -534,14 +535,13 @@ def _store(session: Session, rows: _Rows, new_count: int, groups: dict[int, list
                                    [{"key": rows.sha[-1 - group], "representative": rows.sha[-1 - group]}
                                     for group in chunk]).all()
             ids.update(zip(chunk, made, strict=True))
-        moves = [{"sha256": rows.sha[row], "cluster_id": ids[group]} for group, members in groups.items()
-                 for row in members]
-        for chunk in batched(moves, batch_size):
-            session.execute(update(Image), chunk)
+        _mark_clustered(session, [(rows.sha[row], ids[group]) for group, members in groups.items() for row in members],
+                        threshold, batch_size)
         for group in [group for group in groups if 0 < group <= before and group not in settled]:
-            _reconsider_representative(session, rows, group, groups[group][0], threshold, ranks)
+            _reconsider_representative(session, rows, group, groups[group][0], threshold, ranks)  # reads the members
             settled.add(group)
-    _mark_clustered(session, rows.sha[:new_count], threshold, batch_size)
+        return
+    _mark_clustered(session, [(sha, None) for sha in rows.sha[:new_count]], threshold, batch_size)
 
 
 def _reconsider_representative(session: Session, rows: _Rows, cluster_id: int, best: int, threshold: int,
@@ -727,10 +727,20 @@ def _move_labels(session: Session, merged: int, survivor: int) -> None:
     session.execute(delete(Label).where(Label.cluster_id == merged))
 
 
-def _mark_clustered(session: Session, shas: list[str], threshold: int, batch_size: int) -> None:
-    """Record that the images' pairs at `threshold` are in their stored clusters."""
-    for chunk in batched(shas, batch_size):
-        session.execute(update(Image), [{"sha256": sha, "dedup_threshold": threshold} for sha in chunk])
+def _mark_clustered(session: Session, marks: list[tuple[str, int | None]], threshold: int, batch_size: int) -> None:
+    """Record that the images' pairs at `threshold` are in their stored clusters: (sha256, its
+    cluster id, or None when `assign_clusters` wrote it), one UPDATE per image in sha256 order
+    (before: one for the cluster and one for the mark, in grouping order, a random walk of the
+    image table and its indexes twice)."""
+    marks = sorted(marks)
+    table = cast("Table", Image.__table__)
+    for with_cluster in (True, False):
+        statement = update(table).where(table.c.sha256 == bindparam("b_sha256")).values(dedup_threshold=threshold)
+        if with_cluster:
+            statement = statement.values(cluster_id=bindparam("b_cluster_id"))
+        for chunk in batched((mark for mark in marks if (mark[1] is not None) == with_cluster), batch_size):
+            session.execute(statement, [{"b_sha256": sha, "b_cluster_id": cluster_id} if with_cluster else
+                                        {"b_sha256": sha} for sha, cluster_id in chunk])
 
 
 def _hash_new(workspace: Workspace, batch_size: int, workers: int, progress: Progress | None) -> tuple[int, int]:
