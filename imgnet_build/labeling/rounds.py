@@ -765,12 +765,13 @@ def _write_category_state(workspace: Workspace, votes: VoteTable, meta: dict, re
     now = dt.datetime.now(dt.UTC)
     with workspace.session() as session:
         lock_planning(session)
+        states = {state.category_id: state for state in session.scalars(select(CategoryConsensus))}  # one read
+        seeded = np.bincount(votes.pair_category[votes.seed], minlength=len(meta["categories"]))
         for category_id, index in meta["categories"].items():
-            seeded = votes.seed & (votes.pair_category == index)
-            state = session.get(CategoryConsensus, category_id) or CategoryConsensus(category_id=category_id)
-            state.seed_images = int(seeded.sum())
+            state = states.get(category_id) or CategoryConsensus(category_id=category_id)
+            state.seed_images = int(seeded[index])
             state.prior = None if result.category_prior is None else round(float(result.category_prior[index]), 4)
-            state.table = seed_table(votes, result.posterior, index) if seeded.any() else None
+            state.table = seed_table(votes, result.posterior, index) if seeded[index] else None
             state.hard = bool(result.hard[index]) if result.hard is not None else False
             state.updated_at = now
             session.add(state)

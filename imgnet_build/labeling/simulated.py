@@ -13,17 +13,18 @@ simulated everywhere. A worker never answers a task twice, nor a pair it voted o
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import random
 import re
+from collections import defaultdict
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
-from imgnet_build.dbutil import insert_ignore
+from imgnet_build.dbutil import batched, insert_ignore
 from imgnet_build.errors import BadInput
-from imgnet_build.labeling.answers import store_answers
 from imgnet_build.labeling.backends import register
-from imgnet_build.labeling.locks import lock_task
+from imgnet_build.labeling.locks import lock_tasks
 from imgnet_build.store import Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote, Worker
 from imgnet_build.workspace import Workspace
 
@@ -147,22 +148,22 @@ class SimulatedBackend:
         session.execute(update(Task).where(Task.id.in_([task.id for task in tasks])).values(status="open"))
 
     def collect(self, workspace: Workspace) -> int:
+        """Answer the open tasks, `COLLECT_CHUNK` tasks per transaction (read and written in a few
+        statements for all of them); a kill loses at most one chunk's answers, which the next collect
+        gives again (the crowd is seeded per task)."""
         with workspace.session() as session:
-            tasks = session.execute(select(Task.id, Task.crowd).where(Task.status == "open", Task.backend == self.name)
-                                    .order_by(Task.id)).all()
+            tasks = list(session.scalars(select(Task.id).where(Task.status == "open", Task.backend == self.name)
+                                         .order_by(Task.id)))
         stored = 0
         crowds: dict[Crowd, tuple] = {}  # crowd -> (its worker ids, its profiles), made once per collect
-        for task_id, stored_crowd in tasks:
-            with workspace.session() as session:  # one task, one transaction: a kill loses at most this task
-                lock_task(session, task_id)  # a concurrent collect answers it before or after, never beside
-                task = session.get(Task, task_id)
-                if task is None or task.status != "open":
-                    continue
-                crowd = Crowd.from_dict(stored_crowd)
-                if crowd not in crowds:
-                    crowds[crowd] = (_workers(session, crowd), crowd.profiles())
-                stored += _answer_task(session, task, crowd, *crowds[crowd])
+        for chunk in batched(tasks, COLLECT_CHUNK):
+            with workspace.session() as session:
+                lock_tasks(session, chunk)  # a concurrent collect answers them before or after, never beside
+                stored += _answer_tasks(session, chunk, crowds)
         return stored
+
+
+COLLECT_CHUNK = 200  # tasks answered per transaction
 
 
 def _workers(session, crowd: Crowd) -> dict[int, int]:
@@ -176,51 +177,130 @@ def _workers(session, crowd: Crowd) -> dict[int, int]:
     return {i: ids[crowd.external_id(i)] for i in range(crowd.workers)}
 
 
-def _answer_task(session, task: Task, crowd: Crowd, workers: dict[int, int],
-                 profiles: tuple[np.ndarray, np.ndarray]) -> int:
-    items = session.execute(select(TaskItem.id, TaskItem.image_sha256, TaskItem.cluster_id, TaskItem.kind,
-                                   TaskItem.expected).where(TaskItem.task_id == task.id)).all()
-    clusters = [item.cluster_id for item in items if item.kind == "candidate"]
-    done = session.scalar(select(func.count()).where(Assignment.task_id == task.id,
-                                                     Assignment.status != "abandoned"))
-    wanted = task.assignments_wanted - done
-    if wanted <= 0:
+def _answer_tasks(session, task_ids: list[int], crowds: dict[Crowd, tuple]) -> int:
+    """Answer the open tasks among `task_ids` (locked), in id order, as each one's crowd would: a few
+    statements for all of them. The rules of `answers.store_answers` hold: a task takes no more
+    submissions than it wants, a worker answers a task once and votes on a (cluster, category) pair
+    once (its first vote stands), control answers update the worker's record. Returns the
+    assignments stored."""
+    tasks = session.execute(select(Task.id, Task.category_id, Task.assignments_wanted, Task.test, Task.crowd)
+                            .where(Task.id.in_(task_ids), Task.status == "open").order_by(Task.id)).all()
+    if not tasks:
         return 0
-    busy = set(session.scalars(select(Vote.worker_id).join(Image, Image.sha256 == Vote.image_sha256)
-                               .where(Vote.category_id == task.category_id, Image.cluster_id.in_(clusters))))
-    busy |= set(session.scalars(select(Assignment.worker_id).where(Assignment.task_id == task.id)))
+    ids = [task.id for task in tasks]
+    items: dict[int, list] = defaultdict(list)
+    for item in session.execute(select(TaskItem.task_id, TaskItem.id, TaskItem.image_sha256, TaskItem.cluster_id,
+                                       TaskItem.kind, TaskItem.expected, Image.cluster_id.label("now"))
+                                .join(Image, Image.sha256 == TaskItem.image_sha256)
+                                .where(TaskItem.task_id.in_(ids)).order_by(TaskItem.task_id, TaskItem.position)):
+        items[item.task_id].append(item)
+    taken: dict[int, set[int]] = defaultdict(set)  # task -> workers holding an assignment of it
+    done: dict[int, int] = defaultdict(int)  # task -> its assignments not abandoned
+    for task_id, worker, status in session.execute(select(Assignment.task_id, Assignment.worker_id, Assignment.status)
+                                                   .where(Assignment.task_id.in_(ids))):
+        taken[task_id].add(worker)
+        done[task_id] += status != "abandoned"
+    categories = {task.category_id for task in tasks}
+    clusters = {cluster for rows in items.values() for item in rows for cluster in (item.cluster_id, item.now)
+                if cluster is not None}
+    voted: dict[tuple[int, int], set[int]] = defaultdict(set)  # (category, cluster now) -> workers who voted on it
+    for chunk in batched(sorted(clusters), 500):
+        for worker, category_id, cluster in session.execute(
+                select(Vote.worker_id, Vote.category_id, Image.cluster_id).join(Image, Image.sha256 == Vote.image_sha256)
+                .where(Vote.category_id.in_(categories), Image.cluster_id.in_(chunk))):
+            voted[category_id, cluster].add(worker)
     blocked = set(session.scalars(select(Worker.id).where(Worker.blocked.is_(True))))
-    rng = random.Random(f"{crowd.seed}:{task.id}")
-    free = [i for i in range(crowd.workers) if workers[i] not in busy and workers[i] not in blocked]
-    truth = _truth(session, task.category_id, [item.cluster_id for item in items])
-    sensitivity, specificity = profiles
-    stored = 0
-    if len(free) < wanted:  # the crowd has nobody left for it: what it gets now is all it will get
-        task.status = "expired"
-    for index in rng.sample(free, min(wanted, len(free))):
-        assignment = Assignment(task_id=task.id, worker_id=workers[index], status="given", simulated=True)
-        session.add(assignment)
-        session.flush()
-        selected = set()
-        for item in items:
-            good = truth.get(item.cluster_id, item.expected)  # a control is answered from its truth when known
-            if good:
-                answer = rng.random() < sensitivity[index]
-            else:
-                answer = rng.random() >= specificity[index]
-            if answer:
-                selected.add(item.id)
-        stored += store_answers(session, assignment, selected)
-    return stored
+    truth = _truth_of(session, categories, clusters)
+    now = dt.datetime.now(dt.UTC)
+    expired: list[int] = []
+    answered: list[tuple[dict, dict[int, bool]]] = []  # (assignment row, {task item id: answer})
+    for task in tasks:
+        crowd = Crowd.from_dict(task.crowd)
+        if crowd not in crowds:
+            crowds[crowd] = (_workers(session, crowd), crowd.profiles())
+        workers, (sensitivity, specificity) = crowds[crowd]
+        wanted = task.assignments_wanted - done[task.id]
+        if wanted <= 0:
+            continue
+        asked = {item.cluster_id for item in items[task.id] if item.kind == "candidate"}
+        busy = set(taken[task.id]).union(*(voted.get((task.category_id, cluster), ()) for cluster in asked))
+        rng = random.Random(f"{crowd.seed}:{task.id}")
+        free = [i for i in range(crowd.workers) if workers[i] not in busy and workers[i] not in blocked]
+        if len(free) < wanted:  # the crowd has nobody left for it: what it gets now is all it will get
+            expired.append(task.id)
+        for index in rng.sample(free, min(wanted, len(free))):
+            answers: dict[int, bool] = {}
+            for item in items[task.id]:
+                good = truth.get((task.category_id, item.cluster_id), item.expected)  # a control: its truth when known
+                if good:
+                    answers[item.id] = rng.random() < sensitivity[index]
+                else:
+                    answers[item.id] = rng.random() >= specificity[index]
+            answered.append(({"task_id": task.id, "worker_id": workers[index], "status": "submitted",
+                              "simulated": True, "given_at": now, "submitted_at": now}, answers))
+            for item in items[task.id]:
+                if item.now is not None:
+                    voted[task.category_id, item.now].add(workers[index])
+    if expired:
+        session.execute(update(Task).where(Task.id.in_(expired)).values(status="expired"))
+    if not answered:
+        return 0
+    session.execute(insert(Assignment), [row for row, _ in answered])  # one executemany; ids read back by
+    ids_of = {(task_id, worker): id_ for id_, task_id, worker in session.execute(  # (task, worker), unique
+        select(Assignment.id, Assignment.task_id, Assignment.worker_id).where(Assignment.task_id.in_(ids)))}
+    assignment_ids = [ids_of[row["task_id"], row["worker_id"]] for row, _ in answered]
+    _store_votes(session, {task.id: task for task in tasks}, items, answered, assignment_ids, now)
+    return len(answered)
 
 
-def _truth(session, category_id: int, clusters: list[int]) -> dict[int, bool]:
-    rows = session.execute(select(Image.cluster_id, Candidate.truth).join(Candidate, Candidate.image_sha256 == Image.sha256)
-                           .where(Candidate.category_id == category_id, Image.cluster_id.in_(clusters),
-                                  Candidate.truth.is_not(None)).order_by(Candidate.id))
-    truth: dict[int, bool] = {}
-    for cluster, value in rows:
-        truth.setdefault(cluster, bool(value))
+def _store_votes(session, tasks: dict, items: dict[int, list], answered: list[tuple[dict, dict[int, bool]]],
+                 assignment_ids: list[int], now: dt.datetime) -> None:
+    """The votes of the assignments just inserted, as `answers.store_answers` stores them (a worker's
+    first vote on a pair stands), and each worker's control record; one statement each."""
+    seen: set[tuple[int, int, int]] = set()
+    workers = {row["worker_id"] for row, _ in answered}
+    categories = {tasks[row["task_id"]].category_id for row, _ in answered}
+    clusters = sorted({item.now for rows in items.values() for item in rows if item.now is not None})
+    for chunk in batched(clusters, 500):
+        seen.update(session.execute(select(Vote.worker_id, Vote.category_id, Image.cluster_id)
+                                    .join(Image, Image.sha256 == Vote.image_sha256)
+                                    .where(Vote.worker_id.in_(workers), Vote.category_id.in_(categories),
+                                           Image.cluster_id.in_(chunk))).tuples())
+    votes = []
+    controls: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # worker -> [control answers, correct]
+    for (row, answers), assignment_id in zip(answered, assignment_ids, strict=True):
+        task, worker = tasks[row["task_id"]], row["worker_id"]
+        for item in items[task.id]:
+            if item.kind != "candidate" and item.expected is not None:  # counted whether its vote is stored or not
+                controls[worker][0] += 1
+                controls[worker][1] += answers[item.id] == item.expected
+            if item.now is not None:
+                if (worker, task.category_id, item.now) in seen:  # this worker's first vote on the pair stands
+                    continue
+                seen.add((worker, task.category_id, item.now))
+            votes.append({"assignment_id": assignment_id, "worker_id": worker, "task_item_id": item.id,
+                          "image_sha256": item.image_sha256, "cluster_id": item.now, "category_id": task.category_id,
+                          "answer": answers[item.id], "control": item.kind != "candidate", "simulated": True,
+                          "test": task.test, "created_at": now})
+    insert_ignore(session, Vote, votes)
+    if controls:
+        session.connection().execute(  # Core executemany: one statement for every worker
+            update(Worker).where(Worker.id == bindparam("worker"))
+            .values(control_answers=Worker.control_answers + bindparam("answers"),
+                    control_correct=Worker.control_correct + bindparam("correct")),
+            [{"worker": worker, "answers": n, "correct": correct} for worker, (n, correct) in controls.items()])
+
+
+def _truth_of(session, categories: set[int], clusters: set[int]) -> dict[tuple[int, int], bool]:
+    """{(category id, cluster id): truth of the pair's first candidate that has one}."""
+    truth: dict[tuple[int, int], bool] = {}
+    for chunk in batched(sorted(clusters), 500):
+        rows = session.execute(select(Candidate.category_id, Image.cluster_id, Candidate.truth)
+                               .join(Candidate, Candidate.image_sha256 == Image.sha256)
+                               .where(Candidate.category_id.in_(categories), Image.cluster_id.in_(chunk),
+                                      Candidate.truth.is_not(None)).order_by(Candidate.id))
+        for category_id, cluster, value in rows:
+            truth.setdefault((category_id, cluster), bool(value))
     return truth
 
 
