@@ -164,24 +164,3 @@ def test_broken_replies_fail_the_item_with_a_reason(scripted, reply, reason):
     url = scripted.url("/broken", reply, close=True)
     got = failure(url)
     assert got.startswith("network error: ") and reason in got
-
-
-def test_nothing_is_sent_that_would_add_a_line_to_the_request(scripted):
-    from imgnet_build import http1
-    from imgnet_build.download import check_url
-
-    url = scripted.url("/a", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    for headers in ({"User-Agent": "x\r\nX-Injected: 1"}, {"X-A\nB": "1"}):
-        with pytest.raises(http1.ProtocolError, match="not sent"), deadline(5):
-            http1.get(check_url(url), headers, True, 2, 2)
-    with pytest.raises(http1.ProtocolError, match="not sent"), deadline(5):
-        http1.get(check_url(url)._replace(netloc="127.0.0.1\r\nX-Injected"), {}, True, 2, 2)
-    assert scripted.heads == []
-
-
-def test_endless_interim_responses_and_trailers_are_cut_off(scripted):
-    interim = scripted.url("/interim", b"HTTP/1.1 100 Continue\r\n\r\n" * 9 + b"HTTP/1.1 200 OK\r\n\r\n", close=True)
-    assert "more than 8 interim (1xx) responses" in failure(interim)
-    trailers = scripted.url("/trailers", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
-                            + b"X-T: aaaaaaaaaaaaaaaaaaaa\r\n" * 4000 + b"\r\n", close=True)
-    assert "trailers longer than 64 KiB" in failure(trailers)
