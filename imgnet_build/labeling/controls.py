@@ -53,7 +53,7 @@ def control_pools(session: Session, categories: dict[int, tuple[set[int], set[in
     clusters: dict[str, int | None] = {}
     shas = sorted({sha for rows in answers.values() for sha, _ in rows})
     for chunk in batched(shas, 500):  # apart: joined, SQLite without statistics walked every image
-        clusters.update(session.execute(select(Image.sha256, Image.cluster_id).where(Image.sha256.in_(chunk))).tuples().all())
+        clusters.update(session.execute(select(Image.sha256, Image.cluster_id).where(Image.sha256.in_(chunk))).all())
     confident = _most_confident_of(session, ids)
     agreed = _agreed_of(session, ids)
     similar = _similar_of(session, ids)
@@ -69,7 +69,8 @@ def control_pools(session: Session, categories: dict[int, tuple[set[int], set[in
         negatives += [(sha, cluster, "negative", False) for sha, cluster, _ in similar.get(category_id, ())
                       if cluster not in own]
         if len(negatives) < 50:
-            anywhere = (elsewhere or Elsewhere(session)).for_category(session, category_id)
+            elsewhere = elsewhere or Elsewhere(session)  # read once, at the first category that needs it
+            anywhere = elsewhere.for_category(session, category_id)
             negatives += [(sha, cluster, "negative", False) for sha, cluster, _ in anywhere if cluster not in own]
         pools[category_id] = (positives, list(dict.fromkeys(negatives)))
     return pools

@@ -265,7 +265,7 @@ def _store_votes(session, tasks: dict, items: dict[int, list], answered: list[tu
         seen.update(session.execute(select(Vote.worker_id, Vote.category_id, Image.cluster_id)
                                     .join(Image, Image.sha256 == Vote.image_sha256)
                                     .where(Vote.worker_id.in_(workers), Vote.category_id.in_(categories),
-                                           Image.cluster_id.in_(chunk))).tuples())
+                                           Image.cluster_id.in_(chunk))).all())
     votes = []
     controls: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # worker -> [control answers, correct]
     for (row, answers), assignment_id in zip(answered, assignment_ids, strict=True):
