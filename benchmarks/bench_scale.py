@@ -155,9 +155,9 @@ def run_command(workspace: Path, arguments: list[str], out: Path) -> tuple[float
     return float(seconds), float(user) + float(system), int(kb), note
 
 
-def _postgres_database() -> tuple[str, Callable[[], None]]:
+def _postgres_database(prefix: str = "imgnet_bench") -> tuple[str, Callable[[], None]]:
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"imgnet_bench_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
 
@@ -174,7 +174,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="10k,100k,1M")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--commands", default=",".join([*COMMANDS, *ROWS]))
-    parser.add_argument("--keep", type=Path, help="Keep the workspaces in this folder.")
+    parser.add_argument("--keep", type=Path, help="Keep the workspaces in this folder (and their PostgreSQL "
+                                                  "databases: drop them yourself).")
+    parser.add_argument("--database-prefix", default="imgnet_bench",
+                        help="Name the PostgreSQL databases PREFIX_<random> (a shared server: your own prefix).")
     parser.add_argument("--no-limits", action="store_true", help="Run every command at every size (SIZE_LIMITS).")
     parser.add_argument("--reuse", type=Path, metavar="WS",
                         help="Measure the commands on this workspace, kept by an earlier --keep run (SQLite), instead "
@@ -194,7 +197,11 @@ def main() -> None:
             else:
                 base = Path(tempfile.mkdtemp(dir=args.keep)) if args.keep else Path(tempfile.mkdtemp())
                 root = base / "ws"
-            url, drop = _postgres_database() if database == "postgresql" and not args.reuse else (None, lambda: None)
+            url, drop = (_postgres_database(args.database_prefix) if database == "postgresql" and not args.reuse
+                         else (None, lambda: None))
+            if url and args.keep:
+                print(f"keeping {url.rsplit('/', 1)[1]} (--keep): drop it when done", flush=True)
+                drop = lambda: None  # noqa: E731
             try:
                 if args.reuse:
                     workspace = Workspace.open(root)
