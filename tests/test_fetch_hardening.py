@@ -92,8 +92,11 @@ def test_the_budget_holds_decodes_back_but_never_blocks_an_image_larger_than_its
 
 # -- 2. Ctrl-C -----------------------------------------------------------------------------
 
+# Ctrl-C's KeyboardInterrupt even when pytest runs as a background job of a non-interactive shell: that job
+# ignores SIGINT, the child inherits the ignored signal, and Python then installs no SIGINT handler at all.
 INTERRUPTED = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from imgnet_build.fetch import FetchSettings, fetch_pending
 from imgnet_build.workspace import Workspace
 settings = FetchSettings(allow_loopback=True, workers=4, deadline=3600, read_timeout=3600)
