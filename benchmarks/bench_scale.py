@@ -50,7 +50,8 @@ COMMANDS: dict[str, list[str]] = {
     "label-submit-dry": ["label", "submit", "--backend", "simulated", "--dry-run"],
     "label-status": ["label", "status"],
     "report": ["report", "-o", "{out}/report.html"],
-    "label-run": ["label", "run", "--backend", "simulated"],  # writes votes and labels: after the read-only rows
+    "label-submit": ["label", "submit", "--backend", "simulated"],  # writes tasks: after the read-only rows
+    "label-run": ["label", "run", "--backend", "simulated"],  # collects those tasks, writes votes and labels
     "label-status-voted": ["label", "status"],  # again, with the votes and labels label-run wrote
 }
 # Commands skipped past this many images (label run took 63 min at 100k before issue 16's fixes);

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-__all__ = ["insert_ignore", "batched"]
+__all__ = ["insert_ignore", "batched", "allocate_ids"]
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -50,3 +50,21 @@ def insert_ignore(session: Session, model: type, rows: list[dict], returning: tu
         session.execute(statement, rows)
         return []
     return list(session.execute(statement.returning(*returning), rows).all())
+
+
+def allocate_ids(session: Session, model: type, count: int) -> list[int]:
+    """`count` new ids of `model`'s table, in ascending order, for rows inserted with their ids
+    given: one executemany instead of one INSERT ... RETURNING per row (SQLite cannot tie
+    RETURNING rows to a multi-row insert's parameters, so SQLAlchemy sends those one by one).
+
+    PostgreSQL: taken from the id's sequence, one round trip. SQLite: the ids the database would
+    give (max(id) + 1 onwards): the caller must hold the write lock (a write earlier in the
+    transaction, e.g. `labeling.locks.lock_planning`), so nobody else inserts before it does."""
+    if count <= 0:
+        return []
+    table = model.__table__  # type: ignore[attr-defined]
+    if session.get_bind().dialect.name == "postgresql":
+        return sorted(session.scalars(text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) "
+                                           "FROM generate_series(1, :count)"), {"table": table.name, "count": count}))
+    start = (session.scalar(select(func.max(table.c.id))) or 0) + 1
+    return list(range(start, start + count))

@@ -280,3 +280,81 @@ def test_a_simulated_collect_answers_many_tasks_per_statement(tmp_path):
                 3 * n for n in session.scalars(select(func.count()).select_from(TaskItem).group_by(TaskItem.task_id)))
         workspace.close()
     assert statements[5] == statements[2]
+
+
+def _task_dump(workspace) -> list[tuple]:
+    """Every task and task item as a submit wrote them, task ids as their rank (the sequence of a
+    PostgreSQL database moves on past deleted tasks), creation times left out."""
+    with workspace.session() as session:
+        rank = {id_: i for i, id_ in enumerate(session.scalars(select(Task.id).order_by(Task.id)))}
+        tasks = [(rank[row.id], row.category_id, row.round, row.batch, row.backend, row.status,
+                  row.assignments_wanted, row.test, row.crowd)
+                 for row in session.scalars(select(Task).order_by(Task.id))]
+        items = [(rank[row.task_id], row.position, row.image_sha256, row.cluster_id, row.kind, row.expected)
+                 for row in session.scalars(select(TaskItem).order_by(TaskItem.task_id, TaskItem.position))]
+    return tasks + items
+
+
+def test_a_submit_writes_the_tasks_and_items_that_one_insert_per_task_wrote(workspace, monkeypatch):
+    """The tasks are inserted with ids allocated in one block (dbutil.allocate_ids) instead of one
+    INSERT ... RETURNING each: the rows written are the same, task for task and item for item."""
+    from sqlalchemy import delete, insert
+
+    settings = LabelSettings(votes=3, images_per_task=6, controls=2, seed_images=2, seed_votes=4)
+    build_world(workspace, categories=3, images=8, positives=0.5)
+    rounds.submit(workspace, "simulated", settings)
+    rounds.collect(workspace, settings)  # a second round has labels, votes and controls to plan with
+    with workspace.session() as session:
+        before = session.scalar(select(func.max(Task.id)))
+    batched = rounds.submit(workspace, "simulated", settings)
+    with workspace.session() as session:
+        assert session.scalar(select(func.min(Task.id)).where(Task.id > before)) == before + 1
+    dump = _task_dump(workspace)
+
+    def one_by_one(session, tasks):  # the insert before allocate_ids
+        rows = [task.task for task in tasks if task.task is not None]
+        session.add_all(rows)
+        session.flush()
+        session.execute(insert(TaskItem), [
+            {"task_id": task.task.id, "position": position, "image_sha256": sha, "cluster_id": cluster,
+             "kind": kind, "expected": expected}
+            for task in tasks for position, (sha, cluster, kind, expected) in enumerate(task.items)])
+
+    with workspace.session() as session:
+        second = select(Task.id).where(Task.round == batched.round)
+        session.execute(delete(TaskItem).where(TaskItem.task_id.in_(second)))
+        session.execute(delete(Task).where(Task.id.in_(second)))
+    monkeypatch.setattr(rounds, "_insert_tasks", one_by_one)
+    again = rounds.submit(workspace, "simulated", settings)
+    assert (again.tasks, again.round) == (batched.tasks, batched.round) and batched.tasks > 3
+    assert _task_dump(workspace) == dump
+
+
+def test_a_real_submit_inserts_tasks_with_statements_flat_in_tasks(tmp_path):
+    """Before: each task was its own INSERT ... RETURNING on SQLite (SQLAlchemy cannot tie a
+    multi-row RETURNING to its rows there): 19,068 statements for a submit at 100k images. Now
+    the ids are allocated in one block and the tasks inserted in one executemany."""
+    from sqlalchemy import event
+
+    from imgnet_build.workspace import Workspace
+
+    settings = LabelSettings(votes=3, controls=2, images_per_task=4, seed_images=0)
+    statements = {}
+    for categories in (2, 5):
+        workspace = Workspace.init(tmp_path / f"ws{categories}")
+        build_world(workspace, categories=categories, images=6)
+        seen: list[str] = []
+
+        def record(conn, cursor, statement, *args, seen=seen):
+            seen.append(statement)
+
+        event.listen(workspace.engine, "before_cursor_execute", record)
+        try:
+            plan = rounds.submit(workspace, "simulated", settings)
+        finally:
+            event.remove(workspace.engine, "before_cursor_execute", record)
+        assert plan.tasks >= 2 * categories
+        statements[categories] = len(seen)
+        assert sum(statement.startswith("INSERT INTO task ") for statement in seen) == 1
+        workspace.close()
+    assert statements[5] == statements[2]

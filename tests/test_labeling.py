@@ -412,3 +412,18 @@ def test_run_continues_a_run_killed_between_answers_and_decisions(workspace):
     SimulatedBackend(workspace).collect(workspace)  # answers stored; tasks not closed, nothing decided
     result = rounds.run(workspace, "simulated", SMALL)
     assert result["undecided"] <= 4 and result["rounds"] >= 1  # 10%: honestly undecided under the cap
+
+
+def test_simulated_crowd_counts_a_pair_with_truth_on_any_of_its_candidates(workspace):
+    """The check reads closer only the pairs with a candidate lacking truth: a pair whose
+    cluster has another candidate of the category with truth passes, the others are counted."""
+    world = build_world(workspace, categories=2, images=4)
+    first, second = (list(shas) for shas in world.values())
+    with workspace.session() as session:
+        session.execute(Candidate.__table__.update().where(Candidate.image_sha256.in_(first[:3])).values(truth=None))
+        category_id = session.scalar(select(Candidate.category_id).where(Candidate.image_sha256 == first[0]))
+        session.add(Candidate(category_id=category_id, source="test", url="https://example.org/again.jpg",
+                              status="ok", image_sha256=first[0], truth=True))  # the same picture, with truth
+        session.execute(Candidate.__table__.update().where(Candidate.image_sha256 == second[0]).values(truth=None))
+    with pytest.raises(BadInput, match="2 of 4 pairs of n00000001 have none"):
+        rounds.submit(workspace, "simulated")

@@ -35,7 +35,7 @@ import numpy as np
 from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from imgnet_build.dbutil import batched
+from imgnet_build.dbutil import allocate_ids, batched
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.backends import Backend, get_backend
 from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, Method, VoteTable, seed_table
@@ -525,13 +525,16 @@ def _make_tasks(session: Session, category_id: int, pairs: dict[int, tuple[str, 
 
 
 def _insert_tasks(session: Session, tasks: list[_NewTask]) -> None:
-    """Insert the tasks (one batched insert, their ids returned) and their items (one executemany)."""
+    """Insert the tasks (their ids allocated in one block, then one executemany: SQLite sent one
+    INSERT ... RETURNING per task) and their items (one executemany); under `lock_planning`."""
     rows = [task.task for task in tasks if task.task is not None]
     if not rows:
         return
+    for row, id_ in zip(rows, allocate_ids(session, Task, len(rows)), strict=True):
+        row.id = id_
     session.add_all(rows)
     session.flush()
-    session.execute(insert(TaskItem), [
+    session.connection().execute(insert(TaskItem), [
         {"task_id": task.task.id, "position": position, "image_sha256": sha, "cluster_id": cluster, "kind": kind,
          "expected": expected}
         for task in tasks if task.task is not None
