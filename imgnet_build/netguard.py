@@ -41,7 +41,7 @@ from urllib3.util import connection as urllib3_connection
 from imgnet_build import __version__
 from imgnet_build.errors import ItemError
 
-__all__ = ["redact", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "guarded_pool_manager", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
+__all__ = ["redact", "checked_socket", "watch_socket", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "guarded_pool_manager", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
            "retry_after"]
 
 USER_AGENT = os.environ.get("IMGNET_USER_AGENT") or (
@@ -211,6 +211,32 @@ def _extend(seconds: float) -> None:
 
 # -- the guarded connections -------------------------------------------------------------
 
+def checked_socket(host: str, port: int, allow_loopback: bool, timeout: float | None, *,
+                   source_address: tuple[str, int] | None = None, socket_options=None) -> socket.socket:
+    """A socket connected to `host`: resolved once, every address checked (AddressRefused), then the
+    checked address itself connected to, so a second DNS answer cannot slip in. Raises what the
+    resolution (socket.gaierror) and the connection (TimeoutError, OSError) raise."""
+    error: OSError | None = None
+    for address in _checked_addresses(host, port, allow_loopback):
+        try:
+            return urllib3_connection.create_connection((address, port), timeout, source_address=source_address,
+                                                        socket_options=socket_options)
+        except OSError as exc:
+            error = exc
+    raise error or OSError(f"no address for {host}")
+
+
+def watch_socket(sock: socket.socket) -> None:
+    """Put `sock` under the current thread's deadline (the watchdog shuts it when the deadline passes or the
+    run stops); call once a request is about to be read from it. Raises Abandoned when the run has stopped."""
+    when = getattr(_local, "deadline", None)
+    if when is not None:
+        _local.tokens.append(_WATCHDOG.watch(sock, when))
+        if _local.stopping is not None and _local.stopping.is_set():  # stopped before the watchdog had it
+            raise Abandoned("abandoned: the run is stopping")
+
+
+
 class _Guarded(HTTPConnection):
     """The connect step of HTTPConnection and HTTPSConnection (mixed in first), with the SSRF guard."""
 
@@ -218,29 +244,18 @@ class _Guarded(HTTPConnection):
 
     def _new_conn(self) -> socket.socket:
         try:
-            addresses = _checked_addresses(self._dns_host, self.port, self.allow_loopback)
+            return checked_socket(self._dns_host, self.port, self.allow_loopback, self.timeout,
+                                  source_address=self.source_address, socket_options=self.socket_options)
         except socket.gaierror as exc:
             raise NameResolutionError(self.host, self, exc) from exc
-        error: Exception | None = None
-        for address in addresses:
-            try:
-                return urllib3_connection.create_connection(
-                    (address, self.port), self.timeout, source_address=self.source_address,
-                    socket_options=self.socket_options)
-            except TimeoutError as exc:
-                error = ConnectTimeoutError(self, f"Connection to {self.host} timed out")
-                error.__cause__ = exc
-            except OSError as exc:
-                error = NewConnectionError(self, f"Failed to establish a new connection: {exc}")
-                error.__cause__ = exc
-        raise error or NewConnectionError(self, f"no address for {self.host}")
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out") from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
 
     def getresponse(self) -> HTTPResponse:  # type: ignore[override]  # as urllib3 declares it
-        when = getattr(_local, "deadline", None)
-        if when is not None and self.sock is not None:
-            _local.tokens.append(_WATCHDOG.watch(self.sock, when))
-            if _local.stopping is not None and _local.stopping.is_set():  # stopped before the watchdog had it
-                raise Abandoned("abandoned: the run is stopping")
+        if self.sock is not None:
+            watch_socket(self.sock)
         return super().getresponse()
 
 

@@ -71,6 +71,24 @@ def test_tls_through_the_guard_verifies_the_host_name(tls_server):
         session(False).get(f"https://localhost:{port}/", verify=ca, timeout=5)
 
 
+
+def test_the_downloaders_tls_verifies_the_host_name_and_keeps_the_guard(tls_server, monkeypatch):
+    """The same checks on the downloader's own HTTP client (imgnet_build.http1)."""
+    from imgnet_build import http1
+    from imgnet_build.download import Downloader, ItemFailed
+    from imgnet_build.fetch import FetchSettings
+
+    port, ca, body = tls_server
+    trusting = ssl.create_default_context(cafile=ca)
+    monkeypatch.setattr(http1, "_TLS", trusting)
+    loopback = FetchSettings(allow_loopback=True, retries=0, host_rate=0)
+    assert Downloader(loopback).get(f"https://localhost:{port}/")[0] == body
+    with pytest.raises(ItemFailed, match=r"^TLS error: .*IP address mismatch"):
+        Downloader(loopback).get(f"https://127.0.0.1:{port}/")
+    with pytest.raises(ItemFailed, match=r"^refused: localhost \(127.0.0.1\) is a loopback address \(allow it"):
+        Downloader(FetchSettings(retries=0, host_rate=0)).get(f"https://localhost:{port}/")
+
+
 @pytest.mark.parametrize("address, reason", [
     ("8.8.8.8", None), ("2001:4860:4860::8888", None),
     ("127.0.0.1", "a loopback address (allow it with --allow-loopback)"), ("10.1.2.3", "a private address"),
