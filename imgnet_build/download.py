@@ -183,6 +183,8 @@ class Downloader:
             except (AddressRefused, Abandoned) as exc:
                 raise ItemFailed(FAILED, str(exc)) from exc
             except Exception as exc:  # requests, urllib3, http.client and socket errors
+                if self.stopping.is_set():  # Ctrl-C shut the socket (a cut TLS handshake reads as a TLS error)
+                    raise ItemFailed(FAILED, "abandoned: the run is stopping") from exc
                 if time_left() <= 0:
                     raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s") from exc
                 reason = _network_reason(exc)
@@ -208,7 +210,7 @@ class Downloader:
         if directive:
             raise ItemFailed(SKIPPED, f"opt-out: X-Robots-Tag {directive}")
         length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > settings.max_bytes:
+        if length.isascii() and length.isdigit() and int(length) > settings.max_bytes:  # not "²": int() fails
             raise ItemFailed(FAILED, f"too large: {int(length)} bytes (cap {settings.max_bytes})")
         chunks, total = [], 0
         while chunk := response.read1(256 * 1024):
@@ -220,4 +222,6 @@ class Downloader:
             chunks.append(chunk)
         if time_left() <= 0:  # the watchdog shut the socket: what came is not the whole file
             raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s")
+        if self.stopping.is_set():  # Ctrl-C shut it: a body that ends at the close looks complete, and is not
+            raise ItemFailed(FAILED, "abandoned: the run is stopping")
         return b"".join(chunks)

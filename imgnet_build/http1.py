@@ -23,19 +23,22 @@ import ssl
 import threading
 import urllib.parse
 import zlib
-from typing import Any
+from typing import Any, cast
 
-from imgnet_build.netguard import checked_socket, watch_socket
+from imgnet_build.netguard import check_stopping, checked_socket, time_left, watch_socket
 
 __all__ = ["Response", "get", "ProtocolError", "ConnectTimedOut"]
 
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers (http.client: 64 KiB per line, 100 headers)
+_MAX_HEADERS = 100  # header lines per response, folded lines included (http.client's limit)
 _MAX_INTERIM = 8  # 1xx responses before the final one
 _IDLE_PER_HOST, _HOSTS = 2, 64  # idle connections kept per (scheme, host, port) and hosts kept, per thread
 _TLS = ssl.create_default_context()  # certificate required and checked against the host name
 _TLS.minimum_version = ssl.TLSVersion.TLSv1_2
 _SAFE = "!#$%&'()*+,/:;=?@[]~"  # what stays as it is in a request target (urllib3 quotes the rest)
 _CONTROL, _BREAK = re.compile(r"[\x00-\x20\x7f]"), re.compile(r"[\r\n\x00]")  # no request line or header injected
+_CHUNK_SIZE, _LENGTH = re.compile(rb"[0-9A-Fa-f]{1,16}"), re.compile(r"[0-9]{1,18}")  # no sign, 0x, _ or spaces
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # kept out of the reason, which is stored and printed
 _idle = threading.local()  # this thread's idle connections: key -> [socket, ...]
 
 
@@ -64,9 +67,10 @@ class Response:
     """One response: `status`, `reason`, `headers`, and the body through `read1`. Leave the `with` block
     having read the whole body and its connection is kept for the next request to the host."""
 
-    def __init__(self, sock: socket.socket, key: tuple, buffer: bytes) -> None:
+    def __init__(self, sock: socket.socket, key: tuple) -> None:
         self._sock: socket.socket | None = sock
-        self._key, self._buffer = key, buffer
+        self._key = key
+        self._buffer = bytearray()  # received, not yet parsed; consumed from the front (O(1) in CPython)
         self.status, self.reason, self.headers, self._keep = 0, "", Headers(), False
         self._left: int | None = None  # body bytes still to come (Content-Length, or in this chunk)
         self._chunked = self._done = False
@@ -98,22 +102,29 @@ class Response:
     # -- reading ---------------------------------------------------------------------------------
 
     def _recv(self, size: int) -> bytes:
-        if self._buffer:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        buffer = self._buffer
+        if buffer:  # copies only what is taken: a body of tiny chunks costs no copy of the rest per chunk
+            data = bytes(buffer[:size])
+            del buffer[:size]
             return data
         assert self._sock is not None
         return self._sock.recv(size)
 
     def _line(self) -> bytes:
-        while b"\n" not in self._buffer:
-            if len(self._buffer) > _MAX_HEAD:
+        buffer = self._buffer
+        end = buffer.find(b"\n")
+        while end < 0:
+            if len(buffer) > _MAX_HEAD:
                 raise ProtocolError("line too long")
             assert self._sock is not None
             data = self._sock.recv(65536)
             if not data:
-                raise http.client.IncompleteRead(self._buffer)
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
+                raise http.client.IncompleteRead(bytes(buffer))
+            searched = len(buffer)
+            buffer += data  # amortized: a line sent a byte at a time is not copied once per byte
+            end = buffer.find(b"\n", searched)
+        line = bytes(buffer[:end])
+        del buffer[:end + 1]
         return line.rstrip(b"\r")
 
     def _raw(self, size: int) -> bytes:
@@ -121,11 +132,10 @@ class Response:
         if self._done:
             return b""
         if self._chunked and not self._left:
-            size_line = self._line().split(b";", 1)[0].strip()
-            try:
-                self._left = int(size_line, 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {size_line[:20]!r}") from None
+            size_line = self._line().split(b";", 1)[0].strip(b" \t")
+            if not _CHUNK_SIZE.fullmatch(size_line):  # int(..., 16) would take "-5", "0x5", "5_0"
+                raise ProtocolError(f"bad chunk size {size_line[:20]!r}")
+            self._left = int(size_line, 16)
             if self._left == 0:
                 trailers = 0
                 while line := self._line():  # trailers, up to the empty line
@@ -173,12 +183,14 @@ class Response:
             code, _, reason = rest.partition(b" ")
             if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
                 raise ProtocolError(f"bad status line {line[:60]!r}")
-            self.status, self.reason = int(code), reason.decode("latin-1").strip()
-            headers, size, name = self.headers, len(line), ""
+            self.status, self.reason = int(code), _UNPRINTABLE.sub("?", reason.decode("latin-1").strip()[:100])
+            headers, size, name, count = self.headers, len(line), "", 0
             while line := self._line():
-                size += len(line)
+                size, count = size + len(line), count + 1
                 if size > _MAX_HEAD:
                     raise ProtocolError("response head longer than 64 KiB")
+                if count > _MAX_HEADERS:
+                    raise ProtocolError(f"more than {_MAX_HEADERS} header lines")
                 if line[:1] in (b" ", b"\t") and name:  # an obsolete folded line continues the header
                     headers[name] += " " + line.strip().decode("latin-1")
                     continue
@@ -193,13 +205,15 @@ class Response:
         else:
             raise ProtocolError(f"more than {_MAX_INTERIM} interim (1xx) responses")
         self._keep = version == b"HTTP/1.1" and "close" not in self.headers.get("connection", "").lower()
-        if self.status in (204, 304) or 100 <= self.status < 200:
+        if 100 <= self.status < 200:  # 101: the connection now speaks another protocol; never reused
+            self._done, self._keep = True, False
+        elif self.status in (204, 304):
             self._done = True
         elif "chunked" in self.headers.get("transfer-encoding", "").lower():
             self._chunked = True
         elif "content-length" in self.headers:
             lengths = {part.strip() for part in self.headers["content-length"].split(",")}
-            if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+            if len(lengths) != 1 or not _LENGTH.fullmatch(next(iter(lengths))):  # isdigit() takes "²"
                 raise ProtocolError(f"bad Content-Length {self.headers['content-length'][:40]!r}")
             self._left = int(lengths.pop())
             self._done = self._left == 0
@@ -234,17 +248,24 @@ def get(parts: urllib.parse.SplitResult, headers: dict[str, str], allow_loopback
     kept = _idle.__dict__.get("pools", {}).get(key)
     while True:
         reused = bool(kept)
-        sock = kept.pop() if kept else _connect(host, port, secure, allow_loopback, connect_timeout)
+        if kept:
+            sock = kept.pop()
+            try:
+                watch_socket(sock)  # under the item's deadline; Abandoned once the run is stopping
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = _connect(host, port, secure, allow_loopback, connect_timeout)
         sock.settimeout(read_timeout)
-        response = Response(sock, key, b"")
+        response = Response(sock, key)
         try:
-            watch_socket(sock)
             sock.sendall(request)
             response._begin()
             return response
         except (http.client.IncompleteRead, ConnectionResetError, BrokenPipeError) as exc:
             response.close()
-            if not reused or (isinstance(exc, http.client.IncompleteRead) and exc.partial):
+            if not reused or (isinstance(exc, http.client.IncompleteRead) and exc.partial) or time_left() <= 0:
                 raise
             # the server closed a kept connection before answering: one fresh connection (GET is safe to resend)
         except BaseException:
@@ -253,15 +274,23 @@ def get(parts: urllib.parse.SplitResult, headers: dict[str, str], allow_loopback
 
 
 def _connect(host: str, port: int, secure: bool, allow_loopback: bool, timeout: float) -> socket.socket:
+    """A new connection through the SSRF guard, under the item's deadline from before the TLS handshake."""
+    check_stopping()  # Ctrl-C: no new connection
+    timeout = min(timeout, time_left())  # the deadline bounds the connect too
+    if timeout <= 0:
+        raise ConnectTimedOut(f"no time left to connect to {host}")
     try:
         sock = checked_socket(host, port, allow_loopback, timeout,
                               socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     except TimeoutError as exc:
         raise ConnectTimedOut(f"connection to {host} timed out") from exc
-    if not secure:
-        return sock
     try:
-        return _TLS.wrap_socket(sock, server_hostname=host)  # the handshake runs under the connect timeout
+        if secure:  # the certificate is checked against the host name during the handshake
+            sock = _TLS.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+        watch_socket(sock)  # the deadline and Ctrl-C shut it from here on, the handshake included
+        if secure:
+            cast(ssl.SSLSocket, sock).do_handshake()  # as a whole within the connect timeout (CPython)
     except BaseException:
         sock.close()
         raise
+    return sock

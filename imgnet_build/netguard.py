@@ -41,7 +41,7 @@ from urllib3.util import connection as urllib3_connection
 from imgnet_build import __version__
 from imgnet_build.errors import ItemError
 
-__all__ = ["redact", "checked_socket", "watch_socket", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "guarded_pool_manager", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
+__all__ = ["redact", "checked_socket", "check_stopping", "watch_socket", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "guarded_pool_manager", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
            "retry_after"]
 
 USER_AGENT = os.environ.get("IMGNET_USER_AGENT") or (
@@ -232,9 +232,14 @@ def watch_socket(sock: socket.socket) -> None:
     when = getattr(_local, "deadline", None)
     if when is not None:
         _local.tokens.append(_WATCHDOG.watch(sock, when))
-        if _local.stopping is not None and _local.stopping.is_set():  # stopped before the watchdog had it
-            raise Abandoned("abandoned: the run is stopping")
+        check_stopping()  # stopped before the watchdog had it
 
+
+def check_stopping() -> None:
+    """Raise Abandoned when the current thread's run is stopping (Ctrl-C): before connecting or sending."""
+    stopping = getattr(_local, "stopping", None)
+    if stopping is not None and stopping.is_set():
+        raise Abandoned("abandoned: the run is stopping")
 
 
 class _Guarded(HTTPConnection):

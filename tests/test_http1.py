@@ -6,9 +6,11 @@ test_fetch.py and test_fetch_hardening.py (every download goes through it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import socket
 import threading
+import time
 
 import pytest
 
@@ -158,7 +160,11 @@ def test_repeated_and_folded_headers_are_read_as_urllib3_reads_them(scripted):
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello", "bad Content-Length"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
     (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 140_000, "line too long"),  # no end of line
-    (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: aaaaaaaaaa\r\n" * 4000 + b"\r\n", "longer than 64 KiB"),
+    (b"HTTP/1.1 200 OK\r\n" + (b"X-Pad: " + b"a" * 1000 + b"\r\n") * 80 + b"\r\n", "longer than 64 KiB"),
+    (b"HTTP/1.1 200 OK\r\n" + b"a:b\r\n" * 101 + b"\r\n", "more than 100 header lines"),  # http.client's cap
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nok\r\n0\r\n\r\n", "bad chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\nok\r\n0\r\n\r\n", "bad chunk size"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nok", "bad Content-Length"),  # "\u00b2".isdigit()
 ])
 def test_broken_replies_fail_the_item_with_a_reason(scripted, reply, reason):
     url = scripted.url("/broken", reply, close=True)
@@ -185,3 +191,93 @@ def test_endless_interim_responses_and_trailers_are_cut_off(scripted):
     trailers = scripted.url("/trailers", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
                             + b"X-T: aaaaaaaaaaaaaaaaaaaa\r\n" * 4000 + b"\r\n", close=True)
     assert "trailers longer than 64 KiB" in failure(trailers)
+
+
+def test_a_hostile_reason_phrase_is_cut_short_and_has_no_control_characters(scripted):
+    url = scripted.url("/reason", b"HTTP/1.1 404 Not \x1b[2JFound" + b"!" * 5000 + b"\r\nContent-Length: 0\r\n\r\n")
+    assert failure(url) == "HTTP 404 Not ?[2JFound" + "!" * 87  # 100 characters
+
+
+def test_a_connection_switched_to_another_protocol_is_not_reused(scripted):
+    upgraded = scripted.url("/up", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    ok = scripted.url("/ok", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert failure(upgraded) == "HTTP 101 Switching Protocols"
+    assert fetch(ok) == b"ok"
+    assert scripted.connections == 2  # the 101's connection speaks websocket now: a fresh one for /ok
+
+
+@pytest.fixture
+def silent():
+    """A TCP server that accepts connections and never sends a byte (a TLS handshake that never ends)."""
+    listener, held = socket.create_server(("127.0.0.1", 0)), []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1], held
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+def in_thread(work):
+    """Run `work` in a thread; its result, or None while it still runs after 60 s (a guard against hanging)."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_a_tls_handshake_that_never_ends_is_cut_by_the_deadline_and_by_ctrl_c(silent, tmp_path):
+    """Before: the handshake ran before the socket was under the item's deadline, bounded only by the connect
+    timeout (an hour here); the deadline and Ctrl-C did not reach it."""
+    from imgnet_build.blobs import LocalBlobStore
+    from imgnet_build.claims import Item
+    from imgnet_build.fetch_item import Tools, fetch_item
+
+    port, held = silent
+    url = f"https://127.0.0.1:{port}/a.jpg"
+    slow = FetchSettings(allow_loopback=True, retries=0, host_rate=0, connect_timeout=3600, read_timeout=3600,
+                         deadline=1)
+    thread, result = in_thread(lambda: fetch_item(Item(1, 1, url, "", "urls", None, 0),
+                                                  Tools(slow, LocalBlobStore(str(tmp_path / "a")))))
+    thread.join(60)
+    assert result and (result[0].status, result[0].reason) == ("failed", "timed out: no complete response within 1 s")
+
+    tools = Tools(dataclasses.replace(slow, deadline=3600), LocalBlobStore(str(tmp_path / "b")))
+    thread, result = in_thread(lambda: fetch_item(Item(2, 1, url, "", "urls", None, 0), tools))
+    while len(held) < 2:
+        time.sleep(0.01)
+    tools.abandon()
+    thread.join(60)
+    assert result and (result[0].status, result[0].reason) == ("failed", "abandoned: the run is stopping")
+
+
+def test_ctrl_c_during_a_body_that_ends_at_the_close_abandons_the_item(tmp_path):
+    """Before: the shut socket ended the body as a close would, and the cut file was judged as an image
+    ("failed: not an image") instead of abandoned."""
+    from loopback import LoopbackServer, endless_slow
+
+    from imgnet_build.blobs import LocalBlobStore
+    from imgnet_build.claims import Item
+    from imgnet_build.fetch_item import Tools, fetch_item
+
+    server = LoopbackServer()
+    try:
+        url = server.route("/slow.jpg", endless_slow)  # no Content-Length: the body ends at the close
+        tools = Tools(FetchSettings(allow_loopback=True, deadline=3600, read_timeout=3600),
+                      LocalBlobStore(str(tmp_path)))
+        thread, result = in_thread(lambda: fetch_item(Item(1, 1, url, "", "urls", None, 0), tools))
+        while not server.counts["/slow.jpg"]:
+            time.sleep(0.01)
+        time.sleep(0.2)  # some of the body has come
+        tools.abandon()
+        thread.join(60)
+        assert result and (result[0].status, result[0].reason) == ("failed", "abandoned: the run is stopping")
+    finally:
+        server.close()
