@@ -221,7 +221,7 @@ class Candidate(Base):
         Index("ix_candidate_pending", "category_id", "rank", "id", sqlite_where=text("status = 'pending'"),
               postgresql_where=text("status = 'pending'")),
         Index("ix_candidate_source_sha1", "source_sha1"),
-        Index("ix_candidate_category", "category_id", "status", "image_sha256"),  # ok pairs per category
+        Index("ix_candidate_category", "category_id", "status", "image_sha256", "truth"),  # ok pairs per category (truth: the simulated crowd's check)
         _one_of("status", CandidateStatus, "ck_candidate_status"),
     )
 
