@@ -374,3 +374,173 @@ def test_the_simulated_truth_check_reads_the_category_index_only(workspace):
     with workspace.engine.connect() as connection:
         plan = " | ".join(row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
     assert "candidate USING COVERING INDEX ix_candidate_category" in plan, plan
+
+
+def _old_load_votes(workspace, settings):
+    """`rounds._load_votes` before issue 16 (a Python loop over every vote, a set of every counted
+    (worker, cluster, category)): the reference the array reading must equal."""
+    import numpy as np
+
+    from imgnet_build.labeling.consensus import VoteTable
+    from imgnet_build.store import Gold
+
+    pair_index, worker_index, known, candidate, simulated, test = {}, {}, [], [], [], []
+    control_expected, p, w, a, counted = {}, [], [], [], set()
+    with workspace.session() as session:
+        gold = {(c, cat): answer for c, cat, answer in session.execute(
+            select(Image.cluster_id, Gold.category_id, Gold.answer).join(Image, Image.sha256 == Gold.image_sha256))}
+        query = (select(Image.cluster_id, Vote.category_id, Vote.worker_id, Vote.answer, Vote.control,
+                        TaskItem.expected, Vote.simulated, Vote.test)
+                 .join(Image, Image.sha256 == Vote.image_sha256).join(TaskItem, TaskItem.id == Vote.task_item_id)
+                 .join(Worker, Worker.id == Vote.worker_id).join(Assignment, Assignment.id == Vote.assignment_id)
+                 .where(Worker.blocked.is_(False), Assignment.status != "rejected").order_by(Vote.id))
+        if not settings.include_test:
+            query = query.where(Vote.test.is_(False))
+        for cluster, category, worker, answer, control, expected, is_simulated, is_test in session.execute(query):
+            if (worker, cluster, category) in counted:
+                continue
+            counted.add((worker, cluster, category))
+            key = (cluster, category)
+            index = pair_index.get(key)
+            if index is None:
+                index = pair_index[key] = len(known)
+                known.append(-1 if gold.get(key) is None else int(gold[key]))
+                candidate.append(False)
+                simulated.append(False)
+                test.append(False)
+            if control and expected is not None and gold.get(key) is None:
+                control_expected[index] = int(expected)
+            candidate[index] |= not control
+            simulated[index] |= bool(is_simulated) or bool(is_test)
+            test[index] |= bool(is_test)
+            p.append(index)
+            w.append(worker_index.setdefault(worker, len(worker_index)))
+            a.append(answer)
+    for index, expected_answer in control_expected.items():
+        if not candidate[index]:
+            known[index] = expected_answer
+    pairs = list(pair_index)
+    categories = {category: i for i, category in enumerate(sorted({category for _, category in pairs}))}
+    counts = np.bincount(np.asarray(p, dtype=np.int64), minlength=len(pairs))
+    seed = np.asarray([candidate[i] and counts[i] >= settings.seed_votes for i in range(len(pairs))], dtype=bool)
+    table = VoteTable.build(p, w, a, [categories[category] for _, category in pairs], known,
+                            seed if settings.seeded else None, len(worker_index), candidate)
+    meta = {"candidate": np.asarray(candidate, bool), "simulated": np.asarray(simulated, bool),
+            "test": np.asarray(test, bool), "categories": categories}
+    return table, pairs, meta, list(worker_index)
+
+
+def test_decide_reads_the_votes_into_arrays_as_the_per_vote_loop_did(workspace, tmp_path):
+    """Before: `decide` kept every counted vote in Python lists and a set of (worker, cluster,
+    category) tuples (403 MB at 100k images, 1M votes). Now it reads them into arrays a chunk at a
+    time; the consensus input is the same: pairs and workers in the same order, the same known
+    answers (gold, borrowed controls), seeds, flags, and a worker counted once per merged cluster."""
+    import numpy as np
+
+    settings = LabelSettings(votes=3, max_votes=5, images_per_task=6, controls=2, seed_images=2, seed_votes=4)
+    world = build_world(workspace, categories=3, images=10, positives=0.5)
+    gold = tmp_path / "gold.csv"
+    gold.write_text("sha256,wnid,answer\n" + "".join(f"{sha},n00000001,{'yes' if truth else 'no'}\n"
+                                                     for sha, truth in list(world["n00000001"].items())[:3]))
+    load_gold(workspace, gold)
+    rounds.run(workspace, "simulated", settings, options={"sim_workers": 12}, max_rounds=2)
+    with workspace.session() as session:  # a merge (repeated votes), a test vote, a rejected assignment
+        shas = list(session.scalars(select(Candidate.image_sha256).where(Candidate.category_id == select(
+            Candidate.category_id).order_by(Candidate.id).limit(1).scalar_subquery()).order_by(Candidate.id)))
+        keep, gone = (session.get(Image, sha).cluster_id for sha in shas[:2])
+        session.execute(update(Cluster).where(Cluster.id == gone).values(merged_into=keep))
+        session.execute(update(Image).where(Image.sha256 == shas[1]).values(cluster_id=keep))
+        session.execute(update(Vote).where(Vote.id == select(func.min(Vote.id)).scalar_subquery()).values(test=True))
+        session.execute(update(Assignment).where(Assignment.id == select(func.max(Assignment.id)).scalar_subquery())
+                        .values(status="rejected"))
+    for include_test in (False, True):
+        chosen = dataclasses.replace(settings, include_test=include_test)
+        old, old_pairs, old_meta, old_workers = _old_load_votes(workspace, chosen)
+        counted = rounds._read_counted(workspace, chosen)
+        assert len(counted.worker) < len(old.pair) + 10  # the merge repeated votes: some do not count
+        new, pairs, meta, workers = rounds._vote_table(counted, chosen)
+        assert pairs.keys(np.arange(new.pairs)) == old_pairs and workers == old_workers
+        for field in ("pair", "worker", "answer", "pair_category", "known", "seed", "candidate"):
+            assert np.array_equal(getattr(new, field), getattr(old, field)), field
+            assert getattr(new, field).dtype == getattr(old, field).dtype, field
+        assert new.workers == old.workers and meta["categories"] == old_meta["categories"]
+        assert all(np.array_equal(meta[name], old_meta[name]) for name in ("candidate", "simulated", "test"))
+        assert (old.known >= 0).sum() > 3 and old_meta["test"].any() == include_test  # gold and borrowed controls
+    before = rounds._read_counted(workspace, settings)
+    with workspace.session() as session:  # decide drops a newly blocked worker's votes instead of reading again
+        session.execute(update(Worker).where(Worker.id == old_workers[0]).values(blocked=True))
+    again = rounds._read_counted(workspace, settings)
+    dropped = before.without(before.worker != old_workers[0])
+    assert all(np.array_equal(getattr(dropped, field), getattr(again, field)) for field in rounds.VOTE_FIELDS)
+    assert rounds._vote_table(again, settings)[3] == _old_load_votes(workspace, settings)[3] != old_workers
+
+def test_seed_tables_group_the_votes_once_and_equal_one_category_at_a_time():
+    """Before: the seed table of each seeded category scanned every vote (categories x votes:
+    18,545 scans of a million votes at 100k images). Now the seed votes are grouped by category once,
+    each category's sums taken over the same votes in the same order: the same tables, float for
+    float, and the elements looked at do not grow with the categories."""
+    import numpy as np
+
+    from imgnet_build.labeling.consensus import VoteTable, seed_tables
+
+    def reference(votes, truth, category, max_votes=5):  # consensus.seed_table before issue 16
+        in_seed = votes.seed[votes.pair] & (votes.pair_category[votes.pair] == category)
+        good = truth[votes.pair[in_seed]]
+        said_yes = votes.answer[in_seed]
+        prior = np.clip((truth[votes.seed & (votes.pair_category == category)].sum() + 1) /
+                        ((votes.seed & (votes.pair_category == category)).sum() + 2), 0.02, 0.98)
+        p_yes_good = (np.sum(said_yes * good) + 1) / (np.sum(good) + 2)
+        p_yes_bad = (np.sum(said_yes * (1 - good)) + 1) / (np.sum(1 - good) + 2)
+        table = {}
+        for n in range(1, max_votes + 1):
+            for yes in range(n + 1):
+                a = prior * p_yes_good ** yes * (1 - p_yes_good) ** (n - yes)
+                b = (1 - prior) * p_yes_bad ** yes * (1 - p_yes_bad) ** (n - yes)
+                table[f"{yes},{n - yes}"] = round(float(a / (a + b)), 4)
+        return table
+
+    class Counted(np.ndarray):
+        looked_at = 0
+
+        def __getitem__(self, key):
+            if isinstance(key, np.ndarray):
+                Counted.looked_at += key.size  # a fancy index or a mask: one look per element
+            return super().__getitem__(key)
+
+    looked = {}
+    for categories in (20, 200):
+        rng = np.random.default_rng(categories)
+        pairs = categories * 6
+        pair = rng.integers(0, pairs, 40 * pairs)
+        votes = VoteTable.build(pair, rng.integers(0, 30, len(pair)), rng.random(len(pair)) < 0.4,
+                                rng.integers(0, categories, pairs), seed=rng.random(pairs) < 0.5)
+        truth = rng.random(pairs)
+        chosen = sorted(set(votes.pair_category[votes.seed].tolist()))
+        assert seed_tables(votes, truth, chosen) == {c: reference(votes, truth, c) for c in chosen}
+        counted = dataclasses.replace(votes, **{field: getattr(votes, field).view(Counted) for field in
+                                                ("pair", "answer", "pair_category", "seed")})
+        Counted.looked_at = 0
+        seed_tables(counted, truth.view(Counted), chosen)
+        looked[categories] = Counted.looked_at / (len(pair) + pairs)
+    assert looked[200] < 1.5 * looked[20] < 15  # per vote and pair: flat in the categories (was 4 x categories)
+
+
+def test_worker_quality_intervals_do_not_import_scipy_stats():
+    """scipy.stats costs 45 MB resident and a second to import; the intervals are Beta quantiles,
+    which scipy.special gives (`betaincinv`, what `scipy.stats.beta.ppf` computes: the same floats)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from scipy.stats import beta
+
+    from imgnet_build.labeling.consensus import INTERVAL, balanced_interval
+
+    right, seen = np.arange(0, 400, dtype=float), np.arange(0, 400, dtype=float) * 1.5 + 1
+    low, high = balanced_interval(right, seen, right, seen)
+    tail = (1 - INTERVAL) / 2
+    assert np.array_equal(low, beta.ppf(tail, right + 1, seen - right + 1))
+    assert np.array_equal(high, beta.ppf(1 - tail, right + 1, seen - right + 1))
+    code = ("import sys, numpy as np; from imgnet_build.labeling.consensus import balanced_interval as b; "
+            "b(np.ones(3), np.ones(3) * 2, np.ones(3), np.ones(3) * 2); assert 'scipy.stats' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -28,17 +28,18 @@ import dataclasses
 import datetime as dt
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import allocate_ids, batched
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.backends import Backend, get_backend
-from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, Method, VoteTable, seed_table
+from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, Method, VoteTable, seed_tables
 from imgnet_build.labeling.consensus import Result as Decision
 from imgnet_build.labeling.controls import Elsewhere, control_pools, pick_controls
 from imgnet_build.labeling.locks import lock_planning
@@ -644,14 +645,18 @@ def _close_finished(workspace: Workspace) -> None:
 def decide(workspace: Workspace, settings: LabelSettings = LabelSettings()) -> dict:
     """Run the consensus method over every vote that counts; write labels, worker quality,
     blocks and (dynamic) each category's seed table. Returns counts by label status."""
+    counted = _read_counted(workspace, settings)
     for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
-        votes, keys, meta, workers = _load_votes(workspace, settings)
+        votes, pairs, meta, workers = _vote_table(counted, settings)
         result = settings.consensus().fit(votes)
         assert result.workers is not None  # every registered method estimates its workers
         newly_blocked = update_workers(workspace, workers, result.workers, settings)
         if not newly_blocked:
             break
-    _write_labels(workspace, votes, keys, meta, result, settings)
+        with workspace.session() as session:  # the votes read once, less the blocked workers': not read again
+            blocked = list(session.scalars(select(Worker.id).where(Worker.blocked.is_(True))))
+        counted = counted.without(~np.isin(counted.worker, blocked))
+    _write_labels(workspace, votes, pairs, meta, result, settings)
     if settings.seeded:
         _write_category_state(workspace, votes, meta, result)
     with workspace.session() as session:
@@ -659,122 +664,242 @@ def decide(workspace: Workspace, settings: LabelSettings = LabelSettings()) -> d
     return {status: counts.get(status, 0) for status in ("accepted", "rejected", "undecided")}
 
 
-def _load_votes(workspace: Workspace, settings: LabelSettings
-                ) -> tuple[VoteTable, list[tuple[int | None, int]], dict[str, Any], list[int]]:
-    pair_index: dict[tuple[int | None, int], int] = {}  # (cluster, category); a vote's image has a cluster
-    worker_index: dict[int, int] = {}
-    known: list[int] = []
-    candidate: list[bool] = []
-    simulated: list[bool] = []
-    test: list[bool] = []
-    control_expected: dict[int, int] = {}
-    p, w, a = [], [], []
-    counted: set[tuple[int, int | None, int]] = set()  # (worker, cluster, category): a worker counts once per pair
+VOTE_CHUNK = 10_000  # votes read per fetch by `decide`, turned into arrays at once (~7 MB of rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pairs:
+    """The voted (cluster, category) pairs, in the order of their first counted vote (-1: no cluster)."""
+
+    cluster: np.ndarray  # int64 cluster id per pair
+    category: np.ndarray  # int64 category id per pair
+
+    def keys(self, indices: np.ndarray) -> list[tuple[int | None, int]]:
+        return [(None if cluster < 0 else cluster, category) for cluster, category in
+                zip(self.cluster[indices].tolist(), self.category[indices].tolist(), strict=True)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Counted:
+    """The votes that count, as columns in vote order (see `_read_votes`), and the gold answers."""
+
+    cluster: np.ndarray  # int64 current cluster (-1: none)
+    category: np.ndarray  # int32 category id
+    worker: np.ndarray  # int32 worker id
+    answer: np.ndarray  # bool
+    control: np.ndarray  # bool
+    expected: np.ndarray  # int8 a control's expected answer (-1: none)
+    simulated: np.ndarray  # bool
+    test: np.ndarray  # bool
+    gold: Mapping[tuple[int | None, int], bool | None]  # {(cluster, category): answer}
+    width: int  # past every category id (`_pair_keys`)
+
+    def without(self, keep: np.ndarray) -> _Counted:
+        """Only the votes where `keep` (bool per vote) is true."""
+        return dataclasses.replace(self, **{field: getattr(self, field)[keep] for field in VOTE_FIELDS})
+
+
+VOTE_FIELDS = ("cluster", "category", "worker", "answer", "control", "expected", "simulated", "test")
+
+
+def _read_counted(workspace: Workspace, settings: LabelSettings) -> _Counted:
+    """Every vote that counts, read `VOTE_CHUNK` votes at a time into arrays (no Python object per
+    vote): a worker counts once per (current cluster, category) pair, their first vote."""
     with workspace.session() as session:
+        width = (session.scalar(select(func.max(Category.id))) or 0) + 1
         gold = {(c, cat): answer for c, cat, answer in session.execute(
             select(Image.cluster_id, Gold.category_id, Gold.answer).join(Image, Image.sha256 == Gold.image_sha256))}
-        query = (select(Image.cluster_id, Vote.category_id, Vote.worker_id, Vote.answer, Vote.control,
-                        TaskItem.expected, Vote.simulated, Vote.test)
-                 .join(Image, Image.sha256 == Vote.image_sha256)
-                 .join(TaskItem, TaskItem.id == Vote.task_item_id)
-                 .join(Worker, Worker.id == Vote.worker_id)
-                 .join(Assignment, Assignment.id == Vote.assignment_id)
-                 .where(Worker.blocked.is_(False), Assignment.status != "rejected")
-                 .order_by(Vote.id).execution_options(yield_per=10_000))
-        if not settings.include_test:
-            query = query.where(Vote.test.is_(False))
-        for cluster, category, worker, answer, control, expected, is_simulated, is_test in session.execute(query):
-            if (worker, cluster, category) in counted:  # two images of one cluster (a dedup merged them)
-                continue
-            counted.add((worker, cluster, category))
-            key = (cluster, category)
-            index = pair_index.get(key)
-            if index is None:
-                index = pair_index[key] = len(known)
-                known.append(-1 if gold.get(key) is None else int(gold[key]))
-                candidate.append(False)
-                simulated.append(False)
-                test.append(False)
-            if control and expected is not None and gold.get(key) is None:
-                control_expected[index] = int(expected)
-            candidate[index] |= not control
-            simulated[index] |= bool(is_simulated) or bool(is_test)
-            test[index] |= bool(is_test)
-            p.append(index)
-            w.append(worker_index.setdefault(worker, len(worker_index)))
-            a.append(answer)
-    for index, expected_answer in control_expected.items():
-        if not candidate[index]:  # a control borrowed from elsewhere is a known answer; a candidate of the
-            known[index] = expected_answer  # category serving as a positive control stays open to its votes
-    pairs = list(pair_index)
-    categories = {category: i for i, category in enumerate(sorted({category for _, category in pairs}))}
-    p_arr = np.asarray(p, dtype=np.int64)
-    counts = np.bincount(p_arr, minlength=len(pairs))
-    seed = np.asarray([candidate[i] and counts[i] >= settings.seed_votes for i in range(len(pairs))], dtype=bool)
-    table = VoteTable.build(p_arr, w, a, [categories[category] for _, category in pairs],
-                            known, seed if settings.seeded else None, len(worker_index), candidate)
-    meta = {"candidate": np.asarray(candidate, bool), "simulated": np.asarray(simulated, bool),
-            "test": np.asarray(test, bool), "categories": categories}
-    return table, pairs, meta, list(worker_index)
+        *columns, moved = _read_votes(session, settings.include_test)
+    counted = _Counted(**dict(zip(VOTE_FIELDS, columns, strict=True)), gold=gold, width=width)
+    keep = _first_votes(counted.worker, _pair_keys(counted.cluster, counted.category, width), moved)
+    return counted if keep.all() else counted.without(keep)  # two images of one cluster (a dedup merged them)
 
 
-def _write_labels(workspace: Workspace, votes: VoteTable, keys: list, meta: dict, result: Decision,
+def _vote_table(counted: _Counted, settings: LabelSettings) -> tuple[VoteTable, _Pairs, dict[str, Any], list[int]]:
+    """The `VoteTable` of the counted votes, with the pairs, per-pair flags and worker ids behind
+    its indices: pairs and workers are numbered in the order of their first counted vote."""
+    cluster, category, worker, control, expected = (counted.cluster, counted.category, counted.worker,
+                                                    counted.control, counted.expected)
+    p, first = _first_seen(_pair_keys(cluster, category, counted.width))
+    pairs = _Pairs(cluster[first], category[first].astype(np.int64))
+    w, first_worker = _first_seen(worker)
+    n = len(first)
+    candidate = np.zeros(n, bool)
+    candidate[p[~control]] = True
+    known = _gold_answers(counted.gold, pairs, counted.width)
+    given = control & (expected >= 0)  # a control's expected answer; the pair's last one stands
+    last, at = np.unique(p[given][::-1], return_index=True)
+    control_expected = np.full(n, -1, np.int8)
+    control_expected[last] = expected[given][::-1][at]
+    borrowed = (control_expected >= 0) & (known < 0) & ~candidate  # a control borrowed from elsewhere is a known
+    known[borrowed] = control_expected[borrowed]  # answer; a candidate serving as a positive control stays open
+    flags = {}
+    for name, voted in (("simulated", counted.simulated | counted.test), ("test", counted.test)):
+        flags[name] = np.zeros(n, bool)
+        flags[name][p[voted]] = True
+    category_ids, pair_category = np.unique(pairs.category, return_inverse=True)
+    seed = candidate & (np.bincount(p, minlength=n) >= settings.seed_votes)
+    table = VoteTable.build(p, w, counted.answer, pair_category.reshape(-1), known,
+                            seed if settings.seeded else None, len(first_worker), candidate)
+    meta = {"candidate": candidate, "simulated": flags["simulated"], "test": flags["test"],
+            "categories": {int(category_id): i for i, category_id in enumerate(category_ids.tolist())}}
+    return table, pairs, meta, worker[first_worker].tolist()
+
+
+def _read_votes(session: Session, include_test: bool) -> list[np.ndarray]:
+    """The counted votes' columns in vote order: current cluster (-1: none), category, worker,
+    answer, control, expected answer (-1: none), simulated, test, and whether the image's
+    cluster changed since the vote was stored."""
+    query = (select(func.coalesce(Image.cluster_id, -1), Vote.category_id, Vote.worker_id, Vote.answer, Vote.control,
+                    case((TaskItem.expected.is_(None), -1), (TaskItem.expected.is_(True), 1), else_=0), Vote.simulated,
+                    Vote.test, func.coalesce(Vote.cluster_id, -1))
+             .join(Image, Image.sha256 == Vote.image_sha256)
+             .join(TaskItem, TaskItem.id == Vote.task_item_id)
+             .join(Worker, Worker.id == Vote.worker_id)
+             .join(Assignment, Assignment.id == Vote.assignment_id)
+             .where(Worker.blocked.is_(False), Assignment.status != "rejected")
+             .order_by(Vote.id))
+    if not include_test:
+        query = query.where(Vote.test.is_(False))
+    types = (np.int64, np.int32, np.int32, bool, bool, np.int8, bool, bool)  # category and worker ids are Integer
+    chunks: list[list[np.ndarray]] = [[] for _ in range(len(types) + 1)]  # per column, its chunks
+    for rows in session.execute(query, execution_options={"yield_per": VOTE_CHUNK}).partitions():
+        values = list(zip(*rows, strict=True))
+        for column, chunk, dtype in zip(chunks, values[:-1], types, strict=False):
+            column.append(np.array(chunk, dtype))
+        stored = np.array(values[-1], np.int64)
+        chunks[-1].append((stored < 0) | (stored != chunks[0][-1]))
+    columns = []
+    for column, dtype in zip(chunks, (*types, bool), strict=True):  # one column's chunks at a time: no second copy
+        columns.append(np.concatenate(column) if column else np.zeros(0, dtype))
+        column.clear()
+    return columns
+
+
+def _pair_keys(cluster: np.ndarray, category: np.ndarray, width: int) -> np.ndarray:
+    """One int64 per (cluster, category) pair (cluster -1: none), `width` past every category id."""
+    if len(cluster) and (int(cluster.max()) + 2) * width >= 2 ** 63:
+        raise OverflowError(f"cluster ids up to {int(cluster.max())} with {width} categories do not fit one int64")
+    return (cluster + 1) * width + category
+
+
+def _first_seen(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number the distinct values in the order they first appear: (number per element, position
+    of each number's first element)."""
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[inverse.reshape(-1)], first[order]
+
+
+def _first_votes(worker: np.ndarray, pair: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """Which votes count (bool per vote): a worker's first vote on a pair. Only votes on the pairs
+    of a vote whose image changed cluster can repeat one (the unique constraint on (worker,
+    cluster when stored, category) keeps the others apart), so only those are sorted."""
+    keep = np.ones(len(worker), bool)
+    if not moved.any():
+        return keep
+    suspect = np.flatnonzero(np.isin(pair, pair[moved]))
+    order = suspect[np.lexsort((pair[suspect], worker[suspect]))]  # stable: a key's votes stay in vote order
+    repeat = (worker[order][1:] == worker[order][:-1]) & (pair[order][1:] == pair[order][:-1])
+    keep[order[1:][repeat]] = False
+    return keep
+
+
+def _gold_answers(gold: Mapping[tuple[int | None, int], bool | None], pairs: _Pairs, width: int) -> np.ndarray:
+    """Per pair the gold answer (int8: 1 yes, 0 no, -1 none)."""
+    known = np.full(len(pairs.cluster), -1, np.int8)
+    given = [(-1 if cluster is None else cluster, category, int(answer))
+             for (cluster, category), answer in gold.items() if answer is not None]
+    if given:
+        cluster, category, answer = (np.array(column, np.int64) for column in zip(*given, strict=True))
+        keys = _pair_keys(cluster, category, width)
+        order = np.argsort(keys)
+        keys, answer = keys[order], answer[order]
+        wanted = _pair_keys(pairs.cluster, pairs.category, width)
+        at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        found = keys[at] == wanted
+        known[found] = answer[at[found]]
+    return known
+
+
+LABEL_COLUMNS = ("status", "confidence", "yes_votes", "no_votes", "method", "simulated", "test")
+
+
+def _write_labels(workspace: Workspace, votes: VoteTable, pairs: _Pairs, meta: dict, result: Decision,
                   settings: LabelSettings) -> None:
+    """Insert or update the label of every candidate pair whose decision changed (and its history),
+    2,000 pairs per transaction: one read, one insert and one update statement each."""
     yes, no = votes.counts()
     now = dt.datetime.now(dt.UTC)
-    decided = [i for i in range(len(keys)) if meta["candidate"][i]]
-    for chunk in batched(decided, 2000):
+    decided = np.flatnonzero(meta["candidate"])
+    for start in range(0, len(decided), 2000):
+        chunk = decided[start:start + 2000]
+        keys = pairs.keys(chunk)
+        rows = zip(keys, result.status[chunk].tolist(), result.posterior[chunk].tolist(), yes[chunk].tolist(),
+                   no[chunk].tolist(), meta["simulated"][chunk].tolist(), meta["test"][chunk].tolist(), strict=True)
         with workspace.session() as session:  # under the lock: concurrent collects never insert one label twice
             lock_planning(session)
             round_ = session.scalar(select(func.max(Task.round))) or 0
-            clusters = {keys[i] for i in chunk}
-            existing = {(row.cluster_id, row.category_id): row for row in session.scalars(
-                select(Label).where(Label.cluster_id.in_({c for c, _ in clusters})))}
-            history = []
-            for i in chunk:
-                values = {"status": str(result.status[i]), "confidence": round(float(result.posterior[i]), 6),
-                          "yes_votes": int(yes[i]), "no_votes": int(no[i]), "method": settings.method,
-                          "simulated": bool(meta["simulated"][i]), "test": bool(meta["test"][i])}
-                row = existing.get(keys[i])
-                if row is not None and all(getattr(row, k) == v for k, v in values.items()):
+            existing = {(row[1], row[2]): row for row in session.execute(
+                select(Label.id, Label.cluster_id, Label.category_id, *(getattr(Label, k) for k in LABEL_COLUMNS))
+                .where(Label.cluster_id.in_({cluster for cluster, _ in keys})))}
+            history, added, changed = [], [], []
+            for key, status, posterior, yes_votes, no_votes, simulated, test in rows:
+                values = {"status": str(status), "confidence": round(float(posterior), 6), "yes_votes": yes_votes,
+                          "no_votes": no_votes, "method": settings.method, "simulated": simulated, "test": test}
+                row = existing.get(key)
+                if row is not None and all(stored == values[k] for k, stored in zip(LABEL_COLUMNS, row[3:], strict=True)):
                     continue
                 if row is None:
-                    session.add(Label(cluster_id=keys[i][0], category_id=keys[i][1], round=round_, updated_at=now,
-                                      **values))
+                    added.append({"cluster_id": key[0], "category_id": key[1], "round": round_, "updated_at": now,
+                                  **values})
                 else:
-                    for k, v in values.items():
-                        setattr(row, k, v)
-                    row.round, row.updated_at = round_, now
-                history.append({"cluster_id": keys[i][0], "category_id": keys[i][1], "round": round_,
-                                "created_at": now, **{k: v for k, v in values.items() if k not in ("simulated", "test")}})
+                    changed.append({"id": row[0], "round": round_, "updated_at": now, **values})
+                history.append({"cluster_id": key[0], "category_id": key[1], "round": round_, "created_at": now,
+                                **{k: v for k, v in values.items() if k not in ("simulated", "test")}})
+            if added:
+                session.execute(insert(Label), added)
+            if changed:
+                session.execute(update(Label), changed)  # by primary key: one executemany
             if history:
                 session.execute(insert(LabelHistory), history)
-    _drop_unsupported(workspace, {keys[i] for i in decided})
+    _drop_unsupported(workspace, pairs, meta["candidate"])
 
 
-def _drop_unsupported(workspace: Workspace, supported: set[tuple[int, int]]) -> None:
+def _drop_unsupported(workspace: Workspace, pairs: _Pairs, decided: np.ndarray) -> None:
     """Labels no counted vote supports any more (their votes were test answers, or their workers
-    were blocked) are removed: their pairs are asked again."""
+    were blocked) are removed: their pairs are asked again. The labels are read in chunks and
+    matched against the decided pairs' sorted keys."""
     with workspace.session() as session:
         lock_planning(session)
-        stale = [(cluster, category) for cluster, category in session.execute(select(Label.cluster_id,
-                                                                                      Label.category_id))
-                 if (cluster, category) not in supported]
-        for cluster, category in stale:
-            session.execute(delete(Label).where(Label.cluster_id == cluster, Label.category_id == category))
+        width = (session.scalar(select(func.max(Category.id))) or 0) + 1
+        supported = np.sort(_pair_keys(pairs.cluster[decided], pairs.category[decided], width))
+        stale: list[int] = []
+        query = select(Label.id, Label.cluster_id, Label.category_id)
+        for rows in session.execute(query, execution_options={"yield_per": VOTE_CHUNK}).partitions():
+            ids, clusters, categories = (np.array(column, np.int64) for column in zip(*rows, strict=True))
+            keys = _pair_keys(clusters, categories, width)
+            at = np.minimum(np.searchsorted(supported, keys), max(len(supported) - 1, 0))
+            found = supported[at] == keys if len(supported) else np.zeros(len(keys), bool)
+            stale += ids[~found].tolist()
+        for chunk in batched(stale, 500):
+            session.execute(delete(Label).where(Label.id.in_(chunk)))
 
 
 def _write_category_state(workspace: Workspace, votes: VoteTable, meta: dict, result: Decision) -> None:
     now = dt.datetime.now(dt.UTC)
+    seeded = np.bincount(votes.pair_category[votes.seed], minlength=len(meta["categories"]))
+    tables = seed_tables(votes, result.posterior, np.flatnonzero(seeded).tolist())  # one pass over the votes
     with workspace.session() as session:
         lock_planning(session)
         states = {state.category_id: state for state in session.scalars(select(CategoryConsensus))}  # one read
-        seeded = np.bincount(votes.pair_category[votes.seed], minlength=len(meta["categories"]))
         for category_id, index in meta["categories"].items():
             state = states.get(category_id) or CategoryConsensus(category_id=category_id)
             state.seed_images = int(seeded[index])
             state.prior = None if result.category_prior is None else round(float(result.category_prior[index]), 4)
-            state.table = seed_table(votes, result.posterior, index) if seeded[index] else None
+            state.table = tables.get(index)
             state.hard = bool(result.hard[index]) if result.hard is not None else False
             state.updated_at = now
             session.add(state)
