@@ -51,7 +51,9 @@ COMMANDS: dict[str, list[str]] = {
     "label-status": ["label", "status"],
     "report": ["report", "-o", "{out}/report.html"],
     "label-submit": ["label", "submit", "--backend", "simulated"],  # writes tasks: after the read-only rows
-    "label-run": ["label", "run", "--backend", "simulated"],  # collects those tasks, writes votes and labels
+    "label-collect": ["label", "collect"],  # round 1: the simulated crowd answers those tasks, the first decide
+    "label-run": ["label", "run", "--backend", "simulated"],  # collects those tasks (or from round 2, after
+    # label-collect), writes votes and labels
     "label-status-voted": ["label", "status"],  # again, with the votes and labels label-run wrote
 }
 # Commands skipped past this many images (label run took 63 min at 100k before issue 16's fixes);
