@@ -28,6 +28,7 @@ from imgnet_build.netguard import (
     Abandoned,
     AddressRefused,
     HostLimiter,
+    LookupTimedOut,
     abandon_requests,
     literal_refusal,
     retry_after,
@@ -101,6 +102,7 @@ def _network_reason(exc: BaseException) -> str:
             todo += [error.__cause__, error.__context__, getattr(error, "reason", None)]
     kinds: list[tuple[str, type[BaseException] | tuple[type[BaseException], ...]]] = [
              ("connection refused", ConnectionRefusedError),
+             ("host name lookup timed out", LookupTimedOut),  # a gaierror: before "not found"
              ("host name not found", (NameResolutionError, socket.gaierror)),
              ("TLS error", ssl.SSLError),  # the ssl module's own error says what went wrong
              ("TLS error", (requests.exceptions.SSLError, Urllib3SSLError)),
@@ -189,7 +191,7 @@ class Downloader:
                 if time_left() <= 0:
                     raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s") from exc
                 reason = _network_reason(exc)
-                if reason == "host name not found" or reason.startswith("TLS error"):  # retrying will not help
+                if reason.startswith(("host name", "TLS error")):  # retrying will not help (or wait as long again)
                     raise ItemFailed(FAILED, reason) from exc
                 raise _Retryable(reason) from exc
             if location in seen:

@@ -8,8 +8,9 @@ bookkeeping, `email`-based header parsing, a poll per reused connection); the do
 whole GET through this costs 43-62 us against 162-248 through them (bench_gather_executors,
 load 8-12). It keeps every check the guarded urllib3 path has: sockets come from
 `netguard.checked_socket` (resolved once, every address checked, the checked address
-connected to), TLS verifies the certificate against the host name, and each socket is
-under the item's deadline and Ctrl-C from before its TLS handshake (`netguard.watch_socket`).
+connected to), TLS verifies the certificate against the host name, and the host name lookup
+and each socket are under the item's deadline and Ctrl-C from before the connect
+(`netguard.watch_socket`), the TLS handshake included.
 What a hostile server sends is bounded: the head (64 KiB, 100 header lines, 8 interim
 responses), chunk framing and trailers, decoded bytes per read (a gzip bomb), and the time
 (the deadline shuts the socket, however slowly the bytes come). Redirects, the size cap and

@@ -9,6 +9,10 @@
   guarded connection reads from during it is shut down by a watchdog thread when it
   passes, so no slow or endless response (headers or body) blocks past it, or at once when
   the run stops (`abandon_requests`, then `stopping` for sockets handed over later).
+- Host name lookups run in a few daemon threads (`_Resolver`), so that one that hangs is
+  waited for only within the deadline (at most RESOLVE_TIMEOUT) and not at all after Ctrl-C;
+  a socket is under the deadline and Ctrl-C from before its connect (Linux ends a connect
+  in progress when it is shut).
 - `HostLimiter` caps concurrent requests and the request rate per host, and lets a 429's
   Retry-After pause a whole host.
 - `USER_AGENT` and `retry_after` are what every HTTP client of the tool (downloads and
@@ -17,6 +21,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email.utils
 import functools
@@ -36,12 +41,11 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.response import HTTPResponse
-from urllib3.util import connection as urllib3_connection
 
 from imgnet_build import __version__
 from imgnet_build.errors import ItemError
 
-__all__ = ["redact", "checked_socket", "check_stopping", "watch_socket", "Abandoned", "AddressRefused", "abandon_requests", "literal_refusal", "GuardedAdapter", "guarded_pool_manager", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
+__all__ = ["redact", "checked_socket", "check_stopping", "watch_socket", "Abandoned", "AddressRefused", "LookupTimedOut", "abandon_requests", "literal_refusal", "GuardedAdapter", "guarded_pool_manager", "HostLimiter", "deadline", "refusal", "time_left", "USER_AGENT",
            "retry_after"]
 
 USER_AGENT = os.environ.get("IMGNET_USER_AGENT") or (
@@ -102,15 +106,17 @@ def literal_refusal(host: str, allow_loopback: bool = False) -> str | None:
     return f"refused: {host} is {why}" if why else None
 
 
-def _checked_addresses(host: str, port: int, allow_loopback: bool) -> list[str]:
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    for address in addresses:
+def _checked_addresses(host: str, port: int, allow_loopback: bool) -> list[tuple]:
+    """The getaddrinfo entries of `host`, the first one per address, every address checked (AddressRefused)."""
+    infos: dict[str, tuple] = {}
+    for info in _resolve(host, port):
+        infos.setdefault(str(info[4][0]), info)
+    for address in infos:
         why = refusal(address, allow_loopback)
         if why:
             where = address if host == address else f"{host} ({address})"
             raise AddressRefused(f"refused: {where} is {why}")
-    return addresses
+    return list(infos.values())
 
 
 # -- deadlines -------------------------------------------------------------------------
@@ -196,6 +202,7 @@ def deadline(seconds: float, stopping: threading.Event | None = None) -> Iterato
 def abandon_requests() -> None:
     """Shut the sockets of every request in flight under a deadline (a run stopping at Ctrl-C)."""
     _WATCHDOG.shut_all()
+    _RESOLVER.wake_all()
 
 
 def time_left() -> float:
@@ -209,20 +216,156 @@ def _extend(seconds: float) -> None:
         _local.deadline += seconds
 
 
+# -- host name lookups -------------------------------------------------------------------
+
+RESOLVE_TIMEOUT = 20.0  # seconds one host name lookup may take (besides the item's deadline)
+_RESOLVERS = 16  # lookup threads at most: hung lookups cannot pile up threads
+
+
+class LookupTimedOut(socket.gaierror):
+    "A host name lookup that did not answer in time (a hung resolver): the host is not asked"
+
+
+class _Lookup:
+    __slots__ = ("answer", "done", "error", "host", "port", "started")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port, self.done = host, port, threading.Event()
+        self.answer: list[tuple] | None = None
+        self.error: BaseException | None = None
+        self.started = 0.0
+
+
+class _Resolver:
+    """A few daemon threads that run getaddrinfo, which takes no timeout and cannot be interrupted: whoever
+    asks waits only as long as it may (`wait`), and a lookup nobody waits for any more ends in its thread."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Lookup] = collections.deque()
+        self._running: set[_Lookup] = set()
+        self._waiting: set[_Lookup] = set()
+        self._threads = self._idle = 0
+
+    def _reset(self) -> None:
+        """In a forked child: the parent's threads are not there."""
+        self._cond = threading.Condition()
+        self._queue.clear()
+        self._running.clear()
+        self._waiting.clear()
+        self._threads = self._idle = 0
+
+    def lookup(self, host: str, port: int, seconds: float) -> list[tuple]:
+        """getaddrinfo(host, port) for a TCP connection within `seconds`; LookupTimedOut when it takes longer
+        or every thread is stuck on an older lookup, Abandoned when the run stops (`wake_all`) meanwhile."""
+        lookup = _Lookup(host, port)
+        with self._cond:
+            now = time.monotonic()
+            if sum(now - old.started > RESOLVE_TIMEOUT for old in self._running) >= self.size:
+                raise LookupTimedOut(socket.EAI_AGAIN, f"host name lookup timed out: {self.size} lookups hang")
+            self._queue.append(lookup)
+            self._waiting.add(lookup)
+            if self._idle:
+                self._cond.notify()
+            elif self._threads < self.size:
+                self._threads += 1
+                threading.Thread(target=self._run, name="imgnet-resolver", daemon=True).start()
+        try:
+            check_stopping()  # after joining `_waiting`: a later stop wakes this wait
+            lookup.done.wait(seconds)
+            if lookup.answer is not None:
+                return lookup.answer
+            if lookup.error is not None:
+                raise lookup.error
+            check_stopping()
+            if lookup.done.is_set():  # woken by `wake_all`, the run's sockets being shut
+                raise Abandoned("abandoned: the run is stopping")
+            raise LookupTimedOut(socket.EAI_AGAIN, f"host name lookup timed out after {seconds:.3g} s")
+        finally:
+            with self._cond:
+                self._waiting.discard(lookup)
+                if not lookup.started:  # never begun: it never will
+                    with contextlib.suppress(ValueError):
+                        self._queue.remove(lookup)
+
+    def wake_all(self) -> None:
+        """End every wait for a lookup now (the run is stopping); the lookups themselves end in their threads."""
+        with self._cond:
+            waiting = list(self._waiting)
+        for lookup in waiting:
+            lookup.done.set()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._idle += 1
+                while not self._queue:
+                    self._cond.wait()
+                self._idle -= 1
+                lookup = self._queue.popleft()
+                lookup.started = time.monotonic()
+                self._running.add(lookup)
+            try:
+                lookup.answer = socket.getaddrinfo(lookup.host, lookup.port, 0, socket.SOCK_STREAM)
+            except BaseException as exc:  # handed to the waiting thread, if any
+                lookup.error = exc
+            with self._cond:
+                self._running.discard(lookup)
+            lookup.done.set()
+
+
+_RESOLVER = _Resolver(_RESOLVERS)
+os.register_at_fork(after_in_child=_RESOLVER._reset)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(host: str, port: int) -> list[tuple]:
+    """getaddrinfo for a TCP connection to `host`, within the current deadline (RESOLVE_TIMEOUT at most) and
+    ended by Ctrl-C. An IP address needs no lookup and is answered here; a name goes to `_RESOLVER`."""
+    if _is_ip(host):
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    seconds = min(time_left(), RESOLVE_TIMEOUT)
+    if seconds <= 0:
+        raise LookupTimedOut(socket.EAI_AGAIN, "host name lookup timed out: no time left")
+    return _RESOLVER.lookup(host, port, seconds)
+
+
 # -- the guarded connections -------------------------------------------------------------
 
 def checked_socket(host: str, port: int, allow_loopback: bool, timeout: float | None, *,
                    source_address: tuple[str, int] | None = None, socket_options=None) -> socket.socket:
     """A socket connected to `host`: resolved once, every address checked (AddressRefused), then the
-    checked address itself connected to, so a second DNS answer cannot slip in. Raises what the
-    resolution (socket.gaierror) and the connection (TimeoutError, OSError) raise."""
+    checked address itself connected to, so a second DNS answer cannot slip in. Under a `deadline` the
+    lookup and each connect end with it and at Ctrl-C (Abandoned). Raises what the resolution
+    (socket.gaierror, LookupTimedOut) and the connection (TimeoutError, OSError) raise."""
     error: OSError | None = None
-    for address in _checked_addresses(host, port, allow_loopback):
+    for family, kind, proto, _name, address in _checked_addresses(host, port, allow_loopback):
+        sock = socket.socket(family, kind, proto)
         try:
-            return urllib3_connection.create_connection((address, port), timeout, source_address=source_address,
-                                                        socket_options=socket_options)
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            if timeout is None or isinstance(timeout, (int, float)):  # else urllib3's "default" sentinel
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            watch_socket(sock)  # Ctrl-C and the deadline shut a connect in progress (Linux ends it then)
+            sock.connect(address)
+            return sock
         except OSError as exc:
+            sock.close()
             error = exc
+        except BaseException:
+            sock.close()
+            raise
     raise error or OSError(f"no address for {host}")
 
 

@@ -62,6 +62,14 @@ def png_bomb(side: int = 30000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
 
 
+def in_thread(work: Callable[[], object]) -> tuple[threading.Thread, list]:
+    """Start `work` in a daemon thread: the thread, and a list that gets its result (empty while it runs)."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
+    thread.start()
+    return thread, result
+
+
 def closed_port() -> int:
     """A loopback port nobody listens on (connections to it are refused)."""
     with socket.socket() as sock:

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from loopback import in_thread
 
 from imgnet_build.download import Downloader, ItemFailed
 from imgnet_build.fetch import FetchSettings
@@ -223,14 +224,6 @@ def silent():
     listener.close()
     for conn in held:
         conn.close()
-
-
-def in_thread(work):
-    """Run `work` in a thread; its result, or None while it still runs after 60 s (a guard against hanging)."""
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
-    thread.start()
-    return thread, result
 
 
 def test_a_tls_handshake_that_never_ends_is_cut_by_the_deadline_and_by_ctrl_c(silent, tmp_path):

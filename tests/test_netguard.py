@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
+import socket
 import ssl
 import threading
+import time
 
 import pytest
 import requests
@@ -13,9 +15,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from loopback import jpeg_bytes
+from loopback import in_thread, jpeg_bytes
 
-from imgnet_build.netguard import AddressRefused, GuardedAdapter, refusal
+from imgnet_build import netguard
+from imgnet_build.blobs import LocalBlobStore
+from imgnet_build.claims import Item
+from imgnet_build.download import Downloader, ItemFailed
+from imgnet_build.fetch import FetchSettings
+from imgnet_build.fetch_item import Tools, fetch_item
+from imgnet_build.netguard import AddressRefused, GuardedAdapter, deadline, refusal
 
 
 @pytest.fixture
@@ -173,3 +181,113 @@ def test_per_host_concurrency_is_capped(workspace):
     finally:
         server.close()
     assert summary.ok == 12 and state["max"] == 3
+
+
+# -- the lookup and the connect end with the item's deadline and at Ctrl-C ------------------------
+
+@pytest.fixture
+def hung_dns(monkeypatch):
+    """`hung.test` is looked up by a resolver that never answers (until the test ends); any connect() outside
+    loopback is recorded and refused. Yields (asked: set once the lookup has begun, connects)."""
+    release, asked, connects = threading.Event(), threading.Event(), []
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "hung.test":
+            asked.set()
+            release.wait()
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 9))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    def connect(sock, address):
+        connects.append(address)
+        if address[0] not in ("127.0.0.1", "::1"):
+            raise OSError("test forbids connecting outside loopback")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    yield asked, connects
+    release.set()  # the abandoned lookup's thread ends
+
+
+def test_a_hung_host_name_lookup_ends_with_the_items_deadline(hung_dns, tmp_path):
+    """Before: getaddrinfo ran in the download thread, bounded by nothing: the item waited for the resolver."""
+    asked, connects = hung_dns
+    tools = Tools(FetchSettings(retries=0, deadline=1), LocalBlobStore(str(tmp_path)))
+    thread, result = in_thread(lambda: fetch_item(Item(1, 1, "http://hung.test/a.jpg", "", "urls", None, 0), tools))
+    thread.join(30)  # a guard against hanging: the deadline is 1 s
+    assert result and (result[0].status, result[0].reason) == ("failed", "timed out: no complete response within 1 s")
+    assert asked.is_set() and connects == []
+
+
+def test_ctrl_c_ends_a_hung_host_name_lookup_at_once(hung_dns, tmp_path):
+    """Before: Ctrl-C waited for the resolver (the process cannot exit before the download thread returns)."""
+    asked, connects = hung_dns
+    tools = Tools(FetchSettings(retries=0, deadline=3600), LocalBlobStore(str(tmp_path)))
+    thread, result = in_thread(lambda: fetch_item(Item(1, 1, "http://hung.test/a.jpg", "", "urls", None, 0), tools))
+    assert asked.wait(30)
+    tools.abandon()
+    thread.join(30)  # a guard against hanging: the deadline is an hour
+    assert result and (result[0].status, result[0].reason) == ("failed", "abandoned: the run is stopping")
+    assert connects == []
+
+
+def test_lookups_stuck_in_every_resolver_thread_fail_new_ones_at_once(hung_dns, monkeypatch):
+    """Hung lookups hold at most the resolver's few threads; once all hang, a lookup fails at once (not after
+    the hour it may wait here) with the reason, and the item is not retried."""
+    _asked, connects = hung_dns
+    resolver = netguard._Resolver(2)
+    monkeypatch.setattr(netguard, "_RESOLVER", resolver)
+    monkeypatch.setattr(netguard, "RESOLVE_TIMEOUT", 0.2)
+    downloader = Downloader(FetchSettings(retries=3, deadline=3600))
+    with deadline(3600):
+        for _ in range(2):
+            with pytest.raises(ItemFailed, match=r"^host name lookup timed out$") as caught:
+                downloader.get("http://hung.test/a.jpg")
+            assert caught.value.attempts == 1
+        while not all(time.monotonic() - lookup.started > 0.2 for lookup in resolver._running):
+            time.sleep(0.05)
+        with pytest.raises(netguard.LookupTimedOut, match=r"host name lookup timed out: 2 lookups hang"):
+            resolver.lookup("hung.test", 80, 3600)
+    assert resolver._threads == 2 and connects == []
+
+
+@pytest.fixture
+def unanswered_port():
+    """A loopback port whose accept queue is full: a connect to it stays in progress (SYN unanswered)."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port, fillers = listener.getsockname()[1], []
+    for _ in range(16):  # until one filler's connect hangs: the queue is full
+        filler = socket.socket()
+        fillers.append(filler)
+        filler.settimeout(0.5)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except TimeoutError:
+            break
+    yield port
+    for filler in fillers:
+        filler.close()
+    listener.close()
+
+
+def test_ctrl_c_ends_a_connect_in_progress(unanswered_port, monkeypatch, tmp_path):
+    """Before: the socket reached the watchdog only once connected; Ctrl-C waited for the connect timeout."""
+    connecting, real_connect = threading.Event(), socket.socket.connect
+
+    def connect(sock, address):
+        if address[0] != "127.0.0.1":
+            raise OSError("test forbids connecting outside loopback")
+        connecting.set()
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    tools = Tools(FetchSettings(allow_loopback=True, retries=0, deadline=3600, connect_timeout=3600),
+                  LocalBlobStore(str(tmp_path)))
+    url = f"http://127.0.0.1:{unanswered_port}/a.jpg"
+    thread, result = in_thread(lambda: fetch_item(Item(1, 1, url, "", "urls", None, 0), tools))
+    assert connecting.wait(30)
+    tools.abandon()
+    thread.join(30)  # a guard against hanging: the connect timeout is an hour
+    assert result and (result[0].status, result[0].reason) == ("failed", "abandoned: the run is stopping")
