@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from sqlalchemy import ColumnElement, Select, Subquery, case, func, select
+from sqlalchemy import ColumnElement, Select, Subquery, case, func, literal_column, select
 from sqlalchemy.orm import Session, aliased
 
 from imgnet_build.dbutil import batched
@@ -91,14 +91,17 @@ def _grouped(rows) -> dict[int, list[tuple[str, int, int]]]:
     return found
 
 
-def _most_confident_of(session: Session, category_ids: list[int], limit: int = CONTROL_POOL
-                       ) -> dict[int, list[tuple[str, int, int]]]:
-    """{category id: `_most_confident(session, Label.category_id == category id)`} in one query."""
-    ranked = (select(Label.cluster_id, Label.category_id, Label.category_id.label("for_category"), Label.confidence,
-                     func.row_number().over(partition_by=Label.category_id,
+def _most_confident_of(session: Session, category_ids: list[int] | None, *where: ColumnElement[bool],
+                       limit: int = CONTROL_POOL) -> dict[int, list[tuple[str, int, int]]]:
+    """{category id: (representative, cluster id, category id) of its accepted labels at CONTROL_CONFIDENCE or
+    more that match `where`, the most confident first, at most `limit`}, in one query. `category_ids` None:
+    the labels of every category ranked as one, under the key 0 (`Elsewhere`)."""
+    group = literal_column("0") if category_ids is None else Label.category_id
+    mine = [] if category_ids is None else [Label.category_id.in_(category_ids)]
+    ranked = (select(Label.cluster_id, Label.category_id, group.label("for_category"), Label.confidence,
+                     func.row_number().over(partition_by=group,
                                             order_by=(Label.confidence.desc(), Label.cluster_id)).label("rank"))
-              .where(Label.status == "accepted", Label.confidence >= CONTROL_CONFIDENCE,
-                     Label.category_id.in_(category_ids)).subquery())
+              .where(Label.status == "accepted", Label.confidence >= CONTROL_CONFIDENCE, *mine, *where).subquery())
     return _grouped(session.execute(_top(ranked, limit)))
 
 
@@ -117,32 +120,19 @@ def _similar_of(session: Session, category_ids: list[int], limit: int = CONTROL_
     return _grouped(session.execute(_top(ranked, limit)))
 
 
-def _most_confident(session: Session, *where: ColumnElement[bool], limit: int = CONTROL_POOL) -> list[tuple[str, int, int]]:
-    """(representative, cluster id, category id) of the accepted labels at CONTROL_CONFIDENCE or more
-    that match `where`, the most confident first, at most `limit`. The labels are chosen first and
-    their clusters looked up after: joined the other way, SQLite without statistics on label (the
-    first rounds) walked every cluster, once per category."""
-    top = (select(Label.cluster_id, Label.category_id, Label.confidence)
-           .where(Label.status == "accepted", Label.confidence >= CONTROL_CONFIDENCE, *where)
-           .order_by(Label.confidence.desc(), Label.cluster_id).limit(limit).subquery())
-    rows = session.execute(select(Cluster.representative, Cluster.id, top.c.category_id)
-                           .join(top, top.c.cluster_id == Cluster.id).order_by(top.c.confidence.desc(), Cluster.id))
-    return [(sha, cluster, category) for sha, cluster, category in rows]
-
-
 class Elsewhere:
     """The workspace's most confident accepted labels, read once: the negatives of last resort
     of every category a submit plans (each category asked the whole label table before)."""
 
     def __init__(self, session: Session) -> None:
-        self.rows = _most_confident(session, limit=2 * CONTROL_POOL)
+        self.rows = _most_confident_of(session, None, limit=2 * CONTROL_POOL).get(0, [])
 
     def for_category(self, session: Session, category_id: int) -> list[tuple[str, int, int]]:
-        """What `_most_confident(session, Label.category_id != category_id)` gives: from the rows
+        """The most confident accepted labels of the other categories, at most `CONTROL_POOL`: from the rows
         read once, unless the category holds so many of them that the query must be asked."""
         rows = [row for row in self.rows if row[2] != category_id][:CONTROL_POOL]
         if len(rows) < CONTROL_POOL and len(self.rows) == 2 * CONTROL_POOL:
-            return _most_confident(session, Label.category_id != category_id)
+            return _most_confident_of(session, None, Label.category_id != category_id).get(0, [])
         return rows
 
 
