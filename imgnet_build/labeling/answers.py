@@ -12,14 +12,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from imgnet_build.dbutil import insert_ignore
 from imgnet_build.labeling.locks import lock_task
 from imgnet_build.store import Assignment, Image, Task, TaskItem, Vote, Worker
 
-__all__ = ["store_answers", "WORK_STATUSES", "TASK_FULL"]
+__all__ = ["store_answers", "votes_of", "count_controls", "WORK_STATUSES", "TASK_FULL"]
 
 WORK_STATUSES = ("submitted", "approved", "rejected")  # assignments that used one of the task's slots
 TASK_FULL = "not stored: the task already had every answer it wanted"
@@ -57,22 +57,43 @@ def store_answers(session: Session, assignment: Assignment, selected: set[int]) 
     seen = set(session.scalars(select(Image.cluster_id).join(Vote, Vote.image_sha256 == Image.sha256).where(
         Vote.worker_id == assignment.worker_id, Vote.category_id == task.category_id,
         Image.cluster_id.in_(clusters)))) if clusters else set()
+    votes, controls = votes_of(assignment.id, assignment.worker_id, task, items, selected, seen,
+                               assignment.simulated, now)
+    insert_ignore(session, Vote, votes)
+    count_controls(session, {assignment.worker_id: controls})
+    return True
+
+
+def votes_of(assignment_id: int, worker_id: int, task, items, selected: set[int], seen: set, simulated: bool,
+             now: dt.datetime) -> tuple[list[dict], tuple[int, int]]:
+    """(the vote rows, (control answers, correct)) of one worker's answers to one task: `task` has
+    `category_id` and `test`, each of `items` (in position order) `id`, `image_sha256`, `kind`,
+    `expected` and `cluster_id` (its image's cluster now), `selected` the ids answered yes. An item
+    on a cluster in `seen` (the clusters this worker voted on for the category; updated) gets no
+    vote: the first vote on a pair stands. Control answers count whether their vote is stored or not."""
     votes = []
+    answers = correct = 0
     for item in items:
+        if item.kind != "candidate" and item.expected is not None:
+            answers += 1
+            correct += (item.id in selected) == item.expected
         if item.cluster_id is not None:
             if item.cluster_id in seen:  # this worker's first vote on the pair stands
                 continue
             seen.add(item.cluster_id)
-        votes.append({"assignment_id": assignment.id, "worker_id": assignment.worker_id, "task_item_id": item.id,
+        votes.append({"assignment_id": assignment_id, "worker_id": worker_id, "task_item_id": item.id,
                       "image_sha256": item.image_sha256, "cluster_id": item.cluster_id,
                       "category_id": task.category_id, "answer": item.id in selected,
-                      "control": item.kind != "candidate", "simulated": assignment.simulated, "test": task.test,
+                      "control": item.kind != "candidate", "simulated": simulated, "test": task.test,
                       "created_at": now})
-    insert_ignore(session, Vote, votes)
-    controls = [item for item in items if item.kind != "candidate" and item.expected is not None]
-    if controls:
-        correct = sum((item.id in selected) == item.expected for item in controls)
-        session.execute(update(Worker).where(Worker.id == assignment.worker_id)
-                        .values(control_answers=Worker.control_answers + len(controls),
-                                control_correct=Worker.control_correct + correct))
-    return True
+    return votes, (answers, correct)
+
+
+def count_controls(session: Session, controls: dict[int, tuple[int, int]]) -> None:
+    """Add {worker id: (control answers, correct)} to the workers' control records, one statement."""
+    params = [{"worker": worker, "answers": n, "correct": right} for worker, (n, right) in controls.items() if n]
+    if params:
+        session.connection().execute(  # Core executemany: one statement for every worker
+            update(Worker).where(Worker.id == bindparam("worker"))
+            .values(control_answers=Worker.control_answers + bindparam("answers"),
+                    control_correct=Worker.control_correct + bindparam("correct")), params)

@@ -19,11 +19,12 @@ import re
 from collections import defaultdict
 
 import numpy as np
-from sqlalchemy import ColumnElement, Select, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, func, insert, select, update
 
 from imgnet_build.dbutil import batched, insert_ignore
 from imgnet_build.errors import BadInput
-from imgnet_build.labeling.backends import register
+from imgnet_build.labeling.answers import count_controls, votes_of
+from imgnet_build.labeling.backends import LocalBackend, register
 from imgnet_build.labeling.locks import lock_tasks
 from imgnet_build.store import Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote, Worker
 from imgnet_build.workspace import Workspace
@@ -156,8 +157,7 @@ class SimulatedBackend:
                                                             Worker.external_id.like(f"sim-{self.crowd.seed}-%")))
         return self.crowd.workers - (blocked or 0)
 
-    def publish(self, session, tasks: list[Task]) -> None:
-        session.execute(update(Task).where(Task.id.in_([task.id for task in tasks])).values(status="open"))
+    publish = LocalBackend.publish  # opened at once: the crowd answers them at collect
 
     def collect(self, workspace: Workspace) -> int:
         """Answer the open tasks, `COLLECT_CHUNK` tasks per transaction (read and written in a few
@@ -201,8 +201,9 @@ def _answer_tasks(session, task_ids: list[int], crowds: dict[Crowd, tuple]) -> i
         return 0
     ids = [task.id for task in tasks]
     items: dict[int, list] = defaultdict(list)
-    for item in session.execute(select(TaskItem.task_id, TaskItem.id, TaskItem.image_sha256, TaskItem.cluster_id,
-                                       TaskItem.kind, TaskItem.expected, Image.cluster_id.label("now"))
+    for item in session.execute(select(TaskItem.task_id, TaskItem.id, TaskItem.image_sha256,
+                                       TaskItem.cluster_id.label("asked"), TaskItem.kind, TaskItem.expected,
+                                       Image.cluster_id)
                                 .join(Image, Image.sha256 == TaskItem.image_sha256)
                                 .where(TaskItem.task_id.in_(ids)).order_by(TaskItem.task_id, TaskItem.position)):
         items[item.task_id].append(item)
@@ -213,19 +214,21 @@ def _answer_tasks(session, task_ids: list[int], crowds: dict[Crowd, tuple]) -> i
         taken[task_id].add(worker)
         done[task_id] += status != "abandoned"
     categories = {task.category_id for task in tasks}
-    clusters = {cluster for rows in items.values() for item in rows for cluster in (item.cluster_id, item.now)
+    clusters = {cluster for rows in items.values() for item in rows for cluster in (item.asked, item.cluster_id)
                 if cluster is not None}
     voted: dict[tuple[int, int], set[int]] = defaultdict(set)  # (category, cluster now) -> workers who voted on it
+    seen: dict[tuple[int, int], set[int]] = defaultdict(set)  # (worker, category) -> clusters it voted on, stored
     for chunk in batched(sorted(clusters), 500):
         for worker, category_id, cluster in session.execute(
                 select(Vote.worker_id, Vote.category_id, Image.cluster_id).join(Image, Image.sha256 == Vote.image_sha256)
                 .where(Vote.category_id.in_(categories), Image.cluster_id.in_(chunk))):
             voted[category_id, cluster].add(worker)
+            seen[worker, category_id].add(cluster)
     blocked = set(session.scalars(select(Worker.id).where(Worker.blocked.is_(True))))
     truth = _truth_of(session, categories, clusters)
     now = dt.datetime.now(dt.UTC)
     expired: list[int] = []
-    answered: list[tuple[dict, dict[int, bool]]] = []  # (assignment row, {task item id: answer})
+    answered: list[tuple[dict, set[int]]] = []  # (assignment row, the task item ids answered yes)
     for task in tasks:
         crowd = Crowd.from_dict(task.crowd)
         if crowd not in crowds:
@@ -234,73 +237,42 @@ def _answer_tasks(session, task_ids: list[int], crowds: dict[Crowd, tuple]) -> i
         wanted = task.assignments_wanted - done[task.id]
         if wanted <= 0:
             continue
-        asked = {item.cluster_id for item in items[task.id] if item.kind == "candidate"}
+        asked = {item.asked for item in items[task.id] if item.kind == "candidate"}
         busy = set(taken[task.id]).union(*(voted.get((task.category_id, cluster), ()) for cluster in asked))
         rng = random.Random(f"{crowd.seed}:{task.id}")
         free = [i for i in range(crowd.workers) if workers[i] not in busy and workers[i] not in blocked]
         if len(free) < wanted:  # the crowd has nobody left for it: what it gets now is all it will get
             expired.append(task.id)
         for index in rng.sample(free, min(wanted, len(free))):
-            answers: dict[int, bool] = {}
+            selected: set[int] = set()
             for item in items[task.id]:
-                good = truth.get((task.category_id, item.cluster_id), item.expected)  # a control: its truth when known
-                if good:
-                    answers[item.id] = rng.random() < sensitivity[index]
-                else:
-                    answers[item.id] = rng.random() >= specificity[index]
+                good = truth.get((task.category_id, item.asked), item.expected)  # a control: its truth when known
+                if (rng.random() < sensitivity[index]) if good else (rng.random() >= specificity[index]):
+                    selected.add(item.id)
             answered.append(({"task_id": task.id, "worker_id": workers[index], "status": "submitted",
-                              "simulated": True, "given_at": now, "submitted_at": now}, answers))
+                              "simulated": True, "given_at": now, "submitted_at": now}, selected))
             for item in items[task.id]:
-                if item.now is not None:
-                    voted[task.category_id, item.now].add(workers[index])
+                if item.cluster_id is not None:
+                    voted[task.category_id, item.cluster_id].add(workers[index])
     if expired:
         session.execute(update(Task).where(Task.id.in_(expired)).values(status="expired"))
     if not answered:
         return 0
     session.execute(insert(Assignment), [row for row, _ in answered])  # one executemany; ids read back by
+    tasks_by_id = {task.id: task for task in tasks}
     ids_of = {(task_id, worker): id_ for id_, task_id, worker in session.execute(  # (task, worker), unique
         select(Assignment.id, Assignment.task_id, Assignment.worker_id).where(Assignment.task_id.in_(ids)))}
-    assignment_ids = [ids_of[row["task_id"], row["worker_id"]] for row, _ in answered]
-    _store_votes(session, {task.id: task for task in tasks}, items, answered, assignment_ids, now)
-    return len(answered)
-
-
-def _store_votes(session, tasks: dict, items: dict[int, list], answered: list[tuple[dict, dict[int, bool]]],
-                 assignment_ids: list[int], now: dt.datetime) -> None:
-    """The votes of the assignments just inserted, as `answers.store_answers` stores them (a worker's
-    first vote on a pair stands), and each worker's control record; one statement each."""
-    seen: set[tuple[int, int, int]] = set()
-    workers = {row["worker_id"] for row, _ in answered}
-    categories = {tasks[row["task_id"]].category_id for row, _ in answered}
-    clusters = sorted({item.now for rows in items.values() for item in rows if item.now is not None})
-    for chunk in batched(clusters, 500):
-        seen.update(session.execute(select(Vote.worker_id, Vote.category_id, Image.cluster_id)
-                                    .join(Image, Image.sha256 == Vote.image_sha256)
-                                    .where(Vote.worker_id.in_(workers), Vote.category_id.in_(categories),
-                                           Image.cluster_id.in_(chunk))).all())
     votes = []
-    controls: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # worker -> [control answers, correct]
-    for (row, answers), assignment_id in zip(answered, assignment_ids, strict=True):
-        task, worker = tasks[row["task_id"]], row["worker_id"]
-        for item in items[task.id]:
-            if item.kind != "candidate" and item.expected is not None:  # counted whether its vote is stored or not
-                controls[worker][0] += 1
-                controls[worker][1] += answers[item.id] == item.expected
-            if item.now is not None:
-                if (worker, task.category_id, item.now) in seen:  # this worker's first vote on the pair stands
-                    continue
-                seen.add((worker, task.category_id, item.now))
-            votes.append({"assignment_id": assignment_id, "worker_id": worker, "task_item_id": item.id,
-                          "image_sha256": item.image_sha256, "cluster_id": item.now, "category_id": task.category_id,
-                          "answer": answers[item.id], "control": item.kind != "candidate", "simulated": True,
-                          "test": task.test, "created_at": now})
+    controls: dict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))  # worker -> (control answers, correct)
+    for row, selected in answered:  # as `answers.store_answers` stores each (a worker's first vote on a pair stands)
+        task, worker = tasks_by_id[row["task_id"]], row["worker_id"]
+        rows, (n, right) = votes_of(ids_of[task.id, worker], worker, task, items[task.id], selected,
+                                    seen[worker, task.category_id], True, now)
+        votes += rows
+        controls[worker] = (controls[worker][0] + n, controls[worker][1] + right)
     insert_ignore(session, Vote, votes)
-    if controls:
-        session.connection().execute(  # Core executemany: one statement for every worker
-            update(Worker).where(Worker.id == bindparam("worker"))
-            .values(control_answers=Worker.control_answers + bindparam("answers"),
-                    control_correct=Worker.control_correct + bindparam("correct")),
-            [{"worker": worker, "answers": n, "correct": correct} for worker, (n, correct) in controls.items()])
+    count_controls(session, controls)
+    return len(answered)
 
 
 def _truth_of(session, categories: set[int], clusters: set[int]) -> dict[tuple[int, int], bool]:
