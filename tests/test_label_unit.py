@@ -564,3 +564,30 @@ def test_a_simulated_collect_counts_the_controls_its_workers_got_right(workspace
         right_votes = session.scalar(select(func.count()).select_from(Vote).join(TaskItem, TaskItem.id == Vote.task_item_id)
                                      .where(Vote.control.is_(True), Vote.answer == TaskItem.expected))
     assert answers >= correct >= right_votes > 0  # a control whose vote is not stored is counted all the same
+
+
+def test_controls_rank_labels_tied_across_categories_the_same_whatever_their_insertion_order(workspace):
+    """Before: the most confident labels were ranked by (confidence, cluster) only, so the labels of
+    two categories on one cluster at one confidence came in whatever order the database read them,
+    and a pool cut at its limit kept one or the other. Now category, then label, break the tie."""
+    from sqlalchemy import delete
+
+    from imgnet_build.labeling.controls import Elsewhere, _most_confident_of, _similar_of
+    from imgnet_build.store import Category, Label
+
+    build_world(workspace, categories=3, images=4)
+    with workspace.session() as session:
+        first, second, third = session.scalars(select(Category.id).where(Category.depth == 1).order_by(Category.id))
+        clusters = list(session.scalars(select(Cluster.id).where(Cluster.merged_into.is_(None)).order_by(Cluster.id)))
+    picked = []
+    for categories in ((third, second), (second, third)):
+        with workspace.session() as session:
+            session.execute(delete(Label))
+            session.add_all(Label(cluster_id=cluster, category_id=category, status="accepted", confidence=0.995,
+                                  method="test", round=1) for cluster in clusters for category in categories)
+        with workspace.session() as session:
+            picked.append((_most_confident_of(session, None, limit=3), _similar_of(session, [first], limit=3),
+                           Elsewhere(session).rows, Elsewhere(session).for_category(session, second)))
+    assert picked[0] == picked[1]
+    assert [category for _, _, category in picked[0][0][0]] == [second, third, second]
+    assert [category for _, _, category in picked[0][1][first]] == [second, third, second]

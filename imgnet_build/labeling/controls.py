@@ -76,12 +76,17 @@ def control_pools(session: Session, categories: dict[int, tuple[set[int], set[in
     return pools
 
 
+# ties (one cluster accepted for several categories at one confidence) broken by category, then label: the
+# same controls on every run and on either database
+_MOST_CONFIDENT = (Label.confidence.desc(), Label.cluster_id, Label.category_id, Label.id)
+
+
 def _top(ranked: Subquery, limit: int) -> Select:
     """(representative, cluster id, label's category id, ranked's `for_category`) of the `rank` <= `limit`
     rows of `ranked`, clusters looked up after the labels are chosen, most confident first."""
     return (select(Cluster.representative, Cluster.id, ranked.c.category_id, ranked.c.for_category)
             .join(ranked, ranked.c.cluster_id == Cluster.id).where(ranked.c.rank <= limit)
-            .order_by(ranked.c.for_category, ranked.c.confidence.desc(), Cluster.id))
+            .order_by(ranked.c.for_category, ranked.c.rank))
 
 
 def _grouped(rows) -> dict[int, list[tuple[str, int, int]]]:
@@ -100,7 +105,7 @@ def _most_confident_of(session: Session, category_ids: list[int] | None, *where:
     mine = [] if category_ids is None else [Label.category_id.in_(category_ids)]
     ranked = (select(Label.cluster_id, Label.category_id, group.label("for_category"), Label.confidence,
                      func.row_number().over(partition_by=group,
-                                            order_by=(Label.confidence.desc(), Label.cluster_id)).label("rank"))
+                                            order_by=_MOST_CONFIDENT).label("rank"))
               .where(Label.status == "accepted", Label.confidence >= CONTROL_CONFIDENCE, *mine, *where).subquery())
     return _grouped(session.execute(_top(ranked, limit)))
 
@@ -114,7 +119,7 @@ def _similar_of(session: Session, category_ids: list[int], limit: int = CONTROL_
                 .where(mine.child_id.in_(category_ids), theirs.child_id != mine.child_id).distinct().subquery())
     ranked = (select(Label.cluster_id, Label.category_id, siblings.c.for_category, Label.confidence,
                      func.row_number().over(partition_by=siblings.c.for_category,
-                                            order_by=(Label.confidence.desc(), Label.cluster_id)).label("rank"))
+                                            order_by=_MOST_CONFIDENT).label("rank"))
               .join(siblings, siblings.c.sibling == Label.category_id)
               .where(Label.status == "accepted", Label.confidence >= CONTROL_CONFIDENCE).subquery())
     return _grouped(session.execute(_top(ranked, limit)))
