@@ -5,11 +5,14 @@ rules hold everywhere: one vote per item of the task, a worker votes on a (clust
 pair once (whichever image of the cluster they were shown, before or after a dedup merged
 clusters), a submission counts once, a task never takes more submissions than it wants, test
 tasks give test votes, and control answers update the worker's control record.
+`add_workers` makes the worker rows of the backends whose workers arrive with their answers
+(the simulated crowd, Mechanical Turk).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import cast
 
 from sqlalchemy import CursorResult, bindparam, func, select, update
@@ -19,10 +22,18 @@ from imgnet_build.dbutil import insert_ignore
 from imgnet_build.labeling.locks import lock_task
 from imgnet_build.store import Assignment, Image, Task, TaskItem, Vote, Worker
 
-__all__ = ["store_answers", "votes_of", "count_controls", "WORK_STATUSES", "TASK_FULL"]
+__all__ = ["add_workers", "store_answers", "votes_of", "count_controls", "WORK_STATUSES", "TASK_FULL"]
 
 WORK_STATUSES = ("submitted", "approved", "rejected")  # assignments that used one of the task's slots
 TASK_FULL = "not stored: the task already had every answer it wanted"
+
+
+def add_workers(session: Session, backend: str, workers: Iterable[tuple[str, str]], *, simulated: bool) -> None:
+    """Create the `backend`'s (external id, name) workers that do not exist yet, with an empty control
+    record (safe against a concurrent collect creating them too)."""
+    insert_ignore(session, Worker, [{"backend": backend, "external_id": external_id, "name": name,
+                                     "simulated": simulated, "control_answers": 0, "control_correct": 0,
+                                     "blocked": False, "revoked": False} for external_id, name in workers])
 
 
 def store_answers(session: Session, assignment: Assignment, selected: set[int]) -> bool:

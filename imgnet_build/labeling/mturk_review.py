@@ -16,9 +16,8 @@ from xml.etree.ElementTree import ParseError
 
 from sqlalchemy import case, func, select
 
-from imgnet_build.dbutil import insert_ignore
 from imgnet_build.errors import ItemError
-from imgnet_build.labeling.answers import store_answers
+from imgnet_build.labeling.answers import add_workers, store_answers
 from imgnet_build.labeling.mturk import MTurkError, call
 from imgnet_build.store import Assignment, Task, TaskItem, Vote, Worker
 
@@ -109,9 +108,7 @@ def _take(backend, task_id: int, mturk: dict) -> int:
     """Store one assignment (once) and review it; 1 when its votes were stored now."""
     stored = 0
     with backend.workspace.session() as session:
-        insert_ignore(session, Worker, [{"backend": backend.name, "external_id": mturk["WorkerId"],
-                                         "name": mturk["WorkerId"], "simulated": False, "control_answers": 0,
-                                         "control_correct": 0, "blocked": False, "revoked": False}])
+        add_workers(session, backend.name, [(mturk["WorkerId"], mturk["WorkerId"])], simulated=False)
         worker_id = session.scalar(select(Worker.id).where(Worker.backend == backend.name,
                                                            Worker.external_id == mturk["WorkerId"]))
         row = session.scalar(select(Assignment).where(Assignment.task_id == task_id, Assignment.worker_id == worker_id))

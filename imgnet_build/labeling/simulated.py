@@ -19,11 +19,11 @@ import re
 from collections import defaultdict
 
 import numpy as np
-from sqlalchemy import ColumnElement, Select, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, insert, select, update
 
 from imgnet_build.dbutil import batched, insert_ignore
 from imgnet_build.errors import BadInput
-from imgnet_build.labeling.answers import count_controls, votes_of
+from imgnet_build.labeling.answers import add_workers, count_controls, votes_of
 from imgnet_build.labeling.backends import LocalBackend, register
 from imgnet_build.labeling.locks import lock_tasks
 from imgnet_build.store import Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote, Worker
@@ -153,8 +153,7 @@ class SimulatedBackend:
 
     def pool(self, session) -> int:
         """Workers of this crowd who may still answer (not blocked)."""
-        blocked = session.scalar(select(func.count()).where(Worker.backend == self.name, Worker.blocked.is_(True),
-                                                            Worker.external_id.like(f"sim-{self.crowd.seed}-%")))
+        blocked = session.scalar(select(func.count()).where(_of_crowd(self.crowd), Worker.blocked.is_(True)))
         return self.crowd.workers - (blocked or 0)
 
     publish = LocalBackend.publish  # opened at once: the crowd answers them at collect
@@ -180,13 +179,15 @@ COLLECT_CHUNK = 200  # tasks answered per transaction
 
 def _workers(session, crowd: Crowd) -> dict[int, int]:
     """{crowd index: worker id}, creating the crowd's worker rows once."""
-    insert_ignore(session, Worker, [{"backend": SimulatedBackend.name, "external_id": crowd.external_id(i),
-                                     "name": f"simulated worker {i}", "simulated": True, "control_answers": 0,
-                                     "control_correct": 0, "blocked": False, "revoked": False}
-                                    for i in range(crowd.workers)])
-    ids = dict(session.execute(select(Worker.external_id, Worker.id).where(Worker.backend == SimulatedBackend.name,
-                                                                           Worker.external_id.like(f"sim-{crowd.seed}-%"))).all())
+    add_workers(session, SimulatedBackend.name, [(crowd.external_id(i), f"simulated worker {i}")
+                                                 for i in range(crowd.workers)], simulated=True)
+    ids = dict(session.execute(select(Worker.external_id, Worker.id).where(_of_crowd(crowd))).all())
     return {i: ids[crowd.external_id(i)] for i in range(crowd.workers)}
+
+
+def _of_crowd(crowd: Crowd) -> ColumnElement[bool]:
+    """The condition on `Worker` that holds for the workers of `crowd` (`Crowd.external_id`) only."""
+    return and_(Worker.backend == SimulatedBackend.name, Worker.external_id.like(f"sim-{crowd.seed}-%"))
 
 
 def _answer_tasks(session, task_ids: list[int], crowds: dict[Crowd, tuple]) -> int:
