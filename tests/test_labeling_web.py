@@ -806,6 +806,13 @@ def test_the_task_page_by_keyboard_in_chromium(workspace, tmp_path):
             page.keyboard.press("z")
             page.keyboard.press("z")  # Z closes it too
             assert not lightbox.is_visible() and _active_position(page) == order[2]
+            # Z, Z, Z in one task: the late "close" event of the second must not close what the third opened
+            page.evaluate("""() => { for (let n = 0; n < 3; n++) { document.activeElement.dispatchEvent(
+                new KeyboardEvent("keydown", {key: "z", bubbles: true})); } }""")
+            page.evaluate("() => new Promise(resolve => setTimeout(resolve, 100))")
+            assert lightbox.is_visible()
+            page.keyboard.press("z")
+            assert not lightbox.is_visible() and _active_position(page) == order[2]
             assert page.inner_text("#selected-count") == "3"
             page.evaluate("document.activeElement.blur()")  # focus on the page itself, not in the grid
             with page.expect_navigation():

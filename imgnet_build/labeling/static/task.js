@@ -62,7 +62,9 @@
     event.preventDefault();
     shrink();
   });
-  lightbox.addEventListener("close", shrink);
+  lightbox.addEventListener("close", function () {
+    if (!lightbox.open) { shrink(); }  // a late "close" from an earlier shrink must not close a lightbox opened since
+  });
   lightbox.addEventListener("click", function (event) {
     if (event.target === lightbox) { shrink(); }  // the backdrop
   });
