@@ -53,6 +53,11 @@ class ItemFailed(ItemError):
         self.status, self.reason, self.attempts = status, reason, attempts
 
 
+def _abandoned(attempts: int = 1) -> ItemFailed:
+    """The outcome of an item given up because the run is stopping (Ctrl-C)."""
+    return ItemFailed(FAILED, Abandoned.REASON, attempts)
+
+
 class _Retryable(ItemError):
     "A failure worth another attempt (429, 5xx, network error)"
 
@@ -155,7 +160,7 @@ class Downloader:
                         settings.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
                     if pause < time_left():
                         if self.stopping.wait(pause):
-                            raise ItemFailed(FAILED, "abandoned: the run is stopping", attempt) from exc
+                            raise _abandoned(attempt) from exc
                         continue
                     reason = f"{exc.reason} (no time left to retry)"
                 raise ItemFailed(FAILED, reason, attempt) from exc
@@ -187,7 +192,7 @@ class Downloader:
                 raise ItemFailed(FAILED, str(exc)) from exc
             except Exception as exc:  # requests, urllib3, http.client and socket errors
                 if self.stopping.is_set():  # Ctrl-C shut the socket (a cut TLS handshake reads as a TLS error)
-                    raise ItemFailed(FAILED, "abandoned: the run is stopping") from exc
+                    raise _abandoned() from exc
                 if time_left() <= 0:
                     raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s") from exc
                 reason = _network_reason(exc)
@@ -226,5 +231,5 @@ class Downloader:
         if time_left() <= 0:  # the watchdog shut the socket: what came is not the whole file
             raise ItemFailed(FAILED, f"timed out: no complete response within {settings.deadline:g} s")
         if self.stopping.is_set():  # Ctrl-C shut it: a body that ends at the close looks complete, and is not
-            raise ItemFailed(FAILED, "abandoned: the run is stopping")
+            raise _abandoned()
         return b"".join(chunks)

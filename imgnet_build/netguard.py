@@ -76,6 +76,11 @@ def retry_after(value: str | None) -> float | None:
 class Abandoned(ItemError):
     "A request given up because the run is stopping (Ctrl-C)"
 
+    REASON = "abandoned: the run is stopping"  # the item's reason, here and in the downloader
+
+    def __init__(self, reason: str = REASON) -> None:
+        super().__init__(reason)
+
 
 class AddressRefused(ItemError):
     "A URL's host resolves to an address the SSRF guard refuses (private, loopback, link-local…)"
@@ -280,7 +285,7 @@ class _Resolver:
                 raise lookup.error
             check_stopping()
             if lookup.done.is_set():  # woken by `wake_all`, the run's sockets being shut
-                raise Abandoned("abandoned: the run is stopping")
+                raise Abandoned()
             raise LookupTimedOut(socket.EAI_AGAIN, f"host name lookup timed out after {seconds:.3g} s")
         finally:
             with self._cond:
@@ -382,7 +387,7 @@ def check_stopping() -> None:
     """Raise Abandoned when the current thread's run is stopping (Ctrl-C): before connecting or sending."""
     stopping = getattr(_local, "stopping", None)
     if stopping is not None and stopping.is_set():
-        raise Abandoned("abandoned: the run is stopping")
+        raise Abandoned()
 
 
 class _Guarded(HTTPConnection):
@@ -467,14 +472,14 @@ class HostLimiter:
                 semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(concurrency))
         while not semaphore.acquire(timeout=0.25):
             if self.stopping.is_set():
-                raise Abandoned("abandoned: the run is stopping")
+                raise Abandoned()
         try:
             with self._lock:
                 now = time.monotonic()
                 start = max(now, self._next.get(host, now))
                 self._next[host] = start + (1.0 / rate if rate > 0 else 0.0)
             if start > now and self.stopping.wait(start - now):
-                raise Abandoned("abandoned: the run is stopping")
+                raise Abandoned()
             _extend(time.monotonic() - waited)
             try:
                 yield
