@@ -95,6 +95,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 from sqlalchemy import and_, case, select, update
 
+from imgnet_build.arrays import find_sorted
 from imgnet_build.dbutil import batched
 from imgnet_build.errors import BadInput, DatabaseUnavailable, ExportFailed, ExportTargetExists
 from imgnet_build.exporters import ClassInfo, Item, exporter_names, get_exporter
@@ -617,15 +618,13 @@ def _moves(workspace: Workspace, cluster_ids: np.ndarray, val: np.ndarray) -> tu
         _numbers(merged_into)
     final = np.where(target >= 0, target, known)
     for _ in range(64):  # merges can chain: follow them to the live cluster
-        at = np.searchsorted(known, final)
-        step = (at < len(known)) & (known[np.minimum(at, len(known) - 1)] == final)
-        nxt = np.where(step, target[np.minimum(at, len(known) - 1)], -1)
+        at, step = find_sorted(known, final)
+        nxt = np.where(step, target[at], -1)
         if not (nxt >= 0).any():
             break
         final = np.where(nxt >= 0, nxt, final)
-    at = np.searchsorted(cluster_ids, final)
-    exported = (at < len(cluster_ids)) & (cluster_ids[np.minimum(at, len(cluster_ids) - 1)] == final)
-    now = np.where(exported, val[np.minimum(at, len(cluster_ids) - 1)].astype(np.int8), -1)
+    at, exported = find_sorted(cluster_ids, final)
+    now = np.where(exported, val[at].astype(np.int8), -1)
     moved = (was >= 0) & (now >= 0) & (now != was)
     changes = {"val": np.union1d(known[(now == 1) & (was != 1)], np.setdiff1d(cluster_ids[val], known)),
                "train": np.union1d(known[(now == 0) & (was != 0)], np.setdiff1d(cluster_ids[~val], known))}

@@ -36,6 +36,7 @@ import numpy as np
 from sqlalchemy import ColumnElement, CursorResult, Select, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from imgnet_build.arrays import find_sorted
 from imgnet_build.dbutil import allocate_ids, batched
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.backends import Backend, get_backend
@@ -817,17 +818,9 @@ def _gold_answers(gold: Mapping[tuple[int | None, int], bool | None], pairs: _Pa
         keys = _pair_keys(cluster, category, width)
         order = np.argsort(keys)
         keys, answer = keys[order], answer[order]
-        at, found = _find(keys, _pair_keys(pairs.cluster, pairs.category, width))
+        at, found = find_sorted(keys, _pair_keys(pairs.cluster, pairs.category, width))
         known[found] = answer[at[found]]
     return known
-
-
-def _find(sorted_keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each of `wanted`: a position in `sorted_keys` and whether the key there is it."""
-    if not len(sorted_keys):
-        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
-    at = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
-    return at, sorted_keys[at] == wanted
 
 
 LABEL_COLUMNS = ("status", "confidence", "yes_votes", "no_votes", "method", "simulated", "test")
@@ -886,7 +879,7 @@ def _drop_unsupported(workspace: Workspace, pairs: _Pairs, decided: np.ndarray) 
         query = select(Label.id, Label.cluster_id, Label.category_id)
         for rows in session.execute(query, execution_options={"yield_per": VOTE_CHUNK}).partitions():
             ids, clusters, categories = (np.array(column, np.int64) for column in zip(*rows, strict=True))
-            _, found = _find(supported, _pair_keys(clusters, categories, width))
+            _, found = find_sorted(supported, _pair_keys(clusters, categories, width))
             stale += ids[~found].tolist()
         for chunk in batched(stale, 500):
             session.execute(delete(Label).where(Label.id.in_(chunk)))
