@@ -37,7 +37,7 @@ lists of pairs and workers; the caller keeps the mapping to database ids.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -369,15 +369,12 @@ def seed_tables(votes: VoteTable, truth: np.ndarray, categories: Iterable[int],
     their order, so every sum is the one a single category's scan gives), not scanned once
     per category."""
     seed_votes = np.flatnonzero(votes.seed[votes.pair])
-    seed_votes = seed_votes[np.argsort(votes.pair_category[votes.pair[seed_votes]], kind="stable")]
-    vote_bounds = votes.pair_category[votes.pair[seed_votes]]
+    votes_of = _by_category(seed_votes, votes.pair_category[votes.pair[seed_votes]])
     seed_pairs = np.flatnonzero(votes.seed)
-    seed_pairs = seed_pairs[np.argsort(votes.pair_category[seed_pairs], kind="stable")]
-    pair_bounds = votes.pair_category[seed_pairs]
+    pairs_of = _by_category(seed_pairs, votes.pair_category[seed_pairs])
     tables = {}
     for category in categories:
-        in_seed = seed_votes[np.searchsorted(vote_bounds, category):np.searchsorted(vote_bounds, category, "right")]
-        pairs = seed_pairs[np.searchsorted(pair_bounds, category):np.searchsorted(pair_bounds, category, "right")]
+        in_seed, pairs = votes_of(category), pairs_of(category)
         good = truth[votes.pair[in_seed]]
         said_yes = votes.answer[in_seed]
         prior = np.clip((truth[pairs].sum() + 1) / (len(pairs) + 2), 0.02, 0.98)
@@ -392,6 +389,14 @@ def seed_tables(votes: VoteTable, truth: np.ndarray, categories: Iterable[int],
                 table[f"{yes},{no}"] = round(float(a / (a + b)), 4)
         tables[int(category)] = table
     return tables
+
+
+def _by_category(rows: np.ndarray, category_of: np.ndarray) -> Callable[[int], np.ndarray]:
+    """`rows` grouped by their categories (`category_of`, one per row) with a stable sort: a
+    function from a category to its rows, in their order."""
+    order = np.argsort(category_of, kind="stable")
+    rows, bounds = rows[order], category_of[order]
+    return lambda category: rows[np.searchsorted(bounds, category):np.searchsorted(bounds, category, "right")]
 
 
 @dataclasses.dataclass
