@@ -365,6 +365,8 @@ class _Near:
         before have, the pairs that involve the chunk's values, as (value, value, bits))."""
         import numpy as np
 
+        from imgnet_build.arrays import find_sorted
+
         new = self.values[self.old_count:]
         mine = np.unique(phash)
         at = np.searchsorted(new, mine) + self.old_count  # every chunk value is a new value
@@ -376,9 +378,7 @@ class _Near:
         live = (here[p] | self.grouped[p]) & (here[q] | self.grouped[q])  # not an image of a later chunk
         p, q, bits = p[live], q[live], bits[live]
         old_values = self.values[:self.old_count]
-        same = np.searchsorted(old_values, mine)  # old images with a chunk's value
-        hit = same < self.old_count
-        hit[hit] = old_values[same[hit]] == mine[hit]
+        same, hit = find_sorted(old_values, mine)  # old images with a chunk's value
         ends = np.concatenate([p, q, at, same[hit]])
         wanted = np.unique(self.values[ends[self.grouped[ends]]])
         return wanted, np.stack([self.values[p], self.values[q], bits.astype(np.uint64)], axis=1)
@@ -396,6 +396,8 @@ def _group(workspace: Workspace, threshold: int, new_rows, ranks: dict[str, int 
     `full`) and store the groups in one transaction; returns len(new_rows)."""
     import numpy as np
 
+    from imgnet_build.arrays import find_sorted
+
     rows = _Rows()
     rows.extend(new_rows)
     new_count = len(rows)
@@ -411,9 +413,8 @@ def _group(workspace: Workspace, threshold: int, new_rows, ranks: dict[str, int 
     value_of = np.searchsorted(values, rows.phash).tolist()
     near: dict[int, list[tuple[int, int]]] = defaultdict(list)  # value -> [(value, bits)], itself excluded
     if len(pairs):
-        a, b = np.searchsorted(values, pairs[:, 0]), np.searchsorted(values, pairs[:, 1])
-        known = (a < len(values)) & (b < len(values)) & (a != b)
-        known[known] &= (values[a[known]] == pairs[known, 0]) & (values[b[known]] == pairs[known, 1])
+        (a, found_a), (b, found_b) = find_sorted(values, pairs[:, 0]), find_sorted(values, pairs[:, 1])
+        known = found_a & found_b & (a != b)
         local = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b), pairs[:, 2].astype(np.int64)], axis=1)[known],
                           axis=0)
         for p, q, bits in local.tolist():
