@@ -37,6 +37,7 @@ lists of pairs and workers; the caller keeps the mapping to database ids.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 from typing import ClassVar, Protocol
 
@@ -45,8 +46,8 @@ import numpy as np
 from imgnet_build.errors import BadInput
 from imgnet_build.registry import Registry
 
-__all__ = ["ConsensusSettings", "VoteTable", "Result", "WorkerQuality", "Method", "Majority", "DawidSkene", "Dynamic",
-           "METHODS", "seed_table", "seed_tables", "worker_quality", "balanced_interval"]
+__all__ = ["ConsensusSettings", "VoteTable", "PerPair", "Result", "WorkerQuality", "Method", "Majority", "DawidSkene",
+           "Dynamic", "METHODS", "seed_table", "seed_tables", "worker_quality", "balanced_interval"]
 
 ACCURACY_PRIOR = (4.0, 1.0)  # Beta pseudo-counts (right, wrong) for a worker: a new worker is trusted at 0.8
 UNTESTED_PRIOR = (0.8, 0.2)  # the same trust, worth one answer: a coin the known answers never tested (the other was)
@@ -86,11 +87,12 @@ class VoteTable:
     def build(cls, pair, worker, answer, pair_category, known=None, seed=None, workers: int | None = None,
               candidate=None) -> VoteTable:
         """`candidate` marks the pairs that are candidates of their category; the others are
-        controls borrowed from other categories and do not count towards its prior."""
+        controls borrowed from other categories and do not count towards its prior. The vote
+        indices are int32 when they fit (`_index`): half the memory of int64 per vote."""
         pair_category = np.asarray(pair_category, dtype=np.int64)
         n = len(pair_category)
-        worker = np.asarray(worker, dtype=np.int64)
-        return cls(np.asarray(pair, dtype=np.int64), worker, np.asarray(answer, dtype=bool), pair_category,
+        worker = _index(worker)
+        return cls(_index(pair), worker, np.asarray(answer, dtype=bool), pair_category,
                    np.full(n, -1, np.int8) if known is None else np.asarray(known, dtype=np.int8),
                    np.zeros(n, bool) if seed is None else np.asarray(seed, dtype=bool),
                    workers if workers is not None else int(worker.max(initial=-1)) + 1,
@@ -100,10 +102,58 @@ class VoteTable:
     def pairs(self) -> int:
         return len(self.pair_category)
 
+    @functools.cached_property
+    def votes_per_pair(self) -> np.ndarray:
+        """int64 per pair: its votes (counted once, a chunk of votes at a time)."""
+        return _count(self.pair, self.pairs)
+
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
         """(yes votes, no votes) per pair."""
-        yes = np.bincount(self.pair, weights=self.answer, minlength=self.pairs).astype(np.int64)
-        return yes, np.bincount(self.pair, minlength=self.pairs) - yes
+        yes = _count(self.pair, self.pairs, self.answer)
+        return yes, self.votes_per_pair - yes
+
+
+@dataclasses.dataclass(frozen=True)
+class PerPair:
+    """A per-vote quantity that is its pair's value (`values[votes.pair]`), looked up a chunk of
+    votes at a time instead of held as one float64 per vote."""
+
+    values: np.ndarray
+
+
+PerVote = np.ndarray | PerPair  # float per vote, or per pair for each vote of the pair
+
+CHUNK = 1 << 16  # votes per step of every per-vote computation: its temporaries are a few MB, not per vote
+
+
+def _index(values) -> np.ndarray:
+    """Indices as int32 when they fit (no copy of an int32 array), else int64."""
+    values = np.asarray(values)
+    if values.dtype == np.int32:
+        return values
+    values = values.astype(np.int64, copy=False)
+    fits = not len(values) or (int(values.min()) >= 0 and int(values.max()) < 2 ** 31)
+    return values.astype(np.int32) if fits else values
+
+
+def _chunks(length: int) -> Iterable[slice]:
+    return (slice(start, start + CHUNK) for start in range(0, length, CHUNK))
+
+
+def _at(quantity: PerVote, votes: VoteTable, chunk: slice) -> np.ndarray:
+    """A chunk of a per-vote quantity, float."""
+    if isinstance(quantity, PerPair):
+        return quantity.values[votes.pair[chunk]].astype(float, copy=False)
+    return quantity[chunk].astype(float, copy=False)
+
+
+def _count(index: np.ndarray, length: int, where: np.ndarray | None = None) -> np.ndarray:
+    """int64 per bin: how many of `index` (where `where`) fall in it; one chunk at a time
+    (np.bincount copies a whole int32 index to int64 first)."""
+    total = np.zeros(length, np.int64)
+    for chunk in _chunks(len(index)):
+        total += np.bincount(index[chunk] if where is None else index[chunk][where[chunk]], minlength=length)
+    return total
 
 
 @dataclasses.dataclass
@@ -154,7 +204,13 @@ def _clamp_known(posterior: np.ndarray, votes: VoteTable) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-np.clip(x, -50, 50)))
+    """1 / (1 + exp(-x)), x clipped to [-50, 50]; in one new array (the same floats as the
+    expression's temporaries give)."""
+    y = np.clip(x, -50, 50)
+    np.negative(y, out=y)
+    np.exp(y, out=y)
+    y += 1
+    return np.divide(1, y, out=y)
 
 
 def _majority_share(votes: VoteTable) -> np.ndarray:
@@ -164,7 +220,7 @@ def _majority_share(votes: VoteTable) -> np.ndarray:
 
 def _category_prior(votes: VoteTable, truth: np.ndarray) -> np.ndarray:
     categories = int(votes.pair_category.max(initial=-1)) + 1
-    voted = np.bincount(votes.pair, minlength=votes.pairs) > 0
+    voted = votes.votes_per_pair > 0
     if votes.candidate is not None:
         voted &= votes.candidate
     good = np.bincount(votes.pair_category, weights=truth * voted, minlength=categories)
@@ -172,17 +228,38 @@ def _category_prior(votes: VoteTable, truth: np.ndarray) -> np.ndarray:
     return np.clip((good + 1) / (total + 2), 0.02, 0.98)
 
 
-def _coins(votes: VoteTable, good: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(yes on good, good, no on bad, bad) per worker, soft: `good` is P(good) per vote."""
-    said_yes = votes.answer.astype(float)
-    n = votes.workers
-    return (np.bincount(votes.worker, weights=said_yes * good, minlength=n),
-            np.bincount(votes.worker, weights=good, minlength=n),
-            np.bincount(votes.worker, weights=(1 - said_yes) * (1 - good), minlength=n),
-            np.bincount(votes.worker, weights=1 - good, minlength=n))
+def _coins(votes: VoteTable, good: PerVote, hard: bool = False
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(yes on good, good, no on bad, bad) per worker, soft: `good` is P(good) per vote. `hard`:
+    only the votes whose pair `good` makes sure (at least CLEAR either way), counted as certain.
+
+    A chunk of votes at a time; np.add.at adds each worker's votes in vote order from zero, as
+    np.bincount with weights does over all of them at once: the same floats."""
+    sums = np.zeros((4, votes.workers))
+    for chunk in _chunks(len(votes.pair)):
+        worker, said_yes, g = votes.worker[chunk], votes.answer[chunk].astype(float), _at(good, votes, chunk)
+        if hard:
+            sure = (g >= CLEAR) | (g <= 1 - CLEAR)
+            worker, said_yes, g = worker[sure], said_yes[sure], np.round(g[sure])
+        np.add.at(sums[0], worker, said_yes * g)
+        np.add.at(sums[1], worker, g)
+        np.add.at(sums[2], worker, (1 - said_yes) * (1 - g))
+        np.add.at(sums[3], worker, 1 - g)
+    return sums[0], sums[1], sums[2], sums[3]
 
 
-def _coin_estimates(votes: VoteTable, good: np.ndarray, others: np.ndarray | None = None
+def _known_counts(votes: VoteTable) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """int64 per worker: votes on known-yes pairs, right ones among them, votes on known-no
+    pairs, right ones among them."""
+    counts = np.zeros((4, votes.workers), np.int64)
+    for chunk in _chunks(len(votes.pair)):
+        known, worker, answer = votes.known[votes.pair[chunk]], votes.worker[chunk], votes.answer[chunk]
+        for row, chosen in enumerate((known == 1, (known == 1) & answer, known == 0, (known == 0) & ~answer)):
+            counts[row] += np.bincount(worker[chosen], minlength=votes.workers)
+    return counts[0], counts[1], counts[2], counts[3]
+
+
+def _coin_estimates(votes: VoteTable, good: PerVote, others: PerVote | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(sensitivity, specificity) per worker: Beta-smoothed soft counts, clipped to COIN_RANGE.
 
@@ -193,10 +270,8 @@ def _coin_estimates(votes: VoteTable, good: np.ndarray, others: np.ndarray | Non
     of: once those show the worker wrong on most (two or more seen, the same trust worth one answer,
     UNTESTED_PRIOR), the coin gets no more than they give."""
     yes_good, goods, no_bad, bads = _coins(votes, good)
-    known = votes.known[votes.pair]
-    positives = np.bincount(votes.worker, weights=known == 1, minlength=votes.workers)
-    negatives = np.bincount(votes.worker, weights=known == 0, minlength=votes.workers)
-    sure_yes, sure_goods, sure_no, sure_bads = _hard_coins(votes, good if others is None else others)
+    positives, _, negatives, _ = _known_counts(votes)
+    sure_yes, sure_goods, sure_no, sure_bads = _coins(votes, good if others is None else others, hard=True)
     coins = []
     for right, seen, sure_right, sure_seen, untested in (
             (yes_good, goods, sure_yes, sure_goods, (positives == 0) & (negatives > 0)),
@@ -210,13 +285,6 @@ def _coin_estimates(votes: VoteTable, good: np.ndarray, others: np.ndarray | Non
 
 def _smoothed(right: np.ndarray, seen: np.ndarray, prior: tuple[float, float]) -> np.ndarray:
     return (right + prior[0]) / (seen + prior[0] + prior[1])
-
-
-def _hard_coins(votes: VoteTable, good: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`_coins` on the votes whose pair `good` makes sure (at least CLEAR either way), counted as certain."""
-    sure = (good >= CLEAR) | (good <= 1 - CLEAR)
-    return _coins(dataclasses.replace(votes, pair=votes.pair[sure], worker=votes.worker[sure],
-                                      answer=votes.answer[sure]), np.round(good[sure]))
 
 
 def _coin_weights(sensitivity: np.ndarray, specificity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +313,7 @@ def balanced_interval(yes_good, goods, no_bad, bads) -> tuple[np.ndarray, np.nda
     return (se_low + sp_low) / 2, (se_high + sp_high) / 2
 
 
-def worker_quality(votes: VoteTable, good: np.ndarray, posterior: np.ndarray | None = None) -> WorkerQuality:
+def worker_quality(votes: VoteTable, good: PerVote, posterior: PerVote | None = None) -> WorkerQuality:
     """Both coins per worker with intervals, measured against `good` (P(good) per *vote*:
     the pair's posterior, ideally without that vote) and the known answers.
 
@@ -259,20 +327,13 @@ def worker_quality(votes: VoteTable, good: np.ndarray, posterior: np.ndarray | N
     sure about says little about its voter, and counting it as a full answer would make a
     weak crowd look sure of its own uselessness."""
     sensitivity, specificity = _coin_estimates(votes, good if posterior is None else posterior, good)
-    low, high = balanced_interval(*_hard_coins(votes, good))
-    known = votes.known[votes.pair]
-    n = votes.workers
-    count = np.bincount(votes.worker, minlength=n)
+    low, high = balanced_interval(*_coins(votes, good, hard=True))
+    count = _count(votes.worker, votes.workers)
     has = count > 0
     return WorkerQuality(
         np.where(has, sensitivity, np.nan), np.where(has, specificity, np.nan),
         np.where(has, (sensitivity + specificity) / 2, np.nan),
-        np.where(has, low, np.nan), np.where(has, high, np.nan),
-        np.bincount(votes.worker, weights=known == 1, minlength=n).astype(np.int64),
-        np.bincount(votes.worker, weights=(known == 1) & votes.answer, minlength=n).astype(np.int64),
-        np.bincount(votes.worker, weights=known == 0, minlength=n).astype(np.int64),
-        np.bincount(votes.worker, weights=(known == 0) & ~votes.answer, minlength=n).astype(np.int64),
-        count.astype(np.int64))
+        np.where(has, low, np.nan), np.where(has, high, np.nan), *_known_counts(votes), count)
 
 
 @dataclasses.dataclass
@@ -285,26 +346,40 @@ class TwoCoinEM:
     category_weight: np.ndarray | None = None  # per category: scales every worker's evidence
 
     def run(self, votes: VoteTable, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(posterior per pair, P(good) per vote without that vote, category prior)."""
-        known = votes.known[votes.pair]
+        """(posterior per pair, P(good) per vote without that vote, category prior).
+
+        The one float64 per vote it keeps is that last array; every other per-vote quantity
+        (a vote's evidence, its pair's P(good)) is computed a chunk of votes at a time."""
         others = truth[votes.pair]
         prior = _category_prior(votes, truth)
         for _ in range(self.iterations):
-            sensitivity, specificity = _coin_estimates(votes, np.where(known >= 0, known, truth[votes.pair]), others)
+            good = PerPair(np.where(votes.known >= 0, votes.known, truth))
+            sensitivity, specificity = _coin_estimates(votes, good, others)
             prior = _category_prior(votes, truth)
             yes_weight, no_weight = _coin_weights(sensitivity, specificity)
-            evidence = np.where(votes.answer, yes_weight[votes.worker], no_weight[votes.worker])
-            if self.category_weight is not None:
-                evidence = evidence * self.category_weight[votes.pair_category[votes.pair]]
-            log_odds = np.log(prior / (1 - prior))[votes.pair_category] + np.bincount(
-                votes.pair, weights=evidence, minlength=votes.pairs)
+            log_odds = np.zeros(votes.pairs)
+            for chunk in _chunks(len(votes.pair)):
+                np.add.at(log_odds, votes.pair[chunk], self._evidence(votes, chunk, yes_weight, no_weight))
+            log_odds = np.log(prior / (1 - prior))[votes.pair_category] + log_odds
             new = _clamp_known(_sigmoid(log_odds), votes)
-            others = np.where(known >= 0, known, _sigmoid(log_odds[votes.pair] - evidence))
+            for chunk in _chunks(len(votes.pair)):
+                pair = votes.pair[chunk]
+                known = votes.known[pair]
+                without = _sigmoid(log_odds[pair] - self._evidence(votes, chunk, yes_weight, no_weight))
+                others[chunk] = np.where(known >= 0, known, without)
             converged = np.max(np.abs(new - truth), initial=0) < 1e-6
             truth = new
             if converged:
                 break
         return truth, others, prior
+
+    def _evidence(self, votes: VoteTable, chunk: slice, yes_weight: np.ndarray, no_weight: np.ndarray) -> np.ndarray:
+        """Per vote of `chunk`: the log-likelihood ratio its answer carries."""
+        worker = votes.worker[chunk]
+        evidence = np.where(votes.answer[chunk], yes_weight[worker], no_weight[worker])
+        if self.category_weight is not None:
+            evidence = evidence * self.category_weight[votes.pair_category[votes.pair[chunk]]]
+        return evidence
 
 
 @dataclasses.dataclass
@@ -320,7 +395,7 @@ class Majority:
         status[enough & (no > yes)] = "rejected"
         share = np.where(yes + no > 0, yes / np.maximum(yes + no, 1), 0.5)
         truth = _clamp_known(np.where(status == "accepted", 1.0, np.where(status == "rejected", 0.0, share)), votes)
-        workers = worker_quality(votes, truth[votes.pair])
+        workers = worker_quality(votes, PerPair(truth))
         return Result(share, status, workers.accuracy, workers=workers)
 
 
@@ -352,7 +427,7 @@ class DawidSkene:
             truth = new
             if converged:
                 break
-        workers = worker_quality(votes, truth[votes.pair])
+        workers = worker_quality(votes, PerPair(truth))
         return Result(truth, _decide(truth, votes, self.settings), workers.accuracy, prior, workers=workers)
 
 
@@ -408,16 +483,16 @@ class Dynamic:
         truth, others, prior = TwoCoinEM().run(votes, _majority_share(votes))
         weight, hard = self._difficulty(votes, truth, others)
         if not np.all(weight == 1):
+            del others  # before the second fit makes its own
             truth, others, prior = TwoCoinEM(category_weight=weight).run(votes, truth)
-        workers = worker_quality(votes, others, truth[votes.pair])
+        workers = worker_quality(votes, others, PerPair(truth))
         return Result(truth, _decide(truth, votes, self.settings), workers.accuracy, prior, hard, workers)
 
     def _difficulty(self, votes: VoteTable, truth: np.ndarray, others: np.ndarray):
         """Per category: how much of the workers' usual evidence its seed votes carry (at
         most 1: a category as easy as the rest), and whether it is hard to illustrate."""
         categories = int(votes.pair_category.max(initial=-1)) + 1
-        seeded = votes.seed[votes.pair] & (np.bincount(votes.pair, minlength=votes.pairs)[votes.pair]
-                                          >= self.settings.seed_votes)
+        seeded = (votes.seed & (votes.votes_per_pair >= self.settings.seed_votes))[votes.pair]
         weight, hard = np.ones(categories), np.zeros(categories, bool)
         if not seeded.any():
             return weight, hard
