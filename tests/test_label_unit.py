@@ -470,8 +470,10 @@ def test_decide_reads_the_votes_into_arrays_as_the_per_vote_loop_did(workspace, 
     with workspace.session() as session:  # decide drops a newly blocked worker's votes instead of reading again
         session.execute(update(Worker).where(Worker.id == old_workers[0]).values(blocked=True))
     again = rounds._read_counted(workspace, settings)
-    dropped = before.without(before.worker != old_workers[0])
+    dropped = before.without(before.workers[before.worker] != old_workers[0])
     assert all(np.array_equal(getattr(dropped, field), getattr(again, field)) for field in rounds.VOTE_FIELDS)
+    assert np.array_equal(dropped.workers, again.workers) and dropped.pairs.keys(np.arange(len(dropped.pairs.cluster))) \
+        == again.pairs.keys(np.arange(len(again.pairs.cluster)))
     assert rounds._vote_table(again, settings)[3] == _old_load_votes(workspace, settings)[3] != old_workers
 
 def test_seed_tables_group_the_votes_once_and_equal_one_category_at_a_time():

@@ -47,7 +47,7 @@ from imgnet_build.errors import BadInput
 from imgnet_build.registry import Registry
 
 __all__ = ["ConsensusSettings", "VoteTable", "PerPair", "Result", "WorkerQuality", "Method", "Majority", "DawidSkene",
-           "Dynamic", "METHODS", "seed_table", "seed_tables", "worker_quality", "balanced_interval"]
+           "Dynamic", "METHODS", "seed_table", "seed_tables", "tally", "worker_quality", "balanced_interval"]
 
 ACCURACY_PRIOR = (4.0, 1.0)  # Beta pseudo-counts (right, wrong) for a worker: a new worker is trusted at 0.8
 UNTESTED_PRIOR = (0.8, 0.2)  # the same trust, worth one answer: a coin the known answers never tested (the other was)
@@ -105,11 +105,11 @@ class VoteTable:
     @functools.cached_property
     def votes_per_pair(self) -> np.ndarray:
         """int64 per pair: its votes (counted once, a chunk of votes at a time)."""
-        return _count(self.pair, self.pairs)
+        return tally(self.pair, self.pairs)
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
         """(yes votes, no votes) per pair."""
-        yes = _count(self.pair, self.pairs, self.answer)
+        yes = tally(self.pair, self.pairs, self.answer)
         return yes, self.votes_per_pair - yes
 
 
@@ -147,7 +147,7 @@ def _at(quantity: PerVote, votes: VoteTable, chunk: slice) -> np.ndarray:
     return quantity[chunk].astype(float, copy=False)
 
 
-def _count(index: np.ndarray, length: int, where: np.ndarray | None = None) -> np.ndarray:
+def tally(index: np.ndarray, length: int, where: np.ndarray | None = None) -> np.ndarray:
     """int64 per bin: how many of `index` (where `where`) fall in it; one chunk at a time
     (np.bincount copies a whole int32 index to int64 first)."""
     total = np.zeros(length, np.int64)
@@ -328,7 +328,7 @@ def worker_quality(votes: VoteTable, good: PerVote, posterior: PerVote | None = 
     weak crowd look sure of its own uselessness."""
     sensitivity, specificity = _coin_estimates(votes, good if posterior is None else posterior, good)
     low, high = balanced_interval(*_coins(votes, good, hard=True))
-    count = _count(votes.worker, votes.workers)
+    count = tally(votes.worker, votes.workers)
     has = count > 0
     return WorkerQuality(
         np.where(has, sensitivity, np.nan), np.where(has, specificity, np.nan),

@@ -24,9 +24,11 @@ behind and the rerun plans only what is still missing. Votes are stored as they 
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as dt
 import random
+import sys
 from collections import defaultdict
 from collections.abc import Mapping
 from decimal import Decimal
@@ -40,7 +42,7 @@ from imgnet_build.arrays import find_sorted
 from imgnet_build.dbutil import allocate_ids, batched
 from imgnet_build.errors import BadInput
 from imgnet_build.labeling.backends import Backend, get_backend
-from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, Method, VoteTable, seed_tables
+from imgnet_build.labeling.consensus import METHODS, ConsensusSettings, Method, VoteTable, seed_tables, tally
 from imgnet_build.labeling.consensus import Result as Decision
 from imgnet_build.labeling.controls import Elsewhere, control_pools, pick_controls
 from imgnet_build.labeling.locks import lock_planning
@@ -646,6 +648,7 @@ def _close_finished(workspace: Workspace) -> None:
 def decide(workspace: Workspace, settings: LabelSettings = LabelSettings()) -> dict:
     """Run the consensus method over every vote that counts; write labels, worker quality,
     blocks and (dynamic) each category's seed table. Returns counts by label status."""
+    _release_freed_memory()
     counted = _read_counted(workspace, settings)
     for _ in range(2):  # a newly blocked worker's votes stop counting: decide once more without them
         votes, pairs, meta, workers = _vote_table(counted, settings)
@@ -656,13 +659,24 @@ def decide(workspace: Workspace, settings: LabelSettings = LabelSettings()) -> d
             break
         with workspace.session() as session:  # the votes read once, less the blocked workers': not read again
             blocked = list(session.scalars(select(Worker.id).where(Worker.blocked.is_(True))))
-        counted = counted.without(~np.isin(counted.worker, blocked))
+        counted = counted.without(~np.isin(counted.workers, blocked)[counted.worker])
     _write_labels(workspace, votes, pairs, meta, result, settings)
     if settings.seeded:
         _write_category_state(workspace, votes, meta, result)
     with workspace.session() as session:
         counts = dict(session.execute(select(Label.status, func.count()).group_by(Label.status)).all())
     return {status: counts.get(status, 0) for status in ("accepted", "rejected", "undecided")}
+
+
+def _release_freed_memory() -> None:
+    """Give the memory freed so far (a collect's answering part) back to the system before
+    `decide` allocates its arrays: glibc keeps freed heap otherwise, and the process's peak is
+    that heap plus decide's arrays. A no-op off glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; musl has none
+    if trim is not None:
+        trim(0)
 
 
 VOTE_CHUNK = 10_000  # votes read per fetch by `decide`, turned into arrays at once (~7 MB of rows)
@@ -682,25 +696,39 @@ class _Pairs:
 
 @dataclasses.dataclass(frozen=True)
 class _Counted:
-    """The votes that count, as columns in vote order (see `_read_votes`), and the gold answers."""
+    """The votes that count, in vote order (see `_read_votes`): per vote its pair and worker as
+    indices, numbered in the order of their first vote, and its flags; the pairs and worker ids
+    behind the indices; the gold answers. 13 bytes per vote (int32 indices), which the consensus
+    `VoteTable` shares rather than copies."""
 
-    cluster: np.ndarray  # int64 current cluster (-1: none)
-    category: np.ndarray  # int32 category id
-    worker: np.ndarray  # int32 worker id
+    pair: np.ndarray  # int32 index into `pairs`
+    worker: np.ndarray  # int32 index into `workers`
     answer: np.ndarray  # bool
     control: np.ndarray  # bool
     expected: np.ndarray  # int8 a control's expected answer (-1: none)
     simulated: np.ndarray  # bool
     test: np.ndarray  # bool
+    pairs: _Pairs
+    workers: np.ndarray  # int64 worker id per index
     gold: Mapping[tuple[int | None, int], bool | None]  # {(cluster, category): answer}
     width: int  # past every category id (`_pair_keys`)
 
     def without(self, keep: np.ndarray) -> _Counted:
-        """Only the votes where `keep` (bool per vote) is true."""
-        return dataclasses.replace(self, **{field: getattr(self, field)[keep] for field in VOTE_FIELDS})
+        """Only the votes where `keep` (bool per vote) is true, their pairs and workers numbered
+        again in the order of their first vote."""
+        kept_pair, kept_worker = self.pair[keep], self.worker[keep]
+        pair, first = _first_seen(kept_pair)
+        worker, first_worker = _first_seen(kept_worker)
+        pair_of, worker_of = kept_pair[first], kept_worker[first_worker]
+        del kept_pair, kept_worker
+        return dataclasses.replace(self, pair=pair, worker=worker, **{field: getattr(self, field)[keep]
+                                                                      for field in FLAG_FIELDS},
+                                   pairs=_Pairs(self.pairs.cluster[pair_of], self.pairs.category[pair_of]),
+                                   workers=self.workers[worker_of])
 
 
-VOTE_FIELDS = ("cluster", "category", "worker", "answer", "control", "expected", "simulated", "test")
+FLAG_FIELDS = ("answer", "control", "expected", "simulated", "test")
+VOTE_FIELDS = ("pair", "worker", *FLAG_FIELDS)
 
 
 def _read_counted(workspace: Workspace, settings: LabelSettings) -> _Counted:
@@ -710,21 +738,28 @@ def _read_counted(workspace: Workspace, settings: LabelSettings) -> _Counted:
         width = (session.scalar(select(func.max(Category.id))) or 0) + 1
         gold = {(c, cat): answer for c, cat, answer in session.execute(
             select(Image.cluster_id, Gold.category_id, Gold.answer).join(Image, Image.sha256 == Gold.image_sha256))}
-        *columns, moved = _read_votes(session, settings.include_test)
-    counted = _Counted(**dict(zip(VOTE_FIELDS, columns, strict=True)), gold=gold, width=width)
-    keep = _first_votes(counted.worker, _pair_keys(counted.cluster, counted.category, width), moved)
-    return counted if keep.all() else counted.without(keep)  # two images of one cluster (a dedup merged them)
+        key, worker, *flags, moved = _read_votes(session, settings.include_test, width)
+    keep = _first_votes(worker, key, moved)
+    del moved
+    if not keep.all():  # two images of one cluster (a dedup merged them)
+        key, worker, *flags = (column[keep] for column in (key, worker, *flags))
+    pair, first = _first_seen(key)
+    pair_keys = key[first]
+    del key
+    worker_ids = worker
+    worker, first_worker = _first_seen(worker_ids)
+    workers = worker_ids[first_worker].astype(np.int64)
+    del worker_ids
+    pairs = _Pairs(pair_keys // width - 1, pair_keys % width)  # `_pair_keys` undone
+    return _Counted(pair, worker, **dict(zip(FLAG_FIELDS, flags, strict=True)), pairs=pairs, workers=workers,
+                    gold=gold, width=width)
 
 
 def _vote_table(counted: _Counted, settings: LabelSettings) -> tuple[VoteTable, _Pairs, dict[str, Any], list[int]]:
-    """The `VoteTable` of the counted votes, with the pairs, per-pair flags and worker ids behind
-    its indices: pairs and workers are numbered in the order of their first counted vote."""
-    cluster, category, worker, control, expected = (counted.cluster, counted.category, counted.worker,
-                                                    counted.control, counted.expected)
-    p, first = _first_seen(_pair_keys(cluster, category, counted.width))
-    pairs = _Pairs(cluster[first], category[first].astype(np.int64))
-    w, first_worker = _first_seen(worker)
-    n = len(first)
+    """The `VoteTable` of the counted votes (sharing their index arrays), with the pairs, per-pair
+    flags and worker ids behind its indices."""
+    p, control, expected, pairs = counted.pair, counted.control, counted.expected, counted.pairs
+    n = len(pairs.cluster)
     candidate = np.zeros(n, bool)
     candidate[p[~control]] = True
     known = _gold_answers(counted.gold, pairs, counted.width)
@@ -739,18 +774,18 @@ def _vote_table(counted: _Counted, settings: LabelSettings) -> tuple[VoteTable, 
         flags[name] = np.zeros(n, bool)
         flags[name][p[voted]] = True
     category_ids, pair_category = np.unique(pairs.category, return_inverse=True)
-    seed = candidate & (np.bincount(p, minlength=n) >= settings.seed_votes)
-    table = VoteTable.build(p, w, counted.answer, pair_category.reshape(-1), known,
-                            seed if settings.seeded else None, len(first_worker), candidate)
+    seed = candidate & (tally(p, n) >= settings.seed_votes)
+    table = VoteTable.build(p, counted.worker, counted.answer, pair_category.reshape(-1), known,
+                            seed if settings.seeded else None, len(counted.workers), candidate)
     meta = {"candidate": candidate, "simulated": flags["simulated"], "test": flags["test"],
             "categories": {int(category_id): i for i, category_id in enumerate(category_ids.tolist())}}
-    return table, pairs, meta, worker[first_worker].tolist()
+    return table, pairs, meta, counted.workers.tolist()
 
 
-def _read_votes(session: Session, include_test: bool) -> list[np.ndarray]:
-    """The counted votes' columns in vote order: current cluster (-1: none), category, worker,
-    answer, control, expected answer (-1: none), simulated, test, and whether the image's
-    cluster changed since the vote was stored."""
+def _read_votes(session: Session, include_test: bool, width: int) -> list[np.ndarray]:
+    """The counted votes' columns in vote order: the key of the (current cluster, category) pair
+    (`_pair_keys`), worker id, answer, control, expected answer (-1: none), simulated, test, and
+    whether the image's cluster changed since the vote was stored."""
     query = (select(func.coalesce(Image.cluster_id, -1), Vote.category_id, Vote.worker_id, Vote.answer, Vote.control,
                     case((TaskItem.expected.is_(None), -1), (TaskItem.expected.is_(True), 1), else_=0), Vote.simulated,
                     Vote.test, func.coalesce(Vote.cluster_id, -1))
@@ -762,16 +797,18 @@ def _read_votes(session: Session, include_test: bool) -> list[np.ndarray]:
              .order_by(Vote.id))
     if not include_test:
         query = query.where(Vote.test.is_(False))
-    types = (np.int64, np.int32, np.int32, bool, bool, np.int8, bool, bool)  # category and worker ids are Integer
-    chunks: list[list[np.ndarray]] = [[] for _ in range(len(types) + 1)]  # per column, its chunks
+    types = (np.int64, np.int32, bool, bool, np.int8, bool, bool, bool)  # worker ids are Integer
+    chunks: list[list[np.ndarray]] = [[] for _ in types]  # per column, its chunks
     for rows in session.execute(query, execution_options={"yield_per": VOTE_CHUNK}).partitions():
-        values = list(zip(*rows, strict=True))
-        for column, chunk, dtype in zip(chunks, values[:-1], types, strict=False):
+        cluster, category, *values, stored = zip(*rows, strict=True)
+        current = np.array(cluster, np.int64)
+        chunks[0].append(_pair_keys(current, np.array(category, np.int64), width))
+        for column, chunk, dtype in zip(chunks[1:], values, types[1:], strict=False):
             column.append(np.array(chunk, dtype))
-        stored = np.array(values[-1], np.int64)
-        chunks[-1].append((stored < 0) | (stored != chunks[0][-1]))
+        stored_cluster = np.array(stored, np.int64)
+        chunks[-1].append((stored_cluster < 0) | (stored_cluster != current))
     columns = []
-    for column, dtype in zip(chunks, (*types, bool), strict=True):  # one column's chunks at a time: no second copy
+    for column, dtype in zip(chunks, types, strict=True):  # one column's chunks at a time: no second copy
         columns.append(np.concatenate(column) if column else np.zeros(0, dtype))
         column.clear()
     return columns
@@ -785,13 +822,26 @@ def _pair_keys(cluster: np.ndarray, category: np.ndarray, width: int) -> np.ndar
 
 
 def _first_seen(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Number the distinct values in the order they first appear: (number per element, position
-    of each number's first element)."""
-    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    return rank[inverse.reshape(-1)], first[order]
+    """Number the distinct values in the order they first appear: (int32 number per element,
+    position of each number's first element). One stable sort (a value's first element leads its
+    run), the rest a chunk at a time: 17 bytes per element beside the values (np.unique with its
+    index and inverse: about 40)."""
+    n = len(values)
+    order = np.argsort(values, kind="stable")
+    new = np.ones(n, bool)  # the element leads its run of equal values in sorted order
+    for start in range(1, n, VOTE_CHUNK * 10):
+        stop = min(start + VOTE_CHUNK * 10, n)
+        new[start:stop] = values[order[start:stop]] != values[order[start - 1:stop - 1]]
+    first = order[new]  # per run, its first element
+    dtype = np.int32 if n < 2 ** 31 else np.int64
+    rank = np.empty(len(first), dtype)  # per run, its number: runs ordered by their first element
+    rank[np.argsort(first)] = np.arange(len(first), dtype=dtype)
+    run = np.cumsum(new, dtype=dtype) - 1
+    del new
+    number = np.empty(n, dtype)
+    for start in range(0, n, VOTE_CHUNK * 10):
+        number[order[start:start + VOTE_CHUNK * 10]] = rank[run[start:start + VOTE_CHUNK * 10]]
+    return number, np.sort(first)
 
 
 def _first_votes(worker: np.ndarray, pair: np.ndarray, moved: np.ndarray) -> np.ndarray:
