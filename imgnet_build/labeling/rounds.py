@@ -936,20 +936,26 @@ def _drop_unsupported(workspace: Workspace, pairs: _Pairs, decided: np.ndarray) 
 
 
 def _write_category_state(workspace: Workspace, votes: VoteTable, meta: dict, result: Decision) -> None:
+    """Each voted category's consensus state, 2,000 categories per transaction (one read and their
+    objects each, not every category's at once)."""
     now = dt.datetime.now(dt.UTC)
     seeded = np.bincount(votes.pair_category[votes.seed], minlength=len(meta["categories"]))
     tables = seed_tables(votes, result.posterior, np.flatnonzero(seeded).tolist())  # one pass over the votes
-    with workspace.session() as session:
-        lock_planning(session)
-        states = {state.category_id: state for state in session.scalars(select(CategoryConsensus))}  # one read
-        for category_id, index in meta["categories"].items():
-            state = states.get(category_id) or CategoryConsensus(category_id=category_id)
-            state.seed_images = int(seeded[index])
-            state.prior = None if result.category_prior is None else round(float(result.category_prior[index]), 4)
-            state.table = tables.get(index)
-            state.hard = bool(result.hard[index]) if result.hard is not None else False
-            state.updated_at = now
-            session.add(state)
+    categories = list(meta["categories"].items())
+    for start in range(0, len(categories), 2000):
+        chunk = categories[start:start + 2000]
+        with workspace.session() as session:
+            lock_planning(session)
+            states = {state.category_id: state for state in session.scalars(
+                select(CategoryConsensus).where(CategoryConsensus.category_id.in_([c for c, _ in chunk])))}
+            for category_id, index in chunk:
+                state = states.get(category_id) or CategoryConsensus(category_id=category_id)
+                state.seed_images = int(seeded[index])
+                state.prior = None if result.category_prior is None else round(float(result.category_prior[index]), 4)
+                state.table = tables.get(index)
+                state.hard = bool(result.hard[index]) if result.hard is not None else False
+                state.updated_at = now
+                session.add(state)
 
 
 @dataclasses.dataclass(frozen=True)
