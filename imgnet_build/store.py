@@ -580,29 +580,31 @@ def migrate(engine: Engine) -> None:
     analyze(engine)  # new indexes and tables: give the planner statistics now
 
 
-def analyze(engine: Engine) -> None:
-    """Refresh the query planner's statistics (PostgreSQL `ANALYZE`; SQLite `ANALYZE` on a
-    sample of 1,000 rows per index, which takes milliseconds at a million rows). Run after
-    migrations and after a stage wrote many rows: without statistics PostgreSQL plans
-    sequential scans and SQLite may pick a poor index."""
+def analyze(engine: Engine, tables: tuple[str, ...] = ()) -> None:
+    """Refresh the query planner's statistics of `tables` (all when none are named; PostgreSQL
+    `ANALYZE`; SQLite `ANALYZE` on a sample of 1,000 rows per index, which takes milliseconds at a
+    million rows). Run after migrations and after a stage wrote many rows: without statistics
+    PostgreSQL plans sequential scans and SQLite may pick a poor index."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         if engine.dialect.name == "sqlite":
             connection.exec_driver_sql("PRAGMA analysis_limit=1000")
-        connection.exec_driver_sql("ANALYZE")
+        for table in tables or ("",):
+            connection.exec_driver_sql(f'ANALYZE "{table}"' if table else "ANALYZE")
 
 
 ANALYZE_AT_LEAST = 1_000  # rows a run writes to a table before it may refresh the statistics
 ANALYZE_SHARE = 0.1  # ... and this share of the rows the statistics last counted in that table
 
 
-def analyze_if_grown(engine: Engine, table: str, written: int) -> bool:
+def analyze_if_grown(engine: Engine, table: str, written: int, *, tables: tuple[str, ...] = ()) -> bool:
     """`analyze` after a run that wrote `written` rows to `table` (inserted or updated), when that is at least
     `ANALYZE_AT_LEAST` rows and a tenth of the rows the statistics last counted there (PostgreSQL's
     `pg_class.reltuples`, SQLite's `sqlite_stat1`; 0 when never counted). Whether it runs costs one
     catalogue read; small runs, and runs that add a little to a large table, leave the statistics as
     they are (PostgreSQL's autovacuum refreshes them too, later). The same rule on both databases:
     `ANALYZE` samples (PostgreSQL ~30,000 rows per table, SQLite 1,000 per index), so it costs about
-    the same at 10,000 rows as at a million. Returns whether it ran."""
+    the same at 10,000 rows as at a million. It analyzes `tables` (every table when none are named:
+    `analyze`). Returns whether it ran."""
     if written < ANALYZE_AT_LEAST:
         return False
     with engine.connect() as connection:
@@ -617,7 +619,7 @@ def analyze_if_grown(engine: Engine, table: str, written: int) -> bool:
                 known = None
     if written < ANALYZE_SHARE * max(0.0, float(known or 0)):
         return False
-    analyze(engine)
+    analyze(engine, tables)
     return True
 
 

@@ -626,3 +626,44 @@ def test_the_consensus_fit_holds_one_float_per_vote_not_a_few():
         tracemalloc.stop()
     assert (result.status == "accepted").sum() > pairs / 4  # the crowd decided most of the good pairs
     assert peak < 8 * votes + 20 * 8 * pairs + 20 * 8 * CHUNK, peak / votes  # was 78 bytes per vote
+
+
+def test_a_simulated_round_refreshes_the_statistics_its_later_reads_plan_with(any_workspace, monkeypatch):
+    """Before: a submit and the first collect kept the statistics taken before any task or vote
+    existed, so PostgreSQL planned the collect's reads of each chunk's items (`task_item.task_id IN`)
+    and of the votes stored so far (`vote.category_id IN ... AND image.cluster_id IN`) as scans of
+    whole tables (bench_scale 1M workspace: 1.5 s per item read; a vote table growing to 4.45M rows
+    scanned ten times a chunk). Now a submit refreshes them once it wrote its items, and a collect
+    whenever a chunk grew the votes by a tenth (`store.analyze_if_grown`) before the next chunk."""
+    from sqlalchemy import event
+
+    from imgnet_build import store
+    from imgnet_build.labeling import simulated
+
+    workspace = any_workspace
+    build_world(workspace, categories=4, images=6)
+    monkeypatch.setattr(simulated, "COLLECT_CHUNK", 2)
+    monkeypatch.setattr(store, "ANALYZE_AT_LEAST", 5)  # 1,000 rows: a small table stands in for a large one
+    seen: list[str] = []
+
+    def record(connection, cursor, statement, *args):
+        words = " ".join(statement.split())
+        if words.upper().startswith("ANALYZE"):
+            seen.append(words.replace('"', "").lower())
+        elif words.startswith("INSERT INTO task_item"):
+            seen.append("items written")
+        elif "FROM task_item JOIN image" in words:
+            seen.append("items read")
+        elif "FROM vote JOIN image" in words and "vote.category_id IN" in words:
+            seen.append("votes read")
+
+    event.listen(workspace.engine, "before_cursor_execute", record)
+    try:
+        plan = rounds.submit(workspace, "simulated", LabelSettings(votes=3, controls=2, images_per_task=4, seed_images=0))
+        rounds.collect(workspace, LabelSettings(votes=3, controls=2, images_per_task=4, seed_images=0))
+    finally:
+        event.remove(workspace.engine, "before_cursor_execute", record)
+    assert plan.tasks > 2 * simulated.COLLECT_CHUNK, plan  # several chunks
+    read = seen.index("items read")
+    assert "analyze task_item" in seen[seen.index("items written"):read], seen  # the items read with them
+    assert "analyze vote" in seen[read:] and "votes read" in seen[seen.index("analyze vote", read):], seen

@@ -234,6 +234,7 @@ def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSet
     if not dry_run:
         plan.discarded, plan.published = settle_unpublished(workspace, chosen)
     held: dict[str, int] = defaultdict(int)
+    items = 0  # task items written
     for done in range(0, len(category_ids), PLAN_CHUNK):
         if progress:
             progress(done, len(category_ids))
@@ -274,6 +275,7 @@ def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSet
                 tasks += made_now
             if not dry_run:
                 _insert_tasks(session, tasks)
+                items += sum(len(task.items) for task in tasks)
                 reserve = getattr(chosen, "reserve", None)
                 if reserve is not None:
                     reserve(session, [t.task for t in tasks])  # refuses (and rolls back) what would pass a cost cap
@@ -290,6 +292,9 @@ def issue(workspace: Workspace, backend: str, settings: LabelSettings = LabelSet
                 chosen.publish(session, list(session.scalars(select(Task).where(Task.id.in_(made)).order_by(Task.id))))
     if progress:
         progress(len(category_ids), len(category_ids))
+    # `collect` reads the tasks' items 200 tasks at a time (`task_item.task_id IN ...`): with statistics
+    # taken before they existed, PostgreSQL planned each read as a scan of every item and every image.
+    analyze_if_grown(workspace.engine, "task_item", items, tables=("task", "task_item"))
     plan.held = dict(held)
     if plan.tasks == 0:
         with workspace.session() as session:

@@ -26,7 +26,18 @@ from imgnet_build.errors import BadInput
 from imgnet_build.labeling.answers import add_workers, count_controls, votes_of
 from imgnet_build.labeling.backends import LocalBackend, register
 from imgnet_build.labeling.locks import lock_tasks
-from imgnet_build.store import Assignment, Candidate, CandidateStatus, Category, Image, Task, TaskItem, Vote, Worker
+from imgnet_build.store import (
+    Assignment,
+    Candidate,
+    CandidateStatus,
+    Category,
+    Image,
+    Task,
+    TaskItem,
+    Vote,
+    Worker,
+    analyze_if_grown,
+)
 from imgnet_build.workspace import Workspace
 
 __all__ = ["Crowd", "SimulatedBackend"]
@@ -165,12 +176,19 @@ class SimulatedBackend:
         with workspace.session() as session:
             tasks = list(session.scalars(select(Task.id).where(Task.status == "open", Task.backend == self.name)
                                          .order_by(Task.id)))
-        stored = 0
+        stored = unanalyzed = 0
         crowds: dict[Crowd, tuple] = {}  # crowd -> (its worker ids, its profiles), made once per collect
         for chunk in batched(tasks, COLLECT_CHUNK):
             with workspace.session() as session:
                 lock_tasks(session, chunk)  # a concurrent collect answers them before or after, never beside
-                stored += _answer_tasks(session, chunk, crowds)
+                answered, votes = _answer_tasks(session, chunk, crowds)
+            stored += answered
+            unanalyzed += votes
+            # The next chunks look up the votes and assignments stored so far (`vote.category_id IN ... AND
+            # image.cluster_id IN ...`, `assignment.task_id IN ...`): with statistics taken before them,
+            # PostgreSQL planned each lookup as a scan of the whole vote table (1M images: up to 4.45M votes).
+            if analyze_if_grown(workspace.engine, "vote", unanalyzed, tables=("vote", "assignment")):
+                unanalyzed = 0
         return stored
 
 
@@ -190,16 +208,16 @@ def _of_crowd(crowd: Crowd) -> ColumnElement[bool]:
     return and_(Worker.backend == SimulatedBackend.name, Worker.external_id.like(f"sim-{crowd.seed}-%"))
 
 
-def _answer_tasks(session, task_ids: list[int], crowds: dict[Crowd, tuple]) -> int:
+def _answer_tasks(session, task_ids: list[int], crowds: dict[Crowd, tuple]) -> tuple[int, int]:
     """Answer the open tasks among `task_ids` (locked), in id order, as each one's crowd would: a few
     statements for all of them. The rules of `answers.store_answers` hold: a task takes no more
     submissions than it wants, a worker answers a task once and votes on a (cluster, category) pair
-    once (its first vote stands), control answers update the worker's record. Returns the
-    assignments stored."""
+    once (its first vote stands), control answers update the worker's record. Returns (the
+    assignments stored, the votes written)."""
     tasks = session.execute(select(Task.id, Task.category_id, Task.assignments_wanted, Task.test, Task.crowd)
                             .where(Task.id.in_(task_ids), Task.status == "open").order_by(Task.id)).all()
     if not tasks:
-        return 0
+        return 0, 0
     ids = [task.id for task in tasks]
     items: dict[int, list] = defaultdict(list)
     for item in session.execute(select(TaskItem.task_id, TaskItem.id, TaskItem.image_sha256,
@@ -258,7 +276,7 @@ def _answer_tasks(session, task_ids: list[int], crowds: dict[Crowd, tuple]) -> i
     if expired:
         session.execute(update(Task).where(Task.id.in_(expired)).values(status="expired"))
     if not answered:
-        return 0
+        return 0, 0
     session.execute(insert(Assignment), [row for row, _ in answered])  # one executemany; ids read back by
     tasks_by_id = {task.id: task for task in tasks}
     ids_of = {(task_id, worker): id_ for id_, task_id, worker in session.execute(  # (task, worker), unique
@@ -273,7 +291,7 @@ def _answer_tasks(session, task_ids: list[int], crowds: dict[Crowd, tuple]) -> i
         controls[worker] = (controls[worker][0] + n, controls[worker][1] + right)
     insert_ignore(session, Vote, votes)
     count_controls(session, controls)
-    return len(answered)
+    return len(answered), len(votes)
 
 
 def _truth_of(session, categories: set[int], clusters: set[int]) -> dict[tuple[int, int], bool]:
