@@ -949,9 +949,7 @@ def _write_category_state(workspace: Workspace, votes: VoteTable, meta: dict, re
     now = dt.datetime.now(dt.UTC)
     seeded = np.bincount(votes.pair_category[votes.seed], minlength=len(meta["categories"]))
     tables = seed_tables(votes, result.posterior, np.flatnonzero(seeded).tolist())  # one pass over the votes
-    categories = list(meta["categories"].items())
-    for start in range(0, len(categories), 2000):
-        chunk = categories[start:start + 2000]
+    for chunk in batched(meta["categories"].items(), 2000):
         with workspace.session() as session:
             lock_planning(session)
             states = {state.category_id: state for state in session.scalars(
